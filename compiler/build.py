@@ -1,0 +1,553 @@
+"""Build stage: syntax tree → hypergraph IR.
+
+Binds machine parameters (defaults, ``--set`` / ``params=`` values), expands
+``for`` loops and space arrays, evaluates every expression, resolves space
+names, and binds op arguments against the op table. Every problem becomes a
+diagnostic; all of a file's problems are reported together.
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from . import ir
+from . import syntax as s
+from .diagnostics import Code, Note, Reporter, Span
+from .ops import OPS, bind_args
+
+PARAM_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool}
+MAX_ITERATIONS = 100_000  # a loop or array longer than this is surely a mistake
+# Module-level names of generated code; a machine (= class) may not take them.
+RESERVED_CLASS_NAMES = frozenset({"torch", "nn", "F", "Tensor", "NamedTuple", "annotations"})
+
+
+class _Problem(Exception):
+    """An error found while evaluating; carries its place."""
+
+    def __init__(self, code: Code, message: str, span: Span, hint: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.span, self.hint = code, message, span, hint
+
+
+def build(source: s.SourceFile, params: Mapping[str, object], reporter: Reporter) -> ir.Program:
+    """Bind, expand and resolve every machine of ``source``.
+
+    ``params`` maps ``name`` (every machine with that parameter) or
+    ``Machine.name`` to a value: a Python value or its text (as from ``--set``).
+    """
+    machines = []
+    seen: dict[str, Span] = {}
+    for decl in source.machines:
+        if decl.name in seen:
+            reporter.error(
+                Code.DUPLICATE_NAME,
+                f"machine {decl.name!r} is defined twice",
+                decl.name_span,
+                notes=(_note("first defined here", seen[decl.name]),),
+            )
+            continue
+        seen[decl.name] = decl.name_span
+        machine = _MachineBuilder(decl, reporter).build(params)
+        if machine is not None:
+            machines.append(machine)
+    _check_param_keys(source, params, reporter)
+    return ir.Program(file=source.path, machines=tuple(machines))
+
+
+def _check_param_keys(source: s.SourceFile, params: Mapping[str, object], reporter: Reporter):
+    for key in params:
+        machine_name, _, name = key.rpartition(".")
+        decls = [m for m in source.machines if not machine_name or m.name == machine_name]
+        if machine_name and not decls:
+            known = ", ".join(m.name for m in source.machines) or "none"
+            reporter.error(
+                Code.PARAMETER,
+                f"a value is set for {key!r}, but there is no machine {machine_name!r} "
+                f"in {source.path} (machines: {known})",
+                None,
+            )
+        elif not any(p.name == name for m in decls for p in m.params):
+            where = f"machine {machine_name!r}" if machine_name else f"any machine in {source.path}"
+            reporter.error(
+                Code.PARAMETER,
+                f"a value is set for {key!r}, but {where} has no parameter {name!r}",
+                None,
+            )
+
+
+def _note(message: str, span: Span) -> Note:
+    return Note(message=message, span=span)
+
+
+def _did_you_mean(name: str, candidates) -> str | None:
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1)
+    return f"did you mean {close[0]!r}?" if close else None
+
+
+# --- expressions ------------------------------------------------------------------
+
+
+def evaluate(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Value:
+    """The value of ``expr``; raises :class:`_Problem` on an unknown name or a bad operation."""
+    match expr:
+        case s.Literal(value=value):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _Problem(Code.EXPRESSION, f"number {value!r} is too large", expr.span)
+            return value
+        case s.Var(name=name):
+            if name not in env:
+                raise _Problem(
+                    Code.UNKNOWN_NAME,
+                    f"unknown name {name!r} (not a parameter or loop variable here)",
+                    expr.span,
+                    hint=_did_you_mean(name, env),
+                )
+            return env[name]
+        case s.Neg(operand=operand):
+            value = evaluate(operand, env)
+            _need_number(value, "-", operand.span)
+            return -value
+        case s.BinOp(op=op, left=left, right=right):
+            a, b = evaluate(left, env), evaluate(right, env)
+            _need_number(a, op, left.span)
+            _need_number(b, op, right.span)
+            if op in ("//", "/") and b == 0:
+                raise _Problem(Code.EXPRESSION, "division by zero", expr.span)
+            if op == "//":
+                if not (isinstance(a, int) and isinstance(b, int)):
+                    raise _Problem(Code.EXPRESSION, "'//' needs integers; use '/'", expr.span)
+                return a // b
+            result = {"+": a + b, "-": a - b, "*": a * b}.get(op) if op != "/" else a / b
+            if isinstance(result, float) and not math.isfinite(result):
+                raise _Problem(Code.EXPRESSION, "the result is too large", expr.span)
+            return result
+    raise AssertionError(f"unknown expression {expr!r}")  # pragma: no cover
+
+
+def _need_number(value: ir.Value, op: str, span: Span) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Problem(Code.EXPRESSION, f"{op!r} needs numbers, got {value!r}", span)
+
+
+def _integer(expr: s.Expr, env: Mapping[str, ir.Value], what: str) -> int:
+    value = evaluate(expr, env)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Problem(Code.EXPRESSION, f"{what} must be an integer, got {value!r}", expr.span)
+    return value
+
+
+def _range(rng: s.Range, env: Mapping[str, ir.Value]) -> range:
+    lo = _integer(rng.lo, env, "a range bound")
+    hi = _integer(rng.hi, env, "a range bound")
+    if hi - lo + 1 > MAX_ITERATIONS:
+        raise _Problem(
+            Code.EXPRESSION, f"range {lo}..{hi} has more than {MAX_ITERATIONS} elements", rng.span
+        )
+    return range(lo, hi + 1)
+
+
+def parse_param_text(text: str, type_: type) -> ir.Value | None:
+    """A ``--set`` value as a parameter of ``type_``, or None if it is not one."""
+    text = text.strip()
+    if type_ is bool:
+        return {"true": True, "false": False}.get(text.lower())
+    try:
+        value = int(text) if type_ is int else float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+# --- machines -------------------------------------------------------------------
+
+
+@dataclass
+class _Scope:
+    """The names visible while expanding: parameters and loop variables."""
+
+    env: dict[str, ir.Value]
+    loops: tuple[str, ...] = ()  # loop variables, outermost first
+
+    def context(self) -> str:
+        if not self.loops:
+            return ""
+        return " (with " + ", ".join(f"{v} = {self.env[v]}" for v in self.loops) + ")"
+
+
+@dataclass
+class _Spaces:
+    """The declared spaces of a machine, by full name (``h[2]``) and by family (``h``)."""
+
+    by_name: dict[str, ir.Space] = field(default_factory=dict)
+    arrays: dict[str, list[int]] = field(default_factory=dict)  # family -> declared indices
+    scalars: set[str] = field(default_factory=set)
+
+
+class _MachineBuilder:
+    def __init__(self, decl: s.MachineDecl, reporter: Reporter):
+        self.decl = decl
+        self.reporter = reporter
+        self.spaces = _Spaces()
+        self.edges: dict[str, ir.Edge] = {}
+        self.edge_families: dict[str, Span] = {}
+
+    def error(self, code: Code, message: str, span: Span, scope: _Scope | None = None, **extra):
+        context = scope.context() if scope else ""
+        self.reporter.error(code, message + context, span, **extra)
+
+    def problem(self, exc: _Problem, scope: _Scope | None = None) -> None:
+        self.error(exc.code, exc.message, exc.span, scope, hint=exc.hint)
+
+    def build(self, params: Mapping[str, object]) -> ir.Machine | None:
+        self._check_name()
+        env = self._bind_params(params)
+        if env is None:
+            return None
+        items = list(self._expand(self.decl.body, _Scope(env=dict(env))))
+        for item, scope in items:
+            if isinstance(item, s.SpaceDecl):
+                self._declare_space(item, scope)
+        for item, scope in items:
+            if isinstance(item, s.EdgeDecl):
+                self._declare_edge(item, scope)
+        self._check_name_clashes()
+        return ir.Machine(
+            name=self.decl.name,
+            params=env,
+            spaces=tuple(self.spaces.by_name.values()),
+            edges=tuple(self.edges.values()),
+            span=self.decl.span,
+        )
+
+    def _check_name(self) -> None:
+        name = self.decl.name
+        if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+            self.error(
+                Code.MACHINE,
+                f"machine name {name!r} is a Python keyword; the generated class needs another",
+                self.decl.name_span,
+            )
+        elif name in RESERVED_CLASS_NAMES:
+            self.error(
+                Code.MACHINE,
+                f"machine name {name!r} is taken by a name the generated module imports",
+                self.decl.name_span,
+            )
+
+    # --- parameters ---
+
+    def _bind_params(self, given: Mapping[str, object]) -> dict[str, ir.Value] | None:
+        env: dict[str, ir.Value] = {}
+        ok = True
+        for param in self.decl.params:
+            if param.name in env:
+                self.error(
+                    Code.DUPLICATE_NAME, f"parameter {param.name!r} declared twice", param.span
+                )
+                ok = False
+                continue
+            type_ = PARAM_TYPES.get(param.type)
+            if type_ is None:
+                self.error(
+                    Code.PARAMETER,
+                    f"unknown parameter type {param.type!r} (use int, float or bool)",
+                    param.type_span,
+                )
+                ok = False
+                continue
+            value = self._param_value(param, type_, given, env)
+            if value is None:
+                ok = False
+            else:
+                env[param.name] = value
+        return env if ok else None
+
+    def _param_value(self, param, type_, given, env) -> ir.Value | None:
+        qualified = f"{self.decl.name}.{param.name}"
+        key = qualified if qualified in given else param.name if param.name in given else None
+        if key is not None:
+            raw = given[key]
+            value = parse_param_text(raw, type_) if isinstance(raw, str) else raw
+            converted = _as_param(value, type_)
+            if converted is None:
+                self.error(
+                    Code.PARAMETER,
+                    f"parameter {param.name!r} of {self.decl.name} is {param.type}, "
+                    f"but {key}={raw!r} was given",
+                    param.span,
+                )
+            return converted
+        if param.default is None:
+            self.error(
+                Code.PARAMETER,
+                f"parameter {param.name!r} of {self.decl.name} has no default and no value",
+                param.span,
+                hint=f"give one: machc compile --set {param.name}=VALUE, or params={{...}}",
+            )
+            return None
+        try:
+            value = evaluate(param.default, env)
+        except _Problem as exc:
+            self.problem(exc)
+            return None
+        converted = _as_param(value, type_)
+        if converted is None:
+            self.error(
+                Code.PARAMETER,
+                f"default of parameter {param.name!r} must be {param.type}, got {value!r}",
+                param.default.span,
+            )
+        return converted
+
+    # --- loops ---
+
+    def _expand(self, items, scope: _Scope) -> Iterator[tuple[s.Item, _Scope]]:
+        for item in items:
+            if not isinstance(item, s.ForLoop):
+                yield item, scope
+                continue
+            if item.var in scope.env:
+                what = "loop variable" if item.var in scope.loops else "parameter"
+                self.error(
+                    Code.DUPLICATE_NAME,
+                    f"loop variable {item.var!r} hides the {what} of that name",
+                    item.var_span,
+                    scope,
+                )
+                continue
+            try:
+                values = _range(item.range, scope.env)
+            except _Problem as exc:
+                self.problem(exc, scope)
+                continue
+            for value in values:
+                inner = _Scope(env={**scope.env, item.var: value}, loops=(*scope.loops, item.var))
+                yield from self._expand(item.body, inner)
+
+    # --- spaces ---
+
+    def _declare_space(self, decl: s.SpaceDecl, scope: _Scope) -> None:
+        try:
+            size = _integer(decl.size, scope.env, "a size")
+            if size <= 0:
+                raise _Problem(Code.SHAPE, f"a size must be positive, got {size}", decl.size.span)
+            indices = list(_range(decl.array, scope.env)) if decl.array else None
+        except _Problem as exc:
+            self.problem(exc, scope)
+            return
+        spaces = self.spaces
+        family_kind = (
+            "array"
+            if decl.name in spaces.arrays
+            else "space"
+            if decl.name in spaces.scalars
+            else None
+        )
+        if family_kind and (indices is None) != (family_kind == "space"):
+            self.error(
+                Code.DUPLICATE_NAME,
+                f"{decl.name!r} is declared both as a single space and as an array",
+                decl.name_span,
+                scope,
+            )
+            return
+        names = [decl.name] if indices is None else [f"{decl.name}[{i}]" for i in indices]
+        if indices is None:
+            spaces.scalars.add(decl.name)
+        else:
+            spaces.arrays.setdefault(decl.name, [])
+        for index, name in zip(indices or [None], names, strict=False):
+            if name in spaces.by_name:
+                self.error(
+                    Code.DUPLICATE_NAME,
+                    f"space {name!r} is declared twice",
+                    decl.name_span,
+                    scope,
+                    notes=(_note("first declared here", spaces.by_name[name].span),),
+                )
+                continue
+            if index is not None:
+                spaces.arrays[decl.name].append(index)
+            spaces.by_name[name] = ir.Space(
+                name=name, shape=(size,), role=ir.Role(decl.role), span=decl.name_span
+            )
+
+    def _resolve(self, ref: s.SpaceRef, scope: _Scope) -> list[ir.Port]:
+        """The spaces a reference names (several for ``h[a..b]``, possibly none)."""
+        spaces = self.spaces
+        if ref.name in spaces.scalars:
+            if ref.index is not None:
+                raise _Problem(
+                    Code.INDEX, f"{ref.name!r} is a single space, not an array", ref.span
+                )
+            return [ir.Port(space=ref.name, span=ref.span)]
+        if ref.name not in spaces.arrays:
+            raise _Problem(
+                Code.UNKNOWN_NAME,
+                f"unknown space {ref.name!r}",
+                ref.span,
+                hint=_did_you_mean(ref.name, [*spaces.scalars, *spaces.arrays]),
+            )
+        declared = spaces.arrays[ref.name]
+        if ref.index is None:
+            raise _Problem(
+                Code.INDEX,
+                f"{ref.name!r} is an array of spaces; name one ({ref.name}[i]) or a range "
+                f"({ref.name}[a..b])",
+                ref.span,
+            )
+        if isinstance(ref.index, s.Range):
+            indices = list(_range(ref.index, scope.env))
+        else:
+            indices = [_integer(ref.index, scope.env, "an index")]
+        ports = []
+        for index in indices:
+            name = f"{ref.name}[{index}]"
+            if name not in spaces.by_name:
+                raise _Problem(
+                    Code.INDEX,
+                    f"index {index} is out of range: "
+                    f"{ref.name} has {_describe_indices(ref.name, declared)}",
+                    ref.span,
+                )
+            ports.append(ir.Port(space=name, span=ref.span))
+        return ports
+
+    # --- edges ---
+
+    def _declare_edge(self, decl: s.EdgeDecl, scope: _Scope) -> None:
+        try:
+            name = decl.name
+            if decl.index is not None:
+                name = f"{decl.name}[{_integer(decl.index, scope.env, 'an index')}]"
+        except _Problem as exc:
+            self.problem(exc, scope)
+            return
+        if name in self.edges:
+            self.error(
+                Code.DUPLICATE_NAME,
+                f"edge {name!r} is declared twice",
+                decl.name_span,
+                scope,
+                notes=(_note("first declared here", self.edges[name].span),),
+            )
+            return
+        self.edge_families.setdefault(decl.name, decl.name_span)
+        inputs = self._ports(decl.inputs, scope)
+        outputs = self._ports(decl.outputs, scope)
+        ops = [self._op(call, scope) for call in decl.ops]
+        if inputs is None or outputs is None or None in ops:
+            return
+        if not inputs:
+            self.error(Code.NO_INPUTS, f"edge {name!r} reads no space", decl.name_span, scope)
+            return
+        if not outputs:
+            self.error(Code.NO_OUTPUTS, f"edge {name!r} writes no space", decl.name_span, scope)
+            return
+        written: dict[str, ir.Port] = {}
+        for port in outputs:
+            if port.space in written:
+                self.error(
+                    Code.DUPLICATE_NAME,
+                    f"edge {name!r} writes {port.space!r} twice",
+                    port.span,
+                    scope,
+                )
+                return
+            written[port.space] = port
+        self.edges[name] = ir.Edge(
+            name=name,
+            inputs=tuple(inputs),
+            outputs=tuple(outputs),
+            ops=tuple(ops),
+            span=decl.name_span,
+        )
+
+    def _ports(self, refs, scope: _Scope) -> list[ir.Port] | None:
+        ports: list[ir.Port] = []
+        ok = True
+        for ref in refs:
+            try:
+                ports.extend(self._resolve(ref, scope))
+            except _Problem as exc:
+                self.problem(exc, scope)
+                ok = False
+        return ports if ok else None
+
+    def _op(self, call: s.OpCall, scope: _Scope) -> ir.Op | None:
+        spec = OPS.get(call.name)
+        if spec is None:
+            self.error(
+                Code.UNKNOWN_OP,
+                f"unknown op {call.name!r}",
+                call.name_span,
+                scope,
+                hint=_did_you_mean(call.name, OPS) or "the ops are listed in docs/language.md",
+            )
+            return None
+        positional, keyword_args, spans = [], [], []
+        ok = True
+        for arg in call.args:
+            try:
+                value = evaluate(arg.value, scope.env)
+            except _Problem as exc:
+                self.problem(exc, scope)
+                ok = False
+                continue
+            if arg.name is None:
+                if keyword_args:
+                    self.error(
+                        Code.OP_ARGUMENT,
+                        "a positional argument cannot follow a keyword argument",
+                        arg.span,
+                        scope,
+                    )
+                    ok = False
+                    continue
+                positional.append(value)
+            else:
+                keyword_args.append((arg.name, value))
+            spans.append(arg.span)
+        if not ok:
+            return None
+        bound = bind_args(spec, positional, keyword_args)
+        for index, message in bound.problems:
+            span = spans[index] if index is not None else call.span
+            self.error(Code.OP_ARGUMENT, message, span, scope)
+        if bound.problems:
+            return None
+        return ir.Op(kind=spec.name, args=bound.values, span=call.span)
+
+    def _check_name_clashes(self) -> None:
+        families = {
+            **{n: None for n in self.spaces.scalars},
+            **{n: None for n in self.spaces.arrays},
+        }
+        for family, span in self.edge_families.items():
+            if family in families:
+                self.error(
+                    Code.DUPLICATE_NAME,
+                    f"{family!r} names both a space and an edge; give them different names",
+                    span,
+                )
+
+
+def _as_param(value: object, type_: type) -> ir.Value | None:
+    if value is None or isinstance(value, bool) != (type_ is bool):
+        return None
+    if type_ is float and isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    return value if isinstance(value, type_) else None
+
+
+def _describe_indices(name: str, indices: list[int]) -> str:
+    if not indices:
+        return "no elements"
+    lo, hi = min(indices), max(indices)
+    if len(indices) == hi - lo + 1:
+        return f"{name}[{lo}]..{name}[{hi}]"
+    return ", ".join(f"{name}[{i}]" for i in sorted(indices))

@@ -1,0 +1,172 @@
+"""Check stage: shapes, writers, acyclicity, depths and levels of every machine.
+
+The hypergraph is a bipartite directed graph: space → edge where the edge
+reads the space, edge → space where it writes it. A machine is of finite
+depth exactly when that graph is acyclic; a topological sort of it is the
+order in which running each edge once computes the resolvent.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from . import ir
+from .diagnostics import Code, Note, Reporter
+from .ops import OpError, format_shape, infer_pipeline
+
+
+def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
+    """Check every machine; machines with errors are left out (the reporter has the errors)."""
+    checked = []
+    for machine in program.machines:
+        structure = _check_machine(machine, reporter)
+        if structure is not None:
+            checked.append(ir.CheckedMachine(machine=machine, structure=structure))
+    return ir.CheckedProgram(file=program.file, machines=tuple(checked))
+
+
+def _check_machine(machine: ir.Machine, reporter: Reporter) -> ir.Structure | None:
+    errors_before = len([d for d in reporter.diagnostics if d.severity == "error"])
+    roles = {space.role for space in machine.spaces}
+    if ir.Role.INPUT not in roles:
+        reporter.error(Code.MACHINE, f"machine {machine.name!r} has no input space", machine.span)
+    if ir.Role.OUTPUT not in roles:
+        reporter.error(Code.MACHINE, f"machine {machine.name!r} has no output space", machine.span)
+    shapes = {edge.name: _edge_shapes(machine, edge, reporter) for edge in machine.edges}
+    _check_written(machine, reporter)
+    graph = hypergraph(machine)
+    _check_cycles(machine, graph, reporter)
+    if len([d for d in reporter.diagnostics if d.severity == "error"]) > errors_before:
+        return None
+    structure = _structure(machine, graph, shapes)
+    _warn_unused(machine, graph, reporter)
+    return structure
+
+
+def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter):
+    entering = _product_shape(machine, edge.inputs, reporter, edge, "reads")
+    leaving = _product_shape(machine, edge.outputs, reporter, edge, "writes")
+    if entering is None or leaving is None:
+        return None
+    try:
+        return infer_pipeline(edge.ops, entering, leaving)
+    except OpError as exc:
+        span = edge.ops[exc.index].span if exc.index is not None else edge.ops[-1].span
+        reporter.error(Code.SHAPE, f"edge {edge.name!r}: {exc.message}", span, hint=exc.hint)
+        return None
+
+
+def _product_shape(machine, ports, reporter, edge, verb) -> ir.Shape | None:
+    """The shape of a product of spaces: channels add up, other axes must agree."""
+    shapes = [machine.space(port.space).shape for port in ports]
+    first = shapes[0]
+    for port, shape in zip(ports, shapes, strict=True):
+        if shape[1:] != first[1:]:
+            reporter.error(
+                Code.SHAPE,
+                f"edge {edge.name!r} {verb} spaces whose shapes differ beyond the channel axis: "
+                f"{ports[0].space} {format_shape(first)} and {port.space} {format_shape(shape)}",
+                port.span,
+            )
+            return None
+    return (sum(shape[0] for shape in shapes), *first[1:])
+
+
+def _check_written(machine: ir.Machine, reporter: Reporter) -> None:
+    written = {port.space for edge in machine.edges for port in edge.outputs}
+    for space in machine.spaces:
+        if space.role is not ir.Role.INPUT and space.name not in written:
+            reporter.error(
+                Code.NEVER_WRITTEN,
+                f"{space.role.value} {space.name!r} is never written, so it is always zero",
+                space.span,
+                hint="write it with an edge, or declare it as an input",
+            )
+
+
+def hypergraph(machine: ir.Machine) -> nx.DiGraph:
+    """Spaces and edges as nodes ``("space", name)`` and ``("edge", name)``."""
+    graph = nx.DiGraph()
+    for i, space in enumerate(machine.spaces):
+        graph.add_node(("space", space.name), index=i)
+    for i, edge in enumerate(machine.edges):
+        graph.add_node(("edge", edge.name), index=i)
+        for port in edge.inputs:
+            graph.add_edge(("space", port.space), ("edge", edge.name))
+        for port in edge.outputs:
+            graph.add_edge(("edge", edge.name), ("space", port.space))
+    return graph
+
+
+def _node_key(graph: nx.DiGraph):
+    return lambda node: (node[0] == "edge", graph.nodes[node]["index"])
+
+
+def _check_cycles(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter) -> None:
+    """One diagnostic per strongly connected component that holds a cycle."""
+    key = _node_key(graph)
+    components = [c for c in nx.strongly_connected_components(graph) if len(c) > 1]
+    for component in sorted(components, key=lambda c: min(map(key, c))):
+        start = min((n for n in component if n[0] == "space"), key=key)
+        cycle = [u for u, _ in nx.find_cycle(graph.subgraph(component), source=start)]
+        path = " -> ".join(name for _, name in [*cycle, cycle[0]])
+        edges = {edge.name: edge for edge in machine.edges}
+        notes = []
+        for i, (kind, name) in enumerate(cycle):
+            if kind == "edge":
+                read, wrote = cycle[i - 1][1], cycle[(i + 1) % len(cycle)][1]
+                notes.append(
+                    Note(
+                        message=f"edge {name!r} reads {read!r} and writes {wrote!r}",
+                        span=edges[name].span,
+                    )
+                )
+        reporter.error(
+            Code.CYCLE,
+            f"cycle: {path}",
+            notes[0].span,
+            notes=tuple(notes),
+            hint="a machine of finite depth has no cycles; break one of these edges",
+        )
+
+
+def _structure(machine: ir.Machine, graph: nx.DiGraph, shapes) -> ir.Structure:
+    depth: dict[str, int] = {}
+    level: dict[str, int] = {}
+    for kind, name in nx.lexicographical_topological_sort(graph, key=_node_key(graph)):
+        if kind == "space":
+            writers = [level[e] for _, e in graph.predecessors((kind, name))]
+            depth[name] = max(writers, default=0)
+        else:
+            level[name] = 1 + max(depth[s] for _, s in graph.predecessors((kind, name)))
+    index = {edge.name: i for i, edge in enumerate(machine.edges)}
+    order = tuple(sorted(level, key=lambda e: (level[e], index[e])))
+    levels = tuple(
+        tuple(e for e in order if level[e] == k)
+        for k in range(1, max(level.values(), default=0) + 1)
+    )
+    return ir.Structure(
+        order=order,
+        depth={space.name: depth[space.name] for space in machine.spaces},
+        levels=levels,
+        shapes={edge.name: shapes[edge.name] for edge in machine.edges},
+    )
+
+
+def _warn_unused(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter) -> None:
+    useful: set = set()
+    for space in machine.spaces:
+        if space.role is ir.Role.OUTPUT:
+            node = ("space", space.name)
+            useful |= nx.ancestors(graph, node) | {node}
+    for space in machine.spaces:
+        node = ("space", space.name)
+        if space.role is ir.Role.INPUT and graph.out_degree(node) == 0:
+            reporter.warning(Code.UNREAD_INPUT, f"input {space.name!r} is never read", space.span)
+        elif node not in useful:
+            reporter.warning(
+                Code.UNREACHED_OUTPUT,
+                f"{space.role.value} {space.name!r} does not reach any output",
+                space.span,
+                hint="nothing it feeds is returned by forward",
+            )

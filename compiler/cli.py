@@ -1,0 +1,190 @@
+"""The ``machc`` command line.
+
+Exit status: 0 success (warnings allowed), 1 the source has errors,
+2 a usage error (bad arguments, unreadable or unwritable files),
+3 an internal error (a bug in machc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import traceback
+
+from . import __version__
+from .diagnostics import CompileError, render_all
+
+EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="machc",
+        description="Compile .mach hypergraph machines into PyTorch modules.",
+    )
+    parser.add_argument("--version", action="version", version=f"machc {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("file", metavar="FILE.mach", help="the source file")
+        sub.add_argument(
+            "--set",
+            dest="params",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="bind a machine parameter (NAME or Machine.NAME); may be repeated",
+        )
+
+    compile_ = commands.add_parser(
+        "compile",
+        help="write the generated PyTorch module",
+        description="Write the generated PyTorch module.",
+    )
+    common(compile_)
+    compile_.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT.py",
+        help="where to write the module ('-': standard output; default: FILE.py beside FILE.mach)",
+    )
+    check = commands.add_parser(
+        "check",
+        help="check a file and report its structure",
+        description="Check a file and report each machine's spaces (with depth) "
+        "and levels of independent edges.",
+    )
+    common(check)
+    check.add_argument("-q", "--quiet", action="store_true", help="print only diagnostics")
+    return parser
+
+
+def _parse_params(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not value.strip():
+            parser.error(f"--set needs NAME=VALUE, got {item!r}")
+        if name in params:
+            parser.error(f"--set {name} given twice")
+        params[name] = value
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    params = _parse_params(parser, args.params)
+    try:
+        if args.command == "compile":
+            return _compile(args, params)
+        return _check(args, params)
+    except CompileError as exc:
+        print(render_all(exc.diagnostics, exc.sources), file=sys.stderr)
+        count = len(exc.errors)
+        print(f"machc: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    except _UsageError as exc:
+        print(f"machc: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception:  # noqa: BLE001 - the last line of defence: a bug, reported as one
+        print(
+            "machc: internal error (a bug in machc; please report it with your .mach file):",
+            file=sys.stderr,
+        )
+        traceback.print_exc()
+        return EXIT_INTERNAL
+
+
+def _read(path: str) -> str:
+    from .driver import read_source
+
+    try:
+        return read_source(path)
+    except OSError as exc:
+        raise _UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _show_warnings(checked) -> None:
+    if checked.warnings:
+        print(render_all(checked.warnings, {checked.program.file: checked.source}), file=sys.stderr)
+
+
+def _compile(args, params) -> int:
+    from .driver import check_source
+    from .emit import emit
+    from .lower import lower
+
+    output = args.output or os.path.splitext(args.file)[0] + ".py"
+    if output != "-" and os.path.exists(output) and os.path.exists(args.file):
+        if os.path.samefile(output, args.file):
+            raise _UsageError(f"the output {output} is the source file itself")
+    checked = check_source(_read(args.file), args.file, params)
+    _show_warnings(checked)
+    code = emit(lower(checked.program))
+    if output == "-":
+        sys.stdout.write(code)
+    else:
+        _write_atomically(output, code)
+    return EXIT_OK
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write all of ``text`` or nothing: a failed write leaves an existing file as it was."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=".machc-", suffix=".py")
+    except OSError as exc:
+        raise _UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            out.write(text)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except OSError as exc:
+        os.unlink(temp)
+        raise _UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _check(args, params) -> int:
+    from .driver import check_source
+
+    checked = check_source(_read(args.file), args.file, params)
+    _show_warnings(checked)
+    if not args.quiet:
+        print(describe(checked.program))
+    return EXIT_OK
+
+
+def describe(program) -> str:
+    """The structure report of ``machc check``: spaces with depths, levels of independent edges."""
+    from .lower import format_params
+    from .ops import format_shape
+
+    blocks = []
+    for checked in program.machines:
+        machine, structure = checked.machine, checked.structure
+        params = format_params(machine.params)
+        title = f"machine {machine.name}" + (f"({params})" if params else "")
+        lines = [f"{title}  {os.path.basename(program.file)}:{machine.span.line}"]
+        depth = max(structure.depth.values(), default=0)
+        lines.append(f"  {len(machine.spaces)} spaces, {len(machine.edges)} edges, depth {depth}")
+        width = max(5, *(len(s.name) for s in machine.spaces))
+        lines.append(f"  {'space'.ljust(width)}  role    shape  depth")
+        for space in machine.spaces:
+            lines.append(
+                f"  {space.name.ljust(width)}  {space.role.value.ljust(6)}  "
+                f"{format_shape(space.shape).ljust(5)}  {structure.depth[space.name]}"
+            )
+        lines.append("  levels of independent edges:")
+        for k, level in enumerate(structure.levels, 1):
+            lines.append(f"    {k}: {', '.join(level)}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

@@ -1,0 +1,172 @@
+"""Diagnostics: source spans, error and warning records, and their rendering.
+
+Every stage reports problems through a :class:`Reporter`; a stage that found
+errors ends with :meth:`Reporter.raise_if_errors`, which raises one
+:class:`CompileError` carrying every diagnostic found so far. Users see them
+rendered as ``file:line:col: error: message``, the source line and a caret.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Span(BaseModel):
+    """A region of a source file: 1-based lines and columns, end column exclusive."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class Severity(enum.StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class Code(enum.StrEnum):
+    """Stable identifiers of every kind of diagnostic (listed in docs/diagnostics.md)."""
+
+    SYNTAX = "E001"
+    UNKNOWN_NAME = "E002"
+    DUPLICATE_NAME = "E003"
+    INDEX = "E004"
+    EXPRESSION = "E005"
+    PARAMETER = "E006"
+    UNKNOWN_OP = "E007"
+    OP_ARGUMENT = "E008"
+    SHAPE = "E009"
+    NEVER_WRITTEN = "E010"
+    NO_INPUTS = "E011"
+    NO_OUTPUTS = "E012"
+    CYCLE = "E013"
+    MACHINE = "E014"
+    SOURCE = "E015"
+    UNREACHED_OUTPUT = "W101"
+    UNREAD_INPUT = "W102"
+
+
+class Note(BaseModel):
+    """A secondary location that explains a diagnostic."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message: str
+    span: Span | None = None
+
+
+class Diagnostic(BaseModel):
+    """One problem found in a source file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    severity: Severity
+    code: Code
+    message: str
+    span: Span | None = None
+    notes: tuple[Note, ...] = ()
+    hint: str | None = None
+
+    def render(self, sources: dict[str, str] | None = None) -> str:
+        """``file:line:col: error: message``, the source line, a caret, then notes and hint."""
+        text = _render_located(self.severity.value, self.message, self.span, sources)
+        lines = [text]
+        for note in self.notes:
+            lines.append(_render_located("note", note.message, note.span, sources))
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
+def _render_located(
+    kind: str, message: str, span: Span | None, sources: dict[str, str] | None
+) -> str:
+    if span is None:
+        return f"{kind}: {message}"
+    head = f"{span}: {kind}: {message}"
+    text = (sources or {}).get(span.file)
+    if text is None:
+        return head
+    lines = text.splitlines()
+    if not 1 <= span.line <= len(lines):
+        return head
+    line = lines[span.line - 1]
+    # Keep tabs in the caret line's indent so the caret sits under the right character.
+    indent = "".join(ch if ch == "\t" else " " for ch in line[: span.column - 1])
+    end = span.end_column if span.end_line == span.line else len(line) + 1
+    width = max(1, min(end, len(line) + 1) - span.column)
+    return f"{head}\n    {line}\n    {indent}^{'~' * (width - 1)}"
+
+
+def _position(diagnostic: Diagnostic) -> tuple[str, int, int]:
+    span = diagnostic.span
+    return ("", 0, 0) if span is None else (span.file, span.line, span.column)
+
+
+def render_all(diagnostics: Iterable[Diagnostic], sources: dict[str, str] | None = None) -> str:
+    return "\n".join(d.render(sources) for d in diagnostics)
+
+
+class CompileError(Exception):
+    """Raised when a source has errors; carries every diagnostic found (warnings included)."""
+
+    def __init__(self, diagnostics: list[Diagnostic], sources: dict[str, str] | None = None):
+        self.diagnostics = diagnostics
+        self.sources = sources or {}
+        super().__init__(render_all(diagnostics, self.sources))
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity is Severity.ERROR]
+
+
+class Reporter:
+    """Collects diagnostics for one compilation; drops repeats of one problem at one place."""
+
+    def __init__(self) -> None:
+        self.diagnostics: list[Diagnostic] = []
+        self._seen: set[tuple[Code, Span | None, str]] = set()
+
+    def error(self, code: Code, message: str, span: Span | None, **extra) -> None:
+        self._add(
+            Diagnostic(severity=Severity.ERROR, code=code, message=message, span=span, **extra)
+        )
+
+    def warning(self, code: Code, message: str, span: Span | None, **extra) -> None:
+        self._add(
+            Diagnostic(severity=Severity.WARNING, code=code, message=message, span=span, **extra)
+        )
+
+    def _add(self, diagnostic: Diagnostic) -> None:
+        # NOTE: a mistake inside a loop body is found once per iteration; report it once.
+        # The key leaves out the loop variable's value that messages may mention.
+        key = (diagnostic.code, diagnostic.span, diagnostic.message.split(" (with ")[0])
+        if key not in self._seen:
+            self._seen.add(key)
+            self.diagnostics.append(diagnostic)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.severity is Severity.ERROR for d in self.diagnostics)
+
+    def sorted(self) -> list[Diagnostic]:
+        """The diagnostics in source order (those without a place first)."""
+        return sorted(self.diagnostics, key=_position)
+
+    def raise_if_errors(self, sources: dict[str, str] | None = None) -> None:
+        if self.has_errors:
+            raise CompileError(self.sorted(), sources)
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity is Severity.WARNING]

@@ -1,0 +1,98 @@
+"""The pipeline end to end: parse → build → check → lower → emit, and loading the result."""
+
+from __future__ import annotations
+
+import itertools
+import linecache
+import os
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import ir
+from .build import build
+from .check import check
+from .diagnostics import CompileError, Diagnostic, Reporter
+from .emit import emit
+from .lower import lower
+from .parse import parse
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A source that passed every check: its IR and its warnings."""
+
+    program: ir.CheckedProgram
+    warnings: list[Diagnostic]
+    source: str
+
+
+def check_source(
+    text: str, filename: str = "<string>", params: Mapping[str, object] | None = None
+) -> Checked:
+    """Parse, build and check; raises :class:`CompileError` with every error (and warning)."""
+    sources = {filename: text}
+    reporter = Reporter()
+    syntax = parse(text, filename)
+    program = build(syntax, params or {}, reporter)
+    reporter.raise_if_errors(sources)
+    checked = check(program, reporter)
+    reporter.raise_if_errors(sources)
+    return Checked(program=checked, warnings=reporter.sorted(), source=text)
+
+
+def check_file(path: str | os.PathLike, params: Mapping[str, object] | None = None) -> Checked:
+    return check_source(read_source(path), str(path), params)
+
+
+def compile_source(
+    text: str, filename: str = "<string>", params: Mapping[str, object] | None = None
+) -> str:
+    """The generated Python module for a .mach source text."""
+    return emit(lower(check_source(text, filename, params).program))
+
+
+def compile_file(path: str | os.PathLike, params: Mapping[str, object] | None = None) -> str:
+    """The generated Python module for a .mach file."""
+    return compile_source(read_source(path), str(path), params)
+
+
+def read_source(path: str | os.PathLike) -> str:
+    """A .mach file's text; a file that is not UTF-8 is a diagnostic, not a traceback."""
+    data = open(path, "rb").read()  # noqa: SIM115 - OSError is the caller's to report
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        from .diagnostics import Code, Severity, Span
+
+        before = data[: exc.start].decode("utf-8", errors="replace")
+        line = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1) + 1
+        span = Span(file=str(path), line=line, column=column, end_line=line, end_column=column + 1)
+        diagnostic = Diagnostic(
+            severity=Severity.ERROR,
+            code=Code.SOURCE,
+            message=f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x})",
+            span=span,
+        )
+        raise CompileError([diagnostic]) from None
+
+
+_loaded = itertools.count()
+
+
+def load(path: str | os.PathLike, params: Mapping[str, object] | None = None) -> types.ModuleType:
+    """Compile a .mach file and import the result as a module (no file is written).
+
+    The generated source is registered with ``linecache``, so tracebacks and
+    debuggers show its lines.
+    """
+    source = compile_file(path, params)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = f"machc_generated.{stem}_{next(_loaded)}"
+    filename = f"<machc:{os.fspath(path)}>"
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated code
+    return module

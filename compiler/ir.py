@@ -1,0 +1,111 @@
+"""The hypergraph IR: the contract between the stages.
+
+``build`` produces a :class:`Program` (parameters bound, loops expanded, names
+resolved); ``check`` adds a :class:`Structure` to each machine (shapes through
+every pipeline, dependency order, depths, levels). All nodes are frozen,
+closed (``extra="forbid"``) and serialise to JSON.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from .diagnostics import Span
+
+Value = StrictBool | StrictInt | StrictFloat | StrictStr
+Shape = tuple[int, ...]
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Role(enum.StrEnum):
+    """What a space is to the outside: an argument of ``forward``, a result, or internal."""
+
+    INPUT = "input"
+    HIDDEN = "space"
+    OUTPUT = "output"
+
+
+class Space(Node):
+    """A summand of the global space. ``shape`` is per sample: channel (feature) axis first."""
+
+    name: str
+    shape: Shape
+    role: Role
+    span: Span
+
+
+class Port(Node):
+    """One space an edge reads or writes, with where it was named."""
+
+    space: str
+    span: Span
+
+
+class Op(Node):
+    """One stage of an edge's pipeline; ``kind`` is a key of :data:`machc.ops.OPS`."""
+
+    kind: str
+    args: dict[str, Value]
+    span: Span
+
+
+class Edge(Node):
+    """A hyperedge: reads the product of ``inputs``, applies ``ops``, splits into ``outputs``."""
+
+    name: str
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    ops: tuple[Op, ...]
+    span: Span
+
+
+class Machine(Node):
+    """A machine with its parameters bound to concrete values."""
+
+    name: str
+    params: dict[str, Value]
+    spaces: tuple[Space, ...]
+    edges: tuple[Edge, ...]
+    span: Span
+
+    def space(self, name: str) -> Space:
+        return next(space for space in self.spaces if space.name == name)
+
+
+class Structure(Node):
+    """What ``check`` learns about a machine of finite depth."""
+
+    order: tuple[str, ...] = Field(description="edge names in dependency order, level by level")
+    depth: dict[str, int] = Field(
+        description="space name -> longest path from a space no edge writes"
+    )
+    levels: tuple[tuple[str, ...], ...] = Field(description="antichains of independent edges")
+    shapes: dict[str, tuple[Shape, ...]] = Field(
+        description="edge name -> shape entering each op, then the shape it produces"
+    )
+
+
+class CheckedMachine(Node):
+    machine: Machine
+    structure: Structure
+
+
+class Program(Node):
+    """Every machine of one source file."""
+
+    file: str
+    machines: tuple[Machine, ...]
+
+
+class CheckedProgram(Node):
+    file: str
+    machines: tuple[CheckedMachine, ...]
+
+
+PositiveInt = Annotated[int, Field(gt=0)]

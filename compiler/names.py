@@ -1,0 +1,73 @@
+"""Python identifiers for names from .mach sources.
+
+Every name that generated code uses as an identifier comes from a
+:class:`Namespace`, which hands out legal, unique, non-keyword identifiers
+and never one of its reserved names. Source names are already restricted by
+the grammar to ``[A-Za-z_][A-Za-z0-9_]*`` plus array indices; the namespace
+is what keeps them from clashing with each other, with Python, or with the
+names generated code relies on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import keyword
+import re
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+# Attributes of torch.nn.Module (torch 2.x) and of the generated classes. An edge
+# named like one of these would shadow it, so its attribute gets another name.
+# tests/e2e checks this list against dir(nn.Module) of the installed torch.
+MODULE_ATTRIBUTES = frozenset(
+    """
+    T_destination call_super_init dump_patches training forward f resolvent
+    SPACES INPUTS OUTPUTS
+    add_module apply bfloat16 buffers children compile cpu cuda double eval extra_repr
+    float get_buffer get_extra_state get_parameter get_submodule half ipu load_state_dict
+    modules mtia named_buffers named_children named_modules named_parameters parameters
+    register_backward_hook register_buffer register_forward_hook register_forward_pre_hook
+    register_full_backward_hook register_full_backward_pre_hook
+    register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module
+    register_parameter register_state_dict_post_hook register_state_dict_pre_hook
+    requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train
+    type xpu zero_grad
+    """.split()
+)
+
+
+class Namespace:
+    """Hands out unique identifiers; the same key always gets the same identifier."""
+
+    def __init__(self, reserved: frozenset[str] | set[str] = frozenset()):
+        self._reserved = set(reserved)
+        self._taken: set[str] = set()
+        self._by_key: dict[str, str] = {}
+
+    def reserve(self, *names: str) -> None:
+        self._reserved.update(names)
+
+    def name(self, key: str, hint: str | None = None) -> str:
+        """The identifier for ``key`` (a source name such as ``h[2]``), made from ``hint`` or it."""
+        if key in self._by_key:
+            return self._by_key[key]
+        base = sanitize(hint if hint is not None else key)
+        candidates = itertools.chain(
+            [base, base + "_"], (f"{base}_{n}" for n in itertools.count(2))
+        )
+        candidate = next(c for c in candidates if c not in self._taken and c not in self._reserved)
+        self._taken.add(candidate)
+        self._by_key[key] = candidate
+        return candidate
+
+
+def sanitize(name: str) -> str:
+    """A legal, non-keyword identifier that reads like ``name``: ``h[2]`` → ``h_2``."""
+    text = name.replace("[", "_").replace("]", "").replace("-", "m")
+    text = re.sub(r"[^A-Za-z0-9_]", "_", text) or "_"
+    if text[0].isdigit():
+        text = "_" + text
+    if keyword.iskeyword(text) or keyword.issoftkeyword(text):
+        text += "_"
+    assert _IDENTIFIER.match(text), text
+    return text

@@ -1,0 +1,302 @@
+"""Parse stage: .mach text → :mod:`syntax` tree, with Lark errors turned into diagnostics."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import warnings
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
+from lark.lexer import PatternStr
+from machc.grammar import GRAMMAR_PATH
+
+from . import syntax as s
+from .diagnostics import Code, CompileError, Diagnostic, Severity, Span
+
+# How terminals are named in "expected ..." messages.
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "INT": "an integer",
+    "FLOAT": "a number",
+    "STRING": "a string",
+    "$END": "the end of the file",
+}
+# Tokens that can start an expression; when all may come next we just say "an expression".
+_EXPRESSION_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "MINUS", "TRUE", "FALSE"}
+
+
+@functools.cache
+def _parser() -> Lark:
+    return Lark.open(
+        str(GRAMMAR_PATH), parser="lalr", propagate_positions=True, maybe_placeholders=True
+    )
+
+
+def parse(text: str, path: str) -> s.SourceFile:
+    """Parse a whole .mach file; raises :class:`CompileError` with one syntax diagnostic."""
+    try:
+        tree = _parser().parse(text)
+    except UnexpectedInput as exc:
+        raise CompileError([_syntax_diagnostic(exc, text, path)], {path: text}) from None
+    try:
+        return _ToSyntax(path).transform(tree)
+    except VisitError as exc:
+        if isinstance(exc.orig_exc, _BadLiteral):
+            diagnostic = Diagnostic(
+                severity=Severity.ERROR,
+                code=Code.SYNTAX,
+                message=exc.orig_exc.message,
+                span=exc.orig_exc.span,
+            )
+            raise CompileError([diagnostic], {path: text}) from None
+        raise
+
+
+class _BadLiteral(Exception):
+    def __init__(self, message: str, span: Span):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+
+
+def _describe_expected(names: set[str]) -> str:
+    names = set(names)
+    words = []
+    if _EXPRESSION_START <= names:
+        names -= _EXPRESSION_START
+        words.append("an expression")
+    for name in sorted(names):
+        if name in _TERMINAL_WORDS:
+            words.append(_TERMINAL_WORDS[name])
+            continue
+        try:
+            pattern = _parser().get_terminal(name).pattern
+        except KeyError:
+            words.append(name)
+            continue
+        words.append(repr(pattern.value) if isinstance(pattern, PatternStr) else name.lower())
+    words = sorted(set(words), key=lambda w: (not w.startswith("'"), w))
+    if not words:
+        return ""
+    if len(words) == 1:
+        return f"; expected {words[0]}"
+    return "; expected one of " + ", ".join(words)
+
+
+def _syntax_diagnostic(exc: UnexpectedInput, text: str, path: str) -> Diagnostic:
+    line, column = exc.line, exc.column
+    width = 1
+    if isinstance(exc, UnexpectedToken):
+        token = exc.token
+        if token.type == "$END":
+            found = "the end of the file"
+            line, column = _end_position(text)
+        else:
+            found = repr(str(token))
+            width = max(1, len(str(token)))
+        message = f"unexpected {found}{_describe_expected(exc.expected)}"
+    elif isinstance(exc, UnexpectedCharacters):
+        message = f"unexpected character {text[exc.pos_in_stream]!r}" + _describe_expected(
+            exc.allowed or set()
+        )
+    elif isinstance(exc, UnexpectedEOF):
+        line, column = _end_position(text)
+        message = "unexpected end of the file" + _describe_expected(set(exc.expected))
+    else:  # pragma: no cover - Lark has no other kinds today
+        message = str(exc).splitlines()[0]
+    if line is None or line < 1:
+        line, column = _end_position(text)
+    span = Span(file=path, line=line, column=column, end_line=line, end_column=column + width)
+    return Diagnostic(severity=Severity.ERROR, code=Code.SYNTAX, message=message, span=span)
+
+
+def _end_position(text: str) -> tuple[int, int]:
+    lines = text.splitlines() or [""]
+    if text.endswith("\n"):
+        return len(lines) + 1, 1
+    return len(lines), len(lines[-1]) + 1
+
+
+def _token_span(path: str, token: Token) -> Span:
+    return Span(
+        file=path,
+        line=token.line,
+        column=token.column,
+        end_line=token.end_line,
+        end_column=token.end_column,
+    )
+
+
+@v_args(meta=True)
+class _ToSyntax(Transformer):
+    """Builds :mod:`syntax` nodes; one method per grammar rule (or alias)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def _span(self, meta) -> Span:
+        return Span(
+            file=self.path,
+            line=meta.line,
+            column=meta.column,
+            end_line=meta.end_line,
+            end_column=meta.end_column,
+        )
+
+    # --- file and machines ---
+
+    def start(self, meta, machines):
+        return s.SourceFile(path=self.path, machines=tuple(machines))
+
+    def machine(self, meta, children):
+        name, params, *body = children
+        return s.MachineDecl(
+            name=str(name),
+            params=params or (),
+            body=tuple(body),
+            span=self._span(meta),
+            name_span=_token_span(self.path, name),
+        )
+
+    def param_list(self, meta, params):
+        return tuple(p for p in params if p is not None)
+
+    def param(self, meta, children):
+        name, type_, default = children
+        return s.ParamDecl(
+            name=str(name),
+            type=str(type_),
+            default=default,
+            span=self._span(meta),
+            type_span=_token_span(self.path, type_),
+        )
+
+    # --- declarations ---
+
+    def role(self, meta, children):
+        return str(children[0])
+
+    def space_decl(self, meta, children):
+        role, name, array, size = children
+        return s.SpaceDecl(
+            role=role,
+            name=str(name),
+            array=array,
+            size=size,
+            span=self._span(meta),
+            name_span=_token_span(self.path, name),
+        )
+
+    def array_range(self, meta, children):
+        return children[0]
+
+    def edge_decl(self, meta, children):
+        (name, index, name_span), inputs, _arrow, outputs, ops = children
+        return s.EdgeDecl(
+            name=name,
+            index=index,
+            inputs=inputs,
+            outputs=outputs,
+            ops=ops,
+            span=self._span(meta),
+            name_span=name_span,
+        )
+
+    def edge_name(self, meta, children):
+        name, index = children
+        return str(name), index, self._span(meta)
+
+    def arrow(self, meta, children):
+        return None
+
+    def product(self, meta, factors):
+        return tuple(factors)
+
+    def factor(self, meta, children):
+        name, index = children
+        return s.SpaceRef(name=str(name), index=index, span=self._span(meta))
+
+    def pipeline(self, meta, ops):
+        return tuple(ops)
+
+    def op(self, meta, children):
+        name, *args = children
+        return s.OpCall(
+            name=str(name),
+            args=tuple(a for a in args if a is not None),
+            span=self._span(meta),
+            name_span=_token_span(self.path, name),
+        )
+
+    def positional_arg(self, meta, children):
+        return s.Arg(name=None, value=children[0], span=self._span(meta))
+
+    def keyword_arg(self, meta, children):
+        name, value = children
+        return s.Arg(name=str(name), value=value, span=self._span(meta))
+
+    def for_loop(self, meta, children):
+        var, range_, *body = children
+        return s.ForLoop(
+            var=str(var),
+            range=range_,
+            body=tuple(body),
+            span=self._span(meta),
+            var_span=_token_span(self.path, var),
+        )
+
+    def range(self, meta, children):
+        lo, hi = children
+        return s.Range(lo=lo, hi=hi, span=self._span(meta))
+
+    # --- expressions ---
+
+    def _binop(op):  # noqa: N805 - builds methods at class creation
+        def method(self, meta, children):
+            left, right = children
+            return s.BinOp(op=op, left=left, right=right, span=self._span(meta))
+
+        return method
+
+    add = _binop("+")
+    sub = _binop("-")
+    mul = _binop("*")
+    floordiv = _binop("//")
+    truediv = _binop("/")
+
+    def neg(self, meta, children):
+        return s.Neg(operand=children[0], span=self._span(meta))
+
+    def int(self, meta, children):
+        return s.Literal(value=int(children[0]), span=self._span(meta))
+
+    def float(self, meta, children):
+        return s.Literal(value=float(children[0]), span=self._span(meta))
+
+    def true(self, meta, children):
+        return s.Literal(value=True, span=self._span(meta))
+
+    def false(self, meta, children):
+        return s.Literal(value=False, span=self._span(meta))
+
+    def string(self, meta, children):
+        # The grammar admits only a double-quoted literal with backslash escapes.
+        token = str(children[0])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                value = ast.literal_eval(token)
+        except (SyntaxError, ValueError, Warning):
+            raise _BadLiteral(f"invalid escape in string {token}", self._span(meta)) from None
+        return s.Literal(value=value, span=self._span(meta))
+
+    def var(self, meta, children):
+        return s.Var(name=str(children[0]), span=self._span(meta))

@@ -1,0 +1,159 @@
+"""The syntax tree of a .mach file, as written: parameters unbound, loops unexpanded.
+
+Every node carries the :class:`Span` it was parsed from, so that every later
+diagnostic can point at the text that caused it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .diagnostics import Span
+
+# --- expressions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Literal:
+    """A number, boolean or string written in the source."""
+
+    value: int | float | bool | str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Var:
+    """A parameter or loop variable used in an expression."""
+
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class BinOp:
+    """An arithmetic operation: one of ``+ - * // /``."""
+
+    op: str
+    left: Expr
+    right: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Neg:
+    """Unary minus."""
+
+    operand: Expr
+    span: Span
+
+
+Expr = Literal | Var | BinOp | Neg
+
+
+@dataclass(frozen=True)
+class Range:
+    """An inclusive integer range ``lo..hi``; empty when ``hi < lo``."""
+
+    lo: Expr
+    hi: Expr
+    span: Span
+
+
+# --- declarations --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpaceRef:
+    """A space named in an edge: ``x``, ``h[i]`` or ``h[1..i-1]``."""
+
+    name: str
+    index: Expr | Range | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Arg:
+    """An op argument, positional (``name`` is None) or keyword."""
+
+    name: str | None
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """One stage of an edge's pipeline: ``linear(bias=false)``."""
+
+    name: str
+    args: tuple[Arg, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class SpaceDecl:
+    """``input x : 16``, ``space h[1..n] : w``, ``output y : 10``."""
+
+    role: str
+    name: str
+    array: Range | None
+    size: Expr
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class EdgeDecl:
+    """``name : A × B -> C = op | op``."""
+
+    name: str
+    index: Expr | None
+    inputs: tuple[SpaceRef, ...]
+    outputs: tuple[SpaceRef, ...]
+    ops: tuple[OpCall, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class ForLoop:
+    """``for i in a..b { ... }``."""
+
+    var: str
+    range: Range
+    body: tuple[Item, ...]
+    span: Span
+    var_span: Span
+
+
+Item = SpaceDecl | EdgeDecl | ForLoop
+
+
+@dataclass(frozen=True)
+class ParamDecl:
+    """``name: int = 3``; ``default`` is None for a parameter that must be set."""
+
+    name: str
+    type: str
+    default: Expr | None
+    span: Span
+    type_span: Span
+
+
+@dataclass(frozen=True)
+class MachineDecl:
+    """``machine Name(params) { items }``."""
+
+    name: str
+    params: tuple[ParamDecl, ...]
+    body: tuple[Item, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A whole .mach file."""
+
+    path: str
+    machines: tuple[MachineDecl, ...]
