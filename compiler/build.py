@@ -203,6 +203,8 @@ class _MachineBuilder:
         self.error(exc.code, exc.message, exc.span, scope, hint=exc.hint)
 
     def build(self, params: Mapping[str, object]) -> ir.Machine | None:
+        """The machine, or None if it has errors (then the reporter has them)."""
+        errors_before = self.reporter.error_count
         self._check_name()
         env = self._bind_params(params)
         if env is None:
@@ -215,6 +217,8 @@ class _MachineBuilder:
             if isinstance(item, s.EdgeDecl):
                 self._declare_edge(item, scope)
         self._check_name_clashes()
+        if self.reporter.error_count > errors_before:
+            return None
         return ir.Machine(
             name=self.decl.name,
             params=env,

@@ -26,7 +26,7 @@ def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
 
 
 def _check_machine(machine: ir.Machine, reporter: Reporter) -> ir.Structure | None:
-    errors_before = len([d for d in reporter.diagnostics if d.severity == "error"])
+    errors_before = reporter.error_count
     roles = {space.role for space in machine.spaces}
     if ir.Role.INPUT not in roles:
         reporter.error(Code.MACHINE, f"machine {machine.name!r} has no input space", machine.span)
@@ -36,7 +36,7 @@ def _check_machine(machine: ir.Machine, reporter: Reporter) -> ir.Structure | No
     _check_written(machine, reporter)
     graph = hypergraph(machine)
     _check_cycles(machine, graph, reporter)
-    if len([d for d in reporter.diagnostics if d.severity == "error"]) > errors_before:
+    if reporter.error_count > errors_before:
         return None
     structure = _structure(machine, graph, shapes)
     _warn_unused(machine, graph, reporter)
@@ -125,7 +125,7 @@ def _check_cycles(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter) ->
             Code.CYCLE,
             f"cycle: {path}",
             notes[0].span,
-            notes=tuple(notes),
+            notes=tuple(notes[1:]),
             hint="a machine of finite depth has no cycles; break one of these edges",
         )
 

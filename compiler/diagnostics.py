@@ -156,8 +156,12 @@ class Reporter:
             self.diagnostics.append(diagnostic)
 
     @property
+    def error_count(self) -> int:
+        return sum(d.severity is Severity.ERROR for d in self.diagnostics)
+
+    @property
     def has_errors(self) -> bool:
-        return any(d.severity is Severity.ERROR for d in self.diagnostics)
+        return self.error_count > 0
 
     def sorted(self) -> list[Diagnostic]:
         """The diagnostics in source order (those without a place first)."""

@@ -34,8 +34,9 @@ def check_source(
     sources = {filename: text}
     reporter = Reporter()
     syntax = parse(text, filename)
+    # Machines with errors are left out of the program; the others are still checked,
+    # so that one run reports every error of the file.
     program = build(syntax, params or {}, reporter)
-    reporter.raise_if_errors(sources)
     checked = check(program, reporter)
     reporter.raise_if_errors(sources)
     return Checked(program=checked, warnings=reporter.sorted(), source=text)

@@ -9,7 +9,6 @@ closed (``extra="forbid"``) and serialise to JSON.
 from __future__ import annotations
 
 import enum
-from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -106,6 +105,3 @@ class Program(Node):
 class CheckedProgram(Node):
     file: str
     machines: tuple[CheckedMachine, ...]
-
-
-PositiveInt = Annotated[int, Field(gt=0)]

@@ -28,8 +28,9 @@ _TERMINAL_WORDS = {
     "STRING": "a string",
     "$END": "the end of the file",
 }
-# Tokens that can start an expression; when all may come next we just say "an expression".
+# Tokens that can start an expression; when these may come next we just say "an expression".
 _EXPRESSION_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "MINUS", "TRUE", "FALSE"}
+_EXPRESSION_SIGNS = {"NAME", "INT", "LPAR", "MINUS"}
 
 
 @functools.cache
@@ -69,7 +70,7 @@ class _BadLiteral(Exception):
 def _describe_expected(names: set[str]) -> str:
     names = set(names)
     words = []
-    if _EXPRESSION_START <= names:
+    if _EXPRESSION_SIGNS <= names:
         names -= _EXPRESSION_START
         words.append("an expression")
     for name in sorted(names):
