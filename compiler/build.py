@@ -28,9 +28,17 @@ RESERVED_CLASS_NAMES = frozenset({"torch", "nn", "F", "Tensor", "NamedTuple", "a
 class _Problem(Exception):
     """An error found while evaluating; carries its place."""
 
+    silent = False
+
     def __init__(self, code: Code, message: str, span: Span, hint: str | None = None):
         super().__init__(message)
         self.code, self.message, self.span, self.hint = code, message, span, hint
+
+
+class _AlreadyReported(_Problem):
+    """A consequence of an error reported elsewhere (a space whose declaration failed)."""
+
+    silent = True
 
 
 def build(source: s.SourceFile, params: Mapping[str, object], reporter: Reporter) -> ir.Program:
@@ -130,13 +138,15 @@ def evaluate(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Value:
 
 def _need_number(value: ir.Value, op: str, span: Span) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Problem(Code.EXPRESSION, f"{op!r} needs numbers, got {value!r}", span)
+        raise _Problem(Code.EXPRESSION, f"{op!r} needs numbers, got {ir.format_value(value)}", span)
 
 
 def _integer(expr: s.Expr, env: Mapping[str, ir.Value], what: str) -> int:
     value = evaluate(expr, env)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _Problem(Code.EXPRESSION, f"{what} must be an integer, got {value!r}", expr.span)
+        raise _Problem(
+            Code.EXPRESSION, f"{what} must be an integer, got {ir.format_value(value)}", expr.span
+        )
     return value
 
 
@@ -185,6 +195,7 @@ class _Spaces:
     by_name: dict[str, ir.Space] = field(default_factory=dict)
     arrays: dict[str, list[int]] = field(default_factory=dict)  # family -> declared indices
     scalars: set[str] = field(default_factory=set)
+    broken: set[str] = field(default_factory=set)  # families whose declaration had an error
 
 
 class _MachineBuilder:
@@ -200,6 +211,8 @@ class _MachineBuilder:
         self.reporter.error(code, message + context, span, **extra)
 
     def problem(self, exc: _Problem, scope: _Scope | None = None) -> None:
+        if exc.silent:
+            return
         self.error(exc.code, exc.message, exc.span, scope, hint=exc.hint)
 
     def build(self, params: Mapping[str, object]) -> ir.Machine | None:
@@ -224,7 +237,7 @@ class _MachineBuilder:
             params=env,
             spaces=tuple(self.spaces.by_name.values()),
             edges=tuple(self.edges.values()),
-            span=self.decl.span,
+            span=self.decl.name_span,
         )
 
     def _check_name(self) -> None:
@@ -246,14 +259,16 @@ class _MachineBuilder:
 
     def _bind_params(self, given: Mapping[str, object]) -> dict[str, ir.Value] | None:
         env: dict[str, ir.Value] = {}
+        declared: set[str] = set()
         ok = True
         for param in self.decl.params:
-            if param.name in env:
+            if param.name in declared:
                 self.error(
                     Code.DUPLICATE_NAME, f"parameter {param.name!r} declared twice", param.span
                 )
                 ok = False
                 continue
+            declared.add(param.name)
             type_ = PARAM_TYPES.get(param.type)
             if type_ is None:
                 self.error(
@@ -302,7 +317,8 @@ class _MachineBuilder:
         if converted is None:
             self.error(
                 Code.PARAMETER,
-                f"default of parameter {param.name!r} must be {param.type}, got {value!r}",
+                f"default of parameter {param.name!r} must be {param.type}, "
+                f"got {ir.format_value(value)}",
                 param.default.span,
             )
         return converted
@@ -342,6 +358,7 @@ class _MachineBuilder:
             indices = list(_range(decl.array, scope.env)) if decl.array else None
         except _Problem as exc:
             self.problem(exc, scope)
+            self.spaces.broken.add(decl.name)
             return
         spaces = self.spaces
         family_kind = (
@@ -390,6 +407,8 @@ class _MachineBuilder:
                 )
             return [ir.Port(space=ref.name, span=ref.span)]
         if ref.name not in spaces.arrays:
+            if ref.name in spaces.broken:
+                raise _AlreadyReported(Code.UNKNOWN_NAME, "", ref.span)
             raise _Problem(
                 Code.UNKNOWN_NAME,
                 f"unknown space {ref.name!r}",

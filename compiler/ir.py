@@ -9,6 +9,7 @@ closed (``extra="forbid"``) and serialise to JSON.
 from __future__ import annotations
 
 import enum
+import json
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -16,6 +17,15 @@ from .diagnostics import Span
 
 Value = StrictBool | StrictInt | StrictFloat | StrictStr
 Shape = tuple[int, ...]
+
+
+def format_value(value: object) -> str:
+    """A value as .mach source writes it; strings JSON-escaped, so always one safe line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
 
 
 class Node(BaseModel):

@@ -133,22 +133,13 @@ def _safe(text: str) -> str:
 
 
 def format_params(params: dict[str, ir.Value]) -> str:
-    return ", ".join(f"{k}={_mach_value(v)}" for k, v in params.items())
-
-
-def _mach_value(value: ir.Value) -> str:
-    """A value as .mach source would write it (strings JSON-escaped, so always one safe line)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
+    return ", ".join(f"{k}={ir.format_value(v)}" for k, v in params.items())
 
 
 def _op_text(op: ir.Op) -> str:
     spec = OPS[op.kind]
     changed = [
-        f"{a.name}={_mach_value(op.args[a.name])}"
+        f"{a.name}={ir.format_value(op.args[a.name])}"
         for a in spec.args
         if a.name in op.args and op.args[a.name] != a.default
     ]

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from .ir import Op, Shape, Value
+from .ir import Op, Shape, Value, format_value
 
 ArgValues = Mapping[str, Value]
 
@@ -85,15 +85,15 @@ class OpError(Exception):
 
 
 def _positive(value: Value) -> str | None:
-    return None if value > 0 else f"must be positive, got {value!r}"
+    return None if value > 0 else f"must be positive, got {format_value(value)}"
 
 
 def _probability(value: Value) -> str | None:
-    return None if 0 <= value < 1 else f"must be at least 0 and below 1, got {value!r}"
+    return None if 0 <= value < 1 else f"must be at least 0 and below 1, got {format_value(value)}"
 
 
 def _finite(value: Value) -> str | None:
-    return None if math.isfinite(value) else f"must be finite, got {value!r}"
+    return None if math.isfinite(value) else f"must be finite, got {format_value(value)}"
 
 
 # --- layers ----------------------------------------------------------------------
@@ -214,7 +214,7 @@ def bind_args(spec: OpSpec, positional: list[Value], keyword: list[tuple[str, Va
                 (
                     i,
                     f"argument {arg.name!r} of {spec.name} must be {_TYPE_WORDS[arg.type]}, "
-                    f"got {value!r}",
+                    f"got {format_value(value)}",
                 )
             )
             continue

@@ -97,7 +97,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, path: str) -> Diagnostic
     if isinstance(exc, UnexpectedToken):
         token = exc.token
         if token.type == "$END":
-            found = "the end of the file"
+            found = "end of the file"
             line, column = _end_position(text)
         else:
             found = repr(str(token))
@@ -119,9 +119,8 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, path: str) -> Diagnostic
 
 
 def _end_position(text: str) -> tuple[int, int]:
-    lines = text.splitlines() or [""]
-    if text.endswith("\n"):
-        return len(lines) + 1, 1
+    """Just after the last character that is not white space."""
+    lines = text.rstrip().splitlines() or [""]
     return len(lines), len(lines[-1]) + 1
 
 
