@@ -27,6 +27,7 @@ from .ops import OPS
 CHANNEL_DIM = 1  # tensors are [batch, channels, *spatial]
 MODULE_NAMES = frozenset({"torch", "nn", "F", "Tensor", "NamedTuple", "annotations", "_complete"})
 METHOD_LOCALS = frozenset({"self", "state", "x0"})
+PIPELINE_WIDTH = 48  # a pipeline expression longer than this continues in a new statement
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class OutputTuple:
 class MachineClass:
     name: str
     doc: tuple[str, ...]
-    spaces: str  # source of the SPACES dict literal
+    spaces: tuple[str, ...]  # lines of the SPACES class attribute
     inputs: str
     outputs: str
     layers: tuple[Layer, ...]
@@ -120,6 +121,14 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
 def py_str(text: str) -> str:
     """A Python string literal for ``text``: JSON's escapes are all valid Python escapes."""
     return json.dumps(text)
+
+
+def _dict_lines(prefix: str, items: list[str], indent: int) -> list[str]:
+    """A dict display after ``prefix``: one line if it fits in 100 columns, else one item a line."""
+    one_line = prefix + "{" + ", ".join(items) + "}"
+    if indent + len(one_line) <= 100:
+        return [one_line]
+    return [prefix + "{", *(f"    {item}," for item in items), "}"]
 
 
 def _py_tuple(items) -> str:
@@ -192,8 +201,10 @@ class _MachineLowering:
         if machine.params:
             doc.append(f"Parameters: {format_params(machine.params)}.")
         doc.append(f"forward({signature(inputs)}) -> {signature(outputs)}")
-        spaces = (
-            "{" + ", ".join(f"{py_str(s.name)}: {tuple(s.shape)!r}" for s in machine.spaces) + "}"
+        spaces = _dict_lines(
+            "SPACES: dict[str, tuple[int, ...]] = ",
+            [f"{py_str(s.name)}: {tuple(s.shape)!r}" for s in machine.spaces],
+            indent=4,
         )
         return MachineClass(
             name=machine.name,
@@ -278,7 +289,7 @@ class _MachineLowering:
                 plan.var[space.name] = names.name(space.name)
                 body.append(f"{plan.var[space.name]} = x0[{py_str(space.name)}]")
         body += self._statements(plan, self.structure.order)
-        body.append(self._state_dict_return(plan))
+        body += self._state_dict_return(plan)
         return Method(
             signature="resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]",
             doc="The solution x of x = f(x) + x0, for x0 given on any spaces (the rest are zero).",
@@ -298,16 +309,16 @@ class _MachineLowering:
         for space in self.machine.spaces:
             if not self.writers[space.name]:
                 plan.var[space.name] = f"torch.zeros_like(state[{py_str(space.name)}])"
-        body.append(self._state_dict_return(plan))
+        body += self._state_dict_return(plan)
         return Method(
             signature="f(self, state: dict[str, Tensor]) -> dict[str, Tensor]",
             doc="The global endofunction: the sum of all edges applied to state (missing: zero).",
             body=tuple(body),
         )
 
-    def _state_dict_return(self, plan: _Plan) -> str:
-        items = ", ".join(f"{py_str(s.name)}: {plan.var[s.name]}" for s in self.machine.spaces)
-        return "return {" + items + "}"
+    def _state_dict_return(self, plan: _Plan) -> list[str]:
+        items = [f"{py_str(s.name)}: {plan.var[s.name]}" for s in self.machine.spaces]
+        return _dict_lines("return ", items, indent=8)
 
     def _statements(self, plan: _Plan, order) -> list[str]:
         """Each edge of ``order`` once; a space's contributions are summed after its last writer."""
@@ -322,7 +333,7 @@ class _MachineLowering:
                 current_level = level_of[name]
                 lines.append(f"# level {current_level}")
             lines.append(f"# {self.where(edge.span)}  {_safe(edge_text(edge))}")
-            expr = self._edge_expr(edge, plan)
+            expr = self._edge_expr(edge, plan, lines)
             if len(edge.outputs) == 1 and self.writers[edge.outputs[0].space] == [name]:
                 space = edge.outputs[0].space
                 target = plan.var.setdefault(space, plan.locals.name(space))
@@ -359,13 +370,21 @@ class _MachineLowering:
                     lines.append(f"{target} = {' + '.join(terms)}")
         return lines
 
-    def _edge_expr(self, edge: ir.Edge, plan: _Plan) -> str:
+    def _edge_expr(self, edge: ir.Edge, plan: _Plan, lines: list[str]) -> str:
+        """The expression of the edge's product through its pipeline.
+
+        A long pipeline is cut into statements on a variable named after the edge,
+        so that no line nests more than a screen's width of calls.
+        """
         reads = [plan.read(port.space) for port in edge.inputs]
         expr = (
             reads[0] if len(reads) == 1 else f"torch.cat([{', '.join(reads)}], dim={CHANNEL_DIM})"
         )
         for i, op in enumerate(edge.ops):
-            expr = OPS[op.kind].source(
-                op.args, expr, self.layer_exprs.get((edge.name, i)), CHANNEL_DIM
-            )
+            if i > 0 and len(expr) > PIPELINE_WIDTH:
+                temp = plan.locals.name(f"{edge.name}/pipeline", edge.name)
+                lines.append(f"{temp} = {expr}")
+                expr = temp
+            layer = self.layer_exprs.get((edge.name, i))
+            expr = OPS[op.kind].source(op.args, expr, layer, CHANNEL_DIM)
         return expr

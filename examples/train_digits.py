@@ -15,11 +15,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import machc
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
-
-import machc
 
 HERE = Path(__file__).resolve().parent
 

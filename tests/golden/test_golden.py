@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from machc.cli import describe
 from machc.diagnostics import Code, CompileError, render_all
 from machc.driver import check_source, compile_file
@@ -48,7 +47,11 @@ def _diagnose(case: Path) -> tuple[str, set[Code], bool]:
     try:
         checked = check_source(text, case.name)
     except CompileError as exc:
-        return render_all(exc.diagnostics, exc.sources) + "\n", {d.code for d in exc.diagnostics}, False
+        return (
+            render_all(exc.diagnostics, exc.sources) + "\n",
+            {d.code for d in exc.diagnostics},
+            False,
+        )
     codes = {d.code for d in checked.warnings}
     return render_all(checked.warnings, {case.name: text}) + "\n", codes, True
 

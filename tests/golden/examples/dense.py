@@ -31,7 +31,14 @@ class DenseMachine(nn.Module):
     forward(x [16]) -> y [10]
     """
 
-    SPACES: dict[str, tuple[int, ...]] = {"x": (16,), "h[1]": (32,), "h[2]": (32,), "h[3]": (32,), "h[4]": (32,), "y": (10,)}
+    SPACES: dict[str, tuple[int, ...]] = {
+        "x": (16,),
+        "h[1]": (32,),
+        "h[2]": (32,),
+        "h[3]": (32,),
+        "h[4]": (32,),
+        "y": (10,),
+    }
     INPUTS: tuple[str, ...] = ("x",)
     OUTPUTS: tuple[str, ...] = ("y",)
 
@@ -68,14 +75,24 @@ class DenseMachine(nn.Module):
         # dense.mach:8  g[1] : x -> h[1] = linear | relu
         h_1 = torch.relu(self.g_1(state["x"]))
         # dense.mach:8  g[2] : x × h[1] -> h[2] = linear | relu
-        h_2 = torch.relu(self.g_2(torch.cat([state["x"], state["h[1]"]], dim=1)))
+        g_2 = self.g_2(torch.cat([state["x"], state["h[1]"]], dim=1))
+        h_2 = torch.relu(g_2)
         # dense.mach:8  g[3] : x × h[1] × h[2] -> h[3] = linear | relu
-        h_3 = torch.relu(self.g_3(torch.cat([state["x"], state["h[1]"], state["h[2]"]], dim=1)))
+        g_3 = self.g_3(torch.cat([state["x"], state["h[1]"], state["h[2]"]], dim=1))
+        h_3 = torch.relu(g_3)
         # dense.mach:8  g[4] : x × h[1] × h[2] × h[3] -> h[4] = linear | relu
-        h_4 = torch.relu(self.g_4(torch.cat([state["x"], state["h[1]"], state["h[2]"], state["h[3]"]], dim=1)))
+        g_4 = self.g_4(torch.cat([state["x"], state["h[1]"], state["h[2]"], state["h[3]"]], dim=1))
+        h_4 = torch.relu(g_4)
         # dense.mach:10  head : h[4] -> y = linear
         y = self.head(state["h[4]"])
-        return {"x": torch.zeros_like(state["x"]), "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "h[4]": h_4, "y": y}
+        return {
+            "x": torch.zeros_like(state["x"]),
+            "h[1]": h_1,
+            "h[2]": h_2,
+            "h[3]": h_3,
+            "h[4]": h_4,
+            "y": y,
+        }
 
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
         """The solution x of x = f(x) + x0, for x0 given on any spaces (the rest are zero)."""

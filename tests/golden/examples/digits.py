@@ -32,7 +32,13 @@ class DigitNet(nn.Module):
     forward(pixels [64]) -> logits [10]
     """
 
-    SPACES: dict[str, tuple[int, ...]] = {"pixels": (64,), "h[1]": (48,), "h[2]": (48,), "h[3]": (48,), "logits": (10,)}
+    SPACES: dict[str, tuple[int, ...]] = {
+        "pixels": (64,),
+        "h[1]": (48,),
+        "h[2]": (48,),
+        "h[3]": (48,),
+        "logits": (10,),
+    }
     INPUTS: tuple[str, ...] = ("pixels",)
     OUTPUTS: tuple[str, ...] = ("logits",)
 
@@ -50,10 +56,12 @@ class DigitNet(nn.Module):
         h_1 = F.dropout(F.gelu(self.block_1[1](self.block_1[0](pixels))), p=0.1, training=self.training)
         # level 2
         # digits.mach:9  block[2] : pixels × h[1] -> h[2] = linear | layernorm | gelu | dropout(p=0.1)
-        h_2 = F.dropout(F.gelu(self.block_2[1](self.block_2[0](torch.cat([pixels, h_1], dim=1)))), p=0.1, training=self.training)
+        block_2 = self.block_2[1](self.block_2[0](torch.cat([pixels, h_1], dim=1)))
+        h_2 = F.dropout(F.gelu(block_2), p=0.1, training=self.training)
         # level 3
         # digits.mach:9  block[3] : pixels × h[1] × h[2] -> h[3] = linear | layernorm | gelu | dropout(p=0.1)
-        h_3 = F.dropout(F.gelu(self.block_3[1](self.block_3[0](torch.cat([pixels, h_1, h_2], dim=1)))), p=0.1, training=self.training)
+        block_3 = self.block_3[0](torch.cat([pixels, h_1, h_2], dim=1))
+        h_3 = F.dropout(F.gelu(self.block_3[1](block_3)), p=0.1, training=self.training)
         # level 4
         # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
         logits = self.head(torch.cat([h_1, h_2, h_3], dim=1))
@@ -63,14 +71,23 @@ class DigitNet(nn.Module):
         """The global endofunction: the sum of all edges applied to state (missing: zero)."""
         state = _complete(self.SPACES, state)
         # digits.mach:9  block[1] : pixels -> h[1] = linear | layernorm | gelu | dropout(p=0.1)
-        h_1 = F.dropout(F.gelu(self.block_1[1](self.block_1[0](state["pixels"]))), p=0.1, training=self.training)
+        block_1 = self.block_1[1](self.block_1[0](state["pixels"]))
+        h_1 = F.dropout(F.gelu(block_1), p=0.1, training=self.training)
         # digits.mach:9  block[2] : pixels × h[1] -> h[2] = linear | layernorm | gelu | dropout(p=0.1)
-        h_2 = F.dropout(F.gelu(self.block_2[1](self.block_2[0](torch.cat([state["pixels"], state["h[1]"]], dim=1)))), p=0.1, training=self.training)
+        block_2 = self.block_2[0](torch.cat([state["pixels"], state["h[1]"]], dim=1))
+        h_2 = F.dropout(F.gelu(self.block_2[1](block_2)), p=0.1, training=self.training)
         # digits.mach:9  block[3] : pixels × h[1] × h[2] -> h[3] = linear | layernorm | gelu | dropout(p=0.1)
-        h_3 = F.dropout(F.gelu(self.block_3[1](self.block_3[0](torch.cat([state["pixels"], state["h[1]"], state["h[2]"]], dim=1)))), p=0.1, training=self.training)
+        block_3 = self.block_3[0](torch.cat([state["pixels"], state["h[1]"], state["h[2]"]], dim=1))
+        h_3 = F.dropout(F.gelu(self.block_3[1](block_3)), p=0.1, training=self.training)
         # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
         logits = self.head(torch.cat([state["h[1]"], state["h[2]"], state["h[3]"]], dim=1))
-        return {"pixels": torch.zeros_like(state["pixels"]), "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "logits": logits}
+        return {
+            "pixels": torch.zeros_like(state["pixels"]),
+            "h[1]": h_1,
+            "h[2]": h_2,
+            "h[3]": h_3,
+            "logits": logits,
+        }
 
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
         """The solution x of x = f(x) + x0, for x0 given on any spaces (the rest are zero)."""
@@ -81,10 +98,12 @@ class DigitNet(nn.Module):
         h_1 = x0["h[1]"] + F.dropout(F.gelu(self.block_1[1](self.block_1[0](pixels))), p=0.1, training=self.training)
         # level 2
         # digits.mach:9  block[2] : pixels × h[1] -> h[2] = linear | layernorm | gelu | dropout(p=0.1)
-        h_2 = x0["h[2]"] + F.dropout(F.gelu(self.block_2[1](self.block_2[0](torch.cat([pixels, h_1], dim=1)))), p=0.1, training=self.training)
+        block_2 = self.block_2[1](self.block_2[0](torch.cat([pixels, h_1], dim=1)))
+        h_2 = x0["h[2]"] + F.dropout(F.gelu(block_2), p=0.1, training=self.training)
         # level 3
         # digits.mach:9  block[3] : pixels × h[1] × h[2] -> h[3] = linear | layernorm | gelu | dropout(p=0.1)
-        h_3 = x0["h[3]"] + F.dropout(F.gelu(self.block_3[1](self.block_3[0](torch.cat([pixels, h_1, h_2], dim=1)))), p=0.1, training=self.training)
+        block_3 = self.block_3[0](torch.cat([pixels, h_1, h_2], dim=1))
+        h_3 = x0["h[3]"] + F.dropout(F.gelu(self.block_3[1](block_3)), p=0.1, training=self.training)
         # level 4
         # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
         logits = x0["logits"] + self.head(torch.cat([h_1, h_2, h_3], dim=1))

@@ -35,7 +35,16 @@ class Hypergraph(nn.Module):
     forward(X1 [4], X2 [4]) -> X5 [3], X8 [2]
     """
 
-    SPACES: dict[str, tuple[int, ...]] = {"X1": (4,), "X2": (4,), "X3": (8,), "X4": (8,), "X5": (3,), "X6": (3,), "X7": (3,), "X8": (2,)}
+    SPACES: dict[str, tuple[int, ...]] = {
+        "X1": (4,),
+        "X2": (4,),
+        "X3": (8,),
+        "X4": (8,),
+        "X5": (3,),
+        "X6": (3,),
+        "X7": (3,),
+        "X8": (2,),
+    }
     INPUTS: tuple[str, ...] = ("X1", "X2")
     OUTPUTS: tuple[str, ...] = ("X5", "X8")
 
@@ -70,7 +79,8 @@ class Hypergraph(nn.Module):
         """The global endofunction: the sum of all edges applied to state (missing: zero)."""
         state = _complete(self.SPACES, state)
         # hypergraph.mach:12  f1 : X1 × X2 -> X3 = linear | tanh
-        X3 = torch.tanh(self.f1(torch.cat([state["X1"], state["X2"]], dim=1)))
+        f1 = self.f1(torch.cat([state["X1"], state["X2"]], dim=1))
+        X3 = torch.tanh(f1)
         # hypergraph.mach:13  f2 : X1 -> X5 = linear
         X5_f2 = self.f2(state["X1"])
         # hypergraph.mach:14  f3 : X3 -> X4 = linear | tanh
@@ -80,7 +90,16 @@ class Hypergraph(nn.Module):
         X5 = X5_f2 + X5_f4
         # hypergraph.mach:16  f5 : X6 -> X8 = linear | tanh
         X8 = torch.tanh(self.f5(state["X6"]))
-        return {"X1": torch.zeros_like(state["X1"]), "X2": torch.zeros_like(state["X2"]), "X3": X3, "X4": X4, "X5": X5, "X6": X6, "X7": X7, "X8": X8}
+        return {
+            "X1": torch.zeros_like(state["X1"]),
+            "X2": torch.zeros_like(state["X2"]),
+            "X3": X3,
+            "X4": X4,
+            "X5": X5,
+            "X6": X6,
+            "X7": X7,
+            "X8": X8,
+        }
 
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
         """The solution x of x = f(x) + x0, for x0 given on any spaces (the rest are zero)."""
