@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from . import ir
 from . import syntax as s
 from .diagnostics import Code, Note, Reporter, Span
+from .names import CLASS_NAME_CLASHES
 from .ops import OPS, bind_args
 
 PARAM_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool}
 MAX_ITERATIONS = 100_000  # a loop or array longer than this is surely a mistake
-# Module-level names of generated code; a machine (= class) may not take them.
-RESERVED_CLASS_NAMES = frozenset({"torch", "nn", "F", "Tensor", "NamedTuple", "annotations"})
 
 
 class _Problem(Exception):
@@ -63,10 +62,15 @@ def build(source: s.SourceFile, params: Mapping[str, object], reporter: Reporter
         if machine is not None:
             machines.append(machine)
     _check_param_keys(source, params, reporter)
+    if not source.machines:
+        start = Span(file=source.path, line=1, column=1, end_line=1, end_column=1)
+        reporter.error(Code.MACHINE, "the file defines no machine", start)
     return ir.Program(file=source.path, machines=tuple(machines))
 
 
 def _check_param_keys(source: s.SourceFile, params: Mapping[str, object], reporter: Reporter):
+    """Every value given must bind some machine's parameter (reported at the machine names)."""
+    top = Span(file=source.path, line=1, column=1, end_line=1, end_column=1)
     for key in params:
         machine_name, _, name = key.rpartition(".")
         decls = [m for m in source.machines if not machine_name or m.name == machine_name]
@@ -74,16 +78,19 @@ def _check_param_keys(source: s.SourceFile, params: Mapping[str, object], report
             known = ", ".join(m.name for m in source.machines) or "none"
             reporter.error(
                 Code.PARAMETER,
-                f"a value is set for {key!r}, but there is no machine {machine_name!r} "
-                f"in {source.path} (machines: {known})",
-                None,
+                f"a value is set for {key!r}, but this file has no machine {machine_name!r}",
+                source.machines[0].name_span if source.machines else top,
+                hint=f"the machines are: {known}",
             )
-        elif not any(p.name == name for m in decls for p in m.params):
-            where = f"machine {machine_name!r}" if machine_name else f"any machine in {source.path}"
+        elif decls and not any(p.name == name for m in decls for p in m.params):
+            where = f"machine {machine_name!r} has no" if machine_name else "no machine here has a"
+            known = sorted({p.name for m in decls for p in m.params})
             reporter.error(
                 Code.PARAMETER,
-                f"a value is set for {key!r}, but {where} has no parameter {name!r}",
-                None,
+                f"a value is set for {key!r}, but {where} parameter {name!r}",
+                decls[0].name_span,
+                hint=_did_you_mean(name, known)
+                or ("parameters: " + ", ".join(known) if known else "there are no parameters"),
             )
 
 
@@ -104,7 +111,7 @@ def evaluate(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Value:
     match expr:
         case s.Literal(value=value):
             if isinstance(value, float) and not math.isfinite(value):
-                raise _Problem(Code.EXPRESSION, f"number {value!r} is too large", expr.span)
+                raise _Problem(Code.EXPRESSION, "this number is too large", expr.span)
             return value
         case s.Var(name=name):
             if name not in env:
@@ -127,7 +134,11 @@ def evaluate(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Value:
                 raise _Problem(Code.EXPRESSION, "division by zero", expr.span)
             if op == "//":
                 if not (isinstance(a, int) and isinstance(b, int)):
-                    raise _Problem(Code.EXPRESSION, "'//' needs integers; use '/'", expr.span)
+                    raise _Problem(
+                        Code.EXPRESSION,
+                        f"'//' needs integers, got {ir.format_value(a)} and {ir.format_value(b)}",
+                        expr.span,
+                    )
                 return a // b
             result = {"+": a + b, "-": a - b, "*": a * b}.get(op) if op != "/" else a / b
             if isinstance(result, float) and not math.isfinite(result):
@@ -205,6 +216,7 @@ class _MachineBuilder:
         self.spaces = _Spaces()
         self.edges: dict[str, ir.Edge] = {}
         self.edge_families: dict[str, Span] = {}
+        self.unexpanded: list[tuple[s.Item, ...]] = []  # bodies of loops with no iteration
 
     def error(self, code: Code, message: str, span: Span, scope: _Scope | None = None, **extra):
         context = scope.context() if scope else ""
@@ -226,9 +238,15 @@ class _MachineBuilder:
         for item, scope in items:
             if isinstance(item, s.SpaceDecl):
                 self._declare_space(item, scope)
+        for decl in _flatten(self.unexpanded):
+            if isinstance(decl, s.SpaceDecl) and decl.array is not None:
+                self.spaces.arrays.setdefault(decl.name, [])  # an array with no elements
         for item, scope in items:
             if isinstance(item, s.EdgeDecl):
                 self._declare_edge(item, scope)
+        for decl in _flatten(self.unexpanded):
+            if isinstance(decl, s.EdgeDecl):
+                self._check_unexpanded_edge(decl)
         self._check_name_clashes()
         if self.reporter.error_count > errors_before:
             return None
@@ -248,10 +266,10 @@ class _MachineBuilder:
                 f"machine name {name!r} is a Python keyword; the generated class needs another",
                 self.decl.name_span,
             )
-        elif name in RESERVED_CLASS_NAMES:
+        elif name in CLASS_NAME_CLASHES:
             self.error(
                 Code.MACHINE,
-                f"machine name {name!r} is taken by a name the generated module imports",
+                f"machine name {name!r} would hide a name the generated module uses",
                 self.decl.name_span,
             )
 
@@ -260,13 +278,19 @@ class _MachineBuilder:
     def _bind_params(self, given: Mapping[str, object]) -> dict[str, ir.Value] | None:
         env: dict[str, ir.Value] = {}
         declared: set[str] = set()
-        ok = True
+        failed: set[str] = set()
         for param in self.decl.params:
+            if param.name in ("true", "false"):
+                self.error(
+                    Code.PARAMETER, f"{param.name!r} is a literal, not a parameter name", param.span
+                )
+                failed.add(param.name)
+                continue
             if param.name in declared:
                 self.error(
                     Code.DUPLICATE_NAME, f"parameter {param.name!r} declared twice", param.span
                 )
-                ok = False
+                failed.add(param.name)
                 continue
             declared.add(param.name)
             type_ = PARAM_TYPES.get(param.type)
@@ -276,16 +300,16 @@ class _MachineBuilder:
                     f"unknown parameter type {param.type!r} (use int, float or bool)",
                     param.type_span,
                 )
-                ok = False
+                failed.add(param.name)
                 continue
-            value = self._param_value(param, type_, given, env)
+            value = self._param_value(param, type_, given, env, failed)
             if value is None:
-                ok = False
+                failed.add(param.name)
             else:
                 env[param.name] = value
-        return env if ok else None
+        return None if failed else env
 
-    def _param_value(self, param, type_, given, env) -> ir.Value | None:
+    def _param_value(self, param, type_, given, env, failed: set[str]) -> ir.Value | None:
         qualified = f"{self.decl.name}.{param.name}"
         key = qualified if qualified in given else param.name if param.name in given else None
         if key is not None:
@@ -308,6 +332,8 @@ class _MachineBuilder:
                 hint=f"give one: machc compile --set {param.name}=VALUE, or params={{...}}",
             )
             return None
+        if _names_in(param.default) & failed:
+            return None  # a consequence of the error reported for that parameter
         try:
             value = evaluate(param.default, env)
         except _Problem as exc:
@@ -344,6 +370,8 @@ class _MachineBuilder:
             except _Problem as exc:
                 self.problem(exc, scope)
                 continue
+            if not values:
+                self.unexpanded.append(item.body)
             for value in values:
                 inner = _Scope(env={**scope.env, item.var: value}, loops=(*scope.loops, item.var))
                 yield from self._expand(item.body, inner)
@@ -501,16 +529,19 @@ class _MachineBuilder:
                 ok = False
         return ports if ok else None
 
+    def _unknown_op(self, call: s.OpCall, scope: _Scope | None) -> None:
+        self.error(
+            Code.UNKNOWN_OP,
+            f"unknown op {call.name!r}",
+            call.name_span,
+            scope,
+            hint=_did_you_mean(call.name, OPS) or "the ops are listed in docs/language.md",
+        )
+
     def _op(self, call: s.OpCall, scope: _Scope) -> ir.Op | None:
         spec = OPS.get(call.name)
         if spec is None:
-            self.error(
-                Code.UNKNOWN_OP,
-                f"unknown op {call.name!r}",
-                call.name_span,
-                scope,
-                hint=_did_you_mean(call.name, OPS) or "the ops are listed in docs/language.md",
-            )
+            self._unknown_op(call, scope)
             return None
         positional, keyword_args, spans = [], [], []
         ok = True
@@ -545,6 +576,21 @@ class _MachineBuilder:
             return None
         return ir.Op(kind=spec.name, args=bound.values, span=call.span)
 
+    def _check_unexpanded_edge(self, decl: s.EdgeDecl) -> None:
+        """What can be checked of an edge in a loop that runs no time: its ops and space names."""
+        for ref in (*decl.inputs, *decl.outputs):
+            known = ref.name in self.spaces.scalars or ref.name in self.spaces.arrays
+            if not known and ref.name not in self.spaces.broken:
+                self.error(
+                    Code.UNKNOWN_NAME,
+                    f"unknown space {ref.name!r}",
+                    ref.span,
+                    hint=_did_you_mean(ref.name, [*self.spaces.scalars, *self.spaces.arrays]),
+                )
+        for call in decl.ops:
+            if call.name not in OPS:
+                self._unknown_op(call, None)
+
     def _check_name_clashes(self) -> None:
         families = {
             **{n: None for n in self.spaces.scalars},
@@ -559,9 +605,33 @@ class _MachineBuilder:
                 )
 
 
+def _flatten(bodies) -> Iterator[s.Item]:
+    """Every declaration in some loop bodies, nested loops included."""
+    for body in bodies:
+        for item in body:
+            if isinstance(item, s.ForLoop):
+                yield from _flatten([item.body])
+            else:
+                yield item
+
+
+def _names_in(expr: s.Expr) -> set[str]:
+    """The parameter and loop-variable names an expression uses."""
+    match expr:
+        case s.Var(name=name):
+            return {name}
+        case s.BinOp(left=left, right=right):
+            return _names_in(left) | _names_in(right)
+        case s.Neg(operand=operand):
+            return _names_in(operand)
+    return set()
+
+
 def _as_param(value: object, type_: type) -> ir.Value | None:
     if value is None or isinstance(value, bool) != (type_ is bool):
         return None
+    if type_ is int and not isinstance(value, int) and hasattr(value, "__index__"):
+        value = value.__index__()  # numpy integers and the like
     if type_ is float and isinstance(value, int | float):
         return float(value) if math.isfinite(value) else None
     return value if isinstance(value, type_) else None

@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
             help="bind a machine parameter (NAME or Machine.NAME); may be repeated",
         )
 
+    parser.subcommands = {}
     compile_ = commands.add_parser(
         "compile",
         help="write the generated PyTorch module",
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(check)
     check.add_argument("-q", "--quiet", action="store_true", help="print only diagnostics")
+    parser.subcommands.update(compile=compile_, check=check)
     return parser
 
 
@@ -81,7 +83,7 @@ def _parse_params(parser: argparse.ArgumentParser, items: list[str]) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    params = _parse_params(parser, args.params)
+    params = _parse_params(parser.subcommands[args.command], args.params)
     try:
         if args.command == "compile":
             return _compile(args, params)
@@ -163,6 +165,10 @@ def _check(args, params) -> int:
     return EXIT_OK
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def describe(program) -> str:
     """The structure report of ``machc check``: spaces with depths, levels of independent edges."""
     from .lower import format_params
@@ -175,7 +181,10 @@ def describe(program) -> str:
         title = f"machine {machine.name}" + (f"({params})" if params else "")
         lines = [f"{title}  {os.path.basename(program.file)}:{machine.span.line}"]
         depth = max(structure.depth.values(), default=0)
-        lines.append(f"  {len(machine.spaces)} spaces, {len(machine.edges)} edges, depth {depth}")
+        lines.append(
+            f"  {_count(len(machine.spaces), 'space')}, {_count(len(machine.edges), 'edge')}, "
+            f"depth {depth}"
+        )
         width = max(5, *(len(s.name) for s in machine.spaces))
         lines.append(f"  {'space'.ljust(width)}  role    shape  depth")
         for space in machine.spaces:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import linecache
 import os
+import sys
 import types
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ from .check import check
 from .diagnostics import CompileError, Diagnostic, Reporter
 from .emit import emit
 from .lower import lower
+from .names import sanitize
 from .parse import parse
 
 
@@ -46,16 +49,31 @@ def check_file(path: str | os.PathLike, params: Mapping[str, object] | None = No
     return check_source(read_source(path), str(path), params)
 
 
+class MachcWarning(UserWarning):
+    """A warning diagnostic (the text is rendered with its source line), raised via ``warnings``."""
+
+
 def compile_source(
     text: str, filename: str = "<string>", params: Mapping[str, object] | None = None
 ) -> str:
-    """The generated Python module for a .mach source text."""
-    return emit(lower(check_source(text, filename, params).program))
+    """The generated Python module for a .mach source text.
+
+    Errors raise :class:`CompileError`; warnings go through :mod:`warnings` as
+    :class:`MachcWarning` (use :func:`check_source` to get them as diagnostics).
+    """
+    return _compile(text, filename, params, stacklevel=3)
+
+
+def _compile(text: str, filename: str, params, stacklevel: int) -> str:
+    checked = check_source(text, filename, params)
+    for diagnostic in checked.warnings:
+        warnings.warn(diagnostic.render({filename: text}), MachcWarning, stacklevel=stacklevel)
+    return emit(lower(checked.program))
 
 
 def compile_file(path: str | os.PathLike, params: Mapping[str, object] | None = None) -> str:
-    """The generated Python module for a .mach file."""
-    return compile_source(read_source(path), str(path), params)
+    """The generated Python module for a .mach file (warnings as in :func:`compile_source`)."""
+    return _compile(read_source(path), str(path), params, stacklevel=3)
 
 
 def read_source(path: str | os.PathLike) -> str:
@@ -76,7 +94,7 @@ def read_source(path: str | os.PathLike) -> str:
             message=f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x})",
             span=span,
         )
-        raise CompileError([diagnostic]) from None
+        raise CompileError([diagnostic], {str(path): data.decode("utf-8", "replace")}) from None
 
 
 _loaded = itertools.count()
@@ -88,12 +106,15 @@ def load(path: str | os.PathLike, params: Mapping[str, object] | None = None) ->
     The generated source is registered with ``linecache``, so tracebacks and
     debuggers show its lines.
     """
-    source = compile_file(path, params)
+    source = _compile(read_source(path), str(path), params, stacklevel=3)
     stem = os.path.splitext(os.path.basename(path))[0]
-    name = f"machc_generated.{stem}_{next(_loaded)}"
+    name = f"machc_generated_{sanitize(stem)}_{next(_loaded)}"
     filename = f"<machc:{os.fspath(path)}>"
     module = types.ModuleType(name)
     module.__file__ = filename
+    # NOTE: registered so that pickle (and torch.save of a whole model) finds the classes,
+    # within this process; state_dict() is the portable way to save weights.
+    sys.modules[name] = module
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated code
     return module

@@ -21,11 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import __version__, ir
-from .names import MODULE_ATTRIBUTES, Namespace
+from .names import MODULE_ATTRIBUTES, MODULE_NAMES, Namespace
 from .ops import OPS
 
 CHANNEL_DIM = 1  # tensors are [batch, channels, *spatial]
-MODULE_NAMES = frozenset({"torch", "nn", "F", "Tensor", "NamedTuple", "annotations", "_complete"})
 METHOD_LOCALS = frozenset({"self", "state", "x0"})
 PIPELINE_WIDTH = 48  # a pipeline expression longer than this continues in a new statement
 
@@ -82,9 +81,12 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
         outputs = [s for s in machine.spaces if s.role is ir.Role.OUTPUT]
         if len(outputs) > 1:
             fields = Namespace(frozenset({"count", "index"}))
+            # NamedTuple fields cannot start with "_"; plain names claim theirs first.
+            for s in sorted(outputs, key=lambda s: s.name.startswith("_")):
+                fields.name(s.name, s.name.lstrip("_") or "out")
             tuples[machine.name] = OutputTuple(
                 name=module_names.name(f"{machine.name}.Output", f"{machine.name}Output"),
-                fields=tuple(fields.name(s.name, s.name.lstrip("_") or "out") for s in outputs),
+                fields=tuple(fields.name(s.name) for s in outputs),
             )
     module_level = MODULE_NAMES | {c.machine.name for c in program.machines}
     module_level |= {t.name for t in tuples.values()}

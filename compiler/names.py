@@ -10,6 +10,7 @@ names generated code relies on.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import keyword
 import re
@@ -34,6 +35,12 @@ MODULE_ATTRIBUTES = frozenset(
     type xpu zero_grad
     """.split()
 )
+
+
+# Names the generated module defines or imports at module level.
+MODULE_NAMES = frozenset({"torch", "nn", "F", "Tensor", "NamedTuple", "annotations", "_complete"})
+# A class may not take these: it would hide what generated code uses (super, sorted, KeyError...).
+CLASS_NAME_CLASHES = MODULE_NAMES | frozenset(dir(builtins))
 
 
 class Namespace:

@@ -152,7 +152,8 @@ _OP_LIST = (
     _activation("softmax", "torch.softmax({x}, dim={dim})", "softmax over the feature axis"),
     OpSpec(
         name="layernorm",
-        doc="Layer normalisation over the feature axis, with a learned scale and shift.",
+        doc="Layer normalisation over the feature axis; a learned scale and shift unless "
+        "affine=false.",
         call="{layer}({x})",
         args=(
             ArgSpec("eps", float, 1e-5, _positive, "added to the variance"),

@@ -90,7 +90,10 @@ def test_bad_parameter_values_are_diagnostics() -> None:
     assert "dense.mach:2:22: error: parameter 'depth' of DenseMachine is int" in result.stderr
     unknown = machc("check", DENSE, "--set", "dpeth=3")
     assert unknown.returncode == 1
-    assert "has no parameter 'dpeth'" in unknown.stderr
+    assert "dense.mach:2:9: error: a value is set for 'dpeth', but no machine here has a " in (
+        unknown.stderr
+    )
+    assert "hint: did you mean 'depth'?" in unknown.stderr
 
 
 def test_file_that_is_not_utf8(tmp_path: Path) -> None:

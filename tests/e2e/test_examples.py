@@ -159,3 +159,15 @@ def test_compilation_is_deterministic_across_hash_seeds() -> None:
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, check=True)
         outputs.add(run.stdout)
     assert len(outputs) == 1
+
+
+def test_loaded_models_pickle_within_the_process() -> None:
+    import io
+
+    model = machc.load(ROOT / "examples" / "residual.mach").Residual()
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    copy = torch.load(buffer, weights_only=False)
+    x = torch.randn(2, 16)
+    torch.testing.assert_close(copy(x), model(x))

@@ -216,3 +216,11 @@ def test_runtime_never_imports_the_compiler() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_api_reports_warnings_through_the_warnings_module() -> None:
+    text = (ROOT / "tests" / "golden" / "diagnostics" / "warn_unused.mach").read_text()
+    with pytest.warns(machc.MachcWarning, match="input 'x2' is never read") as record:
+        machc.compile_source(text, "warn_unused.mach")
+    assert len(record) == 2
+    assert record[0].filename == __file__  # points at the caller, not at machc
