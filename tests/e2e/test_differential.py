@@ -42,15 +42,6 @@ RTOL = 1e-9
 ATOL = 1e-11
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: intra-op threads only add overhead (a lot on a busy CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- the spec of a machine ---------------------------------------------------------
 
 
