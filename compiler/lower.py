@@ -375,15 +375,16 @@ class _MachineLowering:
     def _edge_expr(self, edge: ir.Edge, plan: _Plan, lines: list[str]) -> str:
         """The expression of the edge's product through its pipeline.
 
-        A long pipeline is cut into statements on a variable named after the edge,
-        so that no line nests more than a screen's width of calls.
+        A pipeline of three or more ops is cut into statements on a variable named
+        after the edge wherever the nested calls grow long; one or two ops stay on one
+        line, so that similar edges read alike.
         """
         reads = [plan.read(port.space) for port in edge.inputs]
         expr = (
             reads[0] if len(reads) == 1 else f"torch.cat([{', '.join(reads)}], dim={CHANNEL_DIM})"
         )
         for i, op in enumerate(edge.ops):
-            if i > 0 and len(expr) > PIPELINE_WIDTH:
+            if i > 0 and len(edge.ops) > 2 and len(expr) > PIPELINE_WIDTH:
                 temp = plan.locals.name(f"{edge.name}/pipeline", edge.name)
                 lines.append(f"{temp} = {expr}")
                 expr = temp

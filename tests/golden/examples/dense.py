@@ -75,14 +75,11 @@ class DenseMachine(nn.Module):
         # dense.mach:8  g[1] : x -> h[1] = linear | relu
         h_1 = torch.relu(self.g_1(state["x"]))
         # dense.mach:8  g[2] : x × h[1] -> h[2] = linear | relu
-        g_2 = self.g_2(torch.cat([state["x"], state["h[1]"]], dim=1))
-        h_2 = torch.relu(g_2)
+        h_2 = torch.relu(self.g_2(torch.cat([state["x"], state["h[1]"]], dim=1)))
         # dense.mach:8  g[3] : x × h[1] × h[2] -> h[3] = linear | relu
-        g_3 = self.g_3(torch.cat([state["x"], state["h[1]"], state["h[2]"]], dim=1))
-        h_3 = torch.relu(g_3)
+        h_3 = torch.relu(self.g_3(torch.cat([state["x"], state["h[1]"], state["h[2]"]], dim=1)))
         # dense.mach:8  g[4] : x × h[1] × h[2] × h[3] -> h[4] = linear | relu
-        g_4 = self.g_4(torch.cat([state["x"], state["h[1]"], state["h[2]"], state["h[3]"]], dim=1))
-        h_4 = torch.relu(g_4)
+        h_4 = torch.relu(self.g_4(torch.cat([state["x"], state["h[1]"], state["h[2]"], state["h[3]"]], dim=1)))
         # dense.mach:10  head : h[4] -> y = linear
         y = self.head(state["h[4]"])
         return {

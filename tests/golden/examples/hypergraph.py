@@ -79,8 +79,7 @@ class Hypergraph(nn.Module):
         """The global endofunction: the sum of all edges applied to state (missing: zero)."""
         state = _complete(self.SPACES, state)
         # hypergraph.mach:12  f1 : X1 × X2 -> X3 = linear | tanh
-        f1 = self.f1(torch.cat([state["X1"], state["X2"]], dim=1))
-        X3 = torch.tanh(f1)
+        X3 = torch.tanh(self.f1(torch.cat([state["X1"], state["X2"]], dim=1)))
         # hypergraph.mach:13  f2 : X1 -> X5 = linear
         X5_f2 = self.f2(state["X1"])
         # hypergraph.mach:14  f3 : X3 -> X4 = linear | tanh

@@ -1,0 +1,25 @@
+"""The benchmark scripts keep working (tiny sizes; timings are printed, never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_dense_benchmark_runs_and_checks_agreement(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    args = "--depth 3 --width 8 --batch 4 --repeats 2 --iterations 1 --warmup 1 --threads 1"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dense.py"), *args.split(), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "agree" in run.stdout
+    assert "generated / hand-written" in run.stdout
+    assert json.loads(out.read_text())
