@@ -122,6 +122,14 @@ def evaluate(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Value:
                     hint=_did_you_mean(name, env),
                 )
             return env[name]
+        case s.ListExpr(items=items):
+            values = []
+            for item in items:
+                value = evaluate(item, env)
+                if isinstance(value, tuple):
+                    raise _Problem(Code.EXPRESSION, "lists cannot be nested", item.span)
+                values.append(value)
+            return tuple(values)
         case s.Neg(operand=operand):
             value = evaluate(operand, env)
             _need_number(value, "-", operand.span)
@@ -159,6 +167,34 @@ def _integer(expr: s.Expr, env: Mapping[str, ir.Value], what: str) -> int:
             Code.EXPRESSION, f"{what} must be an integer, got {ir.format_value(value)}", expr.span
         )
     return value
+
+
+MAX_RANK = 4  # channels and up to three spatial axes: a volume [C, D, H, W]
+
+
+def _shape(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Shape:
+    """A space's shape: a size (``16``) or a list of sizes (``[3, 32, 32]``), all positive."""
+    items = expr.items if isinstance(expr, s.ListExpr) else (expr,)
+    if not items:
+        raise _Problem(Code.SHAPE, "a shape needs at least the channel axis", expr.span)
+    if len(items) > MAX_RANK:
+        raise _Problem(
+            Code.SHAPE,
+            f"a shape has at most {MAX_RANK} axes (channels and three spatial axes), "
+            f"got {len(items)}",
+            expr.span,
+        )
+    shape = []
+    for item in items:
+        value = evaluate(item, env)
+        if isinstance(value, bool) or not isinstance(value, int):
+            what = "a size" if len(items) == 1 else "each size of a shape"
+            message = f"{what} must be an integer, got {ir.format_value(value)}"
+            raise _Problem(Code.EXPRESSION, message, item.span)
+        if value <= 0:
+            raise _Problem(Code.SHAPE, f"a size must be positive, got {value}", item.span)
+        shape.append(value)
+    return tuple(shape)
 
 
 def _range(rng: s.Range, env: Mapping[str, ir.Value]) -> range:
@@ -380,9 +416,7 @@ class _MachineBuilder:
 
     def _declare_space(self, decl: s.SpaceDecl, scope: _Scope) -> None:
         try:
-            size = _integer(decl.size, scope.env, "a size")
-            if size <= 0:
-                raise _Problem(Code.SHAPE, f"a size must be positive, got {size}", decl.size.span)
+            shape = _shape(decl.shape, scope.env)
             indices = list(_range(decl.array, scope.env)) if decl.array else None
         except _Problem as exc:
             self.problem(exc, scope)
@@ -422,7 +456,7 @@ class _MachineBuilder:
             if index is not None:
                 spaces.arrays[decl.name].append(index)
             spaces.by_name[name] = ir.Space(
-                name=name, shape=(size,), role=ir.Role(decl.role), span=decl.name_span
+                name=name, shape=shape, role=ir.Role(decl.role), span=decl.name_span
             )
 
     def _resolve(self, ref: s.SpaceRef, scope: _Scope) -> list[ir.Port]:
@@ -574,7 +608,13 @@ class _MachineBuilder:
             self.error(Code.OP_ARGUMENT, message, span, scope)
         if bound.problems:
             return None
-        return ir.Op(kind=spec.name, args=bound.values, span=call.span)
+        return ir.Op(
+            kind=spec.name,
+            args=bound.values,
+            extra=tuple(bound.extra),
+            extra_kw=bound.extra_kw,
+            span=call.span,
+        )
 
     def _check_unexpanded_edge(self, decl: s.EdgeDecl) -> None:
         """What can be checked of an edge in a loop that runs no time: its ops and space names."""

@@ -12,7 +12,7 @@ import networkx as nx
 
 from . import ir
 from .diagnostics import Code, Note, Reporter
-from .ops import OpError, format_shape, infer_pipeline
+from .ops import OPS, OpError, combined_shape, format_shape, infer_pipeline
 
 
 def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
@@ -44,7 +44,10 @@ def _check_machine(machine: ir.Machine, reporter: Reporter) -> ir.Structure | No
 
 
 def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter):
-    entering = _product_shape(machine, edge.inputs, reporter, edge, "reads")
+    if OPS[edge.ops[0].kind].combine:
+        entering = _combined_shape(machine, edge, reporter)
+    else:
+        entering = _product_shape(machine, edge.inputs, reporter, edge, "reads")
     leaving = _product_shape(machine, edge.outputs, reporter, edge, "writes")
     if entering is None or leaving is None:
         return None
@@ -54,6 +57,30 @@ def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter):
         span = edge.ops[exc.index].span if exc.index is not None else edge.ops[-1].span
         reporter.error(Code.SHAPE, f"edge {edge.name!r}: {exc.message}", span, hint=exc.hint)
         return None
+
+
+def _combined_shape(machine: ir.Machine, edge: ir.Edge, reporter: Reporter) -> ir.Shape | None:
+    """The shape of inputs that ``add`` / ``mul`` combine elementwise."""
+    shapes = [machine.space(port.space).shape for port in edge.inputs]
+    full = combined_shape(shapes)
+    if full is not None:
+        return full
+    widest = max(range(len(shapes)), key=lambda i: len(shapes[i]))
+    first = edge.inputs[widest]
+    for port, shape in zip(edge.inputs, shapes, strict=True):
+        if shape != shapes[widest] and shape != shapes[widest][:1]:
+            verb = {"+": "adds", "*": "multiplies"}[OPS[edge.ops[0].kind].combine]
+            reporter.error(
+                Code.SHAPE,
+                f"edge {edge.name!r} {verb} spaces of different shapes: "
+                f"{first.space} {format_shape(shapes[widest])} and "
+                f"{port.space} {format_shape(shape)}",
+                port.span,
+                hint=f"{edge.ops[0].kind} needs inputs of one shape (or [C] vectors, "
+                "broadcast over the spatial axes)",
+            )
+            break
+    return None
 
 
 def _product_shape(machine, ports, reporter, edge, verb) -> ir.Shape | None:
@@ -67,6 +94,8 @@ def _product_shape(machine, ports, reporter, edge, verb) -> ir.Shape | None:
                 f"edge {edge.name!r} {verb} spaces whose shapes differ beyond the channel axis: "
                 f"{ports[0].space} {format_shape(first)} and {port.space} {format_shape(shape)}",
                 port.span,
+                hint="a product of spaces joins them along the channel axis; the other axes "
+                "must agree",
             )
             return None
     return (sum(shape[0] for shape in shapes), *first[1:])

@@ -15,12 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from .diagnostics import Span
 
-Value = StrictBool | StrictInt | StrictFloat | StrictStr
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+Value = Scalar | tuple[Scalar, ...]  # a tuple is a list written in the source: [3, 5]
 Shape = tuple[int, ...]
 
 
 def format_value(value: object) -> str:
     """A value as .mach source writes it; strings JSON-escaped, so always one safe line."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(format_value(item) for item in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -57,10 +60,16 @@ class Port(Node):
 
 
 class Op(Node):
-    """One stage of an edge's pipeline; ``kind`` is a key of :data:`machc.ops.OPS`."""
+    """One stage of an edge's pipeline; ``kind`` is a key of :data:`machc.ops.OPS`.
+
+    ``extra`` and ``extra_kw`` hold the arguments an op passes on unchecked (the
+    constructor arguments of ``module``); every other op has them empty.
+    """
 
     kind: str
     args: dict[str, Value]
+    extra: tuple[Value, ...] = ()
+    extra_kw: dict[str, Value] = Field(default_factory=dict)
     span: Span
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import __version__, ir
 from .names import MODULE_ATTRIBUTES, MODULE_NAMES, Namespace
-from .ops import OPS
+from .ops import OPS, Site
 
 CHANNEL_DIM = 1  # tensors are [batch, channels, *spatial]
 METHOD_LOCALS = frozenset({"self", "state", "x0"})
@@ -94,11 +95,14 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
         _MachineLowering(c, source_name, module_level, tuples.get(c.machine.name)).lower()
         for c in program.machines
     )
-    ops_used = {op.kind for c in program.machines for e in c.machine.edges for op in e.ops}
+    code = [layer.constructor for c in classes for layer in c.layers]
+    code += [line for c in classes for m in c.methods for line in m.body if line[:1] != "#"]
     imports = ["import torch"]
-    if any("F." in OPS[kind].call for kind in sorted(ops_used)):
+    if any(re.search(r"\bF\.", line) for line in code):
         imports.append("import torch.nn.functional as F")
     imports.append("from torch import Tensor, nn")
+    if any(re.search(r"\bruntime\.", line) for line in code):
+        imports.append("\nfrom machc import runtime")
     if tuples:
         imports.insert(0, "from typing import NamedTuple\n")
     params = "; ".join(
@@ -149,12 +153,15 @@ def format_params(params: dict[str, ir.Value]) -> str:
 
 def _op_text(op: ir.Op) -> str:
     spec = OPS[op.kind]
-    changed = [
+    shown = [ir.format_value(op.args[spec.args[0].name])] if spec.extra_args else []
+    shown += [ir.format_value(value) for value in op.extra]
+    shown += [
         f"{a.name}={ir.format_value(op.args[a.name])}"
-        for a in spec.args
+        for a in spec.args[1 if spec.extra_args else 0 :]
         if a.name in op.args and op.args[a.name] != a.default
     ]
-    return f"{op.kind}({', '.join(changed)})" if changed else op.kind
+    shown += [f"{name}={ir.format_value(value)}" for name, value in op.extra_kw.items()]
+    return f"{op.kind}({', '.join(shown)})" if shown else op.kind
 
 
 def edge_text(edge: ir.Edge) -> str:
@@ -228,7 +235,7 @@ class _MachineLowering:
         for edge in self.machine.edges:
             shapes = self.structure.shapes[edge.name]
             built = [
-                (i, OPS[op.kind].layer(op.args, shapes[i], shapes[i + 1]))
+                (i, OPS[op.kind].layer(self._site(edge, op), shapes[i], shapes[i + 1]))
                 for i, op in enumerate(edge.ops)
                 if OPS[op.kind].layer is not None
             ]
@@ -246,6 +253,9 @@ class _MachineLowering:
                 constructor = "nn.ModuleList([" + ", ".join(c for _, c in built) + "])"
             layers.append(Layer(attr=attr, constructor=constructor, comment=_safe(comment)))
         return layers
+
+    def _site(self, edge: ir.Edge, op: ir.Op) -> Site:
+        return Site(op=op, edge=edge.name, where=self.where(op.span))
 
     # --- methods ---
 
@@ -380,14 +390,33 @@ class _MachineLowering:
         line, so that similar edges read alike.
         """
         reads = [plan.read(port.space) for port in edge.inputs]
-        expr = (
-            reads[0] if len(reads) == 1 else f"torch.cat([{', '.join(reads)}], dim={CHANNEL_DIM})"
-        )
+        shapes = self.structure.shapes[edge.name]
+        combine = OPS[edge.ops[0].kind].combine
+        if combine:
+            rank = len(shapes[0])
+            ranks = [len(self.machine.space(port.space).shape) for port in edge.inputs]
+            reads = [
+                read if r == rank else _broadcast(read, rank)
+                for read, r in zip(reads, ranks, strict=True)
+            ]
+            expr = f" {combine} ".join(reads)
+        elif len(reads) == 1:
+            expr = reads[0]
+        else:
+            expr = f"torch.cat([{', '.join(reads)}], dim={CHANNEL_DIM})"
         for i, op in enumerate(edge.ops):
+            if OPS[op.kind].combine:
+                continue
             if i > 0 and len(edge.ops) > 2 and len(expr) > PIPELINE_WIDTH:
                 temp = plan.locals.name(f"{edge.name}/pipeline", edge.name)
                 lines.append(f"{temp} = {expr}")
                 expr = temp
             layer = self.layer_exprs.get((edge.name, i))
-            expr = OPS[op.kind].source(op.args, expr, layer, CHANNEL_DIM)
+            site = self._site(edge, op)
+            expr = OPS[op.kind].source(site, expr, layer, shapes[i], shapes[i + 1])
         return expr
+
+
+def _broadcast(expr: str, rank: int) -> str:
+    """A [batch, C] tensor viewed as [batch, C, 1, ...] to broadcast over ``rank - 1`` axes."""
+    return f"{expr}[:, :{', None' * (rank - 1)}]"

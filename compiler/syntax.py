@@ -47,7 +47,15 @@ class Neg:
     span: Span
 
 
-Expr = Literal | Var | BinOp | Neg
+@dataclass(frozen=True)
+class ListExpr:
+    """A list ``[a, b, c]``: a shape, or a per-axis op argument such as a kernel size."""
+
+    items: tuple[Expr, ...]
+    span: Span
+
+
+Expr = Literal | Var | BinOp | Neg | ListExpr
 
 
 @dataclass(frozen=True)
@@ -92,12 +100,12 @@ class OpCall:
 
 @dataclass(frozen=True)
 class SpaceDecl:
-    """``input x : 16``, ``space h[1..n] : w``, ``output y : 10``."""
+    """``input x : 16``, ``space h[1..n] : [w, 8, 8]``, ``output y : 10``."""
 
     role: str
     name: str
     array: Range | None
-    size: Expr
+    shape: Expr  # a size, or a list of sizes (channels first)
     span: Span
     name_span: Span
 
