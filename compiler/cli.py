@@ -186,11 +186,13 @@ def describe(program) -> str:
             f"depth {depth}"
         )
         width = max(5, *(len(s.name) for s in machine.spaces))
-        lines.append(f"  {'space'.ljust(width)}  role    shape  depth")
+        shapes = {s.name: format_shape(s.shape) for s in machine.spaces}
+        shape_width = max(5, *(len(text) for text in shapes.values()))
+        lines.append(f"  {'space'.ljust(width)}  role    {'shape'.ljust(shape_width)}  depth")
         for space in machine.spaces:
             lines.append(
                 f"  {space.name.ljust(width)}  {space.role.value.ljust(6)}  "
-                f"{format_shape(space.shape).ljust(5)}  {structure.depth[space.name]}"
+                f"{shapes[space.name].ljust(shape_width)}  {structure.depth[space.name]}"
             )
         lines.append("  levels of independent edges:")
         for k, level in enumerate(structure.levels, 1):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from . import __version__, ir
 from .names import MODULE_ATTRIBUTES, MODULE_NAMES, Namespace
-from .ops import OPS, Site
+from .ops import OPS, REQUIRED, Site
 
 CHANNEL_DIM = 1  # tensors are [batch, channels, *spatial]
 METHOD_LOCALS = frozenset({"self", "state", "x0"})
@@ -152,12 +152,16 @@ def format_params(params: dict[str, ir.Value]) -> str:
 
 
 def _op_text(op: ir.Op) -> str:
+    """The op as .mach source: leading required arguments by position, others by name."""
     spec = OPS[op.kind]
-    shown = [ir.format_value(op.args[spec.args[0].name])] if spec.extra_args else []
+    leading = 0
+    while leading < len(spec.args) and spec.args[leading].default is REQUIRED:
+        leading += 1
+    shown = [ir.format_value(op.args[a.name]) for a in spec.args[:leading]]
     shown += [ir.format_value(value) for value in op.extra]
     shown += [
         f"{a.name}={ir.format_value(op.args[a.name])}"
-        for a in spec.args[1 if spec.extra_args else 0 :]
+        for a in spec.args[leading:]
         if a.name in op.args and op.args[a.name] != a.default
     ]
     shown += [f"{name}={ir.format_value(value)}" for name, value in op.extra_kw.items()]
