@@ -54,7 +54,13 @@ def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter):
     try:
         return infer_pipeline(edge.ops, entering, leaving)
     except OpError as exc:
-        span = edge.ops[exc.index].span if exc.index is not None else edge.ops[-1].span
+        if exc.index is not None:
+            span = edge.ops[exc.index].span
+        else:  # the whole pipeline
+            first, last = edge.ops[0].span, edge.ops[-1].span
+            span = first.model_copy(
+                update={"end_line": last.end_line, "end_column": last.end_column}
+            )
         reporter.error(Code.SHAPE, f"edge {edge.name!r}: {exc.message}", span, hint=exc.hint)
         return None
 
