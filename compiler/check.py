@@ -39,7 +39,7 @@ def _check_machine(machine: ir.Machine, reporter: Reporter) -> ir.Structure | No
     if reporter.error_count > errors_before:
         return None
     structure = _structure(machine, graph, shapes)
-    _warn_unused(machine, graph, reporter)
+    _warn_unused(machine, hypergraph(machine, delayed=True), reporter)
     return structure
 
 
@@ -119,17 +119,26 @@ def _check_written(machine: ir.Machine, reporter: Reporter) -> None:
             )
 
 
-def hypergraph(machine: ir.Machine) -> nx.DiGraph:
-    """Spaces and edges as nodes ``("space", name)`` and ``("edge", name)``."""
+def hypergraph(machine: ir.Machine, delayed: bool = False) -> nx.DiGraph:
+    """Spaces and edges as nodes ``("space", name)`` and ``("edge", name)``.
+
+    Reads of earlier steps (``h[t-1]``) are arcs only when ``delayed`` is true,
+    with the attribute ``delay``: within one step, the hypergraph is the one
+    without them.
+    """
     graph = nx.DiGraph()
     for i, space in enumerate(machine.spaces):
         graph.add_node(("space", space.name), index=i)
     for i, edge in enumerate(machine.edges):
         graph.add_node(("edge", edge.name), index=i)
         for port in edge.inputs:
-            graph.add_edge(("space", port.space), ("edge", edge.name))
+            if port.delay and not delayed:
+                continue
+            arc = (("space", port.space), ("edge", edge.name))
+            previous = graph.edges[arc]["delay"] if graph.has_edge(*arc) else port.delay
+            graph.add_edge(*arc, delay=min(previous, port.delay))
         for port in edge.outputs:
-            graph.add_edge(("edge", edge.name), ("space", port.space))
+            graph.add_edge(("edge", edge.name), ("space", port.space), delay=0)
     return graph
 
 
@@ -161,7 +170,10 @@ def _check_cycles(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter) ->
             f"cycle: {path}",
             notes[0].span,
             notes=tuple(notes[1:]),
-            hint="a machine of finite depth has no cycles; break one of these edges",
+            hint="a machine of finite depth has no cycles; break one of these edges"
+            if machine.time is None
+            else f"within one step a machine has no cycles; read an earlier step "
+            f"({cycle[0][1]}[{machine.time}-1]) to make this a recurrence",
         )
 
 
@@ -173,19 +185,82 @@ def _structure(machine: ir.Machine, graph: nx.DiGraph, shapes) -> ir.Structure:
             writers = [level[e] for _, e in graph.predecessors((kind, name))]
             depth[name] = max(writers, default=0)
         else:
-            level[name] = 1 + max(depth[s] for _, s in graph.predecessors((kind, name)))
+            # an edge that reads only earlier steps depends on nothing in its own step
+            read = [depth[s] for _, s in graph.predecessors((kind, name))]
+            level[name] = 1 + max(read, default=0)
     index = {edge.name: i for i, edge in enumerate(machine.edges)}
     order = tuple(sorted(level, key=lambda e: (level[e], index[e])))
     levels = tuple(
         tuple(e for e in order if level[e] == k)
         for k in range(1, max(level.values(), default=0) + 1)
     )
+    phases = _phases(machine) if machine.time is not None else {}
+    if phases:
+        order = _time_order(machine, phases, order)
+    delays: dict[str, int] = {}
+    for edge in machine.edges:
+        for port in edge.inputs:
+            if port.delay:
+                delays[port.space] = max(delays.get(port.space, 0), port.delay)
     return ir.Structure(
         order=order,
         depth={space.name: depth[space.name] for space in machine.spaces},
         levels=levels,
         shapes={edge.name: shapes[edge.name] for edge in machine.edges},
+        delays={s.name: delays[s.name] for s in machine.spaces if s.name in delays},
+        phases=phases,
     )
+
+
+def _time_order(machine: ir.Machine, phases, order) -> tuple[str, ...]:
+    """The order edges of a machine over time run in: phase by phase.
+
+    Within the step loop, the order of one step (``order``); before and after it,
+    where edges run on every step at once, an order in which an edge also comes
+    after the writers of the spaces it reads at earlier steps.
+    """
+    full = hypergraph(machine, delayed=True)
+    key = _node_key(full)
+    result = []
+    for phase in ir.Phase:
+        if phase is ir.Phase.STEP:
+            result += [e for e in order if phases[e] is phase]
+            continue
+        nodes = [("edge", e) for e in order if phases[e] is phase]
+        nodes += [("space", s.name) for s in machine.spaces]
+        sub = full.subgraph(nodes)
+        result += [n for k, n in nx.lexicographical_topological_sort(sub, key=key) if k == "edge"]
+    return tuple(result)
+
+
+def _phases(machine: ir.Machine) -> dict[str, ir.Phase]:
+    """When each edge of a machine over time runs (see :class:`ir.Phase`).
+
+    The recurrence is every strongly connected component of the space-time graph
+    (delayed reads included) that holds a delayed read. An edge runs step by step
+    when it is both downstream and upstream of the recurrence; before the loop when
+    it is not downstream of it; after the loop otherwise.
+    """
+    graph = hypergraph(machine, delayed=True)
+    recurrent: set = set()
+    for component in nx.strongly_connected_components(graph):
+        sub = graph.subgraph(component)
+        if any(data["delay"] for _, _, data in sub.edges(data=True)):
+            recurrent |= component
+    downstream, upstream = set(recurrent), set(recurrent)
+    for node in recurrent:
+        downstream |= nx.descendants(graph, node)
+        upstream |= nx.ancestors(graph, node)
+    phases = {}
+    for edge in machine.edges:
+        node = ("edge", edge.name)
+        if node not in downstream:
+            phases[edge.name] = ir.Phase.BEFORE
+        elif node in upstream:
+            phases[edge.name] = ir.Phase.STEP
+        else:
+            phases[edge.name] = ir.Phase.AFTER
+    return phases
 
 
 def _warn_unused(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter) -> None:

@@ -53,9 +53,13 @@ class Space(Node):
 
 
 class Port(Node):
-    """One space an edge reads or writes, with where it was named."""
+    """One space an edge reads or writes, with where it was named.
+
+    ``delay`` is ``k`` for a read of ``h[t-k]`` in a machine over time, else 0.
+    """
 
     space: str
+    delay: int = 0
     span: Span
 
 
@@ -88,12 +92,27 @@ class Machine(Node):
 
     name: str
     params: dict[str, Value]
+    time: str | None = None  # the time index of a machine over time
     spaces: tuple[Space, ...]
     edges: tuple[Edge, ...]
     span: Span
 
     def space(self, name: str) -> Space:
         return next(space for space in self.spaces if space.name == name)
+
+
+class Phase(enum.StrEnum):
+    """When an edge of a machine over time runs.
+
+    ``before``: it does not depend on the recurrence, so it runs for all steps at
+    once before the step loop; ``step``: it is part of the recurrence, so it runs
+    once per step; ``after``: it depends on the recurrence but does not feed back,
+    so it runs for all steps at once after the loop.
+    """
+
+    BEFORE = "before"
+    STEP = "step"
+    AFTER = "after"
 
 
 class Structure(Node):
@@ -106,6 +125,15 @@ class Structure(Node):
     levels: tuple[tuple[str, ...], ...] = Field(description="antichains of independent edges")
     shapes: dict[str, tuple[Shape, ...]] = Field(
         description="edge name -> shape entering each op, then the shape it produces"
+    )
+    delays: dict[str, int] = Field(
+        default_factory=dict,
+        description="machines over time: space name -> the most steps ago it is read (if read "
+        "at an earlier step)",
+    )
+    phases: dict[str, Phase] = Field(
+        default_factory=dict,
+        description="machines over time: edge name -> when it runs (every edge is listed)",
     )
 
 

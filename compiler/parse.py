@@ -157,14 +157,18 @@ class _ToSyntax(Transformer):
         return s.SourceFile(path=self.path, machines=tuple(machines))
 
     def machine(self, meta, children):
-        name, params, *body = children
+        name, params, time, *body = children
         return s.MachineDecl(
             name=str(name),
             params=params or (),
+            time=time,
             body=tuple(body),
             span=self._span(meta),
             name_span=_token_span(self.path, name),
         )
+
+    def over(self, meta, children):
+        return str(children[0])
 
     def param_list(self, meta, params):
         return tuple(p for p in params if p is not None)
@@ -221,8 +225,8 @@ class _ToSyntax(Transformer):
         return tuple(factors)
 
     def factor(self, meta, children):
-        name, index = children
-        return s.SpaceRef(name=str(name), index=index, span=self._span(meta))
+        name, index, time = children
+        return s.SpaceRef(name=str(name), index=index, time=time, span=self._span(meta))
 
     def pipeline(self, meta, ops):
         return tuple(ops)

@@ -72,10 +72,15 @@ class Range:
 
 @dataclass(frozen=True)
 class SpaceRef:
-    """A space named in an edge: ``x``, ``h[i]`` or ``h[1..i-1]``."""
+    """A space named in an edge: ``x``, ``h[i]``, ``h[1..i-1]``, ``h[t-1]``, ``h[1..n][t-1]``.
+
+    ``index`` is the first bracket and ``time`` the second; which of them is a
+    time index (``t - k``) is decided when names are resolved.
+    """
 
     name: str
     index: Expr | Range | None
+    time: Expr | None
     span: Span
 
 
@@ -154,6 +159,7 @@ class MachineDecl:
 
     name: str
     params: tuple[ParamDecl, ...]
+    time: str | None  # the time index of a machine ``over t``
     body: tuple[Item, ...]
     span: Span
     name_span: Span

@@ -28,18 +28,23 @@ def machines(path: Path):
     return [getattr(module, name) for name in names]
 
 
+def lead(cls, batch: int) -> tuple[int, ...]:
+    """The leading axes of a tensor: [batch] or, for a machine over time, [batch, time]."""
+    return (batch, 6) if hasattr(cls, "DELAYS") else (batch,)
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_forward_is_the_resolvent_on_inputs_and_outputs(path: Path) -> None:
     torch.manual_seed(0)
     for cls in machines(path):
         model = cls().eval()
-        inputs = [torch.randn(5, *cls.SPACES[name]) for name in cls.INPUTS]
+        inputs = [torch.randn(*lead(cls, 5), *cls.SPACES[name]) for name in cls.INPUTS]
         result = model(*inputs)
         outputs = (result,) if len(cls.OUTPUTS) == 1 else tuple(result)
         assert len(outputs) == len(cls.OUTPUTS)
         state = model.resolvent(dict(zip(cls.INPUTS, inputs, strict=True)))
         for name, tensor in zip(cls.OUTPUTS, outputs, strict=True):
-            assert tensor.shape == (5, *cls.SPACES[name])
+            assert tensor.shape == (*lead(cls, 5), *cls.SPACES[name])
             torch.testing.assert_close(tensor, state[name])
         if len(cls.OUTPUTS) > 1:
             assert result._fields == tuple(cls.OUTPUTS)  # names are plain identifiers here
@@ -50,7 +55,7 @@ def test_a_few_training_steps_lower_the_loss(path: Path) -> None:
     torch.manual_seed(1)
     for cls in machines(path):
         model, teacher = cls(), cls().eval()  # a target the architecture can represent
-        inputs = [torch.randn(64, *cls.SPACES[name]) for name in cls.INPUTS]
+        inputs = [torch.randn(*lead(cls, 64), *cls.SPACES[name]) for name in cls.INPUTS]
         with torch.no_grad():
             result = teacher(*inputs)
         targets = (result,) if len(cls.OUTPUTS) == 1 else tuple(result)
