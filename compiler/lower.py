@@ -772,8 +772,9 @@ class _TimeLowering(_MachineLowering):
                 runs.append((known, [i]))
         bias = f"{layer}.bias" if edge.ops[0].args["bias"] else None
         time = names.name("/time", self.machine.time)
-        terms = []
-        known_terms = []
+        terms: list[str] = []
+        known_terms: list[str] = []
+        weights: list[str] = []  # column slices of the weight for the per-step part
         for known, indices in runs:
             lo, hi = sum(widths[: indices[0]]), sum(widths[: indices[-1] + 1])
             columns = f"{layer}.weight[:, {lo or ''}:{hi if hi < sum(widths) else ''}]"
@@ -787,7 +788,7 @@ class _TimeLowering(_MachineLowering):
                 x = reads[0] if len(reads) == 1 else f"torch.cat([{', '.join(reads)}], dim=1)"
                 label = "_".join(_sanitize_key(port.space) for port in ports[:1])
                 weight = names.name(f"{edge.name}/w/{indices[0]}", f"{edge.name}_w_{label}")
-                plan.prep.append(f"{weight} = {columns}")
+                weights.append(f"{weight} = {columns}")
                 terms.append(f"F.linear({x}, {weight})")
         known = [edge.inputs[i].space for is_known, run in runs if is_known for i in run]
         label = _sanitize_key(known[0])
@@ -799,6 +800,7 @@ class _TimeLowering(_MachineLowering):
         plan.prep.append(f"# {where}  {edge.name}: its linear on {', '.join(known)}, every step")
         plan.prep.append(f"{projected} = {' + '.join(known_terms)}")
         plan.prep.append(f"{steps_of} = runtime.unfold_steps({projected}, batch, steps)")
+        plan.prep.extend(weights)
         expr = " + ".join([f"{steps_of}[{time}]", *terms])
         return self._apply_ops(edge, plan, lines, expr, 1)
 

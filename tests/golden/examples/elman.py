@@ -60,10 +60,10 @@ class Elman(nn.Module):
         h_past = runtime.past(state, "h", (64,), 1, batch, x)
         # step by step
         h_steps = list(h_past)
-        cell_w_h = self.cell.weight[:, 16:]
         # elman.mach:7  cell: its linear on x, every step
         cell_x = F.linear(x, self.cell.weight[:, :16], self.cell.bias)
         cell_x_at = runtime.unfold_steps(cell_x, batch, steps)
+        cell_w_h = self.cell.weight[:, 16:]
         for t in range(steps):
             # elman.mach:7  cell : x × h[t-1] -> h = linear | tanh
             h = torch.tanh(cell_x_at[t] + F.linear(h_steps[-1], cell_w_h))
@@ -95,10 +95,10 @@ class Elman(nn.Module):
         h_past = runtime.past(None, "h", (64,), 1, batch, x0["x"])
         # step by step
         h_steps = list(h_past)
-        cell_w_h = self.cell.weight[:, 16:]
         # elman.mach:7  cell: its linear on x, every step
         cell_x = F.linear(x0["x"], self.cell.weight[:, :16], self.cell.bias)
         cell_x_at = runtime.unfold_steps(cell_x, batch, steps)
+        cell_w_h = self.cell.weight[:, 16:]
         h_at = runtime.unfold_steps(x0["h"], batch, steps)
         for t in range(steps):
             # elman.mach:7  cell : x × h[t-1] -> h = linear | tanh

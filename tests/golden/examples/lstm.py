@@ -71,14 +71,14 @@ class LSTM(nn.Module):
         # step by step
         c_steps = list(c_past)
         h_steps = list(h_past)
-        gates_w_h = self.gates.weight[:, 8:]
         # lstm.mach:12  gates: its linear on x, every step
         gates_x = F.linear(x, self.gates.weight[:, :8], self.gates.bias)
         gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 8:]
+        gates_w_h = self.gates.weight[:, 8:]
         # lstm.mach:13  cand: its linear on x, every step
         cand_x = F.linear(x, self.cand.weight[:, :8], self.cand.bias)
         cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
+        cand_w_h = self.cand.weight[:, 8:]
         for t in range(steps):
             # lstm.mach:12  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
             i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [16, 16, 16], dim=1)
@@ -143,17 +143,17 @@ class LSTM(nn.Module):
         c_steps = list(c_past)
         tc_steps = []
         h_steps = list(h_past)
-        gates_w_h = self.gates.weight[:, 8:]
         # lstm.mach:12  gates: its linear on x, every step
         gates_x = F.linear(x0["x"], self.gates.weight[:, :8], self.gates.bias)
         gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
+        gates_w_h = self.gates.weight[:, 8:]
         i_at = runtime.unfold_steps(x0["i"], batch, steps)
         fg_at = runtime.unfold_steps(x0["fg"], batch, steps)
         o_at = runtime.unfold_steps(x0["o"], batch, steps)
-        cand_w_h = self.cand.weight[:, 8:]
         # lstm.mach:13  cand: its linear on x, every step
         cand_x = F.linear(x0["x"], self.cand.weight[:, :8], self.cand.bias)
         cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
+        cand_w_h = self.cand.weight[:, 8:]
         g_at = runtime.unfold_steps(x0["g"], batch, steps)
         c_at = runtime.unfold_steps(x0["c"], batch, steps)
         tc_at = runtime.unfold_steps(x0["tc"], batch, steps)

@@ -72,18 +72,18 @@ class TimeMachine(nn.Module):
         h_1_steps = list(h_1_past)
         h_2_steps = list(h_2_past)
         h_3_steps = list(h_3_past)
-        g_1_w_h_1 = self.g_1.weight[:, 4:]
         # time_machine.mach:8  g[1]: its linear on x, every step
         g_1_x = F.linear(x, self.g_1.weight[:, :4], self.g_1.bias)
         g_1_x_at = runtime.unfold_steps(g_1_x, batch, steps)
-        g_2_w_h_1 = self.g_2.weight[:, 4:]
+        g_1_w_h_1 = self.g_1.weight[:, 4:]
         # time_machine.mach:8  g[2]: its linear on x, every step
         g_2_x = F.linear(x, self.g_2.weight[:, :4], self.g_2.bias)
         g_2_x_at = runtime.unfold_steps(g_2_x, batch, steps)
-        g_3_w_h_1 = self.g_3.weight[:, 4:]
+        g_2_w_h_1 = self.g_2.weight[:, 4:]
         # time_machine.mach:8  g[3]: its linear on x, every step
         g_3_x = F.linear(x, self.g_3.weight[:, :4], self.g_3.bias)
         g_3_x_at = runtime.unfold_steps(g_3_x, batch, steps)
+        g_3_w_h_1 = self.g_3.weight[:, 4:]
         for t in range(steps):
             # time_machine.mach:8  g[1] : x × h[1][t-1] × h[2][t-1] × h[3][t-1] -> h[1] = linear | tanh
             h_1 = torch.tanh(g_1_x_at[t] + F.linear(torch.cat([h_1_steps[-1], h_2_steps[-1], h_3_steps[-1]], dim=1), g_1_w_h_1))
@@ -135,20 +135,20 @@ class TimeMachine(nn.Module):
         h_1_steps = list(h_1_past)
         h_2_steps = list(h_2_past)
         h_3_steps = list(h_3_past)
-        g_1_w_h_1 = self.g_1.weight[:, 4:]
         # time_machine.mach:8  g[1]: its linear on x, every step
         g_1_x = F.linear(x0["x"], self.g_1.weight[:, :4], self.g_1.bias)
         g_1_x_at = runtime.unfold_steps(g_1_x, batch, steps)
+        g_1_w_h_1 = self.g_1.weight[:, 4:]
         h_1_at = runtime.unfold_steps(x0["h[1]"], batch, steps)
-        g_2_w_h_1 = self.g_2.weight[:, 4:]
         # time_machine.mach:8  g[2]: its linear on x, every step
         g_2_x = F.linear(x0["x"], self.g_2.weight[:, :4], self.g_2.bias)
         g_2_x_at = runtime.unfold_steps(g_2_x, batch, steps)
+        g_2_w_h_1 = self.g_2.weight[:, 4:]
         h_2_at = runtime.unfold_steps(x0["h[2]"], batch, steps)
-        g_3_w_h_1 = self.g_3.weight[:, 4:]
         # time_machine.mach:8  g[3]: its linear on x, every step
         g_3_x = F.linear(x0["x"], self.g_3.weight[:, :4], self.g_3.bias)
         g_3_x_at = runtime.unfold_steps(g_3_x, batch, steps)
+        g_3_w_h_1 = self.g_3.weight[:, 4:]
         h_3_at = runtime.unfold_steps(x0["h[3]"], batch, steps)
         for t in range(steps):
             # time_machine.mach:8  g[1] : x × h[1][t-1] × h[2][t-1] × h[3][t-1] -> h[1] = linear | tanh
