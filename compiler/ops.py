@@ -287,16 +287,16 @@ def _window(before: Shape, args: ArgValues, *, pooling: bool) -> Shape:
         if pooling and p > k // 2:
             raise OpError(f"padding {p} is more than half the kernel {k} (PyTorch's limit)")
         span = dl * (k - 1) + 1
-        if n + 2 * p < span:
+        room = n + 2 * p - span
+        out = (-(-room // s) if ceil_mode else room // s) + 1
+        if ceil_mode and (out - 1) * s >= n + p:
+            out -= 1  # PyTorch: the last window must start inside the input or left padding
+        if out < 1:  # with ceil_mode, PyTorch lets one window hang over the end
             what = f"kernel {k}" + (f" (spanning {span} with dilation {dl})" if dl != 1 else "")
             raise OpError(
                 f"{what} is larger than the input's axis {axis} "
                 f"({n}{f' padded to {n + 2 * p}' if p else ''}) of {format_shape(before)}"
             )
-        room = n + 2 * p - span
-        out = (-(-room // s) if ceil_mode else room // s) + 1
-        if ceil_mode and (out - 1) * s >= n + p:
-            out -= 1  # PyTorch: the last window must start inside the input or left padding
         sizes.append(out)
     return (before[0], *sizes)
 
