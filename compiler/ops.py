@@ -377,7 +377,32 @@ CONV_ARGS = (
 
 
 def _conv_shape(args, before, target):
+    _check_padding_mode(args, before)
     return (_channels(args, target), *_window(before, args, pooling=False)[1:])
+
+
+def _check_padding_mode(args: ArgValues, before: Shape) -> None:
+    """PyTorch pads by reflection only by less than the axis, circularly by at most the axis."""
+    mode = args.get("padding_mode", "zeros")
+    if mode not in ("reflect", "circular"):
+        return
+    padding = args.get("padding", 0)
+    if padding == "valid":
+        return
+    if padding == "same":  # the larger side of dilation·(kernel-1), split in two
+        kernel = _per_axis(args, "kernel", before)
+        dilation = _per_axis(args, "dilation", before, 1)
+        spans = [dl * (k - 1) for k, dl in zip(kernel, dilation, strict=True)]
+        pads = tuple(span - span // 2 for span in spans)
+    else:
+        pads = _per_axis(args, "padding", before, 0)
+    for axis, (n, p) in enumerate(zip(before[1:], pads, strict=True), 1):
+        if p > n or (mode == "reflect" and p == n):
+            limit = "smaller than" if mode == "reflect" else "at most"
+            raise OpError(
+                f'padding {p} with padding_mode="{mode}" must be {limit} the input\'s axis '
+                f"{axis} ({n}) of {format_shape(before)}"
+            )
 
 
 def _conv_layer(site: Site, before: Shape, after: Shape) -> str:
