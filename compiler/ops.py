@@ -955,6 +955,9 @@ def bind_args(spec: OpSpec, positional: list[Value], keyword: list[tuple[str, Va
                 if name in bound.extra_kw or name in ("edge", "where"):
                     why = "given twice" if name in bound.extra_kw else "reserved by machc"
                     bound.problems.append((i, f"argument {name!r} of {spec.name} {why}"))
+                elif name in _PY_KEYWORDS or name == "__debug__":
+                    why = "is a Python keyword, so it cannot be passed on by name"
+                    bound.problems.append((i, f"argument {name!r} of {spec.name} {why}"))
                 bound.extra_kw[name] = value
                 continue
             known = ", ".join(a.name for a in spec.args) or "no arguments"
