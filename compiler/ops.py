@@ -1093,7 +1093,8 @@ def infer_pipeline(ops: tuple[Op, ...], entering: Shape, declared: Shape) -> tup
         try:
             shapes.append(_apply(op, shapes[-1], target, checked=True))
         except OpError as exc:
-            raise OpError(exc.message, index=i, hint=exc.hint) from None
+            later = hint if _hint_applies(ops, last_changer, i, shapes[-1]) else None
+            raise OpError(exc.message, index=i, hint=exc.hint or later) from None
     if shapes[-1] != declared:
         steps = " -> ".join(
             [format_shape(entering)]
@@ -1111,6 +1112,18 @@ def infer_pipeline(ops: tuple[Op, ...], entering: Shape, declared: Shape) -> tup
             hint=hint,
         )
     return tuple(shapes)
+
+
+def _hint_applies(ops, changer: int | None, i: int, before: Shape) -> bool:
+    """Whether the solver's hint (give out= / shape=) can fix op ``i`` failing on ``before``.
+
+    Only for ops after the last channel-changing op; ``out=`` fixes a channel count, not a
+    rank, while a module's ``shape=`` fixes both.
+    """
+    if changer is None or i <= changer:
+        return False
+    lo, hi = OPS[ops[i].kind].ranks
+    return OPS[ops[changer].kind].extra_args or lo <= len(before) <= hi
 
 
 def _solve_target(ops, i: int, before: Shape, declared: Shape):
