@@ -953,7 +953,7 @@ def bind_args(spec: OpSpec, positional: list[Value], keyword: list[tuple[str, Va
         if spec.arg(name) is None:
             if spec.extra_args:
                 if name in bound.extra_kw or name in ("edge", "where"):
-                    why = "given twice" if name in bound.extra_kw else "reserved by machc"
+                    why = "given twice" if name in bound.extra_kw else "is reserved by machc"
                     bound.problems.append((i, f"argument {name!r} of {spec.name} {why}"))
                 elif name in _PY_KEYWORDS or name == "__debug__":
                     why = "is a Python keyword, so it cannot be passed on by name"

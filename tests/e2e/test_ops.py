@@ -939,7 +939,7 @@ def test_final_shape_mismatch_lists_every_step() -> None:
          'class, such as "mypackage.blocks.MyBlock", got "my.class.Block"', '"my.class.Block"'),
         ("8", 'module("a.None")', "argument 'path' of module must be a dotted path", '"a.None"'),
         ("8", "module(3)", "argument 'path' of module must be a string, got 3", "3"),
-        ("8", 'module("torch.nn.Identity", edge=1)', "argument 'edge' of module reserved by machc",
+        ("8", 'module("torch.nn.Identity", edge=1)', "argument 'edge' of module is reserved by machc",
          "edge=1"),
         ("8", 'module("torch.nn.Identity", where="x")', "argument 'where' of module reserved by "
          "machc", 'where="x"'),
