@@ -939,10 +939,10 @@ def test_final_shape_mismatch_lists_every_step() -> None:
          'class, such as "mypackage.blocks.MyBlock", got "my.class.Block"', '"my.class.Block"'),
         ("8", 'module("a.None")', "argument 'path' of module must be a dotted path", '"a.None"'),
         ("8", "module(3)", "argument 'path' of module must be a string, got 3", "3"),
-        ("8", 'module("torch.nn.Identity", edge=1)', "argument 'edge' of module is reserved by machc",
+        ("8", 'module("torch.nn.Identity", edge=1)', "argument 'edge' of module is reserved",
          "edge=1"),
-        ("8", 'module("torch.nn.Identity", where="x")', "argument 'where' of module reserved by "
-         "machc", 'where="x"'),
+        ("8", 'module("torch.nn.Identity", where="x")', "argument 'where' of module is "
+         "reserved", 'where="x"'),
         ("8", 'module("torch.nn.Identity", a=1, a=2)', "argument 'a' of module given twice",
          "a=2"),
         ("8", 'module("torch.nn.Identity", shape=[8, 0])', "argument 'shape' of module must be "
