@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from . import ir
 from . import syntax as s
 from .diagnostics import Code, Note, Reporter, Span
-from .names import CLASS_NAME_CLASHES
+from .imports import Library, Visible
+from .names import CLASS_NAME_CLASHES, Namespace
 from .ops import OPS, bind_args
 
 PARAM_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool}
@@ -40,12 +41,80 @@ class _AlreadyReported(_Problem):
     silent = True
 
 
-def build(source: s.SourceFile, params: Mapping[str, object], reporter: Reporter) -> ir.Program:
+class _Composition:
+    """The machines used as edges in one program: one instance per machine and parameters."""
+
+    def __init__(self, library: Library | None, root: str):
+        self.library = library
+        self.root = root
+        self.instances: dict[tuple, ir.Machine] = {}  # (file, name, params) -> instance
+        self.building: list[tuple[str, str, Span | None]] = []  # (file, machine, used at)
+        self.keys = Namespace(CLASS_NAME_CLASHES)
+
+    def scope(self, file: str) -> dict[str, Visible]:
+        if self.library is None:
+            return {}
+        return self.library.scopes.get(file, {})
+
+    def instantiate(
+        self, visible: Visible, values: dict[str, ir.Value], used_at: Span, reporter: Reporter
+    ) -> ir.Machine | None:
+        """The instance of a machine with these parameter values (built once)."""
+        given = ", ".join(f"{k}={ir.format_value(v)}" for k, v in values.items())
+        note = Note(message=f"in {visible.decl.name}({given}), used as an edge here", span=used_at)
+        self.building.append((visible.file, visible.decl.name, used_at))
+        try:
+            noting = _NotingReporter(reporter, note)
+            machine = _MachineBuilder(visible.decl, noting, self, visible.file).build(values)
+        finally:
+            self.building.pop()
+        if machine is None:
+            return None
+        identity = (visible.file, machine.name, tuple(sorted(machine.params.items())))
+        if identity not in self.instances:
+            self.instances[identity] = machine.model_copy(update={"key": self.key(machine)})
+        return self.instances[identity]
+
+    def key(self, machine: ir.Machine) -> str:
+        """The class name of a machine: its name, or with its parameters when that is taken."""
+        identity = f"{machine.span.file}/{machine.name}/{sorted(machine.params.items())}"
+        hint = machine.name
+        if not self.keys.has(identity) and self.keys.taken(machine.name):
+            values = "_".join(f"{k}{ir.format_value(v)}" for k, v in machine.params.items())
+            hint = f"{machine.name}_{values}" if values else machine.name
+        return self.keys.name(identity, hint)
+
+
+class _NotingReporter(Reporter):
+    """Reports into another reporter, adding a note to every diagnostic (where it was used)."""
+
+    def __init__(self, inner: Reporter, note: Note):
+        super().__init__()
+        self.inner = inner
+        self.note = note
+
+    def _add(self, diagnostic) -> None:
+        self.inner._add(diagnostic.model_copy(update={"notes": (*diagnostic.notes, self.note)}))
+
+    @property
+    def error_count(self) -> int:
+        return self.inner.error_count
+
+
+def build(
+    source: s.SourceFile,
+    params: Mapping[str, object],
+    reporter: Reporter,
+    library: Library | None = None,
+) -> ir.Program:
     """Bind, expand and resolve every machine of ``source``.
 
     ``params`` maps ``name`` (every machine with that parameter) or
     ``Machine.name`` to a value: a Python value or its text (as from ``--set``).
+    ``library`` holds the imported files; machines used as edges become instances.
     """
+    composition = _Composition(library, source.path)
+    composition.keys.reserve(*(decl.name for decl in source.machines))  # roots keep their names
     machines = []
     seen: dict[str, Span] = {}
     for decl in source.machines:
@@ -58,14 +127,32 @@ def build(source: s.SourceFile, params: Mapping[str, object], reporter: Reporter
             )
             continue
         seen[decl.name] = decl.name_span
-        machine = _MachineBuilder(decl, reporter).build(params)
+        machine = _MachineBuilder(decl, reporter, composition, source.path).build(params)
         if machine is not None:
-            machines.append(machine)
+            machines.append(machine.model_copy(update={"key": machine.name}))
     _check_param_keys(source, params, reporter)
     if not source.machines:
         start = Span(file=source.path, line=1, column=1, end_line=1, end_column=1)
         reporter.error(Code.MACHINE, "the file defines no machine", start)
-    return ir.Program(file=source.path, machines=tuple(machines))
+    # A machine of this file used as an edge with its own parameters is that machine.
+    own = {(source.path, m.name, tuple(sorted(m.params.items()))): m.key for m in machines}
+    alias = {m.key: own[i] for i, m in composition.instances.items() if i in own}
+    instances = [m for i, m in composition.instances.items() if i not in own]
+    return ir.Program(
+        file=source.path,
+        machines=tuple(_rename_refs(m, alias) for m in machines),
+        instances=tuple(_rename_refs(m, alias) for m in instances),
+    )
+
+
+def _rename_refs(machine: ir.Machine, alias: dict[str, str]) -> ir.Machine:
+    if not any(edge.machine in alias for edge in machine.edges):
+        return machine
+    edges = tuple(
+        e.model_copy(update={"machine": alias[e.machine]}) if e.machine in alias else e
+        for e in machine.edges
+    )
+    return machine.model_copy(update={"edges": edges})
 
 
 def _check_param_keys(source: s.SourceFile, params: Mapping[str, object], reporter: Reporter):
@@ -246,9 +333,18 @@ class _Spaces:
 
 
 class _MachineBuilder:
-    def __init__(self, decl: s.MachineDecl, reporter: Reporter):
+    def __init__(
+        self,
+        decl: s.MachineDecl,
+        reporter: Reporter,
+        composition: _Composition | None = None,
+        file: str = "",
+    ):
         self.decl = decl
         self.reporter = reporter
+        self.composition = composition or _Composition(None, file)
+        self.file = file
+        self.shares: dict[str, tuple[str, Span, _Scope]] = {}  # edge -> (shared edge, where)
         self.spaces = _Spaces()
         self.edges: dict[str, ir.Edge] = {}
         self.edge_families: dict[str, Span] = {}
@@ -283,6 +379,7 @@ class _MachineBuilder:
         for decl in _flatten(self.unexpanded):
             if isinstance(decl, s.EdgeDecl):
                 self._check_unexpanded_edge(decl)
+        self._resolve_shares()
         self._check_name_clashes()
         if self.reporter.error_count > errors_before:
             return None
@@ -307,6 +404,12 @@ class _MachineBuilder:
             self.error(
                 Code.MACHINE,
                 f"machine name {name!r} would hide a name the generated module uses",
+                self.decl.name_span,
+            )
+        elif name in OPS or name == "shared":
+            self.error(
+                Code.MACHINE,
+                f"machine name {name!r} is the name of an op, so it could not be used as an edge",
                 self.decl.name_span,
             )
 
@@ -611,9 +714,10 @@ class _MachineBuilder:
         self.edge_families.setdefault(decl.name, decl.name_span)
         inputs = self._ports(decl.inputs, scope)
         outputs = self._ports(decl.outputs, scope, writing=True)
-        ops = [self._op(call, scope) for call in decl.ops]
-        if inputs is None or outputs is None or None in ops:
+        pipeline = self._pipeline(decl, name, scope)
+        if inputs is None or outputs is None or pipeline is None:
             return
+        ops, machine_key = pipeline
         if not inputs:
             self.error(Code.NO_INPUTS, f"edge {name!r} reads no space", decl.name_span, scope)
             return
@@ -636,8 +740,151 @@ class _MachineBuilder:
             inputs=tuple(inputs),
             outputs=tuple(outputs),
             ops=tuple(ops),
+            machine=machine_key,
             span=decl.name_span,
         )
+
+    # --- machines as edges, shared parameters ---
+
+    def _pipeline(self, decl: s.EdgeDecl, name: str, scope: _Scope):
+        """(ops, sub-machine key) of an edge, or None after reporting a problem."""
+        machines = self.composition.scope(self.file)
+        special = [
+            c for c in decl.ops if c.name not in OPS and (c.name == "shared" or c.name in machines)
+        ]
+        if not special:
+            ops = [self._op(call, scope) for call in decl.ops]
+            return None if None in ops else (tuple(ops), None)
+        call = special[0]
+        if len(decl.ops) > 1:
+            what = (
+                "shared(...) reuses another edge as a whole"
+                if call.name == "shared"
+                else f"the machine {call.name} maps the edge's inputs to its outputs one by one"
+            )
+            self.error(
+                Code.SUBMACHINE,
+                f"{call.name} must be the only op of its edge: {what}",
+                call.name_span,
+                scope,
+                hint="give it an edge of its own, with spaces between it and the other ops",
+            )
+            return None
+        if call.name == "shared":
+            return self._shared(call, name, scope)
+        return self._submachine(call, machines[call.name], scope)
+
+    def _shared(self, call: s.OpCall, name: str, scope: _Scope):
+        target = None
+        if len(call.args) == 1 and call.args[0].name is None:
+            value = call.args[0].value
+            if isinstance(value, s.Var):
+                target = value.name
+            elif isinstance(value, s.Literal) and isinstance(value.value, str):
+                target = value.value  # an indexed edge: shared("g[2]")
+        if target is None:
+            self.error(
+                Code.OP_ARGUMENT,
+                "shared takes the name of the edge whose parameters it reuses: shared(edge), "
+                'or shared("g[2]") for an indexed edge',
+                call.span,
+                scope,
+            )
+            return None
+        self.shares[name] = (target, call.span, scope)
+        return (), None
+
+    def _submachine(self, call: s.OpCall, visible: Visible, scope: _Scope):
+        decl = visible.decl
+        values: dict[str, ir.Value] = {}
+        ok = True
+        known = {p.name for p in decl.params}
+        for arg in call.args:
+            if arg.name is None:
+                self.error(
+                    Code.OP_ARGUMENT,
+                    f"the parameters of machine {decl.name} are passed by name",
+                    arg.span,
+                    scope,
+                    hint=f"write {decl.name}({'=..., '.join(sorted(known)) or 'name'}=...)",
+                )
+                ok = False
+                continue
+            if arg.name not in known:
+                self.error(
+                    Code.OP_ARGUMENT,
+                    f"machine {decl.name} has no parameter {arg.name!r}",
+                    arg.span,
+                    scope,
+                    hint=_did_you_mean(arg.name, known)
+                    or ("its parameters: " + ", ".join(sorted(known)) if known else "it has none"),
+                )
+                ok = False
+                continue
+            if arg.name in values:
+                self.error(Code.OP_ARGUMENT, f"parameter {arg.name!r} given twice", arg.span, scope)
+                ok = False
+                continue
+            try:
+                values[arg.name] = evaluate(arg.value, scope.env)
+            except _Problem as exc:
+                self.problem(exc, scope)
+                ok = False
+        if decl.time is not None and self.decl.time is None:
+            self.error(
+                Code.SUBMACHINE,
+                f"{decl.name} is a machine over time; it can be an edge only in a machine over "
+                f"time, and {self.decl.name} is not one",
+                call.name_span,
+                scope,
+                hint=f"declare {self.decl.name} over t, or use a machine that is not over time",
+            )
+            ok = False
+        uses = [(f, m) for f, m, _ in self.composition.building] + [(self.file, self.decl.name)]
+        if (visible.file, decl.name) in uses:
+            path = " -> ".join([m for _, m in uses[uses.index((visible.file, decl.name)) :]])
+            self.error(
+                Code.SUBMACHINE,
+                f"machine {decl.name} uses itself: {path} -> {decl.name}",
+                call.name_span,
+                scope,
+                hint="a machine cannot contain itself, directly or through others",
+            )
+            ok = False
+        if not ok:
+            return None
+        instance = self.composition.instantiate(visible, values, call.span, self.reporter)
+        return None if instance is None else ((), instance.key)
+
+    def _resolve_shares(self) -> None:
+        """Each shared(edge) takes the ops (or machine) of the edge whose parameters it reuses."""
+        for name, (target, span, scope) in self.shares.items():
+            seen = [name]
+            while target in self.shares and target not in seen:
+                seen.append(target)
+                target = self.shares[target][0]
+            if target in seen:
+                self.error(
+                    Code.SUBMACHINE,
+                    f"shared edges reuse each other in a circle: {' -> '.join([*seen, target])}",
+                    span,
+                    scope,
+                )
+                continue
+            original = self.edges.get(target)
+            if original is None:
+                self.error(
+                    Code.UNKNOWN_NAME,
+                    f"shared({target}): no edge {target!r} in machine {self.decl.name}",
+                    span,
+                    scope,
+                    hint=_did_you_mean(target, self.edges),
+                )
+                continue
+            if name in self.edges:
+                self.edges[name] = self.edges[name].model_copy(
+                    update={"ops": original.ops, "machine": original.machine, "shares": target}
+                )
 
     def _ports(self, refs, scope: _Scope, writing: bool = False) -> list[ir.Port] | None:
         ports: list[ir.Port] = []
@@ -656,7 +903,9 @@ class _MachineBuilder:
             f"unknown op {call.name!r}",
             call.name_span,
             scope,
-            hint=_did_you_mean(call.name, OPS) or "the ops are listed in docs/language.md",
+            hint=_did_you_mean(call.name, [*OPS, *self.composition.scope(self.file)])
+            or "the ops are listed in docs/language.md; a machine used as an edge must be "
+            "defined in this file or imported",
         )
 
     def _op(self, call: s.OpCall, scope: _Scope) -> ir.Op | None:
@@ -714,8 +963,9 @@ class _MachineBuilder:
                     ref.span,
                     hint=_did_you_mean(ref.name, [*self.spaces.scalars, *self.spaces.arrays]),
                 )
+        machines = self.composition.scope(self.file)
         for call in decl.ops:
-            if call.name not in OPS:
+            if call.name not in OPS and call.name != "shared" and call.name not in machines:
                 self._unknown_op(call, None)
 
     def _check_name_clashes(self) -> None:

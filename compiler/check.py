@@ -12,27 +12,33 @@ import networkx as nx
 
 from . import ir
 from .diagnostics import Code, Note, Reporter
-from .ops import OPS, OpError, combined_shape, format_shape, infer_pipeline
+from .ops import OPS, OpError, Site, combined_shape, format_shape, infer_pipeline
 
 
 def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
     """Check every machine; machines with errors are left out (the reporter has the errors)."""
     checked = []
-    for machine in program.machines:
-        structure = _check_machine(machine, reporter)
+    machines = {m.key: m for m in (*program.instances, *program.machines)}
+    for machine in (*program.instances, *program.machines):  # what a machine uses comes first
+        structure = _check_machine(machine, reporter, machines)
         if structure is not None:
             checked.append(ir.CheckedMachine(machine=machine, structure=structure))
     return ir.CheckedProgram(file=program.file, machines=tuple(checked))
 
 
-def _check_machine(machine: ir.Machine, reporter: Reporter) -> ir.Structure | None:
+def _check_machine(
+    machine: ir.Machine, reporter: Reporter, machines: dict[str, ir.Machine] | None = None
+) -> ir.Structure | None:
     errors_before = reporter.error_count
     roles = {space.role for space in machine.spaces}
     if ir.Role.INPUT not in roles:
         reporter.error(Code.MACHINE, f"machine {machine.name!r} has no input space", machine.span)
     if ir.Role.OUTPUT not in roles:
         reporter.error(Code.MACHINE, f"machine {machine.name!r} has no output space", machine.span)
-    shapes = {edge.name: _edge_shapes(machine, edge, reporter) for edge in machine.edges}
+    shapes = {
+        edge.name: _edge_shapes(machine, edge, reporter, machines or {}) for edge in machine.edges
+    }
+    _check_shared(machine, shapes, reporter)
     _check_written(machine, reporter)
     graph = hypergraph(machine)
     _check_cycles(machine, graph, reporter)
@@ -43,7 +49,10 @@ def _check_machine(machine: ir.Machine, reporter: Reporter) -> ir.Structure | No
     return structure
 
 
-def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter):
+def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter, machines):
+    if edge.machine is not None:
+        _check_boundary(machine, edge, machines[edge.machine], reporter)
+        return ()
     if OPS[edge.ops[0].kind].combine:
         entering = _combined_shape(machine, edge, reporter)
     else:
@@ -63,6 +72,67 @@ def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter):
             )
         reporter.error(Code.SHAPE, f"edge {edge.name!r}: {exc.message}", span, hint=exc.hint)
         return None
+
+
+def _check_boundary(machine: ir.Machine, edge: ir.Edge, sub: ir.Machine, reporter) -> None:
+    """A sub-machine edge's spaces map one by one onto the sub-machine's inputs and outputs."""
+    used = f"{sub.name}({', '.join(f'{k}={ir.format_value(v)}' for k, v in sub.params.items())})"
+    used = used if sub.params else sub.name
+    for side, ports, role in (
+        ("inputs", edge.inputs, ir.Role.INPUT),
+        ("outputs", edge.outputs, ir.Role.OUTPUT),
+    ):
+        spaces = [s for s in sub.spaces if s.role is role]
+        if len(ports) != len(spaces):
+            mine = " × ".join(p.space for p in ports)
+            theirs = ", ".join(f"{s.name} {format_shape(s.shape)}" for s in spaces)
+            reporter.error(
+                Code.SUBMACHINE,
+                f"edge {edge.name!r} has {len(ports)} {side if len(ports) != 1 else side[:-1]} "
+                f"({mine}), but {used} has {len(spaces)}: {theirs}",
+                edge.span,
+                notes=(Note(message=f"{sub.name} is defined here", span=sub.span),),
+                hint=f"the edge's {side} map one by one, in order, onto the machine's",
+            )
+            continue
+        for port, space in zip(ports, spaces, strict=True):
+            shape = machine.space(port.space).shape
+            if shape != space.shape:
+                reporter.error(
+                    Code.SUBMACHINE,
+                    f"edge {edge.name!r} maps {port.space} {format_shape(shape)} onto the "
+                    f"{side[:-1]} {space.name} {format_shape(space.shape)} of {used}",
+                    port.span,
+                    notes=(Note(message=f"{space.name} is declared here", span=space.span),),
+                )
+
+
+def _check_shared(machine: ir.Machine, shapes, reporter: Reporter) -> None:
+    """An edge that reuses another's parameters needs layers of the same shapes."""
+    for edge in machine.edges:
+        if edge.shares is None or edge.machine is not None:
+            continue
+        mine, theirs = shapes.get(edge.name), shapes.get(edge.shares)
+        if not mine or not theirs:
+            continue  # their shapes failed: reported already
+        original = next(e for e in machine.edges if e.name == edge.shares)
+        for i, op in enumerate(edge.ops):
+            spec = OPS[op.kind]
+            if spec.layer is None:
+                continue
+            site = Site(op=op, edge="", where="")
+            if spec.layer(site, mine[i], mine[i + 1]) != spec.layer(site, theirs[i], theirs[i + 1]):
+                reporter.error(
+                    Code.SUBMACHINE,
+                    f"edge {edge.name!r} shares the parameters of {edge.shares!r}, whose "
+                    f"{op.kind} maps {format_shape(theirs[i])} to {format_shape(theirs[i + 1])}, "
+                    f"but here it would map {format_shape(mine[i])} to "
+                    f"{format_shape(mine[i + 1])}",
+                    edge.span,
+                    notes=(Note(message=f"{edge.shares!r} is declared here", span=original.span),),
+                    hint="shared parameters need spaces of the same shapes",
+                )
+                break
 
 
 def _combined_shape(machine: ir.Machine, edge: ir.Edge, reporter: Reporter) -> ir.Shape | None:

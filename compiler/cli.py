@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
             metavar="NAME=VALUE",
             help="bind a machine parameter (NAME or Machine.NAME); may be repeated",
         )
+        sub.add_argument(
+            "-I",
+            dest="search_path",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="also look for imported files in DIR (after the importing file's directory); "
+            "may be repeated",
+        )
 
     parser.subcommands = {}
     compile_ = commands.add_parser(
@@ -84,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     params = _parse_params(parser.subcommands[args.command], args.params)
+    for directory in getattr(args, "search_path", []):
+        if not os.path.isdir(directory):
+            parser.subcommands[args.command].error(f"-I {directory}: no such directory")
     try:
         if args.command == "compile":
             return _compile(args, params)
@@ -116,7 +128,7 @@ def _read(path: str) -> str:
 
 def _show_warnings(checked) -> None:
     if checked.warnings:
-        print(render_all(checked.warnings, {checked.program.file: checked.source}), file=sys.stderr)
+        print(render_all(checked.warnings, checked.sources), file=sys.stderr)
 
 
 def _compile(args, params) -> int:
@@ -128,7 +140,7 @@ def _compile(args, params) -> int:
     if output != "-" and os.path.exists(output) and os.path.exists(args.file):
         if os.path.samefile(output, args.file):
             raise _UsageError(f"the output {output} is the source file itself")
-    checked = check_source(_read(args.file), args.file, params)
+    checked = check_source(_read(args.file), args.file, params, args.search_path)
     _show_warnings(checked)
     code = emit(lower(checked.program))
     if output == "-":
@@ -158,7 +170,7 @@ def _write_atomically(path: str, text: str) -> None:
 def _check(args, params) -> int:
     from .driver import check_source
 
-    checked = check_source(_read(args.file), args.file, params)
+    checked = check_source(_read(args.file), args.file, params, args.search_path)
     _show_warnings(checked)
     if not args.quiet:
         print(describe(checked.program))
@@ -171,7 +183,7 @@ def _count(n: int, noun: str) -> str:
 
 def describe(program) -> str:
     """The structure report of ``machc check``: spaces with depths, levels of independent edges."""
-    from .lower import format_params
+    from .lower import format_params, source_label
     from .ops import format_shape
 
     blocks = []
@@ -180,7 +192,7 @@ def describe(program) -> str:
         params = format_params(machine.params)
         title = f"machine {machine.name}" + (f"({params})" if params else "")
         title += f" over {machine.time}" if machine.time else ""
-        lines = [f"{title}  {os.path.basename(program.file)}:{machine.span.line}"]
+        lines = [f"{title}  {source_label(machine.span.file)}:{machine.span.line}"]
         depth = max(structure.depth.values(), default=0)
         lines.append(
             f"  {_count(len(machine.spaces), 'space')}, {_count(len(machine.edges), 'edge')}, "

@@ -53,6 +53,8 @@ class Code(enum.StrEnum):
     MACHINE = "E014"
     SOURCE = "E015"
     TIME = "E016"
+    IMPORT = "E017"
+    SUBMACHINE = "E018"
     UNREACHED_OUTPUT = "W101"
     UNREAD_INPUT = "W102"
 

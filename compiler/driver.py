@@ -8,7 +8,7 @@ import os
 import sys
 import types
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from . import ir
@@ -16,6 +16,7 @@ from .build import build
 from .check import check
 from .diagnostics import CompileError, Diagnostic, Reporter
 from .emit import emit
+from .imports import load_library
 from .lower import lower
 from .names import sanitize
 from .parse import parse
@@ -28,25 +29,42 @@ class Checked:
     program: ir.CheckedProgram
     warnings: list[Diagnostic]
     source: str
+    sources: dict[str, str]  # the text of every file read (imports included), for rendering
+
+
+SearchPath = Sequence[str | os.PathLike] | None
 
 
 def check_source(
-    text: str, filename: str = "<string>", params: Mapping[str, object] | None = None
+    text: str,
+    filename: str = "<string>",
+    params: Mapping[str, object] | None = None,
+    search_path: SearchPath = None,
 ) -> Checked:
-    """Parse, build and check; raises :class:`CompileError` with every error (and warning)."""
-    sources = {filename: text}
+    """Parse, build and check; raises :class:`CompileError` with every error (and warning).
+
+    Imports are found relative to ``filename``, then in each directory of ``search_path``.
+    """
     reporter = Reporter()
     syntax = parse(text, filename)
+    library = load_library(syntax, text, list(search_path or ()), reporter)
+    reporter.raise_if_errors(library.sources)
     # Machines with errors are left out of the program; the others are still checked,
     # so that one run reports every error of the file.
-    program = build(syntax, params or {}, reporter)
+    program = build(syntax, params or {}, reporter, library)
     checked = check(program, reporter)
-    reporter.raise_if_errors(sources)
-    return Checked(program=checked, warnings=reporter.sorted(), source=text)
+    reporter.raise_if_errors(library.sources)
+    return Checked(
+        program=checked, warnings=reporter.sorted(), source=text, sources=library.sources
+    )
 
 
-def check_file(path: str | os.PathLike, params: Mapping[str, object] | None = None) -> Checked:
-    return check_source(read_source(path), str(path), params)
+def check_file(
+    path: str | os.PathLike,
+    params: Mapping[str, object] | None = None,
+    search_path: SearchPath = None,
+) -> Checked:
+    return check_source(read_source(path), str(path), params, search_path)
 
 
 class MachcWarning(UserWarning):
@@ -54,26 +72,33 @@ class MachcWarning(UserWarning):
 
 
 def compile_source(
-    text: str, filename: str = "<string>", params: Mapping[str, object] | None = None
+    text: str,
+    filename: str = "<string>",
+    params: Mapping[str, object] | None = None,
+    search_path: SearchPath = None,
 ) -> str:
     """The generated Python module for a .mach source text.
 
     Errors raise :class:`CompileError`; warnings go through :mod:`warnings` as
     :class:`MachcWarning` (use :func:`check_source` to get them as diagnostics).
     """
-    return _compile(text, filename, params, stacklevel=3)
+    return _compile(text, filename, params, search_path, stacklevel=3)
 
 
-def _compile(text: str, filename: str, params, stacklevel: int) -> str:
-    checked = check_source(text, filename, params)
+def _compile(text: str, filename: str, params, search_path, stacklevel: int) -> str:
+    checked = check_source(text, filename, params, search_path)
     for diagnostic in checked.warnings:
-        warnings.warn(diagnostic.render({filename: text}), MachcWarning, stacklevel=stacklevel)
+        warnings.warn(diagnostic.render(checked.sources), MachcWarning, stacklevel=stacklevel)
     return emit(lower(checked.program))
 
 
-def compile_file(path: str | os.PathLike, params: Mapping[str, object] | None = None) -> str:
+def compile_file(
+    path: str | os.PathLike,
+    params: Mapping[str, object] | None = None,
+    search_path: SearchPath = None,
+) -> str:
     """The generated Python module for a .mach file (warnings as in :func:`compile_source`)."""
-    return _compile(read_source(path), str(path), params, stacklevel=3)
+    return _compile(read_source(path), str(path), params, search_path, stacklevel=3)
 
 
 def read_source(path: str | os.PathLike) -> str:
@@ -100,13 +125,17 @@ def read_source(path: str | os.PathLike) -> str:
 _loaded = itertools.count()
 
 
-def load(path: str | os.PathLike, params: Mapping[str, object] | None = None) -> types.ModuleType:
+def load(
+    path: str | os.PathLike,
+    params: Mapping[str, object] | None = None,
+    search_path: SearchPath = None,
+) -> types.ModuleType:
     """Compile a .mach file and import the result as a module (no file is written).
 
     The generated source is registered with ``linecache``, so tracebacks and
     debuggers show its lines.
     """
-    source = _compile(read_source(path), str(path), params, stacklevel=3)
+    source = _compile(read_source(path), str(path), params, search_path, stacklevel=3)
     stem = os.path.splitext(os.path.basename(path))[0]
     name = f"machc_generated_{sanitize(stem)}_{next(_loaded)}"
     filename = f"<machc:{os.fspath(path)}>"

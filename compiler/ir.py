@@ -78,19 +78,31 @@ class Op(Node):
 
 
 class Edge(Node):
-    """A hyperedge: reads the product of ``inputs``, applies ``ops``, splits into ``outputs``."""
+    """A hyperedge: reads the product of ``inputs``, applies ``ops``, splits into ``outputs``.
+
+    A sub-machine edge has no ops: ``machine`` is the key of the machine instance
+    whose resolvent it is (inputs and outputs map one to one onto that machine's).
+    ``shares`` names the edge whose parameters this one reuses (``shared(edge)``).
+    """
 
     name: str
     inputs: tuple[Port, ...]
     outputs: tuple[Port, ...]
     ops: tuple[Op, ...]
+    machine: str | None = None
+    shares: str | None = None
     span: Span
 
 
 class Machine(Node):
-    """A machine with its parameters bound to concrete values."""
+    """A machine with its parameters bound to concrete values.
+
+    ``key`` names the generated class: the machine's name, with its parameter
+    values appended when one program holds the machine with several parameter sets.
+    """
 
     name: str
+    key: str = ""
     params: dict[str, Value]
     time: str | None = None  # the time index of a machine over time
     spaces: tuple[Space, ...]
@@ -143,12 +155,16 @@ class CheckedMachine(Node):
 
 
 class Program(Node):
-    """Every machine of one source file."""
+    """Every machine of one source file, and the instances of machines used as edges."""
 
     file: str
     machines: tuple[Machine, ...]
+    instances: tuple[Machine, ...] = ()
 
 
 class CheckedProgram(Node):
+    """``machines``: the sub-machine instances first (dependencies before users), then the
+    file's own machines."""
+
     file: str
     machines: tuple[CheckedMachine, ...]

@@ -76,7 +76,7 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
     source_name = os.path.basename(program.file)
     module_names = Namespace(MODULE_NAMES)
     for checked in program.machines:
-        module_names.name(checked.machine.name)  # class names are the machine names, checked
+        module_names.name(checked.machine.key)  # class names: machine names (checked), or keys
     tuples: dict[str, OutputTuple] = {}
     for checked in program.machines:
         machine = checked.machine
@@ -86,15 +86,16 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
             # NamedTuple fields cannot start with "_"; plain names claim theirs first.
             for s in sorted(outputs, key=lambda s: s.name.startswith("_")):
                 fields.name(s.name, s.name.lstrip("_") or "out")
-            tuples[machine.name] = OutputTuple(
-                name=module_names.name(f"{machine.name}.Output", f"{machine.name}Output"),
+            tuples[machine.key] = OutputTuple(
+                name=module_names.name(f"{machine.key}.Output", f"{machine.key}Output"),
                 fields=tuple(fields.name(s.name) for s in outputs),
             )
-    module_level = MODULE_NAMES | {c.machine.name for c in program.machines}
+    module_level = MODULE_NAMES | {c.machine.key for c in program.machines}
     module_level |= {t.name for t in tuples.values()}
+    by_key = {c.machine.key: c.machine for c in program.machines}
     classes = tuple(
         (_TimeLowering if c.machine.time is not None else _MachineLowering)(
-            c, source_name, module_level, tuples.get(c.machine.name)
+            c, source_name, module_level, tuples.get(c.machine.key), by_key
         ).lower()
         for c in program.machines
     )
@@ -109,7 +110,7 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
     if tuples:
         imports.insert(0, "from typing import NamedTuple\n")
     params = "; ".join(
-        f"{c.machine.name}({format_params(c.machine.params)})"
+        f"{c.machine.key}({format_params(c.machine.params)})"
         for c in program.machines
         if c.machine.params
     )
@@ -125,6 +126,13 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
         output_tuples=tuple(tuples.values()),
         classes=classes,
     )
+
+
+def source_label(path: str) -> str:
+    """How comments name a source file: its base name (``std/blocks.mach`` for the library)."""
+    if path.startswith("<std>/"):
+        return "std/" + path[len("<std>/") :]
+    return os.path.basename(path)
 
 
 def py_str(text: str) -> str:
@@ -176,11 +184,26 @@ def port_text(port: ir.Port, time: str | None = "t") -> str:
     return f"{port.space}[{time}-{port.delay}]" if port.delay else port.space
 
 
-def edge_text(edge: ir.Edge, time: str | None = "t") -> str:
+def machine_call(machine: ir.Machine) -> str:
+    """A machine used as an edge, as .mach source: ``ResBlock(w=32)``."""
+    if not machine.params:
+        return machine.name
+    return f"{machine.name}({format_params(machine.params)})"
+
+
+def edge_text(
+    edge: ir.Edge, time: str | None = "t", machines: dict[str, ir.Machine] | None = None
+) -> str:
     """The edge as .mach source, with arrays and loops expanded."""
     ins = " × ".join(port_text(p, time) for p in edge.inputs)
     outs = " × ".join(p.space for p in edge.outputs)
-    return f"{edge.name} : {ins} -> {outs} = {' | '.join(_op_text(op) for op in edge.ops)}"
+    if edge.shares is not None:
+        pipeline = f"shared({edge.shares})"
+    elif edge.machine is not None:
+        pipeline = machine_call(machines[edge.machine]) if machines else edge.machine
+    else:
+        pipeline = " | ".join(_op_text(op) for op in edge.ops)
+    return f"{edge.name} : {ins} -> {outs} = {pipeline}"
 
 
 @dataclass
@@ -199,7 +222,15 @@ class _Plan:
 
 
 class _MachineLowering:
-    def __init__(self, checked: ir.CheckedMachine, source_name: str, module_level, output_tuple):
+    def __init__(
+        self,
+        checked: ir.CheckedMachine,
+        source_name: str,
+        module_level,
+        output_tuple,
+        machines: dict[str, ir.Machine] | None = None,
+    ):
+        self.machines = machines or {}
         self.machine = checked.machine
         self.structure = checked.structure
         self.source_name = source_name
@@ -214,7 +245,7 @@ class _MachineLowering:
         self.layer_exprs: dict[tuple[str, int], str] = {}
 
     def where(self, span) -> str:
-        return f"{_safe(self.source_name)}:{span.line}"
+        return f"{_safe(source_label(span.file))}:{span.line}"
 
     def lower(self) -> MachineClass:
         machine = self.machine
@@ -235,7 +266,7 @@ class _MachineLowering:
         )
         spaces += self._class_attributes()
         return MachineClass(
-            name=machine.name,
+            name=machine.key or machine.name,
             doc=tuple(_safe(line) for line in doc),
             spaces=spaces,
             inputs=_py_tuple(py_str(s.name) for s in inputs),
@@ -258,12 +289,16 @@ class _MachineLowering:
     def _layers(self) -> list[Layer]:
         layers = []
         for edge in self.machine.edges:
+            if edge.shares is not None:
+                continue  # it calls the layers of the edge it shares them with
             shapes = self.structure.shapes[edge.name]
             built = [
                 (i, OPS[op.kind].layer(self._site(edge, op), shapes[i], shapes[i + 1]))
                 for i, op in enumerate(edge.ops)
                 if OPS[op.kind].layer is not None
             ]
+            if edge.machine is not None:
+                built = [(0, f"{edge.machine}()")]
             if not built:
                 continue
             hint = edge.name if not edge.name.startswith("_") else "edge" + edge.name
@@ -277,6 +312,11 @@ class _MachineLowering:
                     self.layer_exprs[(edge.name, i)] = f"self.{attr}[{k}]"
                 constructor = "nn.ModuleList([" + ", ".join(c for _, c in built) + "])"
             layers.append(Layer(attr=attr, constructor=constructor, comment=_safe(comment)))
+        for edge in self.machine.edges:
+            if edge.shares is not None:
+                for i in range(max(1, len(edge.ops))):
+                    if (edge.shares, i) in self.layer_exprs:
+                        self.layer_exprs[(edge.name, i)] = self.layer_exprs[(edge.shares, i)]
         return layers
 
     def _site(self, edge: ir.Edge, op: ir.Op) -> Site:
@@ -371,7 +411,7 @@ class _MachineLowering:
             if plan.leveled and level_of[name] != current_level:
                 current_level = level_of[name]
                 lines.append(f"# level {current_level}")
-            text = edge_text(edge, self.machine.time)
+            text = edge_text(edge, self.machine.time, self.machines)
             lines.append(f"# {self.where(edge.span)}  {_safe(text)}")
             expr = self._edge_expr(edge, plan, lines)
             if len(edge.outputs) == 1 and writers[edge.outputs[0].space] == [name]:
@@ -390,8 +430,8 @@ class _MachineLowering:
                     temp = plan.locals.name(f"{space}/{name}", f"{space}_{name}")
                     targets.append(temp)
                     pending.setdefault(space, {})[name] = temp
-            if len(targets) == 1:
-                lines.append(f"{targets[0]} = {expr}")
+            if len(targets) == 1 or edge.machine is not None:  # a sub-machine returns a tuple
+                lines.append(f"{', '.join(targets)} = {expr}")
             else:
                 sizes = [self.machine.space(p.space).shape[0] for p in edge.outputs]
                 lines.append(
@@ -410,12 +450,15 @@ class _MachineLowering:
         return lines
 
     def _edge_expr(self, edge: ir.Edge, plan: _Plan, lines: list[str]) -> str:
-        """The expression of the edge's product through its pipeline.
+        """The expression of the edge's product through its pipeline (or its sub-machine).
 
         A pipeline of three or more ops is cut into statements on a variable named
         after the edge wherever the nested calls grow long; one or two ops stay on one
         line, so that similar edges read alike.
         """
+        if edge.machine is not None:
+            reads = [plan.read(port) for port in edge.inputs]
+            return f"{self.layer_exprs[(edge.name, 0)]}({', '.join(reads)})"
         return self._apply_ops(edge, plan, lines, self._product_expr(edge, plan), 0)
 
     def _product_expr(self, edge: ir.Edge, plan: _Plan) -> str:
@@ -485,6 +528,11 @@ class _TimeLowering(_MachineLowering):
         super().__init__(*args)
         self.phases = self.structure.phases
         self.delays = self.structure.delays
+        # edges whose sub-machine is over time: their own state goes in and out of forward
+        self.stateful = [
+            e.name for e in self.machine.edges if e.machine and self.machines[e.machine].time
+        ]
+        self.state_vars: dict[str, str] = {}  # stateful edge -> its state variable, per method
         self.loop_spaces = {
             port.space
             for edge in self.machine.edges
@@ -503,7 +551,11 @@ class _TimeLowering(_MachineLowering):
 
     def _class_attributes(self) -> list[str]:
         items = [f"{py_str(s)}: {k}" for s, k in self.delays.items()]
-        return _dict_lines("DELAYS: dict[str, int] = ", items, indent=4)
+        lines = _dict_lines("DELAYS: dict[str, int] = ", items, indent=4)
+        if self.stateful:
+            names = _py_tuple(py_str(e) for e in self.stateful)
+            lines.append(f"STATEFUL_EDGES: tuple[str, ...] = {names}")
+        return lines
 
     def _order(self, phase: ir.Phase) -> list[str]:
         return [e for e in self.structure.order if self.phases[e] is phase]
@@ -636,6 +688,18 @@ class _TimeLowering(_MachineLowering):
 
     # --- methods ---
 
+    def _state_vars(self, names: Namespace, body: list[str], state: str | None) -> None:
+        """A variable per stateful edge: its sub-machine's state, carried through the method."""
+        self.state_vars = {}
+        for edge in self.stateful:
+            var = self.state_vars[edge] = names.name(f"{edge}/state", f"{edge}_state")
+            start = (
+                "None"
+                if state is None
+                else f"None if {state} is None else {state}.get({py_str(edge)})"
+            )
+            body.append(f"{var} = {start}")
+
     def _pasts(self, names: Namespace, state: str, like: str) -> tuple[list[str], dict[str, str]]:
         """``space_past = runtime.past(...)`` for every space read at an earlier step."""
         lines, pasts = [], {}
@@ -656,10 +720,12 @@ class _TimeLowering(_MachineLowering):
             f"batch, steps, {_py_tuple(args)} = "
             f"runtime.fold_inputs(self.SPACES, {{{given}}}, steps)",
         ]
-        if self.delays:
-            body.append("runtime.check_state(self.SPACES, self.DELAYS, state)")
+        if self.delays or self.stateful:
+            stateful = ", self.STATEFUL_EDGES" if self.stateful else ""
+            body.append(f"runtime.check_state(self.SPACES, self.DELAYS, state{stateful})")
         past_lines, pasts = self._pasts(names, "state", args[0])
         body += past_lines
+        self._state_vars(names, body, "state")
         start = {s.name: a for s, a in zip(inputs, args, strict=True)}
         wanted = {s.name for s in outputs}
         values, steps_of = self._phases(names, start, pasts, wanted, body)
@@ -672,18 +738,18 @@ class _TimeLowering(_MachineLowering):
                 for fld, s in zip(self.output_tuple.fields, outputs, strict=True)
             )
             returns, result = self.output_tuple.name, f"{self.output_tuple.name}({fields})"
-        if self.delays:
-            items = []
-            for space, k in self.delays.items():
-                if space in steps_of:
-                    items.append(f"{py_str(space)}: torch.stack({steps_of[space]}[-{k}:], 1)")
-                else:
-                    items.append(
-                        f"{py_str(space)}: runtime.last_steps({values[space]}, {k}, "
-                        f"{pasts[space]}, batch, steps)"
-                    )
-            body.append("if return_state:")
-            body += ["    " + line for line in _dict_lines(f"return {result}, ", items, indent=12)]
+        items = []
+        for space, k in self.delays.items():
+            if space in steps_of:
+                items.append(f"{py_str(space)}: torch.stack({steps_of[space]}[-{k}:], 1)")
+            else:
+                items.append(
+                    f"{py_str(space)}: runtime.last_steps({values[space]}, {k}, "
+                    f"{pasts[space]}, batch, steps)"
+                )
+        items += [f"{py_str(e)}: {self.state_vars[e]}" for e in self.stateful]
+        body.append("if return_state:")
+        body += ["    " + line for line in _dict_lines(f"return {result}, ", items, indent=12)]
         body.append(f"return {result}")
         indent = "\n        "
         params = [
@@ -708,6 +774,7 @@ class _TimeLowering(_MachineLowering):
         first = py_str(self.machine.spaces[0].name)
         past_lines, pasts = self._pasts(names, "None", f"x0[{first}]")
         body += past_lines
+        self._state_vars(names, body, None)
         start = {s.name: f"x0[{py_str(s.name)}]" for s in self.machine.spaces}
         wanted = {s.name for s in self.machine.spaces}
         values, _ = self._phases(names, start, pasts, wanted, body)
@@ -736,6 +803,7 @@ class _TimeLowering(_MachineLowering):
             locals=names,
         )
         body = ["batch, steps, state = runtime.fold_state(self.SPACES, state)"]
+        self.state_vars = {}  # f maps whole sequences: sub-machines start from a zero past
         body += self._statements(plan, [e.name for e in self.machine.edges])
         for space in self.machine.spaces:
             if not self.writers[space.name]:
@@ -758,6 +826,8 @@ class _TimeLowering(_MachineLowering):
         """As for any machine, except in the step loop: a first ``linear`` whose inputs are
         partly known before the loop is split by columns of its weight, and the known part
         (an RNN's input projection) runs for every step at once before the loop."""
+        if edge.machine is not None and edge.name in self.stateful:
+            return self._stateful_call(edge, plan, lines)
         if plan.prep is None or not self._splits(edge):
             return super()._edge_expr(edge, plan, lines)
         names = plan.locals
@@ -811,3 +881,20 @@ class _TimeLowering(_MachineLowering):
             return False
         known = [port.space not in self.loop_spaces for port in edge.inputs]
         return any(known) and not all(known)
+
+    def _stateful_call(self, edge: ir.Edge, plan: _Plan, lines: list[str]) -> str:
+        """A sub-machine over time: on whole sequences before and after the loop, one step
+        at a time (with its state) inside it."""
+        layer = self.layer_exprs[(edge.name, 0)]
+        reads = [plan.read(port) for port in edge.inputs]
+        state = self.state_vars.get(edge.name)
+        if plan.prep is not None:  # in the loop: one step
+            args = [f"{r}[:, None]" for r in reads]
+        else:
+            args = [f"{r}.unflatten(0, (batch, steps))" for r in reads]
+        call = f"{layer}({', '.join(args)}"
+        if state is None:
+            return f"runtime.folded({call}))"
+        out = plan.locals.name(f"{edge.name}/out", f"{edge.name}_out")
+        lines.append(f"{out}, {state} = {call}, state={state}, return_state=True)")
+        return f"runtime.step_of({out})" if plan.prep is not None else f"runtime.folded({out})"

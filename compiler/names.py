@@ -53,6 +53,14 @@ class Namespace:
         self._taken: set[str] = set()
         self._by_key: dict[str, str] = {}
 
+    def taken(self, identifier: str) -> bool:
+        """Whether ``identifier`` has been handed out (or is reserved)."""
+        return identifier in self._taken or identifier in self._reserved
+
+    def has(self, key: str) -> bool:
+        """Whether ``key`` already has its identifier."""
+        return key in self._by_key
+
     def reserve(self, *names: str) -> None:
         self._reserved.update(names)
 

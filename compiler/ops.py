@@ -645,6 +645,11 @@ def _activation(name: str, call: str, doc: str, *args: ArgSpec) -> OpSpec:
     return OpSpec(name=name, doc=doc, rule="[C, *S] -> [C, *S]", call=call, args=args)
 
 
+def _scale_call(site: Site, x: str, layer, before: Shape, after: Shape) -> str:
+    x = x if _is_atom(x) else f"({x})"
+    return f"{x} * {py_literal(site.args['factor'])}"
+
+
 def _dropout_call(site: Site, x: str, layer, before: Shape, after: Shape) -> str:
     p = py_literal(site.args["p"])
     return f"F.dropout{len(before) - 1}d({x}, p={p}, training=self.training)"
@@ -720,6 +725,13 @@ _OP_LIST = (
         rule="[C, *S] · [C, *S] -> [C, *S]",
         call="{x}",
         combine="*",
+    ),
+    OpSpec(
+        name="scale",
+        doc="Multiplies by a constant (scale(-1) negates: (1 - z) · c is c - z · c).",
+        rule="[C, *S] -> [C, *S]",
+        call=_scale_call,
+        args=(ArgSpec("factor", (FLOAT,), REQUIRED, _finite, "the constant"),),
     ),
     _activation("relu", "torch.relu({x})", "max(x, 0)"),
     _activation("relu6", "F.relu6({x})", "min(max(x, 0), 6)"),

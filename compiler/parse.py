@@ -134,6 +134,16 @@ def _token_span(path: str, token: Token) -> Span:
     )
 
 
+def _decode_string(token: str, span: Span) -> str:
+    """The value of a STRING token: the grammar admits only double quotes and backslash escapes."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return ast.literal_eval(token)
+    except (SyntaxError, ValueError, Warning):
+        raise _BadLiteral(f"invalid escape in string {token}", span) from None
+
+
 @v_args(meta=True)
 class _ToSyntax(Transformer):
     """Builds :mod:`syntax` nodes; one method per grammar rule (or alias)."""
@@ -153,8 +163,20 @@ class _ToSyntax(Transformer):
 
     # --- file and machines ---
 
-    def start(self, meta, machines):
-        return s.SourceFile(path=self.path, machines=tuple(machines))
+    def start(self, meta, items):
+        imports = tuple(item for item in items if isinstance(item, s.ImportDecl))
+        machines = tuple(item for item in items if isinstance(item, s.MachineDecl))
+        return s.SourceFile(path=self.path, machines=machines, imports=imports)
+
+    def import_decl(self, meta, children):
+        (target,) = children
+        if isinstance(target, Token):  # a STRING: a path
+            path = _decode_string(str(target), self._span(meta))
+            return s.ImportDecl(path=path, module=None, span=self._span(meta))
+        return s.ImportDecl(path=None, module=target, span=self._span(meta))
+
+    def dotted_name(self, meta, names):
+        return ".".join(str(name) for name in names)
 
     def machine(self, meta, children):
         name, params, time, *body = children
@@ -292,14 +314,7 @@ class _ToSyntax(Transformer):
         return s.Literal(value=False, span=self._span(meta))
 
     def string(self, meta, children):
-        # The grammar admits only a double-quoted literal with backslash escapes.
-        token = str(children[0])
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
-                value = ast.literal_eval(token)
-        except (SyntaxError, ValueError, Warning):
-            raise _BadLiteral(f"invalid escape in string {token}", self._span(meta)) from None
+        value = _decode_string(str(children[0]), self._span(meta))
         return s.Literal(value=value, span=self._span(meta))
 
     def list(self, meta, children):

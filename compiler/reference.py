@@ -20,7 +20,7 @@ END = "<!-- end of op reference -->"
 # (group title, ops) in the order the reference shows them.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Maps with learned weights", ("linear", "conv", "conv_transpose")),
-    ("Combining and passing through", ("identity", "add", "mul")),
+    ("Combining and passing through", ("identity", "add", "mul", "scale")),
     (
         "Activations",
         (

@@ -166,8 +166,18 @@ class MachineDecl:
 
 
 @dataclass(frozen=True)
+class ImportDecl:
+    """``import "path.mach"`` (``path`` set) or ``import std.blocks`` (``module`` set)."""
+
+    path: str | None
+    module: str | None
+    span: Span
+
+
+@dataclass(frozen=True)
 class SourceFile:
     """A whole .mach file."""
 
     path: str
     machines: tuple[MachineDecl, ...]
+    imports: tuple[ImportDecl, ...] = ()

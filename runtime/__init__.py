@@ -30,8 +30,10 @@ __all__ = [
     "external",
     "fold_inputs",
     "fold_state",
+    "folded",
     "last_steps",
     "past",
+    "step_of",
     "unfold_steps",
 ]
 
@@ -142,17 +144,37 @@ def fold_state(
 
 
 def check_state(
-    spaces: dict[str, tuple[int, ...]], delays: dict[str, int], state: dict[str, Tensor] | None
+    spaces: dict[str, tuple[int, ...]],
+    delays: dict[str, int],
+    state: dict[str, Tensor] | None,
+    stateful: tuple[str, ...] = (),
 ) -> None:
-    """A state passed to ``forward`` names only spaces that are read at earlier steps."""
+    """A state passed to ``forward`` names only spaces read at earlier steps, and edges
+    whose sub-machines are over time (their own state)."""
     if state is None:
         return
-    unknown = sorted(set(state) - set(delays))
+    known = sorted(delays) + sorted(stateful)
+    unknown = sorted(set(state) - set(known))
     if unknown:
         raise KeyError(
-            f"state has {unknown}, but only {sorted(delays)} are read at earlier steps; "
-            "pass the state returned by forward(..., return_state=True)"
+            f"state has {unknown}, but only {known} are read at earlier steps or carry "
+            "a sub-machine's state; pass the state returned by forward(..., return_state=True)"
         )
+
+
+def folded(output):
+    """A sub-machine's output sequences ``[batch, time, *shape]`` folded to
+    ``[batch * time, *shape]`` (one tensor, or a tuple of them)."""
+    if isinstance(output, Tensor):
+        return output.flatten(0, 1)
+    return tuple(x.flatten(0, 1) for x in output)
+
+
+def step_of(output):
+    """The one step ``[batch, *shape]`` of a sub-machine's output run for one step."""
+    if isinstance(output, Tensor):
+        return output[:, 0]
+    return tuple(x[:, 0] for x in output)
 
 
 def past(

@@ -5,6 +5,8 @@ Refresh with ``pytest tests/golden --update-golden`` and read the diff before co
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 
 import pytest
@@ -45,7 +47,8 @@ def _diagnose(case: Path) -> tuple[str, set[Code], bool]:
     """The rendered diagnostics of a case, their codes, and whether it compiled."""
     text = case.read_text(encoding="utf-8")
     try:
-        checked = check_source(text, case.name)
+        with contextlib.chdir(case.parent):  # imports are relative to the case, paths short
+            checked = check_source(text, case.name)
     except CompileError as exc:
         return (
             render_all(exc.diagnostics, exc.sources) + "\n",
