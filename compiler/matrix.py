@@ -141,6 +141,7 @@ def _one_text(pic: WeightPicture) -> str:
 def render(pictures: Sequence[WeightPicture], fmt: str) -> bytes:
     """The pictures drawn side by side as ``fmt`` (png, svg, pdf) by matplotlib."""
     try:
+        from matplotlib import rc_context
         from matplotlib.colors import ListedColormap
         from matplotlib.figure import Figure
     except ImportError:
@@ -159,11 +160,12 @@ def render(pictures: Sequence[WeightPicture], fmt: str) -> bytes:
     for ax, pic in zip(axes, pictures, strict=True):
         _draw(ax, pic, np, ListedColormap)
     buffer = io.BytesIO()
-    # NOTE: no creation dates in the file, so the same machine gives the same bytes.
+    # NOTE: no creation dates and no random SVG ids, so the same machine gives the same bytes.
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt, {})
-    figure.savefig(
-        buffer, format=fmt, dpi=110, metadata=metadata, bbox_inches="tight", pad_inches=0.15
-    )
+    with rc_context({"svg.hashsalt": "machc"}):
+        figure.savefig(
+            buffer, format=fmt, dpi=110, metadata=metadata, bbox_inches="tight", pad_inches=0.15
+        )
     return buffer.getvalue()
 
 
