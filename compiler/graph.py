@@ -24,7 +24,7 @@ from .lower import _op_text, edge_text, format_params
 from .ops import format_shape
 
 FORMATS = ("svg", "png", "pdf", "dot")  # what `machc graph -o` writes, by file extension
-OPS_PER_LINE = 2  # a pipeline longer than this wraps inside its box
+PIPELINE_WIDTH = 24  # a pipeline wider than this (in characters) wraps inside its box
 
 FONT = "Helvetica"
 STYLE = {  # (shape, fill colour, border colour, extra attributes) per role
@@ -125,13 +125,20 @@ def _space_attrs(space: ir.Space) -> str:
 
 
 def _edge_attrs(edge: ir.Edge) -> str:
-    ops = [_op_text(op) for op in edge.ops]
-    rows = [" | ".join(ops[i : i + OPS_PER_LINE]) for i in range(0, len(ops), OPS_PER_LINE)]
-    pipeline = "<br/>".join(
-        (_html(row) if i == 0 else "| " + _html(row)) for i, row in enumerate(rows)
-    )
+    pipeline = "<br/>".join(_html(row) for row in _wrap([_op_text(op) for op in edge.ops]))
     label = f'<<b>{_html(edge.name)}</b><br/><font point-size="10">{pipeline}</font>>'
     return f"label={label} {EDGE_BOX} tooltip={_quoted(edge_text(edge))}"
+
+
+def _wrap(ops: list[str]) -> list[str]:
+    """``a | b | c`` in lines of at most PIPELINE_WIDTH characters; later lines start with ``|``."""
+    rows = [ops[0]]
+    for op in ops[1:]:
+        if len(rows[-1]) + 3 + len(op) <= PIPELINE_WIDTH:
+            rows[-1] += f" | {op}"
+        else:
+            rows.append(f"| {op}")
+    return rows
 
 
 def _read_attrs(port: ir.Port) -> str:
