@@ -122,6 +122,14 @@ def evaluate(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Value:
                     hint=_did_you_mean(name, env),
                 )
             return env[name]
+        case s.ListExpr(items=items):
+            values = []
+            for item in items:
+                value = evaluate(item, env)
+                if isinstance(value, tuple):
+                    raise _Problem(Code.EXPRESSION, "lists cannot be nested", item.span)
+                values.append(value)
+            return tuple(values)
         case s.Neg(operand=operand):
             value = evaluate(operand, env)
             _need_number(value, "-", operand.span)
@@ -159,6 +167,34 @@ def _integer(expr: s.Expr, env: Mapping[str, ir.Value], what: str) -> int:
             Code.EXPRESSION, f"{what} must be an integer, got {ir.format_value(value)}", expr.span
         )
     return value
+
+
+MAX_RANK = 4  # channels and up to three spatial axes: a volume [C, D, H, W]
+
+
+def _shape(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Shape:
+    """A space's shape: a size (``16``) or a list of sizes (``[3, 32, 32]``), all positive."""
+    items = expr.items if isinstance(expr, s.ListExpr) else (expr,)
+    if not items:
+        raise _Problem(Code.SHAPE, "a shape needs at least the channel axis", expr.span)
+    if len(items) > MAX_RANK:
+        raise _Problem(
+            Code.SHAPE,
+            f"a shape has at most {MAX_RANK} axes (channels and three spatial axes), "
+            f"got {len(items)}",
+            expr.span,
+        )
+    shape = []
+    for item in items:
+        value = evaluate(item, env)
+        if isinstance(value, bool) or not isinstance(value, int):
+            what = "a size" if len(items) == 1 else "each size of a shape"
+            message = f"{what} must be an integer, got {ir.format_value(value)}"
+            raise _Problem(Code.EXPRESSION, message, item.span)
+        if value <= 0:
+            raise _Problem(Code.SHAPE, f"a size must be positive, got {value}", item.span)
+        shape.append(value)
+    return tuple(shape)
 
 
 def _range(rng: s.Range, env: Mapping[str, ir.Value]) -> range:
@@ -253,6 +289,7 @@ class _MachineBuilder:
         return ir.Machine(
             name=self.decl.name,
             params=env,
+            time=self.decl.time,
             spaces=tuple(self.spaces.by_name.values()),
             edges=tuple(self.edges.values()),
             span=self.decl.name_span,
@@ -280,6 +317,14 @@ class _MachineBuilder:
         declared: set[str] = set()
         failed: set[str] = set()
         for param in self.decl.params:
+            if param.name == self.decl.time:
+                self.error(
+                    Code.DUPLICATE_NAME,
+                    f"parameter {param.name!r} has the name of the machine's time index",
+                    param.span,
+                )
+                failed.add(param.name)
+                continue
             if param.name in ("true", "false"):
                 self.error(
                     Code.PARAMETER, f"{param.name!r} is a literal, not a parameter name", param.span
@@ -356,8 +401,14 @@ class _MachineBuilder:
             if not isinstance(item, s.ForLoop):
                 yield item, scope
                 continue
-            if item.var in scope.env:
-                what = "loop variable" if item.var in scope.loops else "parameter"
+            if item.var in scope.env or item.var == self.decl.time:
+                what = (
+                    "time index"
+                    if item.var == self.decl.time
+                    else "loop variable"
+                    if item.var in scope.loops
+                    else "parameter"
+                )
                 self.error(
                     Code.DUPLICATE_NAME,
                     f"loop variable {item.var!r} hides the {what} of that name",
@@ -380,9 +431,7 @@ class _MachineBuilder:
 
     def _declare_space(self, decl: s.SpaceDecl, scope: _Scope) -> None:
         try:
-            size = _integer(decl.size, scope.env, "a size")
-            if size <= 0:
-                raise _Problem(Code.SHAPE, f"a size must be positive, got {size}", decl.size.span)
+            shape = _shape(decl.shape, scope.env)
             indices = list(_range(decl.array, scope.env)) if decl.array else None
         except _Problem as exc:
             self.problem(exc, scope)
@@ -422,18 +471,33 @@ class _MachineBuilder:
             if index is not None:
                 spaces.arrays[decl.name].append(index)
             spaces.by_name[name] = ir.Space(
-                name=name, shape=(size,), role=ir.Role(decl.role), span=decl.name_span
+                name=name, shape=shape, role=ir.Role(decl.role), span=decl.name_span
             )
 
-    def _resolve(self, ref: s.SpaceRef, scope: _Scope) -> list[ir.Port]:
+    def _resolve(self, ref: s.SpaceRef, scope: _Scope, writing: bool = False) -> list[ir.Port]:
         """The spaces a reference names (several for ``h[a..b]``, possibly none)."""
+        index, time = self._split_time(ref, scope)
+        delay = 0 if time is None else self._delay(ref, time, scope)
+        if delay and writing:
+            raise _Problem(
+                Code.TIME,
+                f"an edge writes the present step of a space; {ref.name} at t-{delay} "
+                "can only be read",
+                ref.span,
+            )
         spaces = self.spaces
         if ref.name in spaces.scalars:
-            if ref.index is not None:
+            if index is not None:
+                hint = None
+                if self.decl.time is None and _names_in(index) - set(scope.env):
+                    hint = (
+                        "to read an earlier step, make this a machine over time: "
+                        f"machine {self.decl.name} over t {{ ... }}"
+                    )
                 raise _Problem(
-                    Code.INDEX, f"{ref.name!r} is a single space, not an array", ref.span
+                    Code.INDEX, f"{ref.name!r} is a single space, not an array", ref.span, hint
                 )
-            return [ir.Port(space=ref.name, span=ref.span)]
+            return [ir.Port(space=ref.name, delay=delay, span=ref.span)]
         if ref.name not in spaces.arrays:
             if ref.name in spaces.broken:
                 raise _AlreadyReported(Code.UNKNOWN_NAME, "", ref.span)
@@ -444,17 +508,17 @@ class _MachineBuilder:
                 hint=_did_you_mean(ref.name, [*spaces.scalars, *spaces.arrays]),
             )
         declared = spaces.arrays[ref.name]
-        if ref.index is None:
+        if index is None:
             raise _Problem(
                 Code.INDEX,
                 f"{ref.name!r} is an array of spaces; name one ({ref.name}[i]) or a range "
                 f"({ref.name}[a..b])",
                 ref.span,
             )
-        if isinstance(ref.index, s.Range):
-            indices = list(_range(ref.index, scope.env))
+        if isinstance(index, s.Range):
+            indices = list(_range(index, scope.env))
         else:
-            indices = [_integer(ref.index, scope.env, "an index")]
+            indices = [_integer(index, scope.env, "an index")]
         ports = []
         for index in indices:
             name = f"{ref.name}[{index}]"
@@ -465,8 +529,65 @@ class _MachineBuilder:
                     f"{ref.name} has {_describe_indices(ref.name, declared)}",
                     ref.span,
                 )
-            ports.append(ir.Port(space=name, span=ref.span))
+            ports.append(ir.Port(space=name, delay=delay, span=ref.span))
         return ports
+
+    def _split_time(self, ref: s.SpaceRef, scope: _Scope):
+        """(array index, time index) of a reference; the time index is the bracket using t."""
+        time_var = self.decl.time
+        if ref.time is not None:
+            if time_var is None:
+                raise _Problem(
+                    Code.TIME,
+                    f"{ref.name!r} is read at an earlier step, but machine {self.decl.name} "
+                    "is not a machine over time",
+                    ref.span,
+                    hint=f"declare it: machine {self.decl.name} over t {{ ... }}",
+                )
+            return ref.index, ref.time
+        index = ref.index
+        if time_var is not None and not isinstance(index, s.Range) and index is not None:
+            if time_var in _names_in(index):
+                return None, index
+        return index, None
+
+    def _delay(self, ref: s.SpaceRef, time: s.Expr, scope: _Scope) -> int:
+        """``k`` of a read ``h[t-k]``: a positive integer that does not depend on t."""
+        t = self.decl.time
+        match time:
+            case s.Var(name=name) if name == t:
+                raise _Problem(
+                    Code.TIME,
+                    f"{ref.name}[{t}] is the present step: write {ref.name} "
+                    "(a delay of zero is not written as a delay)",
+                    time.span,
+                )
+            case s.BinOp(op="+", left=s.Var(name=name)) if name == t:
+                raise _Problem(
+                    Code.TIME,
+                    f"{ref.name} is read at a future step; an edge can only read the past "
+                    f"({t} - k)",
+                    time.span,
+                )
+            case s.BinOp(op="-", left=s.Var(name=name), right=k) if name == t and (
+                t not in _names_in(k)
+            ):
+                env = {key: v for key, v in scope.env.items() if key != t}
+                delay = _integer(k, env, "a delay")
+                if delay <= 0:
+                    future = " (a future step)" if delay < 0 else ""
+                    raise _Problem(
+                        Code.TIME,
+                        f"a delay must be positive, got {delay}{future}: "
+                        f"{ref.name}[{t} - k] reads k steps ago",
+                        k.span,
+                    )
+                return delay
+        raise _Problem(
+            Code.TIME,
+            f"a time index must be {t} - k, with k a positive integer that does not use {t}",
+            time.span,
+        )
 
     # --- edges ---
 
@@ -489,7 +610,7 @@ class _MachineBuilder:
             return
         self.edge_families.setdefault(decl.name, decl.name_span)
         inputs = self._ports(decl.inputs, scope)
-        outputs = self._ports(decl.outputs, scope)
+        outputs = self._ports(decl.outputs, scope, writing=True)
         ops = [self._op(call, scope) for call in decl.ops]
         if inputs is None or outputs is None or None in ops:
             return
@@ -518,12 +639,12 @@ class _MachineBuilder:
             span=decl.name_span,
         )
 
-    def _ports(self, refs, scope: _Scope) -> list[ir.Port] | None:
+    def _ports(self, refs, scope: _Scope, writing: bool = False) -> list[ir.Port] | None:
         ports: list[ir.Port] = []
         ok = True
         for ref in refs:
             try:
-                ports.extend(self._resolve(ref, scope))
+                ports.extend(self._resolve(ref, scope, writing))
             except _Problem as exc:
                 self.problem(exc, scope)
                 ok = False
@@ -574,7 +695,13 @@ class _MachineBuilder:
             self.error(Code.OP_ARGUMENT, message, span, scope)
         if bound.problems:
             return None
-        return ir.Op(kind=spec.name, args=bound.values, span=call.span)
+        return ir.Op(
+            kind=spec.name,
+            args=bound.values,
+            extra=tuple(bound.extra),
+            extra_kw=bound.extra_kw,
+            span=call.span,
+        )
 
     def _check_unexpanded_edge(self, decl: s.EdgeDecl) -> None:
         """What can be checked of an edge in a loop that runs no time: its ops and space names."""

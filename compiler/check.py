@@ -12,7 +12,7 @@ import networkx as nx
 
 from . import ir
 from .diagnostics import Code, Note, Reporter
-from .ops import OpError, format_shape, infer_pipeline
+from .ops import OPS, OpError, combined_shape, format_shape, infer_pipeline
 
 
 def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
@@ -39,21 +39,54 @@ def _check_machine(machine: ir.Machine, reporter: Reporter) -> ir.Structure | No
     if reporter.error_count > errors_before:
         return None
     structure = _structure(machine, graph, shapes)
-    _warn_unused(machine, graph, reporter)
+    _warn_unused(machine, hypergraph(machine, delayed=True), reporter)
     return structure
 
 
 def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter):
-    entering = _product_shape(machine, edge.inputs, reporter, edge, "reads")
+    if OPS[edge.ops[0].kind].combine:
+        entering = _combined_shape(machine, edge, reporter)
+    else:
+        entering = _product_shape(machine, edge.inputs, reporter, edge, "reads")
     leaving = _product_shape(machine, edge.outputs, reporter, edge, "writes")
     if entering is None or leaving is None:
         return None
     try:
         return infer_pipeline(edge.ops, entering, leaving)
     except OpError as exc:
-        span = edge.ops[exc.index].span if exc.index is not None else edge.ops[-1].span
+        if exc.index is not None:
+            span = edge.ops[exc.index].span
+        else:  # the whole pipeline
+            first, last = edge.ops[0].span, edge.ops[-1].span
+            span = first.model_copy(
+                update={"end_line": last.end_line, "end_column": last.end_column}
+            )
         reporter.error(Code.SHAPE, f"edge {edge.name!r}: {exc.message}", span, hint=exc.hint)
         return None
+
+
+def _combined_shape(machine: ir.Machine, edge: ir.Edge, reporter: Reporter) -> ir.Shape | None:
+    """The shape of inputs that ``add`` / ``mul`` combine elementwise."""
+    shapes = [machine.space(port.space).shape for port in edge.inputs]
+    full = combined_shape(shapes)
+    if full is not None:
+        return full
+    widest = max(range(len(shapes)), key=lambda i: len(shapes[i]))
+    first = edge.inputs[widest]
+    for port, shape in zip(edge.inputs, shapes, strict=True):
+        if shape != shapes[widest] and shape != shapes[widest][:1]:
+            verb = {"+": "adds", "*": "multiplies"}[OPS[edge.ops[0].kind].combine]
+            reporter.error(
+                Code.SHAPE,
+                f"edge {edge.name!r} {verb} spaces of different shapes: "
+                f"{first.space} {format_shape(shapes[widest])} and "
+                f"{port.space} {format_shape(shape)}",
+                port.span,
+                hint=f"{edge.ops[0].kind} needs inputs of one shape (or [C] vectors, "
+                "broadcast over the spatial axes)",
+            )
+            break
+    return None
 
 
 def _product_shape(machine, ports, reporter, edge, verb) -> ir.Shape | None:
@@ -67,6 +100,8 @@ def _product_shape(machine, ports, reporter, edge, verb) -> ir.Shape | None:
                 f"edge {edge.name!r} {verb} spaces whose shapes differ beyond the channel axis: "
                 f"{ports[0].space} {format_shape(first)} and {port.space} {format_shape(shape)}",
                 port.span,
+                hint="a product of spaces joins them along the channel axis; the other axes "
+                "must agree",
             )
             return None
     return (sum(shape[0] for shape in shapes), *first[1:])
@@ -84,17 +119,26 @@ def _check_written(machine: ir.Machine, reporter: Reporter) -> None:
             )
 
 
-def hypergraph(machine: ir.Machine) -> nx.DiGraph:
-    """Spaces and edges as nodes ``("space", name)`` and ``("edge", name)``."""
+def hypergraph(machine: ir.Machine, delayed: bool = False) -> nx.DiGraph:
+    """Spaces and edges as nodes ``("space", name)`` and ``("edge", name)``.
+
+    Reads of earlier steps (``h[t-1]``) are arcs only when ``delayed`` is true,
+    with the attribute ``delay``: within one step, the hypergraph is the one
+    without them.
+    """
     graph = nx.DiGraph()
     for i, space in enumerate(machine.spaces):
         graph.add_node(("space", space.name), index=i)
     for i, edge in enumerate(machine.edges):
         graph.add_node(("edge", edge.name), index=i)
         for port in edge.inputs:
-            graph.add_edge(("space", port.space), ("edge", edge.name))
+            if port.delay and not delayed:
+                continue
+            arc = (("space", port.space), ("edge", edge.name))
+            previous = graph.edges[arc]["delay"] if graph.has_edge(*arc) else port.delay
+            graph.add_edge(*arc, delay=min(previous, port.delay))
         for port in edge.outputs:
-            graph.add_edge(("edge", edge.name), ("space", port.space))
+            graph.add_edge(("edge", edge.name), ("space", port.space), delay=0)
     return graph
 
 
@@ -126,7 +170,10 @@ def _check_cycles(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter) ->
             f"cycle: {path}",
             notes[0].span,
             notes=tuple(notes[1:]),
-            hint="a machine of finite depth has no cycles; break one of these edges",
+            hint="a machine of finite depth has no cycles; break one of these edges"
+            if machine.time is None
+            else f"within one step a machine has no cycles; read an earlier step "
+            f"({cycle[0][1]}[{machine.time}-1]) to make this a recurrence",
         )
 
 
@@ -138,19 +185,82 @@ def _structure(machine: ir.Machine, graph: nx.DiGraph, shapes) -> ir.Structure:
             writers = [level[e] for _, e in graph.predecessors((kind, name))]
             depth[name] = max(writers, default=0)
         else:
-            level[name] = 1 + max(depth[s] for _, s in graph.predecessors((kind, name)))
+            # an edge that reads only earlier steps depends on nothing in its own step
+            read = [depth[s] for _, s in graph.predecessors((kind, name))]
+            level[name] = 1 + max(read, default=0)
     index = {edge.name: i for i, edge in enumerate(machine.edges)}
     order = tuple(sorted(level, key=lambda e: (level[e], index[e])))
     levels = tuple(
         tuple(e for e in order if level[e] == k)
         for k in range(1, max(level.values(), default=0) + 1)
     )
+    phases = _phases(machine) if machine.time is not None else {}
+    if phases:
+        order = _time_order(machine, phases, order)
+    delays: dict[str, int] = {}
+    for edge in machine.edges:
+        for port in edge.inputs:
+            if port.delay:
+                delays[port.space] = max(delays.get(port.space, 0), port.delay)
     return ir.Structure(
         order=order,
         depth={space.name: depth[space.name] for space in machine.spaces},
         levels=levels,
         shapes={edge.name: shapes[edge.name] for edge in machine.edges},
+        delays={s.name: delays[s.name] for s in machine.spaces if s.name in delays},
+        phases=phases,
     )
+
+
+def _time_order(machine: ir.Machine, phases, order) -> tuple[str, ...]:
+    """The order edges of a machine over time run in: phase by phase.
+
+    Within the step loop, the order of one step (``order``); before and after it,
+    where edges run on every step at once, an order in which an edge also comes
+    after the writers of the spaces it reads at earlier steps.
+    """
+    full = hypergraph(machine, delayed=True)
+    key = _node_key(full)
+    result = []
+    for phase in ir.Phase:
+        if phase is ir.Phase.STEP:
+            result += [e for e in order if phases[e] is phase]
+            continue
+        nodes = [("edge", e) for e in order if phases[e] is phase]
+        nodes += [("space", s.name) for s in machine.spaces]
+        sub = full.subgraph(nodes)
+        result += [n for k, n in nx.lexicographical_topological_sort(sub, key=key) if k == "edge"]
+    return tuple(result)
+
+
+def _phases(machine: ir.Machine) -> dict[str, ir.Phase]:
+    """When each edge of a machine over time runs (see :class:`ir.Phase`).
+
+    The recurrence is every strongly connected component of the space-time graph
+    (delayed reads included) that holds a delayed read. An edge runs step by step
+    when it is both downstream and upstream of the recurrence; before the loop when
+    it is not downstream of it; after the loop otherwise.
+    """
+    graph = hypergraph(machine, delayed=True)
+    recurrent: set = set()
+    for component in nx.strongly_connected_components(graph):
+        sub = graph.subgraph(component)
+        if any(data["delay"] for _, _, data in sub.edges(data=True)):
+            recurrent |= component
+    downstream, upstream = set(recurrent), set(recurrent)
+    for node in recurrent:
+        downstream |= nx.descendants(graph, node)
+        upstream |= nx.ancestors(graph, node)
+    phases = {}
+    for edge in machine.edges:
+        node = ("edge", edge.name)
+        if node not in downstream:
+            phases[edge.name] = ir.Phase.BEFORE
+        elif node in upstream:
+            phases[edge.name] = ir.Phase.STEP
+        else:
+            phases[edge.name] = ir.Phase.AFTER
+    return phases
 
 
 def _warn_unused(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter) -> None:

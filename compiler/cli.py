@@ -317,6 +317,7 @@ def describe(program) -> str:
         machine, structure = checked.machine, checked.structure
         params = format_params(machine.params)
         title = f"machine {machine.name}" + (f"({params})" if params else "")
+        title += f" over {machine.time}" if machine.time else ""
         lines = [f"{title}  {os.path.basename(program.file)}:{machine.span.line}"]
         depth = max(structure.depth.values(), default=0)
         lines.append(
@@ -324,14 +325,28 @@ def describe(program) -> str:
             f"depth {depth}"
         )
         width = max(5, *(len(s.name) for s in machine.spaces))
-        lines.append(f"  {'space'.ljust(width)}  role    shape  depth")
+        shapes = {s.name: format_shape(s.shape) for s in machine.spaces}
+        shape_width = max(5, *(len(text) for text in shapes.values()))
+        lines.append(f"  {'space'.ljust(width)}  role    {'shape'.ljust(shape_width)}  depth")
         for space in machine.spaces:
             lines.append(
                 f"  {space.name.ljust(width)}  {space.role.value.ljust(6)}  "
-                f"{format_shape(space.shape).ljust(5)}  {structure.depth[space.name]}"
+                f"{shapes[space.name].ljust(shape_width)}  {structure.depth[space.name]}"
             )
         lines.append("  levels of independent edges:")
         for k, level in enumerate(structure.levels, 1):
             lines.append(f"    {k}: {', '.join(level)}")
+        if machine.time:
+            t = machine.time
+            past = ", ".join(f"{s}[{t}-{k}]" for s, k in structure.delays.items()) or "none"
+            lines.append(f"  reads of earlier steps: {past}")
+            for phase, words in (
+                ("before", "before the step loop, every step at once"),
+                ("step", "step by step"),
+                ("after", "after the step loop, every step at once"),
+            ):
+                edges = [e for e in structure.order if structure.phases[e] == phase]
+                if edges:
+                    lines.append(f"  {words}: {', '.join(edges)}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

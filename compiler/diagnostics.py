@@ -52,6 +52,7 @@ class Code(enum.StrEnum):
     CYCLE = "E013"
     MACHINE = "E014"
     SOURCE = "E015"
+    TIME = "E016"
     UNREACHED_OUTPUT = "W101"
     UNREAD_INPUT = "W102"
 

@@ -15,12 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from .diagnostics import Span
 
-Value = StrictBool | StrictInt | StrictFloat | StrictStr
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+Value = Scalar | tuple[Scalar, ...]  # a tuple is a list written in the source: [3, 5]
 Shape = tuple[int, ...]
 
 
 def format_value(value: object) -> str:
     """A value as .mach source writes it; strings JSON-escaped, so always one safe line."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(format_value(item) for item in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -50,17 +53,27 @@ class Space(Node):
 
 
 class Port(Node):
-    """One space an edge reads or writes, with where it was named."""
+    """One space an edge reads or writes, with where it was named.
+
+    ``delay`` is ``k`` for a read of ``h[t-k]`` in a machine over time, else 0.
+    """
 
     space: str
+    delay: int = 0
     span: Span
 
 
 class Op(Node):
-    """One stage of an edge's pipeline; ``kind`` is a key of :data:`machc.ops.OPS`."""
+    """One stage of an edge's pipeline; ``kind`` is a key of :data:`machc.ops.OPS`.
+
+    ``extra`` and ``extra_kw`` hold the arguments an op passes on unchecked (the
+    constructor arguments of ``module``); every other op has them empty.
+    """
 
     kind: str
     args: dict[str, Value]
+    extra: tuple[Value, ...] = ()
+    extra_kw: dict[str, Value] = Field(default_factory=dict)
     span: Span
 
 
@@ -79,12 +92,27 @@ class Machine(Node):
 
     name: str
     params: dict[str, Value]
+    time: str | None = None  # the time index of a machine over time
     spaces: tuple[Space, ...]
     edges: tuple[Edge, ...]
     span: Span
 
     def space(self, name: str) -> Space:
         return next(space for space in self.spaces if space.name == name)
+
+
+class Phase(enum.StrEnum):
+    """When an edge of a machine over time runs.
+
+    ``before``: it does not depend on the recurrence, so it runs for all steps at
+    once before the step loop; ``step``: it is part of the recurrence, so it runs
+    once per step; ``after``: it depends on the recurrence but does not feed back,
+    so it runs for all steps at once after the loop.
+    """
+
+    BEFORE = "before"
+    STEP = "step"
+    AFTER = "after"
 
 
 class Structure(Node):
@@ -97,6 +125,15 @@ class Structure(Node):
     levels: tuple[tuple[str, ...], ...] = Field(description="antichains of independent edges")
     shapes: dict[str, tuple[Shape, ...]] = Field(
         description="edge name -> shape entering each op, then the shape it produces"
+    )
+    delays: dict[str, int] = Field(
+        default_factory=dict,
+        description="machines over time: space name -> the most steps ago it is read (if read "
+        "at an earlier step)",
+    )
+    phases: dict[str, Phase] = Field(
+        default_factory=dict,
+        description="machines over time: edge name -> when it runs (every edge is listed)",
     )
 
 

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import __version__, ir
 from .names import MODULE_ATTRIBUTES, MODULE_NAMES, Namespace
-from .ops import OPS
+from .ops import OPS, REQUIRED, Site
 
 CHANNEL_DIM = 1  # tensors are [batch, channels, *spatial]
 METHOD_LOCALS = frozenset({"self", "state", "x0"})
+TIME_LOCALS = frozenset({"batch", "steps", "return_state"})  # and the loop index
 PIPELINE_WIDTH = 48  # a pipeline expression longer than this continues in a new statement
 
 
@@ -91,14 +93,19 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
     module_level = MODULE_NAMES | {c.machine.name for c in program.machines}
     module_level |= {t.name for t in tuples.values()}
     classes = tuple(
-        _MachineLowering(c, source_name, module_level, tuples.get(c.machine.name)).lower()
+        (_TimeLowering if c.machine.time is not None else _MachineLowering)(
+            c, source_name, module_level, tuples.get(c.machine.name)
+        ).lower()
         for c in program.machines
     )
-    ops_used = {op.kind for c in program.machines for e in c.machine.edges for op in e.ops}
+    code = [layer.constructor for c in classes for layer in c.layers]
+    code += [line for c in classes for m in c.methods for line in m.body if line[:1] != "#"]
     imports = ["import torch"]
-    if any("F." in OPS[kind].call for kind in sorted(ops_used)):
+    if any(re.search(r"\bF\.", line) for line in code):
         imports.append("import torch.nn.functional as F")
     imports.append("from torch import Tensor, nn")
+    if any(re.search(r"\bruntime\.", line) for line in code):
+        imports.append("\nfrom machc import runtime")
     if tuples:
         imports.insert(0, "from typing import NamedTuple\n")
     params = "; ".join(
@@ -148,18 +155,30 @@ def format_params(params: dict[str, ir.Value]) -> str:
 
 
 def _op_text(op: ir.Op) -> str:
+    """The op as .mach source: leading required arguments by position, others by name."""
     spec = OPS[op.kind]
-    changed = [
+    leading = 0
+    while leading < len(spec.args) and spec.args[leading].default is REQUIRED:
+        leading += 1
+    shown = [ir.format_value(op.args[a.name]) for a in spec.args[:leading]]
+    shown += [ir.format_value(value) for value in op.extra]
+    shown += [
         f"{a.name}={ir.format_value(op.args[a.name])}"
-        for a in spec.args
+        for a in spec.args[leading:]
         if a.name in op.args and op.args[a.name] != a.default
     ]
-    return f"{op.kind}({', '.join(changed)})" if changed else op.kind
+    shown += [f"{name}={ir.format_value(value)}" for name, value in op.extra_kw.items()]
+    return f"{op.kind}({', '.join(shown)})" if shown else op.kind
 
 
-def edge_text(edge: ir.Edge) -> str:
+def port_text(port: ir.Port, time: str | None = "t") -> str:
+    """A port as .mach source: ``h[2]``, or ``h[2][t-1]`` for a read of an earlier step."""
+    return f"{port.space}[{time}-{port.delay}]" if port.delay else port.space
+
+
+def edge_text(edge: ir.Edge, time: str | None = "t") -> str:
     """The edge as .mach source, with arrays and loops expanded."""
-    ins = " × ".join(p.space for p in edge.inputs)
+    ins = " × ".join(port_text(p, time) for p in edge.inputs)
     outs = " × ".join(p.space for p in edge.outputs)
     return f"{edge.name} : {ins} -> {outs} = {' | '.join(_op_text(op) for op in edge.ops)}"
 
@@ -168,11 +187,15 @@ def edge_text(edge: ir.Edge) -> str:
 class _Plan:
     """How one method obtains spaces: their starting value and how edges read them."""
 
-    read: Callable[[str], str]
+    read: Callable[[ir.Port], str]
     base: Callable[[str], str | None]
     leveled: bool
     locals: Namespace
     var: dict[str, str] = field(default_factory=dict)
+    # the step loop of a machine over time: statements to run before the loop, and a
+    # port's folded sequence (every step at once)
+    prep: list[str] | None = None
+    folded: Callable[[ir.Port], str] | None = None
 
 
 class _MachineLowering:
@@ -199,15 +222,18 @@ class _MachineLowering:
         inputs = [s for s in machine.spaces if s.role is ir.Role.INPUT]
         outputs = [s for s in machine.spaces if s.role is ir.Role.OUTPUT]
         signature = lambda spaces: ", ".join(f"{s.name} {list(s.shape)}" for s in spaces)  # noqa: E731
-        doc = [f"The machine {machine.name} from {self.where(machine.span)}."]
+        over = f" over {machine.time}" if machine.time else ""
+        doc = [f"The machine {machine.name}{over} from {self.where(machine.span)}."]
         if machine.params:
             doc.append(f"Parameters: {format_params(machine.params)}.")
         doc.append(f"forward({signature(inputs)}) -> {signature(outputs)}")
+        doc += self._doc_notes()
         spaces = _dict_lines(
             "SPACES: dict[str, tuple[int, ...]] = ",
             [f"{py_str(s.name)}: {tuple(s.shape)!r}" for s in machine.spaces],
             indent=4,
         )
+        spaces += self._class_attributes()
         return MachineClass(
             name=machine.name,
             doc=tuple(_safe(line) for line in doc),
@@ -217,6 +243,12 @@ class _MachineLowering:
             layers=tuple(layers),
             methods=(self._forward(inputs, outputs), self._f(), self._resolvent()),
         )
+
+    def _doc_notes(self) -> list[str]:
+        return []
+
+    def _class_attributes(self) -> list[str]:
+        return []
 
     def _method_locals(self) -> Namespace:
         return Namespace(self.module_level | METHOD_LOCALS)
@@ -228,7 +260,7 @@ class _MachineLowering:
         for edge in self.machine.edges:
             shapes = self.structure.shapes[edge.name]
             built = [
-                (i, OPS[op.kind].layer(op.args, shapes[i], shapes[i + 1]))
+                (i, OPS[op.kind].layer(self._site(edge, op), shapes[i], shapes[i + 1]))
                 for i, op in enumerate(edge.ops)
                 if OPS[op.kind].layer is not None
             ]
@@ -247,13 +279,16 @@ class _MachineLowering:
             layers.append(Layer(attr=attr, constructor=constructor, comment=_safe(comment)))
         return layers
 
+    def _site(self, edge: ir.Edge, op: ir.Op) -> Site:
+        return Site(op=op, edge=edge.name, where=self.where(op.span))
+
     # --- methods ---
 
     def _forward(self, inputs, outputs) -> Method:
         names = self._method_locals()
         args = [names.name(s.name) for s in inputs]
         plan = _Plan(
-            read=lambda space: plan.var[space],
+            read=lambda port: plan.var[port.space],
             base=lambda space: plan.var[space] if space in args_by_space else None,
             leveled=True,
             locals=names,
@@ -280,7 +315,7 @@ class _MachineLowering:
     def _resolvent(self) -> Method:
         names = self._method_locals()
         plan = _Plan(
-            read=lambda space: plan.var[space],
+            read=lambda port: plan.var[port.space],
             base=lambda space: f"x0[{py_str(space)}]",
             leveled=True,
             locals=names,
@@ -301,7 +336,7 @@ class _MachineLowering:
     def _f(self) -> Method:
         names = self._method_locals()
         plan = _Plan(
-            read=lambda space: f"state[{py_str(space)}]",
+            read=lambda port: f"state[{py_str(port.space)}]",
             base=lambda space: None,
             leveled=False,
             locals=names,
@@ -327,6 +362,8 @@ class _MachineLowering:
         lines: list[str] = []
         pending: dict[str, dict[str, str]] = {}  # space -> {writer: contribution variable}
         last_writer = {p.space: name for name in order for p in self.edges[name].outputs}
+        running = set(order)  # a machine over time runs its edges in phases: writers of this one
+        writers = {s: [w for w in ws if w in running] for s, ws in self.writers.items()}
         level_of = {e: k for k, level in enumerate(self.structure.levels, 1) for e in level}
         current_level = None
         for name in order:
@@ -334,20 +371,21 @@ class _MachineLowering:
             if plan.leveled and level_of[name] != current_level:
                 current_level = level_of[name]
                 lines.append(f"# level {current_level}")
-            lines.append(f"# {self.where(edge.span)}  {_safe(edge_text(edge))}")
+            text = edge_text(edge, self.machine.time)
+            lines.append(f"# {self.where(edge.span)}  {_safe(text)}")
             expr = self._edge_expr(edge, plan, lines)
-            if len(edge.outputs) == 1 and self.writers[edge.outputs[0].space] == [name]:
+            if len(edge.outputs) == 1 and writers[edge.outputs[0].space] == [name]:
                 space = edge.outputs[0].space
-                target = plan.var.setdefault(space, plan.locals.name(space))
+                target = _target(plan, space)
                 base = plan.base(space)
                 lines.append(f"{target} = {base} + {expr}" if base else f"{target} = {expr}")
                 continue
             targets = []
             for port in edge.outputs:
                 space = port.space
-                sole = self.writers[space] == [name]
+                sole = writers[space] == [name]
                 if sole and plan.base(space) is None:
-                    targets.append(plan.var.setdefault(space, plan.locals.name(space)))
+                    targets.append(_target(plan, space))
                 else:
                     temp = plan.locals.name(f"{space}/{name}", f"{space}_{name}")
                     targets.append(temp)
@@ -365,10 +403,9 @@ class _MachineLowering:
                     base = plan.base(space)
                     # NOTE: summed in declaration order in every method, so that they agree bitwise.
                     contributions = pending.pop(space)
-                    terms = [contributions[w] for w in self.writers[space]]
+                    terms = [contributions[w] for w in writers[space]]
                     terms = ([base] if base is not None else []) + terms
-                    target = plan.var.get(space) or plan.locals.name(space)
-                    plan.var[space] = target
+                    target = _target(plan, space)
                     lines.append(f"{target} = {' + '.join(terms)}")
         return lines
 
@@ -379,15 +416,398 @@ class _MachineLowering:
         after the edge wherever the nested calls grow long; one or two ops stay on one
         line, so that similar edges read alike.
         """
-        reads = [plan.read(port.space) for port in edge.inputs]
-        expr = (
-            reads[0] if len(reads) == 1 else f"torch.cat([{', '.join(reads)}], dim={CHANNEL_DIM})"
-        )
+        return self._apply_ops(edge, plan, lines, self._product_expr(edge, plan), 0)
+
+    def _product_expr(self, edge: ir.Edge, plan: _Plan) -> str:
+        """The edge's inputs, concatenated (or combined by a first add / mul)."""
+        reads = [plan.read(port) for port in edge.inputs]
+        shapes = self.structure.shapes[edge.name]
+        combine = OPS[edge.ops[0].kind].combine
+        if combine:
+            rank = len(shapes[0])
+            ranks = [len(self.machine.space(port.space).shape) for port in edge.inputs]
+            reads = [
+                read if r == rank else _broadcast(read, rank)
+                for read, r in zip(reads, ranks, strict=True)
+            ]
+            expr = f" {combine} ".join(reads)
+        elif len(reads) == 1:
+            expr = reads[0]
+        else:
+            expr = f"torch.cat([{', '.join(reads)}], dim={CHANNEL_DIM})"
+        return expr
+
+    def _apply_ops(self, edge: ir.Edge, plan: _Plan, lines: list[str], expr: str, first: int):
+        """``expr`` through the ops of the edge's pipeline from index ``first`` on."""
+        shapes = self.structure.shapes[edge.name]
         for i, op in enumerate(edge.ops):
-            if i > 0 and len(edge.ops) > 2 and len(expr) > PIPELINE_WIDTH:
+            if i < first or OPS[op.kind].combine:
+                continue
+            if i > first and len(edge.ops) > 2 and len(expr) > PIPELINE_WIDTH:
                 temp = plan.locals.name(f"{edge.name}/pipeline", edge.name)
                 lines.append(f"{temp} = {expr}")
                 expr = temp
             layer = self.layer_exprs.get((edge.name, i))
-            expr = OPS[op.kind].source(op.args, expr, layer, CHANNEL_DIM)
+            site = self._site(edge, op)
+            expr = OPS[op.kind].source(site, expr, layer, shapes[i], shapes[i + 1])
         return expr
+
+
+def _sanitize_key(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name.replace("]", ""))
+
+
+def _target(plan: _Plan, space: str) -> str:
+    """The local variable a space's value is assigned to (never an expression like x0["h"])."""
+    var = plan.var.get(space)
+    if var is None or not var.isidentifier():
+        var = plan.var[space] = plan.locals.name(space)
+    return var
+
+
+def _broadcast(expr: str, rank: int) -> str:
+    """A [batch, C] tensor viewed as [batch, C, 1, ...] to broadcast over ``rank - 1`` axes."""
+    return f"{expr}[:, :{', None' * (rank - 1)}]"
+
+
+class _TimeLowering(_MachineLowering):
+    """A machine over time: tensors are ``[batch, time, *shape]``.
+
+    Edges run in three phases (:class:`ir.Phase`): before the step loop and after
+    it, on every step at once with time folded into the batch (``[batch * steps,
+    *shape]``, so every op works as in a feed-forward machine); in the loop, once
+    per step on ``[batch, *shape]`` tensors. Per-step values are kept in lists and
+    stacked once, never sliced out of a growing tensor, so autograd stays linear in
+    the number of steps.
+    """
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.phases = self.structure.phases
+        self.delays = self.structure.delays
+        self.loop_spaces = {
+            port.space
+            for edge in self.machine.edges
+            if self.phases[edge.name] is ir.Phase.STEP
+            for port in edge.outputs
+        }
+
+    def _doc_notes(self) -> list[str]:
+        return [
+            "Tensors are [batch, time, *shape]; "
+            + ", ".join(f"{s}[{self.machine.time}-{k}]" for s, k in self.delays.items())
+            + " are read from earlier steps."
+            if self.delays
+            else "Tensors are [batch, time, *shape]."
+        ]
+
+    def _class_attributes(self) -> list[str]:
+        items = [f"{py_str(s)}: {k}" for s, k in self.delays.items()]
+        return _dict_lines("DELAYS: dict[str, int] = ", items, indent=4)
+
+    def _order(self, phase: ir.Phase) -> list[str]:
+        return [e for e in self.structure.order if self.phases[e] is phase]
+
+    def _method_locals(self) -> Namespace:
+        return Namespace(self.module_level | METHOD_LOCALS | TIME_LOCALS)
+
+    # --- the three phases ---
+
+    def _space_index(self, space: str) -> int:
+        return next(i for i, s in enumerate(self.machine.spaces) if s.name == space)
+
+    def _phases(
+        self,
+        names: Namespace,
+        start: dict[str, str],
+        pasts: dict[str, str],
+        wanted: set[str],
+        lines: list[str],
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Statements computing every space from folded starting values ``start``.
+
+        Returns the variables holding each space's folded sequence, and the lists of
+        per-step values of the loop spaces (for the state at the end).
+        """
+        machine = self.machine
+        time = names.name("/time", machine.time)
+
+        def delayed(space: str, var: str, k: int) -> str:
+            return f"runtime.delayed({var}, {k}, {pasts[space]}, batch, steps)"
+
+        # before the loop
+        before = _Plan(
+            read=lambda port: (
+                delayed(port.space, before.var[port.space], port.delay)
+                if port.delay
+                else before.var[port.space]
+            ),
+            base=lambda space: start.get(space),
+            leveled=False,
+            locals=names,
+            var=dict(start),
+        )
+        order = self._order(ir.Phase.BEFORE)
+        if order:
+            has_loop = any(phase is ir.Phase.STEP for phase in self.phases.values())
+            lines.append(
+                "# before the loop: every step at once" if has_loop else "# every step at once"
+            )
+            lines += self._statements(before, order)
+        values = dict(before.var)
+
+        # the loop
+        order = self._order(ir.Phase.STEP)
+        steps_of: dict[str, str] = {}  # loop space -> list of its per-step values
+        if order:
+            per_step: dict[tuple[str, int], str] = {}  # (space, delay) -> per-step list
+            prep: list[str] = []
+
+            def unfold(space: str, delay: int) -> str:
+                key = (space, delay)
+                if key not in per_step:
+                    hint = f"{space}_at" if not delay else f"{space}_tm{delay}_at"
+                    per_step[key] = names.name(f"{space}/{delay}/steps", hint)
+                    source = delayed(space, values[space], delay) if delay else values[space]
+                    prep.append(f"{per_step[key]} = runtime.unfold_steps({source}, batch, steps)")
+                return f"{per_step[key]}[{time}]"
+
+            def read(port: ir.Port) -> str:
+                if port.space not in self.loop_spaces:
+                    return unfold(port.space, port.delay)
+                if port.delay:
+                    return f"{steps_of[port.space]}[-{port.delay}]"
+                return loop.var[port.space]
+
+            loop = _Plan(
+                read=read,
+                base=lambda space: unfold(space, 0) if space in values else None,
+                leveled=False,
+                locals=names,
+                prep=prep,
+                folded=lambda port: (
+                    delayed(port.space, values[port.space], port.delay)
+                    if port.delay
+                    else values[port.space]
+                ),
+            )
+            read_after = {
+                port.space
+                for name in self._order(ir.Phase.AFTER)
+                for port in self.edges[name].inputs
+            }
+            kept = (wanted | read_after) & self.loop_spaces  # stacked after the loop
+            listed = sorted(kept | (set(self.delays) & self.loop_spaces), key=self._space_index)
+            for space in listed:
+                steps_of[space] = names.name(f"{space}/list", f"{space}_steps")
+                start_list = f"list({pasts[space]})" if space in self.delays else "[]"
+                prep.append(f"{steps_of[space]} = {start_list}")
+            body = self._statements(loop, order)
+            for space in listed:
+                body.append(f"{steps_of[space]}.append({loop.var[space]})")
+            lines.append("# step by step")
+            lines += prep
+            lines.append(f"for {time} in range(steps):")
+            lines += ["    " + line for line in body]
+            for space in listed:
+                if space in kept:
+                    k = self.delays.get(space, 0)
+                    computed = f"{steps_of[space]}[{k}:]" if k else steps_of[space]
+                    values[space] = names.name(space)
+                    lines.append(f"{values[space]} = torch.stack({computed}, 1).flatten(0, 1)")
+
+        # after the loop
+        after = _Plan(
+            read=lambda port: (
+                delayed(port.space, after.var[port.space], port.delay)
+                if port.delay
+                else after.var[port.space]
+            ),
+            base=lambda space: values.get(space),
+            leveled=False,
+            locals=names,
+            var=dict(values),
+        )
+        order = self._order(ir.Phase.AFTER)
+        if order:
+            lines.append("# after the loop: every step at once")
+            lines += self._statements(after, order)
+        return after.var, steps_of
+
+    # --- methods ---
+
+    def _pasts(self, names: Namespace, state: str, like: str) -> tuple[list[str], dict[str, str]]:
+        """``space_past = runtime.past(...)`` for every space read at an earlier step."""
+        lines, pasts = [], {}
+        for space, k in self.delays.items():
+            pasts[space] = names.name(f"{space}/past", f"{space}_past")
+            shape = tuple(self.machine.space(space).shape)
+            lines.append(
+                f"{pasts[space]} = runtime.past({state}, {py_str(space)}, {shape!r}, {k}, "
+                f"batch, {like})"
+            )
+        return lines, pasts
+
+    def _forward(self, inputs, outputs) -> Method:
+        names = self._method_locals()
+        args = [names.name(s.name) for s in inputs]
+        given = ", ".join(f"{py_str(s.name)}: {a}" for s, a in zip(inputs, args, strict=True))
+        body = [
+            f"batch, steps, {_py_tuple(args)} = "
+            f"runtime.fold_inputs(self.SPACES, {{{given}}}, steps)",
+        ]
+        if self.delays:
+            body.append("runtime.check_state(self.SPACES, self.DELAYS, state)")
+        past_lines, pasts = self._pasts(names, "state", args[0])
+        body += past_lines
+        start = {s.name: a for s, a in zip(inputs, args, strict=True)}
+        wanted = {s.name for s in outputs}
+        values, steps_of = self._phases(names, start, pasts, wanted, body)
+        unfold = lambda space: f"{values[space]}.unflatten(0, (batch, steps))"  # noqa: E731
+        if self.output_tuple is None:
+            returns, result = "Tensor", unfold(outputs[0].name)
+        else:
+            fields = ", ".join(
+                f"{fld}={unfold(s.name)}"
+                for fld, s in zip(self.output_tuple.fields, outputs, strict=True)
+            )
+            returns, result = self.output_tuple.name, f"{self.output_tuple.name}({fields})"
+        if self.delays:
+            items = []
+            for space, k in self.delays.items():
+                if space in steps_of:
+                    items.append(f"{py_str(space)}: torch.stack({steps_of[space]}[-{k}:], 1)")
+                else:
+                    items.append(
+                        f"{py_str(space)}: runtime.last_steps({values[space]}, {k}, "
+                        f"{pasts[space]}, batch, steps)"
+                    )
+            body.append("if return_state:")
+            body += ["    " + line for line in _dict_lines(f"return {result}, ", items, indent=12)]
+        body.append(f"return {result}")
+        indent = "\n        "
+        params = [
+            "self",
+            *(f"{a}: Tensor" for a in args),
+            "*",
+            "steps: int | None = None",
+            "state: dict[str, Tensor] | None = None",
+            "return_state: bool = False",
+        ]
+        returns = f"{returns} | tuple[{returns}, dict[str, Tensor]]"
+        return Method(
+            signature=f"forward({indent}{f',{indent}'.join(params)},\n    ) -> {returns}",
+            doc="The machine over the inputs' steps; steps= runs on with zero input, "
+            "state= resumes.",
+            body=tuple(body),
+        )
+
+    def _resolvent(self) -> Method:
+        names = self._method_locals()
+        body = ["batch, steps, x0 = runtime.fold_state(self.SPACES, x0)"]
+        first = py_str(self.machine.spaces[0].name)
+        past_lines, pasts = self._pasts(names, "None", f"x0[{first}]")
+        body += past_lines
+        start = {s.name: f"x0[{py_str(s.name)}]" for s in self.machine.spaces}
+        wanted = {s.name for s in self.machine.spaces}
+        values, _ = self._phases(names, start, pasts, wanted, body)
+        items = [
+            f"{py_str(s.name)}: {values[s.name]}.unflatten(0, (batch, steps))"
+            for s in self.machine.spaces
+        ]
+        body += _dict_lines("return ", items, indent=8)
+        return Method(
+            signature="resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]",
+            doc="The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] "
+            "tensors on any spaces (the rest are zero); before the first step, the past is zero.",
+            body=tuple(body),
+        )
+
+    def _f(self) -> Method:
+        names = self._method_locals()
+        plan = _Plan(
+            read=lambda port: (
+                f"runtime.delayed(state[{py_str(port.space)}], {port.delay}, None, batch, steps)"
+                if port.delay
+                else f"state[{py_str(port.space)}]"
+            ),
+            base=lambda space: None,
+            leveled=False,
+            locals=names,
+        )
+        body = ["batch, steps, state = runtime.fold_state(self.SPACES, state)"]
+        body += self._statements(plan, [e.name for e in self.machine.edges])
+        for space in self.machine.spaces:
+            if not self.writers[space.name]:
+                plan.var[space.name] = f"torch.zeros_like(state[{py_str(space.name)}])"
+        items = [
+            f"{py_str(s.name)}: {plan.var[s.name]}.unflatten(0, (batch, steps))"
+            for s in self.machine.spaces
+        ]
+        body += _dict_lines("return ", items, indent=8)
+        return Method(
+            signature="f(self, state: dict[str, Tensor]) -> dict[str, Tensor]",
+            doc="The global endofunction over space-time: the sum of all edges applied to "
+            "state ([batch, time, *shape] per space, missing: zero; before step 0: zero).",
+            body=tuple(body),
+        )
+
+    # --- input projections out of the loop ---
+
+    def _edge_expr(self, edge: ir.Edge, plan: _Plan, lines: list[str]) -> str:
+        """As for any machine, except in the step loop: a first ``linear`` whose inputs are
+        partly known before the loop is split by columns of its weight, and the known part
+        (an RNN's input projection) runs for every step at once before the loop."""
+        if plan.prep is None or not self._splits(edge):
+            return super()._edge_expr(edge, plan, lines)
+        names = plan.locals
+        layer = self.layer_exprs[(edge.name, 0)]
+        widths = [self.machine.space(port.space).shape[0] for port in edge.inputs]
+        runs: list[tuple[bool, list[int]]] = []  # (known before the loop, input indices)
+        for i, port in enumerate(edge.inputs):
+            known = port.space not in self.loop_spaces
+            if runs and runs[-1][0] == known:
+                runs[-1][1].append(i)
+            else:
+                runs.append((known, [i]))
+        bias = f"{layer}.bias" if edge.ops[0].args["bias"] else None
+        time = names.name("/time", self.machine.time)
+        terms: list[str] = []
+        known_terms: list[str] = []
+        weights: list[str] = []  # column slices of the weight for the per-step part
+        for known, indices in runs:
+            lo, hi = sum(widths[: indices[0]]), sum(widths[: indices[-1] + 1])
+            columns = f"{layer}.weight[:, {lo or ''}:{hi if hi < sum(widths) else ''}]"
+            ports = [edge.inputs[i] for i in indices]
+            if known:
+                source = [plan.folded(port) for port in ports]
+                x = source[0] if len(source) == 1 else f"torch.cat([{', '.join(source)}], dim=1)"
+                known_terms.append(f"F.linear({x}, {columns})")
+            else:
+                reads = [plan.read(port) for port in ports]
+                x = reads[0] if len(reads) == 1 else f"torch.cat([{', '.join(reads)}], dim=1)"
+                label = "_".join(_sanitize_key(port.space) for port in ports[:1])
+                weight = names.name(f"{edge.name}/w/{indices[0]}", f"{edge.name}_w_{label}")
+                weights.append(f"{weight} = {columns}")
+                terms.append(f"F.linear({x}, {weight})")
+        known = [edge.inputs[i].space for is_known, run in runs if is_known for i in run]
+        label = _sanitize_key(known[0])
+        projected = names.name(f"{edge.name}/in", f"{edge.name}_{label}")
+        steps_of = names.name(f"{edge.name}/in/steps", f"{projected}_at")
+        if bias:
+            known_terms[0] = known_terms[0][:-1] + f", {bias})"
+        where = self.where(edge.span)
+        plan.prep.append(f"# {where}  {edge.name}: its linear on {', '.join(known)}, every step")
+        plan.prep.append(f"{projected} = {' + '.join(known_terms)}")
+        plan.prep.append(f"{steps_of} = runtime.unfold_steps({projected}, batch, steps)")
+        plan.prep.extend(weights)
+        expr = " + ".join([f"{steps_of}[{time}]", *terms])
+        return self._apply_ops(edge, plan, lines, expr, 1)
+
+    def _splits(self, edge: ir.Edge) -> bool:
+        """Whether a step edge starts with a vector linear on inputs partly known before it."""
+        first = edge.ops[0]
+        if first.kind != "linear" or len(self.structure.shapes[edge.name][0]) != 1:
+            return False
+        known = [port.space not in self.loop_spaces for port in edge.inputs]
+        return any(known) and not all(known)

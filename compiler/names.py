@@ -38,7 +38,9 @@ MODULE_ATTRIBUTES = frozenset(
 
 
 # Names the generated module defines or imports at module level.
-MODULE_NAMES = frozenset({"torch", "nn", "F", "Tensor", "NamedTuple", "annotations", "_complete"})
+MODULE_NAMES = frozenset(
+    {"torch", "nn", "F", "Tensor", "NamedTuple", "annotations", "_complete", "runtime"}
+)
 # A class may not take these: it would hide what generated code uses (super, sorted, KeyError...).
 CLASS_NAME_CLASHES = MODULE_NAMES | frozenset(dir(builtins))
 

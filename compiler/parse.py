@@ -29,7 +29,7 @@ _TERMINAL_WORDS = {
     "$END": "the end of the file",
 }
 # Tokens that can start an expression; when these may come next we just say "an expression".
-_EXPRESSION_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "MINUS", "TRUE", "FALSE"}
+_EXPRESSION_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "MINUS", "TRUE", "FALSE"}
 _EXPRESSION_SIGNS = {"NAME", "INT", "LPAR", "MINUS"}
 
 
@@ -157,14 +157,18 @@ class _ToSyntax(Transformer):
         return s.SourceFile(path=self.path, machines=tuple(machines))
 
     def machine(self, meta, children):
-        name, params, *body = children
+        name, params, time, *body = children
         return s.MachineDecl(
             name=str(name),
             params=params or (),
+            time=time,
             body=tuple(body),
             span=self._span(meta),
             name_span=_token_span(self.path, name),
         )
+
+    def over(self, meta, children):
+        return str(children[0])
 
     def param_list(self, meta, params):
         return tuple(p for p in params if p is not None)
@@ -185,12 +189,12 @@ class _ToSyntax(Transformer):
         return str(children[0])
 
     def space_decl(self, meta, children):
-        role, name, array, size = children
+        role, name, array, shape = children
         return s.SpaceDecl(
             role=role,
             name=str(name),
             array=array,
-            size=size,
+            shape=shape,
             span=self._span(meta),
             name_span=_token_span(self.path, name),
         )
@@ -221,8 +225,8 @@ class _ToSyntax(Transformer):
         return tuple(factors)
 
     def factor(self, meta, children):
-        name, index = children
-        return s.SpaceRef(name=str(name), index=index, span=self._span(meta))
+        name, index, time = children
+        return s.SpaceRef(name=str(name), index=index, time=time, span=self._span(meta))
 
     def pipeline(self, meta, ops):
         return tuple(ops)
@@ -297,6 +301,10 @@ class _ToSyntax(Transformer):
         except (SyntaxError, ValueError, Warning):
             raise _BadLiteral(f"invalid escape in string {token}", self._span(meta)) from None
         return s.Literal(value=value, span=self._span(meta))
+
+    def list(self, meta, children):
+        items = tuple(item for item in children if item is not None)
+        return s.ListExpr(items=items, span=self._span(meta))
 
     def var(self, meta, children):
         return s.Var(name=str(children[0]), span=self._span(meta))

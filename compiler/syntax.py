@@ -47,7 +47,15 @@ class Neg:
     span: Span
 
 
-Expr = Literal | Var | BinOp | Neg
+@dataclass(frozen=True)
+class ListExpr:
+    """A list ``[a, b, c]``: a shape, or a per-axis op argument such as a kernel size."""
+
+    items: tuple[Expr, ...]
+    span: Span
+
+
+Expr = Literal | Var | BinOp | Neg | ListExpr
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,15 @@ class Range:
 
 @dataclass(frozen=True)
 class SpaceRef:
-    """A space named in an edge: ``x``, ``h[i]`` or ``h[1..i-1]``."""
+    """A space named in an edge: ``x``, ``h[i]``, ``h[1..i-1]``, ``h[t-1]``, ``h[1..n][t-1]``.
+
+    ``index`` is the first bracket and ``time`` the second; which of them is a
+    time index (``t - k``) is decided when names are resolved.
+    """
 
     name: str
     index: Expr | Range | None
+    time: Expr | None
     span: Span
 
 
@@ -92,12 +105,12 @@ class OpCall:
 
 @dataclass(frozen=True)
 class SpaceDecl:
-    """``input x : 16``, ``space h[1..n] : w``, ``output y : 10``."""
+    """``input x : 16``, ``space h[1..n] : [w, 8, 8]``, ``output y : 10``."""
 
     role: str
     name: str
     array: Range | None
-    size: Expr
+    shape: Expr  # a size, or a list of sizes (channels first)
     span: Span
     name_span: Span
 
@@ -146,6 +159,7 @@ class MachineDecl:
 
     name: str
     params: tuple[ParamDecl, ...]
+    time: str | None  # the time index of a machine ``over t``
     body: tuple[Item, ...]
     span: Span
     name_span: Span

@@ -1,6 +1,200 @@
-"""machc.runtime: the torch-only support library that generated modules may import.
+"""machc.runtime: the support library of generated code.
 
-It never imports the compiler. Feed-forward machines need nothing from it
-today; it is the home of layers torch lacks, the time loop and solvers as the
-language grows.
+Torch only: it never imports the compiler. Generated modules import it only
+where they need it: the ``module("package.module.Class", ...)`` op, which
+builds a user's own ``nn.Module`` and checks the shape it returns, and
+machines over time, whose sequences are folded, shifted and cut into steps
+here.
+
+Machines over time take tensors ``[batch, time, *shape]``. Before and after
+the step loop, generated code works on *folded* sequences ``[batch * steps,
+*shape]`` (time folded into the batch, so every op applies unchanged); in the
+loop, on one step ``[batch, *shape]`` at a time. The *past* of a space read
+``k`` steps ago is a tuple of its last ``k`` steps before the call, oldest
+first.
 """
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "MachineShapeError",
+    "check_shape",
+    "check_state",
+    "delayed",
+    "external",
+    "fold_inputs",
+    "fold_state",
+    "last_steps",
+    "past",
+    "unfold_steps",
+]
+
+
+class MachineShapeError(RuntimeError):
+    """A user module returned a tensor of another shape than its edge declares."""
+
+
+def external(path: str, *args, edge: str, where: str, **kwargs) -> nn.Module:
+    """``Class(*args, **kwargs)`` for the class at the dotted ``path``, for edge ``edge``.
+
+    Import and construction errors name the edge and its ``.mach`` line ``where``.
+    """
+    module_name, _, class_name = path.rpartition(".")
+    context = f"edge {edge!r} ({where}): module({path!r})"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"{context}: cannot import {module_name!r}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ImportError(f"{context}: {module_name!r} has no attribute {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"{context}: {path!r} is not an nn.Module class")
+    try:
+        return cls(*args, **kwargs)
+    except Exception as exc:
+        raise TypeError(f"{context}: constructing {class_name} failed: {exc}") from exc
+
+
+def check_shape(output: object, shape: tuple[int, ...], edge: str, where: str) -> Tensor:
+    """``output`` if it is a tensor of per-sample ``shape``; otherwise a clear error."""
+    if not isinstance(output, Tensor):
+        raise MachineShapeError(
+            f"edge {edge!r} ({where}): the module returned {type(output).__name__}, "
+            f"not a tensor of shape [batch, {', '.join(map(str, shape))}]"
+        )
+    if tuple(output.shape[1:]) != tuple(shape):
+        got = ", ".join(map(str, output.shape))
+        raise MachineShapeError(
+            f"edge {edge!r} ({where}): the module returned a tensor of shape [{got}], "
+            f"but the edge needs [batch, {', '.join(map(str, shape))}]"
+        )
+    return output
+
+
+# --- machines over time -------------------------------------------------------------
+
+
+def _sequence_error(name: str, shape: tuple[int, ...], got: Tensor) -> ValueError:
+    want = ", ".join(["batch", "time", *map(str, shape)])
+    return ValueError(f"{name!r} must be a tensor [{want}], got shape {list(got.shape)}")
+
+
+def fold_inputs(
+    spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor], steps: int | None
+) -> tuple[int, int, tuple[Tensor, ...]]:
+    """``(batch, steps, folded)`` for the input sequences ``given``.
+
+    Every input is ``[batch, time, *shape]`` with one batch and one length; it is
+    cut or padded with zeros (the machine runs on with zero input) to ``steps``
+    steps (default: the inputs' length), then folded to ``[batch * steps, *shape]``.
+    """
+    batch = length = None
+    for name, x in given.items():
+        if not isinstance(x, Tensor) or tuple(x.shape[2:]) != spaces[name] or x.dim() < 2:
+            raise _sequence_error(name, spaces[name], x)
+        if batch is None:
+            batch, length = x.shape[0], x.shape[1]
+        elif (x.shape[0], x.shape[1]) != (batch, length):
+            raise ValueError(
+                f"the inputs disagree on batch and time: {name!r} is {list(x.shape)}, "
+                f"others [{batch}, {length}, ...]"
+            )
+    steps = length if steps is None else steps
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    folded = []
+    for x in given.values():
+        if steps > length:
+            x = torch.cat([x, x.new_zeros((batch, steps - length, *x.shape[2:]))], 1)
+        elif steps < length:
+            x = x[:, :steps]
+        folded.append(x.flatten(0, 1))
+    return batch, steps, tuple(folded)
+
+
+def fold_state(
+    spaces: dict[str, tuple[int, ...]], state: dict[str, Tensor]
+) -> tuple[int, int, dict[str, Tensor]]:
+    """``(batch, steps, folded)`` for a space-time state: every space, zeros where missing."""
+    unknown = sorted(set(state) - set(spaces))
+    if unknown:
+        raise KeyError(f"no such spaces: {unknown}; the machine has {list(spaces)}")
+    if not state:
+        raise ValueError("give at least one space: it sets the batch, the steps, dtype and device")
+    batch, steps, folded = fold_inputs(spaces, state, None)
+    like = folded[0]
+    given = dict(zip(state, folded, strict=True))
+    return (
+        batch,
+        steps,
+        {
+            name: given[name] if name in given else like.new_zeros((batch * steps, *shape))
+            for name, shape in spaces.items()
+        },
+    )
+
+
+def check_state(
+    spaces: dict[str, tuple[int, ...]], delays: dict[str, int], state: dict[str, Tensor] | None
+) -> None:
+    """A state passed to ``forward`` names only spaces that are read at earlier steps."""
+    if state is None:
+        return
+    unknown = sorted(set(state) - set(delays))
+    if unknown:
+        raise KeyError(
+            f"state has {unknown}, but only {sorted(delays)} are read at earlier steps; "
+            "pass the state returned by forward(..., return_state=True)"
+        )
+
+
+def past(
+    state: dict[str, Tensor] | None,
+    name: str,
+    shape: tuple[int, ...],
+    depth: int,
+    batch: int,
+    like: Tensor,
+) -> tuple[Tensor, ...]:
+    """The last ``depth`` steps of space ``name`` before this call: from ``state``, or zeros."""
+    if state is None or name not in state:
+        zero = like.new_zeros((batch, *shape))
+        return (zero,) * depth
+    given = state[name]
+    if not isinstance(given, Tensor) or tuple(given.shape) != (batch, depth, *shape):
+        want = ", ".join(map(str, (batch, depth, *shape)))
+        got = list(given.shape) if isinstance(given, Tensor) else type(given).__name__
+        raise ValueError(f"state[{name!r}] must be [{want}] (batch, steps, shape), got {got}")
+    return tuple(given.unbind(1))
+
+
+def delayed(x: Tensor, k: int, past: Sequence[Tensor] | None, batch: int, steps: int) -> Tensor:
+    """The folded sequence ``x`` read ``k`` steps ago: its past first (zeros if None)."""
+    seq = x.unflatten(0, (batch, steps))
+    if past is None:
+        before = seq.new_zeros((batch, k, *seq.shape[2:]))
+    else:
+        before = torch.stack(tuple(past)[len(past) - k :], 1)
+    return torch.cat([before, seq], 1)[:, :steps].flatten(0, 1)
+
+
+def unfold_steps(x: Tensor, batch: int, steps: int) -> tuple[Tensor, ...]:
+    """The folded sequence ``x`` as one ``[batch, *shape]`` tensor per step.
+
+    ``unbind`` once, rather than indexing a step at a time: its backward is a single
+    stack, where per-step indexing would make autograd quadratic in the steps.
+    """
+    return x.unflatten(0, (batch, steps)).unbind(1)
+
+
+def last_steps(x: Tensor, k: int, past: Sequence[Tensor], batch: int, steps: int) -> Tensor:
+    """The last ``k`` steps ``[batch, k, *shape]`` of the past followed by the sequence ``x``."""
+    seq = torch.cat([torch.stack(tuple(past), 1), x.unflatten(0, (batch, steps))], 1)
+    return seq[:, -k:]

@@ -28,18 +28,23 @@ def machines(path: Path):
     return [getattr(module, name) for name in names]
 
 
+def lead(cls, batch: int) -> tuple[int, ...]:
+    """The leading axes of a tensor: [batch] or, for a machine over time, [batch, time]."""
+    return (batch, 6) if hasattr(cls, "DELAYS") else (batch,)
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_forward_is_the_resolvent_on_inputs_and_outputs(path: Path) -> None:
     torch.manual_seed(0)
     for cls in machines(path):
         model = cls().eval()
-        inputs = [torch.randn(5, *cls.SPACES[name]) for name in cls.INPUTS]
+        inputs = [torch.randn(*lead(cls, 5), *cls.SPACES[name]) for name in cls.INPUTS]
         result = model(*inputs)
         outputs = (result,) if len(cls.OUTPUTS) == 1 else tuple(result)
         assert len(outputs) == len(cls.OUTPUTS)
         state = model.resolvent(dict(zip(cls.INPUTS, inputs, strict=True)))
         for name, tensor in zip(cls.OUTPUTS, outputs, strict=True):
-            assert tensor.shape == (5, *cls.SPACES[name])
+            assert tensor.shape == (*lead(cls, 5), *cls.SPACES[name])
             torch.testing.assert_close(tensor, state[name])
         if len(cls.OUTPUTS) > 1:
             assert result._fields == tuple(cls.OUTPUTS)  # names are plain identifiers here
@@ -50,7 +55,7 @@ def test_a_few_training_steps_lower_the_loss(path: Path) -> None:
     torch.manual_seed(1)
     for cls in machines(path):
         model, teacher = cls(), cls().eval()  # a target the architecture can represent
-        inputs = [torch.randn(64, *cls.SPACES[name]) for name in cls.INPUTS]
+        inputs = [torch.randn(*lead(cls, 64), *cls.SPACES[name]) for name in cls.INPUTS]
         with torch.no_grad():
             result = teacher(*inputs)
         targets = (result,) if len(cls.OUTPUTS) == 1 else tuple(result)
@@ -132,19 +137,28 @@ def test_dropout_follows_train_and_eval() -> None:
     assert 0.3 < zeros < 0.7
 
 
-def test_main_job_trains_digits(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("model", "epochs", "generated", "least_accuracy"),
+    [("dense", 4, "digits.py", 0.85), ("conv", 5, "digits_conv.py", 0.7)],
+)
+def test_main_job_trains_digits(
+    tmp_path: Path, capsys, model, epochs, generated, least_accuracy
+) -> None:
     sys.path.insert(0, str(ROOT / "examples"))
     try:
         import train_digits
     finally:
         sys.path.pop(0)
-    accuracy = train_digits.main(["--epochs", "4", "--out", str(tmp_path)])
+    args = ["--model", model, "--epochs", str(epochs), "--out", str(tmp_path)]
+    if model == "conv":
+        args += ["--blocks", "2", "--channels", "8"]
+    accuracy = train_digits.main(args)
     out = capsys.readouterr().out
     losses = [float(line.split()[-1]) for line in out.splitlines() if line.startswith("epoch")]
-    assert len(losses) == 4
+    assert len(losses) == epochs
     assert losses[-1] < losses[0] / 2, losses
-    assert accuracy > 0.85
-    assert (tmp_path / "digits.py").exists()
+    assert accuracy > least_accuracy  # chance is 0.1
+    assert (tmp_path / generated).exists()
 
 
 def test_compilation_is_deterministic_across_hash_seeds() -> None:

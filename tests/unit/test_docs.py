@@ -18,6 +18,7 @@ import pytest
 from machc.diagnostics import Code
 from machc.driver import check_source, compile_source
 from machc.ops import OPS
+from machc.reference import replace_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -123,3 +124,15 @@ def test_every_op_is_documented() -> None:
     text = LANGUAGE.read_text(encoding="utf-8")
     missing = [name for name in OPS if f"`{name}`" not in text]
     assert not missing, f"ops missing from docs/language.md: {missing}"
+
+
+def test_op_reference_is_generated_from_the_op_table(update_golden: bool) -> None:
+    page = LANGUAGE.read_text(encoding="utf-8")
+    expected = replace_reference(page)
+    if update_golden:
+        LANGUAGE.write_text(expected, encoding="utf-8")
+        return
+    assert page == expected, (
+        "the op reference in docs/language.md is out of date with compiler/ops.py; "
+        "run: .venv/bin/python -m pytest tests/unit/test_docs.py --update-golden"
+    )

@@ -146,7 +146,7 @@ def test_ir_is_frozen_and_closed() -> None:
     with pytest.raises(pydantic.ValidationError):
         checked.machine.name = "Other"
     with pytest.raises(pydantic.ValidationError):
-        ir.Port(space="x", span=checked.machine.span, delay=1)
+        ir.Port(space="x", span=checked.machine.span, weight=1)
 
 
 def test_sanitize_and_namespace() -> None:
