@@ -2,9 +2,10 @@
 
 Spaces are nodes (name and shape), hyperedges are boxes (name and op
 pipeline), arrows run from the spaces an edge reads to its box and from the
-box to the spaces it writes. Ranks follow the dependency order: a space of
-depth ``d`` sits in column ``2d``, an edge of level ``k`` in column
-``2k - 1``, so with ``rankdir=LR`` the machine reads left to right. Every
+box to the spaces it writes; a read of an earlier time step is dashed.
+Ranks follow the dependency order: a space of depth ``d`` sits in column
+``2d``, an edge of level ``k`` in column ``2k - 1``, so with
+``rankdir=LR`` the machine reads left to right. Every
 name reaches the DOT text only through :func:`_html` (labels) or as part of
 a generated identifier, so nothing from a source can break the syntax.
 
@@ -96,7 +97,8 @@ def _machine_lines(checked: ir.CheckedMachine, prefix: str, indent: str) -> list
     for edge in machine.edges:
         box = ids.edges[edge.name]
         for port in edge.inputs:
-            lines.append(f"{indent}{ids.spaces[port.space]} -> {box}{_read_attrs(port)};")
+            attrs = _read_attrs(port, machine.time)
+            lines.append(f"{indent}{ids.spaces[port.space]} -> {box}{attrs};")
         for port in edge.outputs:
             lines.append(f"{indent}{box} -> {ids.spaces[port.space]}{_write_attrs(port)};")
     # NOTE: one rank per depth and per level keeps columns aligned with the dependency order
@@ -141,9 +143,19 @@ def _wrap(ops: list[str]) -> list[str]:
     return rows
 
 
-def _read_attrs(port: ir.Port) -> str:
-    """Attributes of the arrow from a space an edge reads (extension point: delayed reads)."""
-    return ""
+def _read_attrs(port: ir.Port, time: str | None) -> str:
+    """Attributes of the arrow from a space an edge reads.
+
+    A delayed read (``h[t-1]``) is dashed and labelled; it points back in time, so
+    it does not constrain the left-to-right order (``constraint=false``).
+    """
+    if not port.delay:
+        return ""
+    label = _quoted(f"{time or 't'}-{port.delay}")
+    return (
+        f' [style="dashed" color="#7c3aed" fontcolor="#7c3aed" label={label} fontsize="10" '
+        'constraint="false"]'
+    )
 
 
 def _write_attrs(port: ir.Port) -> str:
@@ -153,7 +165,8 @@ def _write_attrs(port: ir.Port) -> str:
 
 def _title(machine: ir.Machine) -> str:
     params = format_params(machine.params)
-    return _quoted(f"machine {machine.name}" + (f"({params})" if params else ""))
+    over = f" over {machine.time}" if machine.time else ""
+    return _quoted(f"machine {machine.name}" + (f"({params})" if params else "") + over)
 
 
 def _html(text: str) -> str:

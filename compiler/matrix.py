@@ -23,7 +23,7 @@ from . import ir
 from .lower import format_params
 
 MAX_UNITS = 200  # --units prints one row per unit: more than this is unreadable
-MARK, BLANK = "#", "."
+MARK, DELAYED, BLANK = "#", "~", "."
 PALETTE = ("#ffffff", "#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed", "#0891b2")
 ROLE_WORDS = {ir.Role.INPUT: "in", ir.Role.HIDDEN: "hidden", ir.Role.OUTPUT: "out"}
 FORMATS = ("png", "svg", "pdf")  # what `machc graph --matrix -o` writes, by file extension
@@ -53,6 +53,8 @@ class WeightPicture:
     blocks: tuple[Block, ...]
     units: bool
     edges: dict[tuple[str, str], tuple[str, ...]]  # (to, from) space names -> edge names
+    # blocks filled only by reads of earlier time steps (machines over time)
+    delayed: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def size(self) -> int:
@@ -77,23 +79,29 @@ def picture(checked: ir.CheckedMachine, units: bool = False) -> WeightPicture:
             )
     blocks = tuple(Block(s, units_of(s) if units else 1) for s in machine.spaces)
     edges: dict[tuple[str, str], list[str]] = {}
+    now: set[tuple[str, str]] = set()  # blocks some zero-delay read fills
     for edge in machine.edges:
         for target in edge.outputs:
             for source in edge.inputs:
-                names = edges.setdefault((target.space, source.space), [])
+                key = (target.space, source.space)
+                names = edges.setdefault(key, [])
                 if edge.name not in names:
                     names.append(edge.name)
+                if not source.delay:
+                    now.add(key)
     return WeightPicture(
         machine=machine,
         blocks=blocks,
         units=units,
         edges={key: tuple(names) for key, names in edges.items()},
+        delayed=frozenset(key for key in edges if key not in now),
     )
 
 
 def title(machine: ir.Machine) -> str:
     params = format_params(machine.params)
-    return f"machine {machine.name}" + (f"({params})" if params else "")
+    over = f" over {machine.time}" if machine.time else ""
+    return f"machine {machine.name}" + (f"({params})" if params else "") + over
 
 
 def matrix_text(pictures: Sequence[WeightPicture]) -> str:
@@ -121,6 +129,8 @@ def _one_text(pic: WeightPicture) -> str:
 
     what = ", by unit" if pic.units else ""
     lines = [f"{title(pic.machine)}{what}: rows to, columns from"]
+    if pic.delayed:
+        lines[0] += f"; {DELAYED} reads an earlier time step"
     lines.append(" " * margin + row([b.space.name for b in pic.blocks]))
     if pic.units:
         lines.append(
@@ -131,7 +141,9 @@ def _one_text(pic: WeightPicture) -> str:
         for _ in range(target.size):
             cells = []
             for source in pic.blocks:
-                mark = MARK if (target.space.name, source.space.name) in pic.edges else BLANK
+                key = (target.space.name, source.space.name)
+                mark = BLANK if key not in pic.edges else MARK
+                mark = DELAYED if key in pic.delayed else mark
                 cells.append(mark * source.size)
             lines.append(labels[k].ljust(margin) + row(cells))
             k += 1
@@ -144,6 +156,7 @@ def render(pictures: Sequence[WeightPicture], fmt: str) -> bytes:
         from matplotlib import rc_context
         from matplotlib.colors import ListedColormap
         from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
     except ImportError:
         raise MatrixError(
             "drawing the matrix needs matplotlib: pip install matplotlib "
@@ -158,7 +171,7 @@ def render(pictures: Sequence[WeightPicture], fmt: str) -> bytes:
     figure = Figure(figsize=(width, height), layout="constrained")
     axes = figure.subplots(1, len(pictures), squeeze=False)[0]
     for ax, pic in zip(axes, pictures, strict=True):
-        _draw(ax, pic, np, ListedColormap)
+        _draw(ax, pic, np, ListedColormap, Rectangle)
     buffer = io.BytesIO()
     # NOTE: no creation dates and no random SVG ids, so the same machine gives the same bytes.
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt, {})
@@ -169,7 +182,7 @@ def render(pictures: Sequence[WeightPicture], fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def _draw(ax, pic: WeightPicture, np, ListedColormap) -> None:  # noqa: N803 - a class
+def _draw(ax, pic: WeightPicture, np, ListedColormap, Rectangle) -> None:  # noqa: N803
     edge_names = [e.name for e in pic.machine.edges]
     start, size = {}, {}
     for block in pic.blocks:
@@ -210,15 +223,30 @@ def _draw(ax, pic: WeightPicture, np, ListedColormap) -> None:  # noqa: N803 - a
     ax.xaxis.tick_top()
     ax.set_xlim(-0.5, pic.size - 0.5)
     ax.set_ylim(pic.size - 0.5, -0.5)
+    for target, source in sorted(pic.delayed):  # across time: hatched, not solid
+        ax.add_patch(
+            Rectangle(
+                (start[source] - 0.5, start[target] - 0.5),
+                size[source],
+                size[target],
+                facecolor="white",
+                edgecolor=colors[int(grid[start[target], start[source]])],
+                hatch="///",
+                linewidth=0,
+            )
+        )
     for (target, source), edges in pic.edges.items():
+        delayed = (target, source) in pic.delayed
         ax.text(
             center[source],
             center[target],
             "\n".join(edges),
             ha="center",
             va="center",
-            color="white",
+            color="black" if delayed else "white",
             fontsize=8 if not pic.units else 7,
             fontweight="bold",
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1} if delayed else None,
         )
-    ax.set_title(title(pic.machine), fontsize=11)
+    note = "\nhatched: reads an earlier time step" if pic.delayed else ""
+    ax.set_title(title(pic.machine) + note, fontsize=11)
