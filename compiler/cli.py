@@ -8,6 +8,7 @@ Exit status: 0 success (warnings allowed), 1 the source has errors,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -24,6 +25,8 @@ class _UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .matrix import MAX_UNITS
+
     parser = argparse.ArgumentParser(
         prog="machc",
         description="Compile .mach hypergraph machines into PyTorch modules.",
@@ -41,15 +44,7 @@ def _parser() -> argparse.ArgumentParser:
             metavar="NAME=VALUE",
             help="bind a machine parameter (NAME or Machine.NAME); may be repeated",
         )
-        sub.add_argument(
-            "-I",
-            dest="search_path",
-            action="append",
-            default=[],
-            metavar="DIR",
-            help="also look for imported files in DIR (after the importing file's directory); "
-            "may be repeated",
-        )
+        _search_path_option(sub)
 
     parser.subcommands = {}
     compile_ = commands.add_parser(
@@ -72,8 +67,77 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(check)
     check.add_argument("-q", "--quiet", action="store_true", help="print only diagnostics")
-    parser.subcommands.update(compile=compile_, check=check)
+    check.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="how to print diagnostics: text on standard error (default), or a JSON array "
+        "on standard output (then no structure report)",
+    )
+    ir_ = commands.add_parser(
+        "ir",
+        help="print the checked IR as JSON",
+        description="Print the checked IR (a CheckedProgram) of a file as JSON, "
+        "or with --schema the JSON Schema of that IR.",
+    )
+    ir_.add_argument("file", metavar="FILE.mach", nargs="?", help="the source file")
+    ir_.add_argument(
+        "--set",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="bind a machine parameter (NAME or Machine.NAME); may be repeated",
+    )
+    _search_path_option(ir_)
+    ir_.add_argument(
+        "--schema", action="store_true", help="print the JSON Schema of the IR (no FILE)"
+    )
+    graph = commands.add_parser(
+        "graph",
+        help="draw the hypergraph or the weight matrix",
+        description="Draw each machine's hypergraph with Graphviz (spaces, edges, dependency "
+        "order left to right), or with --matrix its global weight picture.",
+    )
+    common(graph)
+    graph.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="where to write the drawing; the extension picks the format: .svg, .png, .pdf "
+        "(run Graphviz's dot) or .dot; with --matrix .png, .svg, .pdf or .txt. "
+        "Default (or '-'): DOT text, or the matrix as text, on standard output",
+    )
+    graph.add_argument(
+        "--machine",
+        metavar="NAME",
+        help="draw only this machine (default: every machine of the file)",
+    )
+    graph.add_argument(
+        "--matrix",
+        action="store_true",
+        help="draw the global weight picture: one row and column per space, rows 'to', "
+        "columns 'from'",
+    )
+    graph.add_argument(
+        "--units",
+        action="store_true",
+        help=f"with --matrix: one row and column per unit (at most {MAX_UNITS} units)",
+    )
+    parser.subcommands.update(compile=compile_, check=check, ir=ir_, graph=graph)
     return parser
+
+
+def _search_path_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "-I",
+        dest="search_path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also look for imported files in DIR (after the importing file's directory); "
+        "may be repeated",
+    )
 
 
 def _parse_params(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
@@ -93,13 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     params = _parse_params(parser.subcommands[args.command], args.params)
-    for directory in getattr(args, "search_path", []):
+    for directory in getattr(args, "search_path", None) or []:
         if not os.path.isdir(directory):
             parser.subcommands[args.command].error(f"-I {directory}: no such directory")
+    commands = {"compile": _compile, "check": _check, "ir": _ir, "graph": _graph}
     try:
-        if args.command == "compile":
-            return _compile(args, params)
-        return _check(args, params)
+        return commands[args.command](args, params)
     except CompileError as exc:
         print(render_all(exc.diagnostics, exc.sources), file=sys.stderr)
         count = len(exc.errors)
@@ -137,9 +200,7 @@ def _compile(args, params) -> int:
     from .lower import lower
 
     output = args.output or os.path.splitext(args.file)[0] + ".py"
-    if output != "-" and os.path.exists(output) and os.path.exists(args.file):
-        if os.path.samefile(output, args.file):
-            raise _UsageError(f"the output {output} is the source file itself")
+    _refuse_source_as_output(output, args.file)
     checked = check_source(_read(args.file), args.file, params, args.search_path)
     _show_warnings(checked)
     code = emit(lower(checked.program))
@@ -150,16 +211,27 @@ def _compile(args, params) -> int:
     return EXIT_OK
 
 
-def _write_atomically(path: str, text: str) -> None:
+def _refuse_source_as_output(output: str, source: str) -> None:
+    if output != "-" and os.path.exists(output) and os.path.exists(source):
+        if os.path.samefile(output, source):
+            raise _UsageError(f"the output {output} is the source file itself")
+
+
+def _write_atomically(path: str, text: str | bytes) -> None:
     """Write all of ``text`` or nothing: a failed write leaves an existing file as it was."""
     directory = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1] or ".tmp"
     try:
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=".machc-", suffix=".py")
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=".machc-", suffix=suffix)
     except OSError as exc:
         raise _UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            out.write(text)
+        if isinstance(text, bytes):
+            with os.fdopen(fd, "wb") as out:
+                out.write(text)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+                out.write(text)
         os.chmod(temp, 0o644)
         os.replace(temp, path)
     except OSError as exc:
@@ -170,10 +242,82 @@ def _write_atomically(path: str, text: str) -> None:
 def _check(args, params) -> int:
     from .driver import check_source
 
+    if args.format == "json":
+        return _check_json(args, params)
     checked = check_source(_read(args.file), args.file, params, args.search_path)
     _show_warnings(checked)
     if not args.quiet:
         print(describe(checked.program))
+    return EXIT_OK
+
+
+def _check_json(args, params) -> int:
+    """``check --format json``: every diagnostic, warnings too, as one JSON array on stdout."""
+    from .driver import check_source
+
+    try:
+        checked = check_source(_read(args.file), args.file, params, args.search_path)
+        diagnostics, status = checked.warnings, EXIT_OK
+    except CompileError as exc:
+        diagnostics, status = exc.diagnostics, EXIT_DIAGNOSTICS
+    print(json.dumps([d.to_dict() for d in diagnostics], indent=2, ensure_ascii=False))
+    return status
+
+
+def _ir(args, params) -> int:
+    from .driver import check_source
+    from .ir import CheckedProgram
+
+    if args.schema:
+        if args.file or params:
+            raise _UsageError("ir --schema takes no FILE and no --set")
+        print(json.dumps(CheckedProgram.model_json_schema(), indent=2))
+        return EXIT_OK
+    if not args.file:
+        raise _UsageError("ir needs a FILE.mach (or --schema)")
+    checked = check_source(_read(args.file), args.file, params, args.search_path)
+    _show_warnings(checked)
+    print(checked.program.model_dump_json(indent=2))
+    return EXIT_OK
+
+
+def _graph(args, params) -> int:
+    from . import graph, matrix
+    from .driver import check_source
+
+    output = args.output or "-"
+    ext = os.path.splitext(output)[1].lower().lstrip(".")
+    formats = (*matrix.FORMATS, "txt") if args.matrix else graph.FORMATS
+    if args.units and not args.matrix:
+        raise _UsageError("--units goes with --matrix")
+    if output != "-" and ext not in formats:
+        names = ", ".join(f".{f}" for f in formats)
+        what = "graph --matrix" if args.matrix else "graph"
+        raise _UsageError(f"cannot tell the format of {output}: {what} writes {names}")
+    _refuse_source_as_output(output, args.file)
+    checked = check_source(_read(args.file), args.file, params, args.search_path)
+    _show_warnings(checked)
+    machines = [c for c in checked.program.machines if args.machine in (None, c.machine.name)]
+    if not machines:
+        names = ", ".join(c.machine.name for c in checked.program.machines)
+        raise _UsageError(f"no machine {args.machine!r} in {args.file} (it has {names})")
+    try:
+        if args.matrix:
+            pictures = [matrix.picture(c, units=args.units) for c in machines]
+            if output == "-" or ext == "txt":
+                data: str | bytes = matrix.matrix_text(pictures)
+            else:
+                data = matrix.render(pictures, ext)
+        else:
+            data = graph.to_dot(checked.program, [c.machine.name for c in machines])
+            if output != "-" and ext != "dot":
+                data = graph.render(data, ext)
+    except (graph.GraphError, matrix.MatrixError) as exc:
+        raise _UsageError(str(exc)) from None
+    if output == "-":
+        sys.stdout.write(data)
+    else:
+        _write_atomically(output, data)
     return EXIT_OK
 
 

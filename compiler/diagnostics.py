@@ -90,6 +90,27 @@ class Diagnostic(BaseModel):
             lines.append(f"  hint: {self.hint}")
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, object]:
+        """The diagnostic as plain JSON data (``machc check --format json``).
+
+        Keys: ``file, line, column, end_line, end_column`` (all None without a
+        place), ``severity, code, message, hint`` and ``notes``, a list of
+        ``{file, line, column, end_line, end_column, message}``.
+        """
+        return {
+            **_place(self.span),
+            "severity": self.severity.value,
+            "code": self.code.value,
+            "message": self.message,
+            "hint": self.hint,
+            "notes": [{**_place(note.span), "message": note.message} for note in self.notes],
+        }
+
+
+def _place(span: Span | None) -> dict[str, object]:
+    keys = ("file", "line", "column", "end_line", "end_column")
+    return {key: None if span is None else getattr(span, key) for key in keys}
+
 
 def _render_located(
     kind: str, message: str, span: Span | None, sources: dict[str, str] | None

@@ -1,0 +1,252 @@
+"""The global weight picture: which block of the global space maps into which.
+
+Writing the network ``f`` as one map of the global space ``X = X_0 ⊕ ... ⊕ X_n``
+onto itself, an edge that reads spaces ``A, B`` and writes ``C, D`` fills the
+blocks ``(C, A), (C, B), (D, A), (D, B)`` (rows "to", columns "from"); every
+other block is zero. Spaces (rows and columns) are in declaration order, so a
+feed-forward machine whose spaces are declared in dependency order comes out
+strictly block lower-triangular.
+
+With ``units`` there is one row and one column per unit (a channel of the
+feature axis: the first axis of a space's shape); an edge fills all unit
+pairs of its blocks. :func:`matrix_text` prints the picture for a terminal,
+:func:`render` draws it with matplotlib (imported only there).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import ir
+from .lower import format_params
+
+MAX_UNITS = 200  # --units prints one row per unit: more than this is unreadable
+MARK, DELAYED, BLANK = "#", "~", "."
+PALETTE = ("#ffffff", "#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed", "#0891b2")
+ROLE_WORDS = {ir.Role.INPUT: "in", ir.Role.HIDDEN: "hidden", ir.Role.OUTPUT: "out"}
+FORMATS = ("png", "svg", "pdf")  # what `machc graph --matrix -o` writes, by file extension
+
+
+class MatrixError(Exception):
+    """The picture cannot be made as asked; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One space: its rows (and columns) of the picture."""
+
+    space: ir.Space
+    size: int  # rows it takes: 1, or its unit count with ``units``
+
+    @property
+    def label(self) -> str:
+        return f"{self.space.name} ({ROLE_WORDS[self.space.role]})"
+
+
+@dataclass(frozen=True)
+class WeightPicture:
+    """The marks of one machine's picture, block by block: ``edges[(row, column)]``."""
+
+    machine: ir.Machine
+    blocks: tuple[Block, ...]
+    units: bool
+    edges: dict[tuple[str, str], tuple[str, ...]]  # (to, from) space names -> edge names
+    # blocks filled only by reads of earlier time steps (machines over time)
+    delayed: frozenset[tuple[str, str]] = frozenset()
+
+    @property
+    def size(self) -> int:
+        return sum(block.size for block in self.blocks)
+
+
+def units_of(space: ir.Space) -> int:
+    """The units (feature channels) of a space: the first axis of its per-sample shape."""
+    return space.shape[0] if space.shape else 1
+
+
+def picture(checked: ir.CheckedMachine, units: bool = False) -> WeightPicture:
+    """The weight picture of one machine; raises :class:`MatrixError` for too many units."""
+    machine = checked.machine
+    if units:
+        total = sum(units_of(space) for space in machine.spaces)
+        if total > MAX_UNITS:
+            raise MatrixError(
+                f"machine {machine.name} has {total} units, more than {MAX_UNITS} for --units "
+                "(one row and one column per unit); leave out --units for one row per space, "
+                "or make the machine smaller with --set"
+            )
+    blocks = tuple(Block(s, units_of(s) if units else 1) for s in machine.spaces)
+    edges: dict[tuple[str, str], list[str]] = {}
+    now: set[tuple[str, str]] = set()  # blocks some zero-delay read fills
+    for edge in machine.edges:
+        for target in edge.outputs:
+            for source in edge.inputs:
+                key = (target.space, source.space)
+                names = edges.setdefault(key, [])
+                if edge.name not in names:
+                    names.append(edge.name)
+                if not source.delay:
+                    now.add(key)
+    return WeightPicture(
+        machine=machine,
+        blocks=blocks,
+        units=units,
+        edges={key: tuple(names) for key, names in edges.items()},
+        delayed=frozenset(key for key in edges if key not in now),
+    )
+
+
+def title(machine: ir.Machine) -> str:
+    params = format_params(machine.params)
+    over = f" over {machine.time}" if machine.time else ""
+    return f"machine {machine.name}" + (f"({params})" if params else "") + over
+
+
+def matrix_text(pictures: Sequence[WeightPicture]) -> str:
+    """The pictures for a terminal, one after another, separated by a blank line."""
+    return "\n\n".join(_one_text(p) for p in pictures) + "\n"
+
+
+def _one_text(pic: WeightPicture) -> str:
+    """Rows labelled ``name (role)``, a ``#`` where some edge maps the column into the row.
+
+    Columns are grouped by space, the groups separated by two blanks; with
+    units, a second header line numbers the units of each space (modulo 10).
+    """
+    widths = [max(b.size, len(b.space.name)) for b in pic.blocks]
+    labels = [
+        f"{b.label}" if not pic.units else f"{b.space.name}:{i} ({ROLE_WORDS[b.space.role]})"
+        for b in pic.blocks
+        for i in range(b.size)
+    ]
+    margin = max(len(label) for label in labels) + 2
+    gap = "  "
+
+    def row(cells: list[str]) -> str:
+        return gap.join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    what = ", by unit" if pic.units else ""
+    lines = [f"{title(pic.machine)}{what}: rows to, columns from"]
+    if pic.delayed:
+        lines[0] += f"; {DELAYED} reads an earlier time step"
+    lines.append(" " * margin + row([b.space.name for b in pic.blocks]))
+    if pic.units:
+        lines.append(
+            " " * margin + row(["".join(str(i % 10) for i in range(b.size)) for b in pic.blocks])
+        )
+    k = 0
+    for target in pic.blocks:
+        for _ in range(target.size):
+            cells = []
+            for source in pic.blocks:
+                key = (target.space.name, source.space.name)
+                mark = BLANK if key not in pic.edges else MARK
+                mark = DELAYED if key in pic.delayed else mark
+                cells.append(mark * source.size)
+            lines.append(labels[k].ljust(margin) + row(cells))
+            k += 1
+    return "\n".join(lines)
+
+
+def render(pictures: Sequence[WeightPicture], fmt: str) -> bytes:
+    """The pictures drawn side by side as ``fmt`` (png, svg, pdf) by matplotlib."""
+    try:
+        from matplotlib import rc_context
+        from matplotlib.colors import ListedColormap
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
+    except ImportError:
+        raise MatrixError(
+            "drawing the matrix needs matplotlib: pip install matplotlib "
+            "(or pip install 'machc[graph]'), or leave out -o to print it as text"
+        ) from None
+    import numpy as np
+
+    sizes = [max(p.size, 1) for p in pictures]
+    cell = 0.42 if not any(p.units for p in pictures) else 0.16
+    width = sum(max(3.5, n * cell + 2.2) for n in sizes)
+    height = max(3.0, max(n * cell for n in sizes) + 1.8)
+    figure = Figure(figsize=(width, height), layout="constrained")
+    axes = figure.subplots(1, len(pictures), squeeze=False)[0]
+    for ax, pic in zip(axes, pictures, strict=True):
+        _draw(ax, pic, np, ListedColormap, Rectangle)
+    buffer = io.BytesIO()
+    # NOTE: no creation dates and no random SVG ids, so the same machine gives the same bytes.
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt, {})
+    with rc_context({"svg.hashsalt": "machc"}):
+        figure.savefig(
+            buffer, format=fmt, dpi=110, metadata=metadata, bbox_inches="tight", pad_inches=0.15
+        )
+    return buffer.getvalue()
+
+
+def _draw(ax, pic: WeightPicture, np, ListedColormap, Rectangle) -> None:  # noqa: N803
+    edge_names = [e.name for e in pic.machine.edges]
+    start, size = {}, {}
+    for block in pic.blocks:
+        start[block.space.name] = sum(size.values())
+        size[block.space.name] = block.size
+    grid = np.zeros((pic.size, pic.size))
+    for (target, source), names in pic.edges.items():
+        rows = slice(start[target], start[target] + size[target])
+        cols = slice(start[source], start[source] + size[source])
+        grid[rows, cols] = 1 + edge_names.index(names[0])
+    colors = [PALETTE[0]] + [PALETTE[1 + i % (len(PALETTE) - 1)] for i in range(len(edge_names))]
+    ax.imshow(grid, cmap=ListedColormap(colors), vmin=0, vmax=len(colors) - 1, aspect="equal")
+    if pic.units:  # faint lines between units, stronger ones between spaces
+        for k in range(1, pic.size):
+            ax.axhline(k - 0.5, color="#e5e7eb", linewidth=0.4)
+            ax.axvline(k - 0.5, color="#e5e7eb", linewidth=0.4)
+    for k in list(start.values())[1:]:
+        ax.axhline(k - 0.5, color="#6b7280", linewidth=0.9)
+        ax.axvline(k - 0.5, color="#6b7280", linewidth=0.9)
+    # The diagonal: a feed-forward machine has every mark strictly below it.
+    ax.plot(
+        [-0.5, pic.size - 0.5],
+        [-0.5, pic.size - 0.5],
+        color="#9ca3af",
+        linewidth=0.8,
+        linestyle=(0, (4, 3)),
+    )
+    center = {name: start[name] + (size[name] - 1) / 2 for name in start}
+    names = [b.space.name for b in pic.blocks]
+    ax.set_xticks(
+        [center[n] for n in names], names, rotation=0 if max(map(len, names)) <= 4 else 90
+    )
+    ax.set_yticks([center[n] for n in names], [b.label for b in pic.blocks])
+    ax.tick_params(length=0)
+    ax.set_xlabel("from")
+    ax.set_ylabel("to")
+    ax.xaxis.set_label_position("top")
+    ax.xaxis.tick_top()
+    ax.set_xlim(-0.5, pic.size - 0.5)
+    ax.set_ylim(pic.size - 0.5, -0.5)
+    for target, source in sorted(pic.delayed):  # across time: hatched, not solid
+        ax.add_patch(
+            Rectangle(
+                (start[source] - 0.5, start[target] - 0.5),
+                size[source],
+                size[target],
+                facecolor="white",
+                edgecolor=colors[int(grid[start[target], start[source]])],
+                hatch="///",
+                linewidth=0,
+            )
+        )
+    for (target, source), edges in pic.edges.items():
+        delayed = (target, source) in pic.delayed
+        ax.text(
+            center[source],
+            center[target],
+            "\n".join(edges),
+            ha="center",
+            va="center",
+            color="black" if delayed else "white",
+            fontsize=8 if not pic.units else 7,
+            fontweight="bold",
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1} if delayed else None,
+        )
+    note = "\nhatched: reads an earlier time step" if pic.delayed else ""
+    ax.set_title(title(pic.machine) + note, fontsize=11)

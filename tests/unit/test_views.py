@@ -1,0 +1,212 @@
+"""`machc graph` without the command line: DOT text, ranks, the weight picture, the lexer."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from machc.driver import check_file, check_source
+from machc.graph import _html, _quoted, render, to_dot
+from machc.matrix import MAX_UNITS, MatrixError, matrix_text, picture
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.mach"))
+TWO_MACHINES = """
+machine A {
+    input  x : 4
+    output y : 2
+    e : x -> y = linear
+}
+machine B(n: int = 3) {
+    input  a : 4
+    input  b : 4
+    output c : n
+    output d : 5
+    e : a × b -> c × d = linear | tanh
+}
+"""
+MACH_BLOCK = re.compile(r"^```mach\n(.*?)^```", re.S | re.M)
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
+
+
+def test_labels_escape_markup_and_quotes() -> None:
+    assert _html("<b>&\"x'") == "&lt;b&gt;&amp;&quot;x&#x27;"
+    assert _html("a\nb") == "a&#10;b"
+    assert _quoted('say "hi" \\') == '"say \\"hi\\" \\\\"'
+    assert _quoted("two\nlines") == '"two?lines"'
+
+
+def test_one_machine_is_drawn_alone_several_in_clusters() -> None:
+    program = check_source(TWO_MACHINES, "two.mach").program
+    both = to_dot(program)
+    assert "subgraph cluster_m0 {" in both and "subgraph cluster_m1 {" in both
+    assert 'label="machine B(n=3)";' in both
+    only_b = to_dot(program, ["B"])
+    assert "cluster" not in only_b
+    assert 'label="machine B(n=3)";' in only_b and "machine A" not in only_b
+    # a × b -> c × d: both inputs into the box, the box into both outputs
+    for arrow in ("m0_s0 -> m0_e0", "m0_s1 -> m0_e0", "m0_e0 -> m0_s2", "m0_e0 -> m0_s3"):
+        assert arrow in only_b
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_ranks_follow_depths_and_levels(example: Path) -> None:
+    checked = check_file(example).program.machines[0]
+    machine, structure = checked.machine, checked.structure
+    dot = to_dot(check_file(example).program)
+    space_id = {f"m0_s{i}": s.name for i, s in enumerate(machine.spaces)}
+    edge_id = {f"m0_e{i}": e.name for i, e in enumerate(machine.edges)}
+    level = {name: k for k, names in enumerate(structure.levels, 1) for name in names}
+    for group in re.findall(r"\{ rank=same; ([^}]*) \}", dot):
+        columns = set()
+        for node in group.split():
+            if node in space_id:
+                columns.add(2 * structure.depth[space_id[node]])
+            else:
+                columns.add(2 * level[edge_id[node]] - 1)
+        assert len(columns) == 1, group
+
+
+def test_dot_is_deterministic() -> None:
+    for example in EXAMPLES:
+        assert to_dot(check_file(example).program) == to_dot(check_file(example).program)
+
+
+@needs_dot
+@pytest.mark.parametrize("example", [*EXAMPLES, "two"], ids=lambda p: getattr(p, "name", p))
+def test_graphviz_reads_the_dot_text(example) -> None:
+    if example == "two":
+        program = check_source(TWO_MACHINES, "two.mach").program
+    else:
+        program = check_file(example).program
+    svg = render(to_dot(program), "svg").decode()
+    assert "<svg" in svg and "Warning" not in svg
+    names = [s.name for c in program.machines for s in c.machine.spaces]
+    for name in names:
+        assert f"<b>{name}</b>" in svg or f">{name}<" in svg
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_feed_forward_examples_are_strictly_block_lower_triangular(example: Path) -> None:
+    for checked in check_file(example).program.machines:
+        pic = picture(checked)
+        index = {b.space.name: i for i, b in enumerate(pic.blocks)}
+        assert pic.edges, "some edge must show"
+        for target, source in pic.edges:
+            if (target, source) not in pic.delayed:  # reads of earlier steps may go anywhere
+                assert index[target] > index[source], (target, source)
+
+
+def test_an_edge_marks_every_output_input_pair_and_nothing_else() -> None:
+    program = check_source(TWO_MACHINES, "two.mach").program
+    pic = picture(program.machines[1])
+    assert pic.edges == {
+        ("c", "a"): ("e",),
+        ("c", "b"): ("e",),
+        ("d", "a"): ("e",),
+        ("d", "b"): ("e",),
+    }
+    rows = matrix_text([pic]).splitlines()[2:]
+    assert [r.split()[-4:] for r in rows] == [
+        [".", ".", ".", "."],
+        [".", ".", ".", "."],
+        ["#", "#", ".", "."],
+        ["#", "#", ".", "."],
+    ]
+
+
+def test_autoencoder_by_unit_is_22_by_22() -> None:
+    checked = check_file(ROOT / "examples" / "autoencoder.mach").program.machines[0]
+    lines = matrix_text([picture(checked, units=True)]).splitlines()
+    title, names, numbers, *rows = lines
+    assert title == "machine AutoEncoder, by unit: rows to, columns from"
+    assert names.split() == ["x", "e", "z", "d", "y"]
+    assert numbers.split() == ["012345", "0123", "01", "0123", "012345"]
+    assert len(rows) == 22
+    cells = [re.sub(r"^\S+ \(\w+\)\s+", "", row).replace(" ", "") for row in rows]
+    assert all(len(c) == 22 and set(c) <= {"#", "."} for c in cells)
+    assert rows[0].startswith("x:0 (in) ") and rows[-1].startswith("y:5 (out) ")
+    # enc1 fills e × x: rows 6..9, columns 0..5; nothing at or above the diagonal
+    assert all(cells[r][:6] == "######" for r in range(6, 10))
+    assert all("#" not in c[r:] for r, c in enumerate(cells))
+    assert sum(c.count("#") for c in cells) == 4 * 6 + 2 * 4 + 4 * 2 + 6 * 4
+
+
+def test_units_are_refused_for_large_machines() -> None:
+    program = check_file(ROOT / "examples" / "digits.mach").program
+    assert sum(s.shape[0] for s in program.machines[0].machine.spaces) > MAX_UNITS
+    with pytest.raises(MatrixError, match=f"more than {MAX_UNITS} for --units"):
+        picture(program.machines[0], units=True)
+
+
+def test_matrix_image_is_a_deterministic_png() -> None:
+    pytest.importorskip("matplotlib")
+    from machc.matrix import render as render_matrix
+
+    pictures = [picture(c) for c in check_file(EXAMPLES[0]).program.machines]
+    png = render_matrix(pictures, "png")
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert render_matrix(pictures, "svg") == render_matrix(pictures, "svg")
+
+
+def test_lexer_is_registered_and_reads_every_example_without_errors() -> None:
+    pygments_lexers = pytest.importorskip("pygments.lexers")
+    from pygments.token import Error
+
+    assert type(pygments_lexers.get_lexer_by_name("mach")).__name__ == "MachLexer"
+    assert type(pygments_lexers.get_lexer_for_filename("dense.mach")).__name__ == "MachLexer"
+    texts = [p.read_text(encoding="utf-8") for p in EXAMPLES]
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        texts += MACH_BLOCK.findall(doc.read_text(encoding="utf-8"))
+    assert len(texts) > len(EXAMPLES)
+    lexer = pygments_lexers.get_lexer_by_name("mach")
+    for text in texts:
+        tokens = list(lexer.get_tokens(text))
+        assert "".join(v for _, v in tokens).rstrip("\n") == text.rstrip("\n")
+        assert not [v for t, v in tokens if t in Error], text
+
+
+def test_lexer_token_kinds() -> None:
+    pytest.importorskip("pygments")
+    from machc.highlight import MachLexer
+    from pygments.token import Comment, Keyword, Name, Number, Operator, String
+
+    text = (
+        "machine M(n: int = 2) {  # hi\n  input x : n\n"
+        '  e[1] : x × x -> y = linear(s="a|b") | relu\n}\n'
+    )
+    kinds = {v: t for t, v in MachLexer().get_tokens(text) if v.strip()}
+    assert kinds["machine"] is Keyword and kinds["M"] is Name.Class
+    assert kinds["int"] is Keyword.Type and kinds["# hi"] is Comment.Single
+    assert kinds["input"] is Keyword.Declaration and kinds["x"] in Name
+    assert kinds["e"] is Name.Function and kinds["×"] is Operator and kinds["->"] is Operator
+    assert kinds["linear"] is Name.Builtin and kinds["relu"] is Name.Builtin
+    assert kinds['"a|b"'] is String.Double and kinds["2"] is Number.Integer
+
+
+def test_views_import_neither_torch_nor_drawing_libraries() -> None:
+    code = (
+        "import sys, machc.cli\n"
+        f"p = {str(EXAMPLES[0])!r}\n"
+        "for args in (['graph', p], ['graph', '--matrix', p], ['ir', p],\n"
+        "             ['check', '--format', 'json', p]):\n"
+        "    assert machc.cli.main(args) == 0\n"
+        "loaded = {m for m in ('torch', 'matplotlib', 'pygments', 'numpy') if m in sys.modules}\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
+
+
+def test_reads_of_earlier_steps_are_dashed_and_marked_apart() -> None:
+    program = check_file(ROOT / "examples" / "elman.mach").program
+    dot = to_dot(program)
+    assert 'label="machine Elman(n=16, m=64) over t";' in dot
+    assert 'm0_s1 -> m0_e0 [style="dashed"' in dot and 'label="t-1"' in dot
+    assert "m0_s0 -> m0_e0;" in dot
+    pic = picture(program.machines[0])
+    assert pic.delayed == {("h", "h")}
+    assert matrix_text([pic]).splitlines()[3].split()[-3:] == ["#", "~", "."]
