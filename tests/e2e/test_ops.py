@@ -140,6 +140,7 @@ SAME_SHAPE = [
     "leaky_relu(slope=0.2)",
     "softmax",
     "log_softmax",
+    "scale(-0.5)",
     "dropout(p=0.25)",
     "channel_dropout(0.3)",
     "batchnorm(eps=0.001, momentum=0.2, affine=false)",
