@@ -10,9 +10,9 @@ back by position. The canonical layout (documented in docs/cli.md):
   (spaces, or edges), blank lines and comments included, except where a name
   is more than three characters longer or shorter than the others (a run of
   short names then does not line up with ``h[1..depth]``);
-- within a paragraph of edges (no blank line between them), the ``->`` lined
-  up the same way and the ``=`` lined up, except on a line that this would
-  take past 100 columns;
+- within a paragraph of edges (no blank line between them, names lined up),
+  the ``->`` lined up the same way and the ``=`` lined up, except on a line
+  that this would take past 100 columns;
 - ``×`` between factors and ``->`` between inputs and outputs;
 - expressions with a space around binary operators (``2 * c``), except in
   indices and ranges (``h[1..i-1]``, ``for i in 2..n+1``); minimal parentheses;
@@ -139,7 +139,10 @@ class _Group:
     blank_before: bool = False  # a blank line before its first token in the source
     forced: bool = False  # a blank line before it (and its comments) whatever the source
     comments: list[_Comment] = field(default_factory=list)  # own-line comments before it
-    trailing: list[tuple[Pos, str]] = field(default_factory=list)  # (token before, comment)
+    # Comments inside or after it, in source order: (the token before it, text) for one
+    # after code on its line, (None, text) for one on its own line.
+    inner: list[tuple[Pos | None, str]] = field(default_factory=list)
+    last: Pos = (0, 0)  # where its last token starts
     lines: list[str] = field(default_factory=list)
     line_starts: list[Pos] = field(default_factory=list)  # source position of each line
 
@@ -237,6 +240,7 @@ class _Printer:
                     if group.start == position:
                         group.blank_before = _blank(previous_end, token)
                     group_index += 1
+                self.groups[group_index - 1].last = position
                 code_index += 1
                 previous_end = (token.end_line, token.end_column)
                 continue
@@ -245,14 +249,15 @@ class _Printer:
             after = self.code[code_index] if code_index < len(self.code) else None
             if before is not None and before.end_line == token.line:
                 owner = self.groups[bisect.bisect_right(starts, _token_start(before)) - 1]
-                owner.trailing.append((_token_start(before), text))
+                owner.inner.append((_token_start(before), text))
             elif after is None:
                 self.footer.append(_Comment(text, _blank(previous_end, token)))
             else:
                 owner = self.groups[bisect.bisect_right(starts, _token_start(after)) - 1]
-                # A comment inside an item moves before it, without its blank lines.
-                inside = owner.start != _token_start(after)
-                owner.comments.append(_Comment(text, not inside and _blank(previous_end, token)))
+                if owner.start == _token_start(after):
+                    owner.comments.append(_Comment(text, _blank(previous_end, token)))
+                else:
+                    owner.inner.append((None, text))
             previous_end = (token.end_line, token.end_column)
 
     # --- phase 3: text, with alignment inside each block ---
@@ -268,7 +273,9 @@ class _Printer:
                 names = _sections([len(self._edge_name(g.node)) for g in run])
                 paragraph: list[tuple[_Group, int]] = []
                 for group, width in zip(run, names, strict=True):
-                    if paragraph and _starts_paragraph(group):
+                    # NOTE: names that do not line up end the paragraph too, or the `=`
+                    # alignment would open a gap after the shorter name's edge.
+                    if paragraph and (_starts_paragraph(group) or width != paragraph[-1][1]):
                         self._edges(paragraph)
                         paragraph = []
                     paragraph.append((group, width))
@@ -359,17 +366,28 @@ class _Printer:
         return "\n".join(out) + "\n" if out else ""
 
     def _trailing(self, group: _Group) -> dict[int, str]:
-        """Trailing comments by line of the group; several on one line move above the group."""
+        """The comments at the end of the group's lines, by line.
+
+        A comment inside the group goes at the end of the line that holds the code before
+        it; where that cannot be (a comment on its own line inside an item, or two comments
+        on code that now makes one line), every comment inside the group moves above it,
+        in their order, and only one after its last token stays at the end of its line.
+        """
         by_line: dict[int, list[str]] = {}
-        for position, text in group.trailing:
-            line = bisect.bisect_right(group.line_starts, position) - 1
-            by_line.setdefault(max(line, 0), []).append(text)
+        for position, text in group.inner:
+            if position is not None:
+                line = max(bisect.bisect_right(group.line_starts, position) - 1, 0)
+                by_line.setdefault(line, []).append(text)
+        if all(p is not None for p, _ in group.inner) and all(
+            len(v) == 1 for v in by_line.values()
+        ):
+            return {line: texts[0] for line, texts in by_line.items()}
         result = {}
-        for line, texts in by_line.items():
-            if len(texts) == 1:
-                result[line] = texts[0]
+        for position, text in group.inner:
+            if position == group.last:
+                result[max(bisect.bisect_right(group.line_starts, position) - 1, 0)] = text
             else:
-                group.comments.extend(_Comment(text) for text in texts)
+                group.comments.append(_Comment(text))
         return result
 
 
