@@ -16,8 +16,8 @@ back by position. The canonical layout (documented in docs/cli.md):
 - ``×`` between factors and ``->`` between inputs and outputs;
 - expressions with a space around binary operators (``2 * c``), except in
   indices and ranges (``h[1..i-1]``, ``for i in 2..n+1``); minimal parentheses;
-- pipeline lines broken where the user broke them, each continuation starting
-  with ``|`` under the ``=``;
+- pipeline lines broken where the user broke them, and before an op that would
+  end past column 100, each continuation starting with ``|`` under the ``=``;
 - one blank line between the space declarations and what follows them and
   between machines, the user's other blank lines kept, never two in a row;
 - a comment on its own line stays before the item that follows it; a comment
@@ -316,18 +316,36 @@ class _Printer:
             heads.append(f"{self._edge_name(edge).ljust(width)} : {ins.ljust(arrow)} -> {outs}")
         column = max(len(head) for head in heads)
         for (group, _), edge, head in zip(paragraph, edges, heads, strict=True):
-            segments = _segments(edge.ops)
             indent = len(INDENT) * group.depth
-            first = " | ".join(self.exprs.op(op) for op in segments[0])
             padded = head.ljust(column)
-            if indent + len(padded) + 3 + len(first) > MAX_WIDTH:
+            # NOTE: judged on the first op alone, which wrapping never moves, so that a
+            # second run makes the same choice.
+            if indent + len(padded) + 3 + len(self.exprs.op(edge.ops[0])) > MAX_WIDTH:
                 padded = head
-            group.lines = [f"{padded} = {first}"]
-            group.line_starts = [group.start]
-            for segment in segments[1:]:
-                ops = " | ".join(self.exprs.op(op) for op in segment)
-                group.lines.append(" " * (len(padded) + 1) + "| " + ops)
-                group.line_starts.append(_start(segment[0].span))
+            group.lines, group.line_starts = [], []
+            for k, segment in enumerate(_segments(edge.ops)):
+                prefix = f"{padded} = " if k == 0 else " " * (len(padded) + 1) + "| "
+                for ops in self._wrap(segment, indent + len(prefix)):
+                    if group.lines:
+                        prefix = " " * (len(padded) + 1) + "| "
+                    group.lines.append(prefix + " | ".join(self.exprs.op(op) for op in ops))
+                    group.line_starts.append(
+                        group.start if not group.line_starts else _start(ops[0].span)
+                    )
+
+    def _wrap(self, ops: list[s.OpCall], start: int) -> list[list[s.OpCall]]:
+        """Ops in lines that end by column 100, where the ops allow: the first fills the most."""
+        lines = [[ops[0]]]
+        width = start + len(self.exprs.op(ops[0]))
+        for op in ops[1:]:
+            text = self.exprs.op(op)
+            if width + 3 + len(text) > MAX_WIDTH:
+                lines.append([op])
+                width = start + len(text)  # continuation prefixes are no wider than the first
+            else:
+                lines[-1].append(op)
+                width += 3 + len(text)
+        return lines
 
     def _machine_header(self, machine: s.MachineDecl) -> str:
         params = ", ".join(self.exprs.param(p) for p in machine.params)

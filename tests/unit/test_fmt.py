@@ -34,7 +34,8 @@ def _parses(path: Path) -> bool:
     return True
 
 
-PARSEABLE = [*EXAMPLES, *(case for case in DIAGNOSTIC_CASES if _parses(case))]
+FMT_CASES = sorted((ROOT / "tests" / "golden" / "fmt").glob("*.mach"))
+PARSEABLE = [*EXAMPLES, *FMT_CASES, *(case for case in DIAGNOSTIC_CASES if _parses(case))]
 
 
 def tree(text: str) -> object:
