@@ -294,7 +294,7 @@ def machine_tokens(draw, index: int) -> list[str]:
     arrow = draw(st.sampled_from(["->", "→"]))
 
     def pipeline() -> list[str]:
-        ops = ["linear", *draw(st.lists(st.sampled_from(ACTIVATIONS), max_size=3))]
+        ops = ["linear", *draw(st.lists(st.sampled_from(ACTIVATIONS), max_size=8))]
         out = []
         for op in ops:
             out += [*([] if not out else ["|"]), op]
