@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from . import ir
-from .lower import _op_text, format_params
+from .lower import _op_text, format_params  # the op text of edge_text(), reused
 from .ops import OPS, format_shape
 
 # Cells longer than these wrap onto continuation lines, at a `×` or `|`.
