@@ -125,6 +125,40 @@ def _parser() -> argparse.ArgumentParser:
         help=f"with --matrix: one row and column per unit (at most {MAX_UNITS} units)",
     )
     parser.subcommands.update(compile=compile_, check=check, ir=ir_, graph=graph)
+
+    fmt = commands.add_parser(
+        "fmt",
+        help="lay out .mach files in the canonical style",
+        description="Rewrite .mach files in place in the canonical layout "
+        "(only the layout changes: what a file compiles to stays the same).",
+    )
+    fmt.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE.mach",
+        help="the files ('-': read standard input, write standard output)",
+    )
+    fmt.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; show a diff and exit 1 if a file is not in the canonical layout",
+    )
+    fmt.set_defaults(params=[])
+    info = commands.add_parser(
+        "info",
+        help="tabulate each machine's spaces, edges, parameters and cost",
+        description="Check a file and print, for each machine, its spaces, its edges with "
+        "their learned parameters and multiply-accumulates per sample, its levels of "
+        "independent edges and the totals.",
+    )
+    common(info)
+    info.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="aligned tables (default), or JSON for programs",
+    )
+    parser.subcommands.update(fmt=fmt, info=info)
     return parser
 
 
@@ -160,7 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     for directory in getattr(args, "search_path", None) or []:
         if not os.path.isdir(directory):
             parser.subcommands[args.command].error(f"-I {directory}: no such directory")
-    commands = {"compile": _compile, "check": _check, "ir": _ir, "graph": _graph}
+    commands = {
+        "compile": _compile,
+        "check": _check,
+        "ir": _ir,
+        "graph": _graph,
+        "info": _info,
+        "fmt": lambda args, params: _fmt(args),
+    }
     try:
         return commands[args.command](args, params)
     except CompileError as exc:
@@ -217,7 +258,7 @@ def _refuse_source_as_output(output: str, source: str) -> None:
             raise _UsageError(f"the output {output} is the source file itself")
 
 
-def _write_atomically(path: str, text: str | bytes) -> None:
+def _write_atomically(path: str, text: str | bytes, mode: int = 0o644) -> None:
     """Write all of ``text`` or nothing: a failed write leaves an existing file as it was."""
     directory = os.path.dirname(os.path.abspath(path))
     suffix = os.path.splitext(path)[1] or ".tmp"
@@ -232,7 +273,7 @@ def _write_atomically(path: str, text: str | bytes) -> None:
         else:
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
                 out.write(text)
-        os.chmod(temp, 0o644)
+        os.chmod(temp, mode)
         os.replace(temp, path)
     except OSError as exc:
         os.unlink(temp)
@@ -318,6 +359,70 @@ def _graph(args, params) -> int:
         sys.stdout.write(data)
     else:
         _write_atomically(output, data)
+    return EXIT_OK
+
+
+def _fmt(args) -> int:
+    import difflib
+
+    from .fmt import format_source
+
+    status = EXIT_OK
+    errors = 0
+    for path in args.files:
+        try:
+            text = sys.stdin.read() if path == "-" else _read(path)
+            name = "<stdin>" if path == "-" else path
+            formatted = format_source(text, name)
+        except CompileError as exc:
+            print(render_all(exc.diagnostics, exc.sources), file=sys.stderr)
+            errors += len(exc.errors)
+            status = max(status, EXIT_DIAGNOSTICS)
+            continue
+        except _UsageError as exc:
+            print(f"machc: error: {exc}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        if args.check:
+            if formatted != text:
+                diff = difflib.unified_diff(
+                    text.splitlines(keepends=True),
+                    formatted.splitlines(keepends=True),
+                    name,
+                    f"{name} (formatted)",
+                )
+                sys.stdout.writelines(line if line.endswith("\n") else line + "\n" for line in diff)
+                print(f"machc: {name} is not formatted", file=sys.stderr)
+                status = max(status, EXIT_DIAGNOSTICS)
+        elif path == "-":
+            sys.stdout.write(formatted)
+        elif formatted != text:
+            try:
+                _write_atomically(path, formatted, os.stat(path).st_mode & 0o7777)
+            except _UsageError as exc:
+                print(f"machc: error: {exc}", file=sys.stderr)
+                status = EXIT_USAGE
+                continue
+            print(f"machc: formatted {path}", file=sys.stderr)
+    if errors:
+        print(f"machc: {_count(errors, 'error')}", file=sys.stderr)
+    return status
+
+
+def _info(args, params) -> int:
+    import json
+
+    from .driver import check_source
+    from .info import describe as describe_info
+    from .info import program_info
+
+    checked = check_source(_read(args.file), args.file, params, args.search_path)
+    _show_warnings(checked)
+    if args.format == "json":
+        machines = [info.to_json() for info in program_info(checked.program)]
+        print(json.dumps({"file": args.file, "machines": machines}, indent=2))
+    else:
+        print(describe_info(checked.program))
     return EXIT_OK
 
 

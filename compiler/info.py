@@ -1,0 +1,204 @@
+"""What ``machc info`` reports: each machine's spaces, edges with their cost, levels and totals.
+
+Parameter and multiply-accumulate counts come from the op table
+(:attr:`machc.ops.OpSpec.params` and ``macs``) applied to the shapes that
+``check`` inferred through every pipeline, so they need no torch. An op whose
+layer machc does not build itself (``module``) has counts that cannot be
+known here: such an edge shows ``?`` and the totals say that they are a
+lower bound.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from . import ir
+from .lower import _op_text, format_params  # the op text of edge_text(), reused
+from .ops import OPS, format_shape
+
+# Cells longer than these wrap onto continuation lines, at a `×` or `|`.
+PIPELINE_WIDTH = 48
+PORTS_WIDTH = 24
+
+
+@dataclass(frozen=True)
+class SpaceInfo:
+    name: str
+    role: str
+    shape: list[int]
+    depth: int
+
+
+@dataclass(frozen=True)
+class EdgeInfo:
+    name: str
+    level: int
+    inputs: list[str]
+    outputs: list[str]
+    pipeline: str
+    params: int | None  # None: not known (an op such as `module`)
+    macs: int | None
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    name: str
+    params: dict[str, ir.Value]
+    file: str
+    line: int
+    spaces: list[SpaceInfo]
+    edges: list[EdgeInfo]
+    levels: list[list[str]]
+    total_params: int
+    total_macs: int
+    exact: bool  # False when some edge's counts are not known
+    depth: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def machine_info(checked: ir.CheckedMachine, file: str) -> MachineInfo:
+    """The report of one checked machine."""
+    machine, structure = checked.machine, checked.structure
+    level_of = {name: k for k, level in enumerate(structure.levels, 1) for name in level}
+    edges = [
+        _edge_info(edge, structure.shapes[edge.name], level_of[edge.name]) for edge in machine.edges
+    ]
+    return MachineInfo(
+        name=machine.name,
+        params=dict(machine.params),
+        file=file,
+        line=machine.span.line,
+        spaces=[
+            SpaceInfo(s.name, s.role.value, list(s.shape), structure.depth[s.name])
+            for s in machine.spaces
+        ],
+        edges=edges,
+        levels=[list(level) for level in structure.levels],
+        total_params=sum(e.params or 0 for e in edges),
+        total_macs=sum(e.macs or 0 for e in edges),
+        exact=all(e.params is not None for e in edges),
+        depth=max(structure.depth.values(), default=0),
+    )
+
+
+def _edge_info(edge: ir.Edge, shapes: tuple[ir.Shape, ...], level: int) -> EdgeInfo:
+    params: int | None = 0
+    macs: int | None = 0
+    for i, op in enumerate(edge.ops):
+        spec = OPS[op.kind]
+        if spec.extra_args:  # a constructor machc does not know
+            params = macs = None
+        if params is not None and macs is not None:
+            params += spec.params(op.args, shapes[i], shapes[i + 1])
+            macs += spec.macs(op.args, shapes[i], shapes[i + 1])
+    return EdgeInfo(
+        name=edge.name,
+        level=level,
+        inputs=[port.space for port in edge.inputs],
+        outputs=[port.space for port in edge.outputs],
+        pipeline=" | ".join(_op_text(op) for op in edge.ops),
+        params=params,
+        macs=macs,
+    )
+
+
+def program_info(program: ir.CheckedProgram) -> list[MachineInfo]:
+    return [machine_info(checked, program.file) for checked in program.machines]
+
+
+# --- text ----------------------------------------------------------------------
+
+
+def describe(program: ir.CheckedProgram) -> str:
+    """The text report: one block of tables per machine, machines separated by a blank line."""
+    return "\n\n".join(_describe_machine(info) for info in program_info(program))
+
+
+def _number(n: int | None) -> str:
+    return "?" if n is None else f"{n:,}"
+
+
+def _describe_machine(info: MachineInfo) -> str:
+    params = format_params(info.params)
+    title = f"machine {info.name}" + (f"({params})" if params else "")
+    lines = [f"{title}  {os.path.basename(info.file)}:{info.line}", ""]
+    lines.append("  spaces")
+    lines += _table(
+        ["name", "role", "shape", "depth"],
+        [[[s.name], [s.role], [format_shape(tuple(s.shape))], [str(s.depth)]] for s in info.spaces],
+        right={3},
+    )
+    lines += ["", "  edges"]
+    lines += _table(
+        ["name", "level", "reads", "writes", "params", "MACs", "pipeline"],
+        [
+            [
+                [e.name],
+                [str(e.level)],
+                _wrap(e.inputs, " × ", PORTS_WIDTH),
+                _wrap(e.outputs, " × ", PORTS_WIDTH),
+                [_number(e.params)],
+                [_number(e.macs)],
+                _wrap(e.pipeline.split(" | "), " | ", PIPELINE_WIDTH),
+            ]
+            for e in info.edges
+        ],
+        right={1, 4, 5},
+    )
+    lines += ["", "  levels of independent edges"]
+    for k, level in enumerate(info.levels, 1):
+        lines.append(f"    {k}: {', '.join(level)}")
+    bound = "" if info.exact else "at least "
+    lines += [
+        "",
+        f"  total: {bound}{_number(info.total_params)} parameters, "
+        f"{bound}{_number(info.total_macs)} MACs per sample, "
+        f"{_plural(len(info.spaces), 'space')}, {_plural(len(info.edges), 'edge')}, "
+        f"depth {info.depth}",
+    ]
+    return "\n".join(lines)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _wrap(parts: list[str], separator: str, width: int) -> list[str]:
+    """Parts joined by ``separator``, in lines of at most ``width`` where the parts allow.
+
+    A continuation line starts with the separator's symbol (``× h[3]``, ``| relu``).
+    """
+    lines: list[str] = []
+    for part in parts:
+        if not lines:
+            lines.append(part)
+        elif len(lines[-1]) + len(separator) + len(part) <= width:
+            lines[-1] += separator + part
+        else:
+            lines.append(separator.lstrip() + part)
+    return lines
+
+
+def _table(header: list[str], rows: list[list[list[str]]], right: set[int]) -> list[str]:
+    """Aligned columns; a cell is a list of lines, so a row may take several lines."""
+    widths = [
+        max([len(title)] + [len(line) for row in rows for line in row[i]])
+        for i, title in enumerate(header)
+    ]
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
+        return ("    " + "  ".join(padded)).rstrip()
+
+    out = [line(header)]
+    for row in rows:
+        height = max(len(cell) for cell in row)
+        for k in range(height):
+            out.append(line([cell[k] if k < len(cell) else "" for cell in row]))
+    return out
