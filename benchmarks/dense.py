@@ -65,7 +65,10 @@ class HandDense(nn.Module):
 
 
 class NaiveResolvent(nn.Module):
-    """The resolvent by its definition: iterate x <- f(x) + x0 until it is exact."""
+    """The resolvent by its definition: iterate x <- f(x) + x0 until it is exact.
+
+    For a machine with one input and one output (also used by ``conv.py``).
+    """
 
     def __init__(self, machine: nn.Module, sweeps: int) -> None:
         super().__init__()
@@ -73,16 +76,17 @@ class NaiveResolvent(nn.Module):
         self.sweeps = sweeps
 
     def forward(self, x: Tensor) -> Tensor:
-        spaces = self.machine.SPACES
+        (given,) = self.machine.INPUTS
+        (wanted,) = self.machine.OUTPUTS
         x0 = {
-            name: x if name == "x" else x.new_zeros((x.shape[0], *shape))
-            for name, shape in spaces.items()
+            name: x if name == given else x.new_zeros((x.shape[0], *shape))
+            for name, shape in self.machine.SPACES.items()
         }
         state = x0
         for _ in range(self.sweeps):
             fx = self.machine.f(state)
             state = {k: fx[k] + x0[k] for k in x0}
-        return state["y"]
+        return state[wanted]
 
 
 def copy_weights(generated: nn.Module, hand: HandDense, depth: int) -> None:

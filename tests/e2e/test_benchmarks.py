@@ -23,3 +23,24 @@ def test_dense_benchmark_runs_and_checks_agreement(tmp_path: Path) -> None:
     assert "agree" in run.stdout
     assert "generated / hand-written" in run.stdout
     assert json.loads(out.read_text())
+
+
+def test_conv_benchmark_runs_and_checks_agreement(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    args = (
+        "--blocks 3 --channels 4 --size 8 --batch 2 --repeats 2 --iterations 1 --warmup 1 "
+        "--threads 1 --naive"
+    )
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "conv.py"), *args.split(), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "agree" in run.stdout
+    assert "generated / hand-written" in run.stdout
+    figures = json.loads(out.read_text())
+    assert set(figures["median_ms"]) == {"generated", "hand-written", "naive"}
+    # The activations kept for backward are measured (a figure, like the times).
+    assert figures["saved_mib"]["generated"] > 0

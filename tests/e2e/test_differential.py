@@ -23,6 +23,7 @@ examples go through the same oracle with hand-written specs.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,21 +46,29 @@ ATOL = 1e-11
 # --- the spec of a machine ---------------------------------------------------------
 
 
+LAYER_KINDS = ("linear", "layernorm", "conv", "groupnorm", "batchnorm")
+
+
 @dataclass(frozen=True)
 class Op:
     """One op of a pipeline, as the .mach source writes it and as the oracle applies it."""
 
-    kind: str  # linear, layernorm, identity, dropout, or an activation
+    kind: str  # an op of LAYER_KINDS, identity, dropout, add, mul, a pooling, or an activation
     text: str = ""  # the op in .mach syntax (only needed to render random machines)
-    out: int | None = None  # linear(out=...)
-    bias: bool = True  # linear(bias=...)
-    eps: float = 1e-5  # layernorm(eps=...)
+    out: int | None = None  # the channels a linear / conv makes (None: the edge's outputs)
+    bias: bool = True  # linear(bias=...), conv(bias=...)
+    eps: float = 1e-5  # layernorm, groupnorm, batchnorm (eps=...)
     affine: bool = True  # layernorm(affine=...)
     arg: float | None = None  # leaky_relu's slope, elu's alpha, dropout's p
+    kernel: int = 1  # conv, maxpool, avgpool: the window
+    stride: int = 1  # conv(stride=...)
+    padding: int | str = 0  # conv(padding=...): a number or "same"
+    groups: int = 1  # groupnorm(groups)
+    shape: tuple[int, ...] = ()  # reshape([...])
 
     @property
     def has_layer(self) -> bool:
-        return self.kind in ("linear", "layernorm")
+        return self.kind in LAYER_KINDS
 
 
 @dataclass(frozen=True)
@@ -80,8 +89,12 @@ class Edge:
 @dataclass(frozen=True)
 class Space:
     name: str
-    size: int
+    size: int | tuple[int, ...]  # a vector's size, or a shape [C, *spatial]
     role: str  # input, space, output
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.size if isinstance(self.size, tuple) else (self.size,)
 
 
 @dataclass(frozen=True)
@@ -92,8 +105,8 @@ class Spec:
     declarations: tuple[str, ...] = ()  # space lines of the rendered source
 
     @property
-    def size(self) -> dict[str, int]:
-        return {s.name: s.size for s in self.spaces}
+    def shape(self) -> dict[str, tuple[int, ...]]:
+        return {s.name: s.shape for s in self.spaces}
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -153,32 +166,96 @@ def edge_layers(model: nn.Module, edge: Edge) -> list[nn.Module]:
     return list(holder)
 
 
+CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+
+
+def per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [C] parameter (or a [B, C] tensor) viewed to broadcast over the axes of ``like``."""
+    lead = t.shape if t.dim() == 2 else (1, t.shape[0])
+    return t.reshape(*lead, *[1] * (like.dim() - 2))
+
+
+def windows(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, C, *S] -> [B, C, *(S // k), k^d]: the non-overlapping k-windows of every axis."""
+    d = x.dim() - 2
+    for axis in range(2, 2 + d):
+        x = x.unfold(axis, k, k)
+    return x.flatten(-d)
+
+
 def apply_pipeline(model: nn.Module, spec: Spec, edge: Edge, x: torch.Tensor) -> torch.Tensor:
+    """The edge's ops on x, each written out with torch.nn.functional on the layer's weights."""
     layers = iter(edge_layers(model, edge))
     for op in edge.ops:
-        if op.kind == "linear":
+        d = x.dim() - 2  # spatial axes
+        if op.kind == "linear" and d == 0:
             layer = next(layers)
             x = F.linear(x, layer.weight, layer.bias)
+        elif op.kind == "linear":  # on the channel axis of every position
+            layer = next(layers)
+            x = torch.einsum("oi,bi...->bo...", layer.weight.flatten(1), x)
+            x = x if layer.bias is None else x + per_channel(layer.bias, x)
+        elif op.kind == "conv":
+            layer = next(layers)
+            padding = op.kernel // 2 if op.padding == "same" else op.padding
+            x = CONVS[d](x, layer.weight, layer.bias, stride=op.stride, padding=padding)
         elif op.kind == "layernorm":
             layer = next(layers)
-            x = F.layer_norm(x, (x.shape[1],), layer.weight, layer.bias, op.eps)
-        elif op.kind in ("identity", "dropout"):  # dropout is the identity in eval mode
-            pass
+            x = F.layer_norm(x, x.shape[1:], layer.weight, layer.bias, op.eps)
+        elif op.kind == "groupnorm":
+            layer = next(layers)
+            x = F.group_norm(x, op.groups, layer.weight, layer.bias, op.eps)
+        elif op.kind == "batchnorm":  # eval mode: the running statistics
+            layer = next(layers)
+            mean, var = layer.running_mean, layer.running_var
+            x = (x - per_channel(mean, x)) / torch.sqrt(per_channel(var, x) + op.eps)
+            x = x * per_channel(layer.weight, x) + per_channel(layer.bias, x)
+        elif op.kind == "maxpool":  # F's, not windows(): both break ties the same way
+            x = MAX_POOLS[d](x, op.kernel)
+        elif op.kind == "avgpool":
+            x = windows(x, op.kernel).mean(-1)
+        elif op.kind == "upsample":  # nearest, by 2
+            for axis in range(2, 2 + d):
+                x = x.repeat_interleave(2, dim=axis)
+        elif op.kind == "global_avg_pool":
+            x = x.flatten(2).mean(2)
+        elif op.kind == "flatten":
+            x = x.reshape(x.shape[0], -1)
+        elif op.kind == "reshape":
+            x = x.reshape(x.shape[0], *op.shape)
+        elif op.kind in ("identity", "dropout", "add", "mul"):  # dropout: eval mode
+            pass  # add and mul: done by combine()
         else:
             x = ACTIVATIONS[op.kind](x, op.arg)
     return x
 
 
+def combine(edge: Edge, state: dict) -> torch.Tensor:
+    """The edge's inputs as its first op sees them: concatenated, summed or multiplied."""
+    xs = [state[r] for r in edge.reads]
+    kind = edge.ops[0].kind
+    if kind not in ("add", "mul"):
+        return torch.cat(xs, dim=1)
+    full = max(xs, key=lambda t: t.dim())
+    xs = [t if t.dim() == full.dim() else per_channel(t, full) for t in xs]
+    result = xs[0]
+    for t in xs[1:]:
+        result = result + t if kind == "add" else result * t
+    return result
+
+
 def reference_f(model: nn.Module, spec: Spec, state: dict) -> dict:
     """The sum of all edges, each extended by zeros, applied to a complete state."""
-    sizes = spec.size
+    shapes = spec.shape
     result = {s.name: torch.zeros_like(state[s.name]) for s in spec.spaces}
     for edge in spec.edges:
-        x = torch.cat([state[r] for r in edge.reads], dim=1)
-        y = apply_pipeline(model, spec, edge, x)
-        parts = torch.split(y, [sizes[w] for w in edge.writes], dim=1)
-        assert y.shape[1] == sum(sizes[w] for w in edge.writes), edge.name
+        y = apply_pipeline(model, spec, edge, combine(edge, state))
+        channels = [shapes[w][0] for w in edge.writes]
+        assert y.shape[1] == sum(channels), edge.name
+        parts = torch.split(y, channels, dim=1)
         for w, part in zip(edge.writes, parts, strict=True):
+            assert part.shape[1:] == shapes[w], (edge.name, w, part.shape)
             result[w] = result[w] + part
     return result
 
@@ -186,7 +263,7 @@ def reference_f(model: nn.Module, spec: Spec, state: dict) -> dict:
 def complete(spec: Spec, given: dict) -> dict:
     like = next(iter(given.values()))
     return {
-        s.name: given[s.name] if s.name in given else like.new_zeros(like.shape[0], s.size)
+        s.name: given[s.name] if s.name in given else like.new_zeros(like.shape[0], *s.shape)
         for s in spec.spaces
     }
 
@@ -222,9 +299,62 @@ def assert_grads_close(actual, expected, names, what: str) -> None:
         )
 
 
+def entering(spec: Spec, edge: Edge) -> tuple[int, ...]:
+    """The shape the edge's first op sees: its inputs concatenated, or combined by add / mul."""
+    shapes = [spec.shape[r] for r in edge.reads]
+    if edge.ops[0].kind in ("add", "mul"):
+        return max(shapes, key=len)
+    return (sum(shape[0] for shape in shapes), *shapes[0][1:])
+
+
+def check_op(op: Op, layer: nn.Module | None, shape: tuple, out_shape: tuple, edge: str) -> tuple:
+    """Check the layer of one op against the shape it meets; returns the shape it makes."""
+    d = len(shape) - 1  # spatial axes
+    what = (edge, op.kind, layer)
+    if op.kind == "linear" and d == 0:
+        channels = op.out if op.out is not None else out_shape[0]
+        assert type(layer) is nn.Linear, what
+        assert (layer.in_features, layer.out_features) == (shape[0], channels), what
+        assert (layer.bias is not None) == op.bias, what
+        return (channels,)
+    if op.kind in ("linear", "conv"):  # linear on a signal or an image: a 1×1 convolution
+        channels = op.out if op.out is not None else out_shape[0]
+        k, stride = op.kernel, op.stride
+        padding = k // 2 if op.padding == "same" else op.padding
+        assert type(layer) is getattr(nn, f"Conv{d}d"), what
+        assert (layer.in_channels, layer.out_channels) == (shape[0], channels), what
+        assert layer.kernel_size == (k,) * d and layer.stride == (stride,) * d, what
+        assert layer.padding in ((padding,) * d, op.padding), what
+        assert layer.dilation == (1,) * d and layer.groups == 1, what
+        assert (layer.bias is not None) == op.bias, what
+        return (channels, *((n + 2 * padding - k) // stride + 1 for n in shape[1:]))
+    if op.kind == "layernorm":
+        assert type(layer) is nn.LayerNorm, what
+        assert tuple(layer.normalized_shape) == shape, what
+        assert layer.eps == op.eps and layer.elementwise_affine == op.affine, what
+    elif op.kind == "groupnorm":
+        assert type(layer) is nn.GroupNorm, what
+        assert (layer.num_groups, layer.num_channels) == (op.groups, shape[0]), what
+        assert layer.eps == op.eps and layer.affine, what
+    elif op.kind == "batchnorm":
+        assert type(layer) is getattr(nn, f"BatchNorm{max(d, 1)}d"), what
+        assert layer.num_features == shape[0] and layer.eps == op.eps and layer.affine, what
+    elif op.kind in ("maxpool", "avgpool"):
+        return (shape[0], *(n // op.kernel for n in shape[1:]))
+    elif op.kind == "upsample":
+        return (shape[0], *(2 * n for n in shape[1:]))
+    elif op.kind == "global_avg_pool":
+        return shape[:1]
+    elif op.kind == "flatten":
+        return (math.prod(shape),)
+    elif op.kind == "reshape":
+        return op.shape
+    return shape
+
+
 def check_layers(model: nn.Module, spec: Spec) -> None:
-    """One attribute per edge with layers; its layers are built for the sizes they meet."""
-    sizes = spec.size
+    """One attribute per edge with layers; its layers are built for the shapes they meet."""
+    shapes = spec.shape
     with_layers = {e.layer_attr for e in spec.edges if any(op.has_layer for op in e.ops)}
     assert {name for name, _ in model.named_children()} == with_layers
     for edge in spec.edges:
@@ -232,34 +362,30 @@ def check_layers(model: nn.Module, spec: Spec) -> None:
             assert not isinstance(getattr(model, edge.layer_attr, None), nn.Module), edge.name
             continue
         layers = iter(edge_layers(model, edge))
-        size = sum(sizes[r] for r in edge.reads)
-        out_size = sum(sizes[w] for w in edge.writes)
+        shape = entering(spec, edge)
+        first = shapes[edge.writes[0]]
+        out_shape = (sum(shapes[w][0] for w in edge.writes), *first[1:])
         for op in edge.ops:
-            if op.kind == "linear":
-                layer = next(layers)
-                assert type(layer) is nn.Linear, (edge.name, layer)
-                assert layer.in_features == size, (edge.name, layer)
-                size = op.out if op.out is not None else out_size
-                assert layer.out_features == size, (edge.name, layer)
-                assert (layer.bias is not None) == op.bias, (edge.name, layer)
-            elif op.kind == "layernorm":
-                layer = next(layers)
-                assert type(layer) is nn.LayerNorm, (edge.name, layer)
-                assert tuple(layer.normalized_shape) == (size,), (edge.name, layer)
-                assert layer.eps == op.eps and layer.elementwise_affine == op.affine, edge.name
-        assert size == out_size, edge.name
+            layer = next(layers) if op.has_layer else None
+            shape = check_op(op, layer, shape, out_shape, edge.name)
+        assert shape == out_shape, edge.name
 
 
 def randomize(model: nn.Module, gen: torch.Generator) -> None:
-    """Weights far from the initialisation (LayerNorm scales and shifts too)."""
+    """Weights far from the initialisation (norm scales and shifts, running statistics too)."""
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(0.7 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.5 * torch.randn(b.shape, generator=gen, dtype=b.dtype))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=gen, dtype=b.dtype))
 
 
 def check_against_definition(cls, spec: Spec, seed: int, batch: int, given: list[str]) -> None:
     """Every property of the machine equation, for one machine and one x0 support."""
-    assert list(cls.SPACES.items()) == [(s.name, (s.size,)) for s in spec.spaces]
+    assert list(cls.SPACES.items()) == [(s.name, s.shape) for s in spec.spaces]
     assert tuple(cls.INPUTS) == spec.inputs
     assert tuple(cls.OUTPUTS) == spec.outputs
     gen = torch.Generator().manual_seed(seed)
@@ -269,7 +395,7 @@ def check_against_definition(cls, spec: Spec, seed: int, batch: int, given: list
     names = [s.name for s in spec.spaces]
 
     def rand(name: str) -> torch.Tensor:
-        return torch.randn(batch, spec.size[name], generator=gen, dtype=torch.float64)
+        return torch.randn(batch, *spec.shape[name], generator=gen, dtype=torch.float64)
 
     # f is the sum of the edges: on a complete state, and on a partial one (missing: zero).
     state = {name: rand(name) for name in names}
@@ -507,12 +633,12 @@ def random_machines(draw, machine: str = "M") -> Spec:
 
 
 @st.composite
-def cases(draw):
+def cases(draw, machines=random_machines):
     """Machines of one source (now and then a second one, named like the first one's
     output tuple), the spaces x0 is given on for each, a seed and a batch size."""
-    specs = [draw(random_machines())]
+    specs = [draw(machines())]
     if draw(st.integers(0, 3)) == 3:
-        specs.append(draw(random_machines(draw(st.sampled_from(["N", "MOutput"])))))
+        specs.append(draw(machines(draw(st.sampled_from(["N", "MOutput"])))))
         event("two machines in one source")
     supports = []
     for spec in specs:
@@ -533,6 +659,11 @@ def cases(draw):
 )
 @given(case=cases())
 def test_random_machines_follow_the_machine_equation(case) -> None:
+    check_case(case)
+
+
+def check_case(case) -> None:
+    """Compile the drawn machines as one source and check each against the definition."""
     specs, supports, seed, batch = case
     source = "\n".join(spec.render() for spec in specs)
     note(source)
@@ -565,6 +696,320 @@ def test_the_strategy_renders_what_it_draws() -> None:
     ]
     assert spec.depth() == 2
     check_against_definition(load_classes(spec.render(), "fixed.mach")["M"], spec, 0, 2, ["x"])
+
+
+# --- random machines over signals and images ----------------------------------------------
+
+MAX_SIDE = 16  # no spatial axis grows beyond this (upsampling doubles)
+
+# Kinds of edges, by what they do to the spatial axes of what they read (all read spaces
+# share those axes). "same", "down_pool" (maxpool/avgpool 2), "down_conv" (stride 2),
+# "up" (upsample 2): spatial to spatial; "global" (global_avg_pool), "flatten",
+# "conv_flatten" (conv | flatten): spatial to vector; "dense": vector to vector;
+# "reshape": vector to spatial. add / mul are drawn as variants of "same" and "dense".
+SPATIAL_KINDS = ("same", "down_pool", "down_conv", "up", "global", "flatten", "conv_flatten")
+VECTOR_KINDS = ("dense", "reshape")
+
+
+def kinds_from(shape: tuple[int, ...]) -> list[str]:
+    """The kinds of edges that can read spaces of this shape."""
+    if len(shape) == 1:
+        return list(VECTOR_KINDS)
+    kinds = ["same", "down_conv", "global", "flatten", "conv_flatten"]
+    if min(shape[1:]) >= 2:
+        kinds.append("down_pool")
+    if 2 * max(shape[1:]) <= MAX_SIDE:
+        kinds.append("up")
+    return kinds
+
+
+def kinds_between(a: tuple[int, ...], b: tuple[int, ...]) -> list[str]:
+    """The kinds of edges that read spaces of shape a and write spaces of shape b."""
+    sa, sb = a[1:], b[1:]
+    if not sa:
+        return ["dense"] if not sb else ["reshape"]
+    if not sb:
+        kinds = ["global", "flatten"]
+        return kinds + (["conv_flatten"] if b[0] % math.prod(sa) == 0 else [])
+    if len(sa) != len(sb):
+        return []
+    kinds = []
+    if sb == sa:
+        kinds.append("same")
+    if min(sa) >= 2 and sb == tuple(n // 2 for n in sa):
+        kinds.append("down_pool")
+    if sb == tuple((n - 1) // 2 + 1 for n in sa):
+        kinds.append("down_conv")
+    if sb == tuple(2 * n for n in sa):
+        kinds.append("up")
+    return kinds
+
+
+@st.composite
+def free_shapes(draw) -> tuple[int, ...]:
+    """The shape of a space nothing has to write: an image, a signal or a vector."""
+    channels = draw(st.integers(1, 4))
+    rank = draw(st.sampled_from([2, 2, 2, 1, 1, 0]))
+    return (channels, *draw(st.lists(st.integers(4, 8), min_size=rank, max_size=rank)))
+
+
+@st.composite
+def made_shapes(draw, kind: str, a: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of a space written by an edge of this kind from spaces of shape a."""
+    c = draw(st.integers(1, 4))
+    sa = a[1:]
+    if kind == "same":
+        return (c, *sa)
+    if kind == "down_pool":
+        return (c, *(n // 2 for n in sa))
+    if kind == "down_conv":
+        return (c, *((n - 1) // 2 + 1 for n in sa))
+    if kind == "up":
+        return (c, *(2 * n for n in sa))
+    if kind == "conv_flatten":
+        return (draw(st.integers(1, 2)) * math.prod(sa),)
+    if kind == "reshape":
+        rank = draw(st.integers(1, 2))
+        return (c, *draw(st.lists(st.integers(2, 6), min_size=rank, max_size=rank)))
+    if kind == "global" and draw(st.booleans()):  # a [C] vector for add / mul to broadcast
+        return a[:1]
+    return (draw(st.integers(1, 6)),)  # global, flatten, dense
+
+
+ACTIVATION_OPS = (
+    Op("relu", "relu"),
+    Op("tanh", "tanh"),
+    Op("sigmoid", "sigmoid"),
+    Op("gelu", "gelu"),
+    Op("silu", "silu"),
+    Op("softplus", "softplus"),
+    Op("leaky_relu", "leaky_relu(0.2)", arg=0.2),
+    Op("elu", "elu(alpha=0.5)", arg=0.5),
+)
+
+
+def conv(k: int, padding: int | str = 0, stride: int = 1, out=None, bias=True, say_out=True):
+    """conv(k, ...); ``out`` is the oracle's channel count, written only if ``say_out``."""
+    args = [str(k)]
+    args += [f"stride={stride}"] if stride != 1 else []
+    args += ['padding="same"'] if padding == "same" else [f"padding={padding}"] if padding else []
+    args += [] if bias else ["bias=false"]
+    args += [f"out={out}"] if out is not None and say_out else []
+    text = f"conv({', '.join(args)})"
+    return Op("conv", text, out=out, bias=bias, kernel=k, stride=stride, padding=padding)
+
+
+def linear(out=None, bias=True, say_out=True) -> Op:
+    args = [f"out={out}"] if out is not None and say_out else []
+    args += [] if bias else ["bias=false"]
+    return Op("linear", f"linear({', '.join(args)})" if args else "linear", out=out, bias=bias)
+
+
+def groupnorm(groups: int) -> Op:
+    return Op("groupnorm", f"groupnorm({groups})", groups=groups)
+
+
+BATCHNORM = Op("batchnorm", "batchnorm")
+BATCHNORM_EPS = Op("batchnorm", "batchnorm(eps=0.001)", eps=0.001)
+
+
+@st.composite
+def tensor_pipelines(draw, kind: str, n_in: int, n_out: int, a: tuple[int, ...]) -> tuple:
+    """A pipeline of this kind from n_in channels with spatial axes a[1:] to n_out channels."""
+    act = draw(st.sampled_from(ACTIVATION_OPS))
+    m = draw(st.integers(1, 4))  # inner channels
+    k3 = conv(3, draw(st.sampled_from(["same", 1])))
+    k1 = conv(1, draw(st.sampled_from(["same", 0])), bias=draw(st.booleans()))
+    equal = n_in == n_out
+    if kind == "same":
+        g = draw(st.sampled_from([g for g in (1, 2, 4) if m % g == 0]))
+        choices = [
+            (k3,),
+            (k1, act),
+            (linear(), act),
+            (conv(3, "same", out=m), groupnorm(g), act, conv(1)),
+            (BATCHNORM, act, k3),
+            (conv(1, bias=False, out=m), BATCHNORM_EPS, Op("relu", "relu"), linear()),
+        ]
+        if equal:
+            groups = draw(st.sampled_from([g for g in (1, 2, 4) if n_in % g == 0]))
+            choices += [
+                (act,),
+                (Op("identity", "identity"),),
+                (groupnorm(groups), act),
+                (BATCHNORM,),
+                (Op("layernorm", "layernorm"), act),
+            ]
+    elif kind == "down_pool":
+        pool = draw(
+            st.sampled_from(
+                [
+                    Op("maxpool", "maxpool(2)", kernel=2),
+                    Op("avgpool", "avgpool(kernel=2)", kernel=2),
+                ]
+            )
+        )
+        choices = [(pool, conv(1)), (conv(3, "same", out=m), act, pool, linear())]
+        choices += [(pool,), (act, pool)] if equal else []
+    elif kind == "down_conv":
+        choices = [(conv(3, 1, stride=2),), (conv(3, 1, stride=2, bias=False), act)]
+        choices += [(act, conv(1, stride=2))]
+    elif kind == "up":
+        up = draw(
+            st.sampled_from([Op("upsample", "upsample(2)"), Op("upsample", "upsample(scale=2)")])
+        )
+        choices = [(up, k3), (conv(1, say_out=False), act, up)]
+        choices += [(up,), (up, act)] if equal else []
+    elif kind == "global":
+        gap = Op("global_avg_pool", "global_avg_pool")
+        choices = [(gap, linear()), (conv(1, out=m), Op("relu", "relu"), gap, linear())]
+        choices += [(gap,), (gap, act)] if equal else []
+    elif kind == "flatten":
+        flat = Op("flatten", "flatten")
+        choices = [(flat, linear()), (act, flat, linear(out=m), Op("relu", "relu"), linear())]
+    elif kind == "conv_flatten":
+        flat = Op("flatten", "flatten")
+        c = n_out // math.prod(a[1:])
+        say = draw(st.booleans())
+        choices = [(conv(3, "same", out=c, say_out=say), flat)]
+        choices += [(conv(1, out=c, say_out=say), act, flat)]
+    elif kind == "reshape":
+        shape = (n_out, *a[1:])
+        size = math.prod(shape)
+        reshape = Op("reshape", f"reshape([{', '.join(map(str, shape))}])", shape=shape)
+        choices = [(linear(out=size), reshape), (act, linear(out=size), reshape, act)]
+    else:  # dense
+        choices = pipelines(n_in, n_out, m)
+    return draw(st.sampled_from(choices))
+
+
+def render_shape(shape: tuple[int, ...], bracket: bool) -> str:
+    if len(shape) == 1 and not bracket:
+        return str(shape[0])
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+@st.composite
+def tensor_machines(draw, machine: str = "M") -> Spec:
+    """Random acyclic machines over images, signals and vectors (see the kinds above)."""
+    n = draw(st.integers(3, 8))
+    names = draw(
+        st.lists(
+            st.sampled_from(SHARED_NAMES + SPACE_ONLY_NAMES), min_size=n, max_size=n, unique=True
+        )
+    )
+    # `names` is the topological order, as in random_machines.
+    role = st.integers(0, 9).map(lambda k: "input" if k < 3 else "space" if k < 8 else "output")
+    roles = ["input"] + draw(st.lists(role, min_size=n - 1, max_size=n - 1))
+    roles[draw(st.integers(1, n - 1))] = "output"
+    # Shapes: a space that must be written is made by some kind of edge from an earlier one.
+    shapes: list[tuple[int, ...]] = []
+    for j in range(n):
+        if j == 0 or (roles[j] == "input" and draw(st.booleans())):
+            shapes.append(draw(free_shapes()))
+            continue
+        gated = [a for a in shapes if len(a) > 1 and a[:1] in shapes]
+        if gated and draw(st.integers(0, 2)) == 0:  # room for a [C] vector to gate a [C, *S]
+            shapes.append(draw(made_shapes("same", draw(st.sampled_from(gated)))))
+            continue
+        # Often the space just before: chains make deep machines.
+        source = shapes[j - 1 if draw(st.integers(0, 3)) else draw(st.integers(0, j - 1))]
+        shapes.append(draw(made_shapes(draw(st.sampled_from(kinds_from(source))), source)))
+
+    must = [j for j in range(1, n) if roles[j] != "input"]
+    more = draw(st.lists(st.integers(1, n - 1), max_size=3))
+    edge_names = [name for name in draw(st.permutations(SHARED_NAMES)) if name not in names]
+    edges = []
+    for target in must + more:
+        options = [
+            (p, kind) for p in range(target) for kind in kinds_between(shapes[p], shapes[target])
+        ]
+        if not options:
+            continue  # an extra edge into a space nothing earlier can make
+
+        def vectors(p: int, target=target) -> list[int]:  # [C] vectors to broadcast over p
+            a = shapes[p]
+            return [q for q in range(target) if len(a) > 1 and shapes[q] == a[:1]]
+
+        gates = [(p, kind) for p, kind in options if kind == "same" and vectors(p)]
+        gate = bool(gates) and draw(st.integers(0, 2)) == 0
+        if gate:  # a gate or a bias: add / mul with a [C] vector broadcast over an image
+            options = gates
+        elif draw(st.integers(0, 3)):  # chains make deep machines
+            options = [option for option in options if option[0] == options[-1][0]]
+        p, kind = draw(st.sampled_from(options))
+        a = shapes[p]
+        combiner = None
+        if gate or (kind in ("same", "dense") and draw(st.integers(0, 3)) == 0):
+            combiner = draw(st.sampled_from(["add", "mul"]))
+            like = [q for q in range(target) if shapes[q] == a]
+            reads = [p] + draw(st.lists(st.sampled_from(like), max_size=2))
+            if gate:
+                reads += draw(st.lists(st.sampled_from(vectors(p)), min_size=1, max_size=2))
+            elif len(reads) == 1:
+                reads.append(draw(st.sampled_from(like)))
+            reads = draw(st.permutations(reads))
+            if any(len(shapes[q]) < len(a) for q in reads):
+                event(f"{combiner} broadcasts a vector")
+            n_in = a[0]
+        else:
+            like = [q for q in range(target) if q != p and shapes[q][1:] == a[1:]]
+            reads = [p]
+            if like:
+                reads += draw(st.lists(st.sampled_from(like), max_size=2, unique=True))
+            if draw(st.integers(0, 11)) == 11:
+                reads.append(draw(st.sampled_from(reads)))
+                event("a space read twice")
+            reads = draw(st.permutations(reads))
+            n_in = sum(shapes[q][0] for q in reads)
+        later = [
+            j
+            for j in range(max(reads) + 1, n)
+            if j != target and shapes[j][1:] == shapes[target][1:]
+        ]
+        writes = [target]
+        if later:
+            writes += draw(st.lists(st.sampled_from(later), max_size=2, unique=True))
+        writes = draw(st.permutations(writes))
+        n_out = sum(shapes[j][0] for j in writes)
+        if kind == "conv_flatten" and n_out % math.prod(a[1:]):
+            kind = "flatten"
+        ops = draw(tensor_pipelines(kind, n_in, n_out, a if kind != "reshape" else shapes[target]))
+        if combiner:
+            ops = (Op(combiner, combiner), *ops)
+        event(f"edge kind {combiner or kind}")
+        edges.append(
+            Edge(
+                name=edge_names[len(edges)],
+                reads=tuple(names[q] for q in reads),
+                writes=tuple(names[j] for j in writes),
+                ops=ops,
+                product=draw(st.sampled_from(["×", "*"])),
+            )
+        )
+    edges = draw(st.permutations(edges))
+    if any(len(e.writes) > 1 for e in edges):
+        event("an edge writes several spaces")
+    if len({w for e in edges for w in e.writes}) < sum(len(e.writes) for e in edges):
+        event("several edges write one space")
+    declared = draw(st.permutations(range(n)))
+    declarations = tuple(
+        f"{roles[j]:<6} {names[j]} : {render_shape(shapes[j], draw(st.booleans()))}"
+        for j in declared
+    )
+    spaces = tuple(Space(names[j], shapes[j], roles[j]) for j in declared)
+    return Spec(name=machine, spaces=spaces, edges=tuple(edges), declarations=declarations)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(case=cases(tensor_machines))
+def test_random_tensor_machines_follow_the_machine_equation(case) -> None:
+    check_case(case)
 
 
 # --- the bundled examples, with hand-written specs ---------------------------------------
@@ -647,12 +1092,62 @@ def _autoencoder() -> Spec:
     return Spec("AutoEncoder", spaces, edges)
 
 
+def _conv(blocks: int = 4, c: int = 8) -> Spec:
+    h = [f"h[{i}]" for i in range(1, blocks + 1)]
+    spaces = (
+        Space("img", (1, 28, 28), "input"),
+        *(Space(name, (c, 28, 28), "space") for name in h),
+        Space("logits", 10, "output"),
+    )
+    block = (conv(3, 1), RELU)
+    edges = tuple(
+        Edge(f"g[{i}]", ("img", *h[: i - 1]), (h[i - 1],), block, attr=f"g_{i}")
+        for i in range(1, blocks + 1)
+    ) + (Edge("head", (h[-1],), ("logits",), (Op("global_avg_pool"), LINEAR)),)
+    return Spec("ConvMachine", spaces, edges)
+
+
+def _unet() -> Spec:
+    shapes = {
+        "x": (3, 32, 32),
+        "e1": (16, 32, 32),
+        "e2": (32, 16, 16),
+        "mid": (32, 16, 16),
+        "up": (16, 32, 32),
+        "y": (1, 32, 32),
+    }
+    roles = {"x": "input", "y": "output"}
+    spaces = tuple(Space(n, s, roles.get(n, "space")) for n, s in shapes.items())
+    edges = (
+        Edge("enc1", ("x",), ("e1",), (conv(3, 1), BATCHNORM, RELU)),
+        Edge("enc2", ("e1",), ("e2",), (Op("maxpool", kernel=2), conv(3, 1), RELU)),
+        Edge("bott", ("e2",), ("mid",), (conv(3, 1), RELU)),
+        Edge("dec", ("mid",), ("up",), (Op("upsample"), conv(3, 1), RELU)),
+        Edge("head", ("up", "e1"), ("y",), (conv(1),)),
+    )
+    return Spec("TinyUNet", spaces, edges)
+
+
+def _gated() -> Spec:
+    roles = {"x": "input", "y": "output"}
+    spaces = tuple(Space(n, 8, roles.get(n, "space")) for n in ("x", "a", "b", "y"))
+    edges = (
+        Edge("fa", ("x",), ("a",), (LINEAR, Op("sigmoid"))),
+        Edge("fb", ("x",), ("b",), (LINEAR, TANH)),
+        Edge("gate", ("a", "b"), ("y",), (Op("mul"),)),
+    )
+    return Spec("Gated", spaces, edges)
+
+
 EXAMPLE_SPECS = {
     "hypergraph.mach": _hypergraph,
     "dense.mach": _dense,
     "digits.mach": _digits,
     "residual.mach": _residual,
     "autoencoder.mach": _autoencoder,
+    "conv.mach": _conv,
+    "unet.mach": _unet,
+    "gated.mach": _gated,
 }
 
 
@@ -685,4 +1180,7 @@ def test_example_depths() -> None:
         "digits.mach": 4,
         "residual.mach": 3,
         "autoencoder.mach": 4,
+        "conv.mach": 5,
+        "unet.mach": 5,
+        "gated.mach": 2,
     }
