@@ -27,6 +27,7 @@ back by position. The canonical layout (documented in docs/cli.md):
 from __future__ import annotations
 
 import bisect
+import json
 from dataclasses import dataclass, field
 
 from lark import Token
@@ -103,7 +104,8 @@ class _Expressions:
         return self.range(index) if isinstance(index, s.Range) else self.expr(index, True)
 
     def ref(self, ref: s.SpaceRef) -> str:
-        return ref.name if ref.index is None else f"{ref.name}[{self.index(ref.index)}]"
+        text = ref.name if ref.index is None else f"{ref.name}[{self.index(ref.index)}]"
+        return text if ref.time is None else f"{text}[{self.expr(ref.time, True)}]"
 
     def op(self, op: s.OpCall) -> str:
         if not op.args:
@@ -182,7 +184,14 @@ class _Printer:
     def file(self, tree: s.SourceFile) -> str:
         blocks: list[list[_Group]] = []
         top: list[_Group] = []
-        for machine in tree.machines:
+        items = sorted((*tree.imports, *tree.machines), key=lambda item: _start(item.span))
+        for machine in items:
+            if isinstance(machine, s.ImportDecl):
+                group = self._add("import", machine, 0, _start(machine.span))
+                target = machine.module or json.dumps(machine.path, ensure_ascii=False)
+                group.lines, group.line_starts = [f"import {target}"], [group.start]
+                top.append(group)
+                continue
             header = self._add("machine", machine, 0, _start(machine.span))
             top.append(header)
             body = self._items(machine.body, 1, blocks)
@@ -192,8 +201,9 @@ class _Printer:
             )
             header.node = (machine, body, close)
         self._place_comments()
-        for machine_header in top[1:]:
-            machine_header.forced = True
+        for previous, group in zip(top, top[1:], strict=False):
+            # a blank line between machines, and between the imports and a machine
+            group.forced = group.kind == "machine" or previous.kind == "machine"
         for body in blocks:
             self._layout_block(body)
         for group in self.groups:
@@ -349,7 +359,8 @@ class _Printer:
 
     def _machine_header(self, machine: s.MachineDecl) -> str:
         params = ", ".join(self.exprs.param(p) for p in machine.params)
-        return f"machine {machine.name}" + (f"({params})" if params else "") + " {"
+        over = f" over {machine.time}" if machine.time else ""
+        return f"machine {machine.name}" + (f"({params})" if params else "") + over + " {"
 
     # --- phase 4: the text ---
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import ir
-from .lower import _op_text, edge_text, format_params
+from .lower import edge_text, format_params, op_text, pipeline_text
 from .ops import format_shape
 
 FORMATS = ("svg", "png", "pdf", "dot")  # what `machc graph -o` writes, by file extension
@@ -127,7 +127,9 @@ def _space_attrs(space: ir.Space) -> str:
 
 
 def _edge_attrs(edge: ir.Edge) -> str:
-    pipeline = "<br/>".join(_html(row) for row in _wrap([_op_text(op) for op in edge.ops]))
+    parts = [op_text(op) for op in edge.ops] if edge.ops and not edge.shares else []
+    parts = parts or [pipeline_text(edge)]  # a machine used as an edge, or shared(edge)
+    pipeline = "<br/>".join(_html(row) for row in _wrap(parts))
     label = f'<<b>{_html(edge.name)}</b><br/><font point-size="10">{pipeline}</font>>'
     return f"label={label} {EDGE_BOX} tooltip={_quoted(edge_text(edge))}"
 

@@ -45,6 +45,10 @@ class MachLexer(RegexLexer):
                 r"(input|space|output)(\s+)(" + NAME + ")",
                 bygroups(Keyword.Declaration, Whitespace, Name.Variable),
             ),
+            (
+                r"(import)(\s+)(" + NAME + r"(?:\." + NAME + r")*)",
+                bygroups(Keyword.Namespace, Whitespace, Name.Namespace),
+            ),
             (words(("for", "in", "over", "import"), suffix=r"\b"), Keyword),
             # An edge declaration: `name :` or `name[i] :` (spaces were taken above).
             (r"(" + NAME + r")(?=\s*(\[[^\]\n]*\])?\s*:)", Name.Function),

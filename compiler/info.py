@@ -10,11 +10,10 @@ lower bound.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 
 from . import ir
-from .lower import _op_text, format_params  # the op text of edge_text(), reused
+from .lower import format_params, pipeline_text, port_text, source_label
 from .ops import OPS, format_shape
 
 # Cells longer than these wrap onto continuation lines, at a `×` or `|`.
@@ -44,6 +43,8 @@ class EdgeInfo:
 @dataclass(frozen=True)
 class MachineInfo:
     name: str
+    key: str  # the generated class
+    time: str | None  # the time index of a machine over time
     params: dict[str, ir.Value]
     file: str
     line: int
@@ -59,17 +60,22 @@ class MachineInfo:
         return asdict(self)
 
 
-def machine_info(checked: ir.CheckedMachine, file: str) -> MachineInfo:
-    """The report of one checked machine."""
+def machine_info(
+    checked: ir.CheckedMachine, file: str, used: dict[str, MachineInfo] | None = None
+) -> MachineInfo:
+    """The report of one checked machine; ``used``: the reports of the machines it uses."""
     machine, structure = checked.machine, checked.structure
     level_of = {name: k for k, level in enumerate(structure.levels, 1) for name in level}
     edges = [
-        _edge_info(edge, structure.shapes[edge.name], level_of[edge.name]) for edge in machine.edges
+        _edge_info(machine, edge, structure.shapes[edge.name], level_of[edge.name], used or {})
+        for edge in machine.edges
     ]
     return MachineInfo(
         name=machine.name,
+        key=machine.key or machine.name,
+        time=machine.time,
         params=dict(machine.params),
-        file=file,
+        file=source_label(machine.span.file),
         line=machine.span.line,
         spaces=[
             SpaceInfo(s.name, s.role.value, list(s.shape), structure.depth[s.name])
@@ -84,9 +90,15 @@ def machine_info(checked: ir.CheckedMachine, file: str) -> MachineInfo:
     )
 
 
-def _edge_info(edge: ir.Edge, shapes: tuple[ir.Shape, ...], level: int) -> EdgeInfo:
+def _edge_info(
+    machine: ir.Machine, edge: ir.Edge, shapes, level: int, used: dict[str, MachineInfo]
+) -> EdgeInfo:
     params: int | None = 0
     macs: int | None = 0
+    if edge.machine is not None:  # the sub-machine's totals (its parameters once, if shared)
+        sub = used[edge.machine]
+        params = sub.total_params if sub.exact else None
+        macs = sub.total_macs if sub.exact else None
     for i, op in enumerate(edge.ops):
         spec = OPS[op.kind]
         if spec.extra_args:  # a constructor machc does not know
@@ -94,19 +106,25 @@ def _edge_info(edge: ir.Edge, shapes: tuple[ir.Shape, ...], level: int) -> EdgeI
         if params is not None and macs is not None:
             params += spec.params(op.args, shapes[i], shapes[i + 1])
             macs += spec.macs(op.args, shapes[i], shapes[i + 1])
+    if edge.shares is not None and params is not None:
+        params = 0  # the parameters are counted at the edge they belong to
     return EdgeInfo(
         name=edge.name,
         level=level,
-        inputs=[port.space for port in edge.inputs],
+        inputs=[port_text(port, machine.time) for port in edge.inputs],
         outputs=[port.space for port in edge.outputs],
-        pipeline=" | ".join(_op_text(op) for op in edge.ops),
+        pipeline=pipeline_text(edge, used),
         params=params,
         macs=macs,
     )
 
 
 def program_info(program: ir.CheckedProgram) -> list[MachineInfo]:
-    return [machine_info(checked, program.file) for checked in program.machines]
+    """The reports of every machine, the machines used as edges first."""
+    reports: dict[str, MachineInfo] = {}
+    for checked in program.machines:
+        reports[checked.machine.key] = machine_info(checked, program.file, reports)
+    return list(reports.values())
 
 
 # --- text ----------------------------------------------------------------------
@@ -124,7 +142,8 @@ def _number(n: int | None) -> str:
 def _describe_machine(info: MachineInfo) -> str:
     params = format_params(info.params)
     title = f"machine {info.name}" + (f"({params})" if params else "")
-    lines = [f"{title}  {os.path.basename(info.file)}:{info.line}", ""]
+    title += f" over {info.time}" if info.time else ""
+    lines = [f"{title}  {info.file}:{info.line}", ""]
     lines.append("  spaces")
     lines += _table(
         ["name", "role", "shape", "depth"],

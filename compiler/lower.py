@@ -26,7 +26,8 @@ from .names import MODULE_ATTRIBUTES, MODULE_NAMES, Namespace
 from .ops import OPS, REQUIRED, Site
 
 CHANNEL_DIM = 1  # tensors are [batch, channels, *spatial]
-METHOD_LOCALS = frozenset({"self", "state", "x0"})
+# Locals generated code uses, and names linters flag as ambiguous (E741: l, O, I).
+METHOD_LOCALS = frozenset({"self", "state", "x0", "l", "O", "I"})
 TIME_LOCALS = frozenset({"batch", "steps", "return_state"})  # and the loop index
 PIPELINE_WIDTH = 48  # a pipeline expression longer than this continues in a new statement
 
@@ -162,7 +163,7 @@ def format_params(params: dict[str, ir.Value]) -> str:
     return ", ".join(f"{k}={ir.format_value(v)}" for k, v in params.items())
 
 
-def _op_text(op: ir.Op) -> str:
+def op_text(op: ir.Op) -> str:
     """The op as .mach source: leading required arguments by position, others by name."""
     spec = OPS[op.kind]
     leading = 0
@@ -197,13 +198,16 @@ def edge_text(
     """The edge as .mach source, with arrays and loops expanded."""
     ins = " × ".join(port_text(p, time) for p in edge.inputs)
     outs = " × ".join(p.space for p in edge.outputs)
+    return f"{edge.name} : {ins} -> {outs} = {pipeline_text(edge, machines)}"
+
+
+def pipeline_text(edge: ir.Edge, machines: dict | None = None) -> str:
+    """What an edge applies, as .mach source: ``linear | relu``, ``ResBlock(w=32)``."""
     if edge.shares is not None:
-        pipeline = f"shared({edge.shares})"
-    elif edge.machine is not None:
-        pipeline = machine_call(machines[edge.machine]) if machines else edge.machine
-    else:
-        pipeline = " | ".join(_op_text(op) for op in edge.ops)
-    return f"{edge.name} : {ins} -> {outs} = {pipeline}"
+        return f"shared({edge.shares})"
+    if edge.machine is not None:
+        return machine_call(machines[edge.machine]) if machines else edge.machine
+    return " | ".join(op_text(op) for op in edge.ops)
 
 
 @dataclass

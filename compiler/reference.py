@@ -65,6 +65,7 @@ EXAMPLES: dict[str, tuple[str, str, str]] = {
     "identity": ("8", "identity", "8"),
     "add": ("[8, 4, 4] × 8", "add", "[8, 4, 4]"),
     "mul": ("[8, 4, 4] × [8, 4, 4]", "mul", "[8, 4, 4]"),
+    "scale": ("8", "scale(-1)", "8"),
     "elu": ("8", "elu(2)", "8"),
     "leaky_relu": ("8", "leaky_relu(0.2)", "8"),
     "batchnorm": ("[16, 8, 8]", "batchnorm", "[16, 8, 8]"),

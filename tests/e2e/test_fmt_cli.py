@@ -118,10 +118,10 @@ def test_info_prints_tables_and_json() -> None:
 def test_info_parameter_count_is_the_modules(example: Path) -> None:
     checked = check_source(example.read_text(encoding="utf-8"), str(example))
     module = machc.load(example)
-    for info in program_info(checked.program):
-        model = getattr(module, info.name)()
+    infos = program_info(checked.program)
+    assert len(infos) == len(checked.program.machines)
+    for info, machine in zip(infos, checked.program.machines, strict=True):
+        model = getattr(module, machine.machine.key)()
         assert info.exact
         assert info.total_params == sum(p.numel() for p in model.parameters())
-        assert [e.name for e in info.edges] == [
-            e.name for e in checked.program.machines[0].machine.edges
-        ]
+        assert [e.name for e in info.edges] == [e.name for e in machine.machine.edges]

@@ -60,10 +60,13 @@ def tree(text: str) -> object:
     return strip(parse(text, "x.mach"))
 
 
-def meaning(text: str) -> object:
-    """The checked IR without spans, or the diagnostics without places."""
+def meaning(text: str, name: str = "x.mach") -> object:
+    """The checked IR without spans, or the diagnostics without places.
+
+    ``name`` places the text, so that its imports are found.
+    """
     try:
-        checked = check_source(text, "x.mach")
+        checked = check_source(text, name)
     except CompileError as exc:
         return [(d.severity, d.code, d.message) for d in exc.diagnostics]
 
@@ -82,11 +85,11 @@ def comments(text: str) -> list[str]:
     return [str(t).rstrip() for t in _parser().lex(text, dont_ignore=True) if t.type == "COMMENT"]
 
 
-def assert_formats_safely(text: str) -> str:
-    formatted = format_source(text, "x.mach")
-    assert format_source(formatted, "x.mach") == formatted, "not idempotent"
+def assert_formats_safely(text: str, name: str = "x.mach") -> str:
+    formatted = format_source(text, name)
+    assert format_source(formatted, name) == formatted, "not idempotent"
     assert tree(formatted) == tree(text)
-    assert meaning(formatted) == meaning(text)
+    assert meaning(formatted, name) == meaning(text, name)
     assert comments(formatted) == comments(text)
     assert "\n\n\n" not in formatted
     assert formatted == "" or (formatted.endswith("\n") and not formatted.endswith("\n\n"))
@@ -96,7 +99,7 @@ def assert_formats_safely(text: str) -> str:
 
 @pytest.mark.parametrize("path", PARSEABLE, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_parseable_file_formats_safely(path: Path) -> None:
-    assert_formats_safely(path.read_text(encoding="utf-8"))
+    assert_formats_safely(path.read_text(encoding="utf-8"), str(path))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -104,7 +107,8 @@ def test_generated_code_is_the_same_but_for_line_numbers(path: Path) -> None:
     from machc.driver import compile_source
 
     def code(text: str) -> str:
-        return re.sub(r"x\.mach:\d+", "x.mach:LINE", compile_source(text, "x.mach"))
+        name = str(path.parent / "x.mach")  # beside the example, so that its imports are found
+        return re.sub(r"x\.mach:\d+", "x.mach:LINE", compile_source(text, name))
 
     text = path.read_text(encoding="utf-8")
     assert code(format_source(text)) == code(text)

@@ -135,7 +135,7 @@ def test_every_error_of_a_file_is_reported() -> None:
 
 def test_ir_round_trips_through_json() -> None:
     for path in EXAMPLES:
-        program = check_source(path.read_text(), path.name).program
+        program = check_source(path.read_text(), str(path)).program
         text = program.model_dump_json()
         assert ir.CheckedProgram.model_validate_json(text) == program
         json.loads(text)

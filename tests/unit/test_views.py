@@ -55,20 +55,18 @@ def test_one_machine_is_drawn_alone_several_in_clusters() -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_ranks_follow_depths_and_levels(example: Path) -> None:
-    checked = check_file(example).program.machines[0]
-    machine, structure = checked.machine, checked.structure
-    dot = to_dot(check_file(example).program)
-    space_id = {f"m0_s{i}": s.name for i, s in enumerate(machine.spaces)}
-    edge_id = {f"m0_e{i}": e.name for i, e in enumerate(machine.edges)}
-    level = {name: k for k, names in enumerate(structure.levels, 1) for name in names}
+    program = check_file(example).program
+    dot = to_dot(program)
+    column: dict[str, int] = {}  # node id -> its column: 2·depth for spaces, 2·level-1 for edges
+    for m, checked in enumerate(program.machines):
+        structure = checked.structure
+        level = {name: k for k, names in enumerate(structure.levels, 1) for name in names}
+        for i, space in enumerate(checked.machine.spaces):
+            column[f"m{m}_s{i}"] = 2 * structure.depth[space.name]
+        for i, edge in enumerate(checked.machine.edges):
+            column[f"m{m}_e{i}"] = 2 * level[edge.name] - 1
     for group in re.findall(r"\{ rank=same; ([^}]*) \}", dot):
-        columns = set()
-        for node in group.split():
-            if node in space_id:
-                columns.add(2 * structure.depth[space_id[node]])
-            else:
-                columns.add(2 * level[edge_id[node]] - 1)
-        assert len(columns) == 1, group
+        assert len({column[node] for node in group.split()}) == 1, group
 
 
 def test_dot_is_deterministic() -> None:

@@ -1069,7 +1069,7 @@ class SequenceNet(nn.Module):
     Tensors are [batch, time, *shape].
     """
 
-    SPACES: dict[str, tuple[int, ...]] = {"x": (4,), "e": (4,), "l": (8,), "g": (8,), "y": (8,)}
+    SPACES: dict[str, tuple[int, ...]] = {"x": (4,), "e": (4,), "m": (8,), "g": (8,), "y": (8,)}
     DELAYS: dict[str, int] = {}
     STATEFUL_EDGES: tuple[str, ...] = ("elman", "lstm", "gru", "tm")
     INPUTS: tuple[str, ...] = ("x",)
@@ -1101,14 +1101,14 @@ class SequenceNet(nn.Module):
         # std_tour.mach:38  elman : x -> e = Elman(n=4, m=16)
         elman_out, elman_state = self.elman(x.unflatten(0, (batch, steps)), state=elman_state, return_state=True)
         e = runtime.folded(elman_out)
-        # std_tour.mach:39  lstm : e -> l = LSTM(n=4, m=8)
+        # std_tour.mach:39  lstm : e -> m = LSTM(n=4, m=8)
         lstm_out, lstm_state = self.lstm(e.unflatten(0, (batch, steps)), state=lstm_state, return_state=True)
-        l = runtime.folded(lstm_out)
+        m = runtime.folded(lstm_out)
         # std_tour.mach:40  gru : e -> g = GRU(n=4, m=8)
         gru_out, gru_state = self.gru(e.unflatten(0, (batch, steps)), state=gru_state, return_state=True)
         g = runtime.folded(gru_out)
-        # std_tour.mach:41  sum : l -> y = identity
-        y_sum = l
+        # std_tour.mach:41  sum : m -> y = identity
+        y_sum = m
         # std_tour.mach:42  gsum : g -> y = identity
         y_gsum = g
         # std_tour.mach:43  tm : e -> y = TimeMachine(n=4, depth=2, width=8, out=8)
@@ -1129,12 +1129,12 @@ class SequenceNet(nn.Module):
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # std_tour.mach:38  elman : x -> e = Elman(n=4, m=16)
         e = runtime.folded(self.elman(state["x"].unflatten(0, (batch, steps))))
-        # std_tour.mach:39  lstm : e -> l = LSTM(n=4, m=8)
-        l = runtime.folded(self.lstm(state["e"].unflatten(0, (batch, steps))))
+        # std_tour.mach:39  lstm : e -> m = LSTM(n=4, m=8)
+        m = runtime.folded(self.lstm(state["e"].unflatten(0, (batch, steps))))
         # std_tour.mach:40  gru : e -> g = GRU(n=4, m=8)
         g = runtime.folded(self.gru(state["e"].unflatten(0, (batch, steps))))
-        # std_tour.mach:41  sum : l -> y = identity
-        y_sum = state["l"]
+        # std_tour.mach:41  sum : m -> y = identity
+        y_sum = state["m"]
         # std_tour.mach:42  gsum : g -> y = identity
         y_gsum = state["g"]
         # std_tour.mach:43  tm : e -> y = TimeMachine(n=4, depth=2, width=8, out=8)
@@ -1143,7 +1143,7 @@ class SequenceNet(nn.Module):
         return {
             "x": torch.zeros_like(state["x"]).unflatten(0, (batch, steps)),
             "e": e.unflatten(0, (batch, steps)),
-            "l": l.unflatten(0, (batch, steps)),
+            "m": m.unflatten(0, (batch, steps)),
             "g": g.unflatten(0, (batch, steps)),
             "y": y.unflatten(0, (batch, steps)),
         }
@@ -1159,14 +1159,14 @@ class SequenceNet(nn.Module):
         # std_tour.mach:38  elman : x -> e = Elman(n=4, m=16)
         elman_out, elman_state = self.elman(x0["x"].unflatten(0, (batch, steps)), state=elman_state, return_state=True)
         e = x0["e"] + runtime.folded(elman_out)
-        # std_tour.mach:39  lstm : e -> l = LSTM(n=4, m=8)
+        # std_tour.mach:39  lstm : e -> m = LSTM(n=4, m=8)
         lstm_out, lstm_state = self.lstm(e.unflatten(0, (batch, steps)), state=lstm_state, return_state=True)
-        l = x0["l"] + runtime.folded(lstm_out)
+        m = x0["m"] + runtime.folded(lstm_out)
         # std_tour.mach:40  gru : e -> g = GRU(n=4, m=8)
         gru_out, gru_state = self.gru(e.unflatten(0, (batch, steps)), state=gru_state, return_state=True)
         g = x0["g"] + runtime.folded(gru_out)
-        # std_tour.mach:41  sum : l -> y = identity
-        y_sum = l
+        # std_tour.mach:41  sum : m -> y = identity
+        y_sum = m
         # std_tour.mach:42  gsum : g -> y = identity
         y_gsum = g
         # std_tour.mach:43  tm : e -> y = TimeMachine(n=4, depth=2, width=8, out=8)
@@ -1176,7 +1176,7 @@ class SequenceNet(nn.Module):
         return {
             "x": x0["x"].unflatten(0, (batch, steps)),
             "e": e.unflatten(0, (batch, steps)),
-            "l": l.unflatten(0, (batch, steps)),
+            "m": m.unflatten(0, (batch, steps)),
             "g": g.unflatten(0, (batch, steps)),
             "y": y.unflatten(0, (batch, steps)),
         }
