@@ -130,3 +130,33 @@ def test_gradients_flow_through_time() -> None:
         step = model.f(state)
         state = {k: step[k] + x0.get(k, 0) for k in state}
     torch.testing.assert_close(state["y"], model(x.detach()))
+
+
+def test_the_library_gru_matches_torch_gru(tmp_path: Path) -> None:
+    torch.manual_seed(6)
+    (tmp_path / "gru.mach").write_text(
+        "import std.recurrent\n"
+        "machine Run over t {\n    input x : 5\n    output h : 7\n"
+        "    gru : x -> h = GRU(n=5, m=7)\n}\n"
+    )
+    model = machc.load(tmp_path / "gru.mach").Run().double()
+    reference = nn.GRU(5, 7, batch_first=True).double()
+    m = 7
+    r, z, n = slice(0, m), slice(m, 2 * m), slice(2 * m, 3 * m)
+    w_ih, w_hh = reference.weight_ih_l0, reference.weight_hh_l0
+    b_ih, b_hh = reference.bias_ih_l0, reference.bias_hh_l0
+    gru = model.gru
+    with torch.no_grad():
+        gru.gates.weight.copy_(
+            torch.cat([torch.cat([w_ih[r], w_ih[z]]), torch.cat([w_hh[r], w_hh[z]])], 1)
+        )
+        gru.gates.bias.copy_(torch.cat([b_ih[r] + b_hh[r], b_ih[z] + b_hh[z]]))
+        gru.recall.weight.copy_(w_hh[n])
+        gru.recall.bias.copy_(b_hh[n])
+        gru.read.weight.copy_(w_ih[n])
+        gru.read.bias.copy_(b_ih[n])
+    x = torch.randn(3, 8, 5, dtype=torch.float64)
+    expected, h_n = reference(x)
+    h, state = model(x, return_state=True)
+    torch.testing.assert_close(h, expected)
+    torch.testing.assert_close(state["gru"]["h"][:, -1], h_n[0])
