@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,8 +43,10 @@ import torch.nn.functional as F
 from dense import (  # benchmarks/dense.py (the script's folder is on sys.path): shared helpers
     NaiveResolvent,
     check_agreement,
+    environment,
     step,
     time_per_iteration,
+    warn_if_busy,
 )
 from torch import Tensor, nn
 
@@ -233,12 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "saved MiB: activations autograd keeps for backward (distinct tensors seen by "
         "saved_tensors_hooks, parameters excluded)"
     )
-    if noisy:
-        print(
-            f"warning: a median is over {NOISY_MEDIAN_OVER_MIN}x its minimum, so the machine was "
-            "busy; absolute times are unreliable (ratios less so). Try a quiet machine, or "
-            "--threads 1 when another process holds a core."
-        )
+    warn_if_busy(noisy)
 
     if args.json is not None:
         report = {
@@ -250,10 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats,
             "iterations": args.iterations,
             "warmup": args.warmup,
-            "threads": threads,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
+            **environment(threads),
             "median_ms": median_ms,
             "min_ms": min_ms,
             "samples_ms": {name: [1000 * t for t in s] for name, s in samples.items()},

@@ -146,6 +146,26 @@ def time_per_iteration(fn: Callable[[], None], iterations: int) -> float:
     return (time.perf_counter() - start) / iterations
 
 
+def warn_if_busy(noisy: bool) -> None:
+    """The warning every benchmark prints when its medians show a busy machine."""
+    if noisy:
+        print(
+            f"warning: a median is over {NOISY_MEDIAN_OVER_MIN}x its minimum, so the machine was "
+            "busy; absolute times are unreliable (ratios less so). Try a quiet machine, or "
+            "--threads 1 when another process holds a core."
+        )
+
+
+def environment(threads: int) -> dict:
+    """What a JSON report records about where it ran."""
+    return {
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=8, help="number of dense blocks (default 8)")
@@ -245,12 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         f"naive / generated        = {naive_over_gen:.2f} ({naive_over_gen_of_medians:.2f}); "
         f"target >= {TARGET_NAIVE_OVER_GENERATED}: {'met' if met_naive else 'NOT met'}"
     )
-    if noisy:
-        print(
-            f"warning: a median is over {NOISY_MEDIAN_OVER_MIN}x its minimum, so the machine was "
-            "busy; absolute times are unreliable (ratios less so). Try a quiet machine, or "
-            "--threads 1 when another process holds a core."
-        )
+    warn_if_busy(noisy)
 
     if args.json is not None:
         report = {
@@ -261,10 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats,
             "iterations": args.iterations,
             "warmup": args.warmup,
-            "threads": threads,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
+            **environment(threads),
             "median_ms": median_ms,
             "samples_ms": {name: [1000 * t for t in s] for name, s in samples.items()},
             "min_ms": min_ms,

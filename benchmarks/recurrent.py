@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import statistics
 import sys
 from collections.abc import Callable
@@ -44,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dense import NOISY_MEDIAN_OVER_MIN, step, time_per_iteration  # noqa: E402
+from dense import NOISY_MEDIAN_OVER_MIN, environment, step, time_per_iteration  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -296,10 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "iterations": args.iterations,
         "warmup": args.warmup,
-        "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **environment(threads),
         "models": {},
     }
     for name in args.models:

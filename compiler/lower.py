@@ -591,18 +591,23 @@ class _TimeLowering(_MachineLowering):
         def delayed(space: str, var: str, k: int) -> str:
             return f"runtime.delayed({var}, {k}, {pasts[space]}, batch, steps)"
 
+        def every_step(var: dict[str, str], base) -> _Plan:
+            """A plan on folded sequences: a read of an earlier step shifts the sequence."""
+            plan = _Plan(
+                read=lambda port: (
+                    delayed(port.space, plan.var[port.space], port.delay)
+                    if port.delay
+                    else plan.var[port.space]
+                ),
+                base=base,
+                leveled=False,
+                locals=names,
+                var=var,
+            )
+            return plan
+
         # before the loop
-        before = _Plan(
-            read=lambda port: (
-                delayed(port.space, before.var[port.space], port.delay)
-                if port.delay
-                else before.var[port.space]
-            ),
-            base=lambda space: start.get(space),
-            leveled=False,
-            locals=names,
-            var=dict(start),
-        )
+        before = every_step(dict(start), start.get)
         order = self._order(ir.Phase.BEFORE)
         if order:
             has_loop = any(phase is ir.Phase.STEP for phase in self.phases.values())
@@ -673,17 +678,7 @@ class _TimeLowering(_MachineLowering):
                     lines.append(f"{values[space]} = torch.stack({computed}, 1).flatten(0, 1)")
 
         # after the loop
-        after = _Plan(
-            read=lambda port: (
-                delayed(port.space, after.var[port.space], port.delay)
-                if port.delay
-                else after.var[port.space]
-            ),
-            base=lambda space: values.get(space),
-            leveled=False,
-            locals=names,
-            var=dict(values),
-        )
+        after = every_step(dict(values), values.get)
         order = self._order(ir.Phase.AFTER)
         if order:
             lines.append("# after the loop: every step at once")

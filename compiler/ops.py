@@ -414,6 +414,7 @@ def _conv_layer(site: Site, before: Shape, after: Shape) -> str:
 
 
 def _conv_params(args, before, after) -> int:
+    """Weights [out, in / groups, *kernel] (transposed: [in, out / groups, *kernel]), bias."""
     kernel = _per_axis(args, "kernel", before)
     weight = after[0] * (before[0] // args["groups"]) * _prod(kernel)
     return weight + (after[0] if args["bias"] else 0)
@@ -463,12 +464,6 @@ def _transpose_layer(site: Site, before: Shape, after: Shape) -> str:
     extra = _kwargs(args, TRANSPOSE_ARGS, names)
     positional = [str(before[0]), str(after[0]), py_literal(args["kernel"])]
     return f"nn.ConvTranspose{len(before) - 1}d({', '.join(positional + extra)})"
-
-
-def _transpose_params(args, before, after) -> int:
-    kernel = _per_axis(args, "kernel", before)
-    weight = before[0] * (after[0] // args["groups"]) * _prod(kernel)
-    return weight + (after[0] if args["bias"] else 0)
 
 
 def _transpose_macs(args, before, after) -> int:
@@ -701,7 +696,7 @@ _OP_LIST = (
         shape=_transpose_shape,
         check=_groups_divide,
         layer=_transpose_layer,
-        params=_transpose_params,
+        params=_conv_params,
         macs=_transpose_macs,
     ),
     OpSpec(
