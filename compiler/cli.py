@@ -111,7 +111,14 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument(
         "--machine",
         metavar="NAME",
-        help="draw only this machine (default: every machine of the file)",
+        help="draw only this machine: one of the file, or an imported one used as an edge, by "
+        "name or by class name (default: every machine defined in the file)",
+    )
+    graph.add_argument(
+        "--expand",
+        action="store_true",
+        help="draw each machine used as an edge as a frame of its own spaces and edges "
+        "(nested), instead of one box; not with --matrix",
     )
     graph.add_argument(
         "--matrix",
@@ -331,6 +338,11 @@ def _graph(args, params) -> int:
     formats = (*matrix.FORMATS, "txt") if args.matrix else graph.FORMATS
     if args.units and not args.matrix:
         raise _UsageError("--units goes with --matrix")
+    if args.expand and args.matrix:
+        raise _UsageError(
+            "--expand does not go with --matrix: the weight picture shows a machine used as "
+            "an edge as the blocks it fills; draw the sub-machine's own picture with --machine NAME"
+        )
     if output != "-" and ext not in formats:
         names = ", ".join(f".{f}" for f in formats)
         what = "graph --matrix" if args.matrix else "graph"
@@ -338,9 +350,9 @@ def _graph(args, params) -> int:
     _refuse_source_as_output(output, args.file)
     checked = check_source(_read(args.file), args.file, params, args.search_path)
     _show_warnings(checked)
-    machines = [c for c in checked.program.machines if args.machine in (None, c.machine.name)]
+    machines = graph.select(checked.program, args.machine)
     if not machines:
-        names = ", ".join(c.machine.name for c in checked.program.machines)
+        names = ", ".join(c.machine.key or c.machine.name for c in checked.program.machines)
         raise _UsageError(f"no machine {args.machine!r} in {args.file} (it has {names})")
     try:
         if args.matrix:
@@ -350,7 +362,8 @@ def _graph(args, params) -> int:
             else:
                 data = matrix.render(pictures, ext)
         else:
-            data = graph.to_dot(checked.program, [c.machine.name for c in machines])
+            keys = [c.machine.key or c.machine.name for c in machines]
+            data = graph.to_dot(checked.program, keys, expand=args.expand)
             if output != "-" and ext != "dot":
                 data = graph.render(data, ext)
     except (graph.GraphError, matrix.MatrixError) as exc:

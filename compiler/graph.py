@@ -3,11 +3,22 @@
 Spaces are nodes (name and shape), hyperedges are boxes (name and op
 pipeline), arrows run from the spaces an edge reads to its box and from the
 box to the spaces it writes; a read of an earlier time step is dashed.
-Ranks follow the dependency order: a space of depth ``d`` sits in column
-``2d``, an edge of level ``k`` in column ``2k - 1``, so with
-``rankdir=LR`` the machine reads left to right. Every
-name reaches the DOT text only through :func:`_html` (labels) or as part of
-a generated identifier, so nothing from a source can break the syntax.
+A machine used as an edge is one green box with a double border labelled
+with the machine call (``ResBlock(w=32)``), or with ``expand`` a cluster
+holding that instance's own spaces and edges (recursively), fed one by one
+from the edge's input spaces and feeding its output spaces. An edge that
+reuses another's parameters (``shared(blk2)``) has a dashed border and a
+dotted link from the edge it shares.
+
+Ranks follow the dependency order: each node sits in the column of its
+longest path of arrows from the inputs (reads of earlier time steps left
+out), so with ``rankdir=LR`` the machine reads left to right; without
+``expand`` that is column ``2d`` for a space of depth ``d`` and ``2k - 1``
+for an edge of level ``k``. Every name reaches the DOT text only through
+:func:`_html` (labels) or :func:`_quoted`, and node ids are generated from
+positions (``m0_e1_s0``: the first space inside the second edge of the first
+machine), so nothing from a source can break the syntax and ids stay unique
+across nested clusters.
 
 This module only writes text; :func:`render` runs Graphviz on it.
 """
@@ -18,10 +29,9 @@ import html
 import shutil
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from . import ir
-from .lower import edge_text, format_params, op_text, pipeline_text
+from .lower import edge_text, format_params, machine_call, op_text, pipeline_text
 from .ops import format_shape
 
 FORMATS = ("svg", "png", "pdf", "dot")  # what `machc graph -o` writes, by file extension
@@ -33,7 +43,14 @@ STYLE = {  # (shape, fill colour, border colour, extra attributes) per role
     ir.Role.HIDDEN: ("ellipse", "#ffffff", "#6b7280", ""),
     ir.Role.OUTPUT: ("ellipse", "#fde68a", "#b45309", 'penwidth="1.5" peripheries="2"'),
 }
-EDGE_BOX = 'shape="box" style="rounded,filled" fillcolor="#f3f4f6" color="#9ca3af"'
+EDGE_BOX = ("rounded,filled", 'fillcolor="#f3f4f6" color="#9ca3af"')  # (style, other attributes)
+MACHINE_GREEN = "#15803d"
+MACHINE_BOX = ("filled", f'fillcolor="#dcfce7" color="{MACHINE_GREEN}" peripheries="2"')
+CLUSTER_FILLS = ("#f0fdf4", "#dcfce7", "#bbf7d0")  # sub-machine clusters, by nesting depth
+SHARE_LINK = (
+    f'style="dotted" color="{MACHINE_GREEN}" fontcolor="{MACHINE_GREEN}" arrowhead="none" '
+    'fontsize="9" constraint="false"'
+)
 ROLE_WORDS = {ir.Role.INPUT: "input", ir.Role.HIDDEN: "hidden", ir.Role.OUTPUT: "output"}
 
 
@@ -41,97 +58,254 @@ class GraphError(Exception):
     """Graphviz could not render a drawing (missing, or failed); the message says what to do."""
 
 
-def to_dot(program: ir.CheckedProgram, machines: Sequence[str] | None = None) -> str:
-    """The DOT text drawing the named machines of ``program`` (default: all of them).
+def own_machines(program: ir.CheckedProgram) -> list[ir.CheckedMachine]:
+    """The machines defined in the program's file itself, not the instances of sub-machines.
+
+    A machine of the file keeps its name as its key; an instance of it with other
+    parameter values, or a machine of an imported file, does not come from here.
+    """
+    own = [
+        c
+        for c in program.machines
+        if c.machine.span.file == program.file and c.machine.key in ("", c.machine.name)
+    ]
+    return own or list(program.machines)
+
+
+def select(program: ir.CheckedProgram, name: str | None = None) -> list[ir.CheckedMachine]:
+    """What ``machc graph --machine NAME`` draws (default: the file's own machines).
+
+    ``NAME`` is a machine of the file, else every instance of a machine of that
+    name (one per set of parameter values), else the instance with that key
+    (``ResBlock_w64``); nothing when it is none of them.
+    """
+    own = own_machines(program)
+    if name is None:
+        return own
+    by_own = [c for c in own if c.machine.name == name]
+    by_name = [c for c in program.machines if c.machine.name == name]
+    by_key = [c for c in program.machines if c.machine.key == name]
+    return by_own or by_name or by_key
+
+
+def to_dot(
+    program: ir.CheckedProgram, machines: Sequence[str] | None = None, expand: bool = False
+) -> str:
+    """The DOT text drawing the machines of ``program`` with these keys (default: its own).
 
     One machine is drawn on its own, with its name as the title; several are
-    drawn side by side, one cluster each.
+    drawn side by side, one cluster each. With ``expand``, every machine used
+    as an edge is drawn as a cluster of its own spaces and edges.
     """
-    chosen = [c for c in program.machines if machines is None or c.machine.name in set(machines)]
-    lines = [
-        "digraph machines {",
-        f'  graph [rankdir="LR" newrank="true" fontname="{FONT}" nodesep="0.25" '
-        'ranksep="0.45" labelloc="t" fontsize="16" bgcolor="white"];',
-        f'  node [fontname="{FONT}" fontsize="12" margin="0.08,0.04"];',
-        f'  edge [fontname="{FONT}" color="#4b5563" arrowsize="0.7"];',
-    ]
+    if machines is None:
+        chosen = own_machines(program)
+    else:
+        keys = set(machines)
+        chosen = [c for c in program.machines if (c.machine.key or c.machine.name) in keys]
+    drawer = _Drawer(program, expand)
+    lines = []
     if len(chosen) == 1:
         lines.append(f"  label={_title(chosen[0].machine)};")
-        lines += _machine_lines(chosen[0], "m0", indent="  ")
+        lines += drawer.top(chosen[0], "m0", indent="  ")
     else:
-        for i, checked in enumerate(chosen):
+        # NOTE: with rankdir=LR, dot stacks the clusters of unconnected machines bottom to top
+        # in the order they come; written last to first, the first machine comes out on top.
+        for i, checked in reversed(list(enumerate(chosen))):
             lines.append(f"  subgraph cluster_m{i} {{")
             lines.append(f"    label={_title(checked.machine)};")
             lines.append('    style="rounded" color="#d1d5db" fontsize="14";')
-            lines += _machine_lines(checked, f"m{i}", indent="    ")
+            lines += drawer.top(checked, f"m{i}", indent="    ")
             lines.append("  }")
+    compound = ' compound="true"' if drawer.clipped else ""  # arrows ending at a cluster
+    lines[:0] = [
+        "digraph machines {",
+        f'  graph [rankdir="LR" newrank="true" fontname="{FONT}" nodesep="0.25" '
+        f'ranksep="0.45" labelloc="t" fontsize="16" bgcolor="white"{compound}];',
+        f'  node [fontname="{FONT}" fontsize="12" margin="0.08,0.04"];',
+        f'  edge [fontname="{FONT}" color="#4b5563" arrowsize="0.7"];',
+    ]
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True)
-class _Ids:
-    """DOT identifiers of one machine's nodes: generated, never taken from the source."""
+class _Drawer:
+    """Writes the DOT lines of machines, and keeps the arrows that order their columns."""
 
-    prefix: str
-    spaces: dict[str, str]
-    edges: dict[str, str]
+    def __init__(self, program: ir.CheckedProgram, expand: bool):
+        self.machines = {(c.machine.key or c.machine.name): c for c in program.machines}
+        self.calls = {key: c.machine for key, c in self.machines.items()}
+        self.expand = expand
+        self.nodes: list[str] = []
+        self.arrows: list[tuple[str, str]] = []  # the arrows that constrain the columns
+        self.clipped = False  # some arrow is clipped at a cluster's border (needs compound)
 
-    @classmethod
-    def of(cls, machine: ir.Machine, prefix: str) -> _Ids:
-        return cls(
-            prefix=prefix,
-            spaces={s.name: f"{prefix}_s{i}" for i, s in enumerate(machine.spaces)},
-            edges={e.name: f"{prefix}_e{i}" for i, e in enumerate(machine.edges)},
+    def top(self, checked: ir.CheckedMachine, prefix: str, indent: str) -> list[str]:
+        """One machine drawn at the top, then its columns (one rank per column)."""
+        self.nodes, self.arrows = [], []
+        spaces = {s.name: f"{prefix}_s{i}" for i, s in enumerate(checked.machine.spaces)}
+        lines = self._body(checked.machine, prefix, spaces, indent, nesting=0, path="")
+        self._anchor(checked.machine, spaces, 0)
+        # NOTE: one rank per column keeps the columns aligned with the dependency order
+        # (dot alone would pull an input that is read late towards its reader).
+        for column in _columns(self.nodes, self.arrows):
+            lines.append(f"{indent}{{ rank=same; {' '.join(column)} }}")
+        return lines
+
+    def _body(
+        self,
+        machine: ir.Machine,
+        prefix: str,
+        spaces: dict[str, str],
+        indent: str,
+        nesting: int,
+        path: str,
+    ) -> list[str]:
+        """The spaces and edges of ``machine``; ``spaces`` maps its space names to node ids."""
+        lines = []
+        for space in machine.spaces:
+            lines.append(f"{indent}{spaces[space.name]} [{_space_attrs(space, path)}];")
+            self.nodes.append(spaces[space.name])
+        ids = {e.name: f"{prefix}_e{i}" for i, e in enumerate(machine.edges)}
+        opened = {e.name for e in machine.edges if self.expand and e.machine is not None}
+        arrows = []
+        for edge in machine.edges:
+            node = ids[edge.name]
+            if edge.name in opened:
+                lines += self._cluster(machine, edge, node, spaces, indent, nesting, path)
+                continue
+            lines.append(f"{indent}{node} [{self._edge_attrs(machine, edge)}];")
+            self.nodes.append(node)
+            for port in edge.inputs:
+                arrows.append(self._arrow(spaces[port.space], node, _read_attrs(port, machine)))
+            for port in edge.outputs:
+                arrows.append(self._arrow(node, spaces[port.space], ""))
+        lines += [f"{indent}{arrow}" for arrow in arrows]
+        for edge in machine.edges:  # shared(edge): a dotted link from the edge it shares
+            if edge.shares is None or edge.shares not in ids:
+                continue
+            source, target, clip = ids[edge.shares], ids[edge.name], ""
+            if edge.shares in opened:  # from a node inside the cluster, clipped at its border
+                source, clip = f"{source}_s0", f' ltail="cluster_{source}"'
+            if edge.name in opened:
+                target, clip = f"{target}_s0", f'{clip} lhead="cluster_{target}"'
+            self.clipped = self.clipped or bool(clip)
+            label = _quoted(f"shares {edge.shares}")
+            lines.append(f"{indent}{source} -> {target} [{SHARE_LINK} label={label}{clip}];")
+        return lines
+
+    def _cluster(
+        self,
+        parent: ir.Machine,
+        edge: ir.Edge,
+        node: str,
+        spaces: dict[str, str],
+        indent: str,
+        nesting: int,
+        path: str,
+    ) -> list[str]:
+        """A sub-machine edge opened up: its instance's spaces and edges inside a cluster."""
+        instance = self.calls[edge.machine]
+        inner = {s.name: f"{node}_s{i}" for i, s in enumerate(instance.spaces)}
+        fill = CLUSTER_FILLS[min(nesting, len(CLUSTER_FILLS) - 1)]
+        style = "rounded,filled,dashed" if edge.shares else "rounded,filled"
+        lines = [
+            f"{indent}subgraph cluster_{node} {{",
+            f"{indent}  label={_cluster_label(edge, instance)};",
+            f'{indent}  style="{style}" fillcolor="{fill}" color="{MACHINE_GREEN}" '
+            'fontsize="12" labeljust="l";',
+            f"{indent}  tooltip={_quoted(edge_text(edge, parent.time or 't', self.calls))};",
+        ]
+        first = len(self.nodes)
+        lines += self._body(
+            instance, node, inner, indent + "  ", nesting + 1, f"{path}{edge.name}."
         )
+        lines.append(f"{indent}}}")
+        self._anchor(instance, inner, first)
+        # The edge's spaces map one by one onto the instance's inputs and outputs.
+        ins = [s for s in instance.spaces if s.role is ir.Role.INPUT]
+        outs = [s for s in instance.spaces if s.role is ir.Role.OUTPUT]
+        link = f'color="{MACHINE_GREEN}"'
+        for port, space in zip(edge.inputs, ins, strict=False):
+            attrs = _read_attrs(port, parent) or f" [{link}]"
+            lines.append(indent + self._arrow(spaces[port.space], inner[space.name], attrs))
+        for port, space in zip(edge.outputs, outs, strict=False):
+            lines.append(indent + self._arrow(inner[space.name], spaces[port.space], f" [{link}]"))
+        return lines
+
+    def _anchor(self, machine: ir.Machine, spaces: dict[str, str], first: int) -> None:
+        """Keep the nodes drawn since ``first`` right of the inputs of ``machine``.
+
+        An edge that only reads earlier steps has no arrow that orders it; it goes one
+        column right of the machine's first input (``check`` puts it in level 1), not in
+        the first column of the whole drawing.
+        """
+        entry = [spaces[s.name] for s in machine.spaces if s.role is ir.Role.INPUT]
+        heads = {head for _, head in self.arrows}
+        loose = [n for n in self.nodes[first:] if n not in heads and n not in entry]
+        self.arrows += [(entry[0], n) for n in loose]
+
+    def _arrow(self, tail: str, head: str, attrs: str) -> str:
+        if 'constraint="false"' not in attrs:
+            self.arrows.append((tail, head))
+        return f"{tail} -> {head}{attrs};"
+
+    def _edge_attrs(self, machine: ir.Machine, edge: ir.Edge) -> str:
+        if edge.machine is not None:
+            parts = [machine_call(self.calls[edge.machine])]
+            style, rest = MACHINE_BOX
+        else:
+            parts = [op_text(op) for op in edge.ops]
+            style, rest = EDGE_BOX
+        if edge.shares is not None:
+            parts = [pipeline_text(edge), *(parts if edge.machine is not None else [])]
+            style += ",dashed"
+        rows = _wrap(parts) if edge.machine is None and edge.shares is None else parts
+        pipeline = "<br/>".join(_html(row) for row in rows)
+        label = f'<<b>{_html(edge.name)}</b><br/><font point-size="10">{pipeline}</font>>'
+        tooltip = _quoted(edge_text(edge, machine.time or "t", self.calls))
+        return f'label={label} shape="box" style="{style}" {rest} tooltip={tooltip}'
 
 
-def _machine_lines(checked: ir.CheckedMachine, prefix: str, indent: str) -> list[str]:
-    machine, structure = checked.machine, checked.structure
-    ids = _Ids.of(machine, prefix)
-    lines = []
-    for space in machine.spaces:
-        lines.append(f"{indent}{ids.spaces[space.name]} [{_space_attrs(space)}];")
-    for edge in machine.edges:
-        lines.append(f"{indent}{ids.edges[edge.name]} [{_edge_attrs(edge)}];")
-    for edge in machine.edges:
-        box = ids.edges[edge.name]
-        for port in edge.inputs:
-            attrs = _read_attrs(port, machine.time)
-            lines.append(f"{indent}{ids.spaces[port.space]} -> {box}{attrs};")
-        for port in edge.outputs:
-            lines.append(f"{indent}{box} -> {ids.spaces[port.space]}{_write_attrs(port)};")
-    # NOTE: one rank per depth and per level keeps columns aligned with the dependency order
-    # (dot alone would pull an input that is read late towards its reader).
-    for column in _columns(machine, structure, ids):
-        lines.append(f"{indent}{{ rank=same; {' '.join(column)} }}")
-    return lines
+def _columns(nodes: list[str], arrows: list[tuple[str, str]]) -> list[list[str]]:
+    """Node ids column by column: each node's column is its longest path of arrows.
 
-
-def _columns(machine: ir.Machine, structure: ir.Structure, ids: _Ids) -> list[list[str]]:
-    """Node ids column by column: spaces of depth d in column 2d, edges of level k in 2k - 1."""
+    The arrows (reads of earlier steps left out) form an acyclic graph, since a
+    checked machine has finite depth.
+    """
+    after: dict[str, list[str]] = {node: [] for node in nodes}
+    waiting = dict.fromkeys(nodes, 0)
+    for tail, head in arrows:
+        after[tail].append(head)
+        waiting[head] += 1
+    column = dict.fromkeys(nodes, 0)
+    ready = [node for node in nodes if not waiting[node]]
+    while ready:
+        node = ready.pop()
+        for head in after[node]:
+            column[head] = max(column[head], column[node] + 1)
+            waiting[head] -= 1
+            if not waiting[head]:
+                ready.append(head)
     columns: dict[int, list[str]] = {}
-    for space in machine.spaces:
-        columns.setdefault(2 * structure.depth[space.name], []).append(ids.spaces[space.name])
-    for k, level in enumerate(structure.levels, 1):
-        columns.setdefault(2 * k - 1, []).extend(ids.edges[name] for name in level)
+    for node in nodes:
+        columns.setdefault(column[node], []).append(node)
     return [columns[c] for c in sorted(columns) if len(columns[c]) > 1]
 
 
-def _space_attrs(space: ir.Space) -> str:
+def _space_attrs(space: ir.Space, path: str = "") -> str:
     shape, fill, border, extra = STYLE[space.role]
     label = f"<<b>{_html(space.name)}</b><br/>{_html(format_shape(space.shape))}>"
-    tooltip = _quoted(f"{ROLE_WORDS[space.role]} space {space.name} {format_shape(space.shape)}")
+    role = ROLE_WORDS[space.role]
+    tooltip = _quoted(f"{role} space {path}{space.name} {format_shape(space.shape)}")
     attrs = f'label={label} shape="{shape}" style="filled" fillcolor="{fill}" color="{border}"'
     return f"{attrs} tooltip={tooltip}" + (f" {extra}" if extra else "")
 
 
-def _edge_attrs(edge: ir.Edge) -> str:
-    parts = [op_text(op) for op in edge.ops] if edge.ops and not edge.shares else []
-    parts = parts or [pipeline_text(edge)]  # a machine used as an edge, or shared(edge)
-    pipeline = "<br/>".join(_html(row) for row in _wrap(parts))
-    label = f'<<b>{_html(edge.name)}</b><br/><font point-size="10">{pipeline}</font>>'
-    return f"label={label} {EDGE_BOX} tooltip={_quoted(edge_text(edge))}"
+def _cluster_label(edge: ir.Edge, instance: ir.Machine) -> str:
+    """``blk1 = ResBlock(w=32)``, or ``tied = shared(blk2): ResBlock(w=32)``, in bold name."""
+    call = machine_call(instance) + (f" over {instance.time}" if instance.time else "")
+    what = f"shared({edge.shares}): {call}" if edge.shares else call
+    return f"<<b>{_html(edge.name)}</b> = {_html(what)}>"
 
 
 def _wrap(ops: list[str]) -> list[str]:
@@ -145,7 +319,7 @@ def _wrap(ops: list[str]) -> list[str]:
     return rows
 
 
-def _read_attrs(port: ir.Port, time: str | None) -> str:
+def _read_attrs(port: ir.Port, machine: ir.Machine) -> str:
     """Attributes of the arrow from a space an edge reads.
 
     A delayed read (``h[t-1]``) is dashed and labelled; it points back in time, so
@@ -153,16 +327,11 @@ def _read_attrs(port: ir.Port, time: str | None) -> str:
     """
     if not port.delay:
         return ""
-    label = _quoted(f"{time or 't'}-{port.delay}")
+    label = _quoted(f"{machine.time or 't'}-{port.delay}")
     return (
         f' [style="dashed" color="#7c3aed" fontcolor="#7c3aed" label={label} fontsize="10" '
         'constraint="false"]'
     )
-
-
-def _write_attrs(port: ir.Port) -> str:
-    """Attributes of the arrow into a space an edge writes."""
-    return ""
 
 
 def _title(machine: ir.Machine) -> str:

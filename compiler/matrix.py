@@ -3,9 +3,11 @@
 Writing the network ``f`` as one map of the global space ``X = X_0 ⊕ ... ⊕ X_n``
 onto itself, an edge that reads spaces ``A, B`` and writes ``C, D`` fills the
 blocks ``(C, A), (C, B), (D, A), (D, B)`` (rows "to", columns "from"); every
-other block is zero. Spaces (rows and columns) are in declaration order, so a
-feed-forward machine whose spaces are declared in dependency order comes out
-strictly block lower-triangular.
+other block is zero. A machine used as an edge is no different: it maps the
+spaces it reads into the ones it writes (its inside has a picture of its own).
+Spaces (rows and columns) are in declaration order, so a feed-forward machine
+whose spaces are declared in dependency order comes out strictly block
+lower-triangular.
 
 With ``units`` there is one row and one column per unit (a channel of the
 feature axis: the first axis of a space's shape); an edge fills all unit

@@ -11,3 +11,7 @@ for source in examples/*.mach; do
     "$MACHC" graph --matrix "$source" -o "docs/images/$name-matrix.png" 2>/dev/null
 done
 "$MACHC" graph --matrix --units examples/autoencoder.mach -o docs/images/autoencoder-units.png
+# Machines used as edges, opened up: one frame per sub-machine edge.
+for name in net std_tour; do
+    "$MACHC" graph --expand "examples/$name.mach" -o "docs/images/$name-expanded.png"
+done

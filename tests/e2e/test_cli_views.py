@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DENSE = ROOT / "examples" / "dense.mach"
 HYPERGRAPH = ROOT / "examples" / "hypergraph.mach"
 AUTOENCODER = ROOT / "examples" / "autoencoder.mach"
+NET = ROOT / "examples" / "net.mach"
 GOLDEN = ROOT / "tests" / "golden"
 CYCLE = """machine M {
     input  x : 4
@@ -193,6 +194,39 @@ def test_graph_picks_one_machine(tmp_path: Path) -> None:
     assert matrix.stdout == (GOLDEN / "matrix" / "autoencoder.txt").read_text()
 
 
+def test_graph_draws_sub_machines_as_boxes_or_expanded(tmp_path: Path) -> None:
+    plain = machc("graph", NET)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == (GOLDEN / "graph" / "net.dot").read_text()
+    assert "ResBlock(w=32)" in plain.stdout and "cluster" not in plain.stdout
+    expanded = machc("graph", NET, "--expand")
+    assert expanded.returncode == 0, expanded.stderr
+    assert expanded.stdout == (GOLDEN / "graph" / "net-expanded.dot").read_text()
+    assert "subgraph cluster_m0_e1 {" in expanded.stdout
+    # an instance by name: the sub-machine alone, as a file of its own would draw it
+    block = machc("graph", NET, "--machine", "ResBlock")
+    assert block.returncode == 0
+    assert block.stdout == (GOLDEN / "graph" / "blocks.dot").read_text()
+    matrix = machc("graph", "--matrix", NET, "--machine", "ResBlock")
+    assert matrix.stdout == (GOLDEN / "matrix" / "blocks.txt").read_text()
+    assert machc("graph", "--matrix", NET).stdout == (GOLDEN / "matrix" / "net.txt").read_text()
+    if shutil.which("dot"):
+        out = tmp_path / "net.svg"
+        assert machc("graph", NET, "--expand", "-o", out).returncode == 0
+        svg = out.read_text()
+        assert "blk1" in svg and "shares blk2" in svg
+
+
+def test_graph_expand_with_matrix_is_a_usage_error(tmp_path: Path) -> None:
+    result = machc("graph", "--matrix", "--expand", NET, "-o", tmp_path / "m.txt")
+    assert result.returncode == 2
+    assert "--expand does not go with --matrix" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    nope = machc("graph", NET, "--expand", "--machine", "Nope")
+    assert nope.returncode == 2
+    assert "no machine 'Nope' in" in nope.stderr and "ResBlock, Net" in nope.stderr
+
+
 def test_graph_without_graphviz_is_a_usage_error(tmp_path: Path) -> None:
     out = tmp_path / "dense.svg"
     empty = tmp_path / "bin"
@@ -270,6 +304,8 @@ def test_matrix_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_pat
         ["graph", str(DENSE), "-o", "out"],
         ["graph", "--matrix", str(DENSE), "-o", "out.dot"],
         ["graph", str(DENSE), "--units"],
+        ["graph", "--matrix", "--expand", str(DENSE)],
+        ["graph", str(NET), "--expand", "--machine", "Nope"],
         ["graph", str(DENSE), "--machine", "Nope"],
         ["graph", "--matrix", str(DENSE), "--machine", "Nope"],
         ["graph", "--matrix", "--units", str(DENSE), "--set", "width=64"],

@@ -1,5 +1,7 @@
 """Golden files of `machc graph`: the DOT text and the weight-matrix text of every example.
 
+Examples that use machines as edges also have ``NAME-expanded.dot`` (``--expand``).
+
 Refresh with ``pytest tests/golden --update-golden`` and read the diff before committing.
 """
 
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from machc.driver import check_file
-from machc.graph import to_dot
+from machc.graph import own_machines, to_dot
 from machc.matrix import matrix_text, picture
 
 HERE = Path(__file__).resolve().parent
@@ -33,13 +35,24 @@ def test_graph_dot(example: Path, update_golden: bool) -> None:
 
 
 @pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_graph_dot_expanded(example: Path, update_golden: bool) -> None:
+    program = check_file(example).program
+    expanded = to_dot(program, expand=True)
+    uses_machines = any(e.machine for c in own_machines(program) for e in c.machine.edges)
+    if not uses_machines:  # nothing to open: the same drawing
+        assert expanded == to_dot(program)
+        return
+    _compare(HERE / "graph" / f"{example.stem}-expanded.dot", expanded, update_golden)
+
+
+@pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.name)
 def test_matrix_text(example: Path, update_golden: bool) -> None:
-    pictures = [picture(c) for c in check_file(example).program.machines]
+    pictures = [picture(c) for c in own_machines(check_file(example).program)]
     _compare(HERE / "matrix" / f"{example.stem}.txt", matrix_text(pictures), update_golden)
 
 
 @pytest.mark.parametrize("example", ["autoencoder"])
 def test_matrix_text_by_unit(example: str, update_golden: bool) -> None:
     program = check_file(ROOT / "examples" / f"{example}.mach").program
-    pictures = [picture(c, units=True) for c in program.machines]
+    pictures = [picture(c, units=True) for c in own_machines(program)]
     _compare(HERE / "matrix" / f"{example}-units.txt", matrix_text(pictures), update_golden)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from machc.driver import check_file, check_source
-from machc.graph import _html, _quoted, render, to_dot
+from machc.graph import _html, _quoted, own_machines, render, select, to_dot
 from machc.matrix import MAX_UNITS, MatrixError, matrix_text, picture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def test_ranks_follow_depths_and_levels(example: Path) -> None:
     program = check_file(example).program
     dot = to_dot(program)
     column: dict[str, int] = {}  # node id -> its column: 2·depth for spaces, 2·level-1 for edges
-    for m, checked in enumerate(program.machines):
+    for m, checked in enumerate(own_machines(program)):
         structure = checked.structure
         level = {name: k for k, names in enumerate(structure.levels, 1) for name in names}
         for i, space in enumerate(checked.machine.spaces):
@@ -81,11 +81,12 @@ def test_graphviz_reads_the_dot_text(example) -> None:
         program = check_source(TWO_MACHINES, "two.mach").program
     else:
         program = check_file(example).program
-    svg = render(to_dot(program), "svg").decode()
-    assert "<svg" in svg and "Warning" not in svg
-    names = [s.name for c in program.machines for s in c.machine.spaces]
-    for name in names:
-        assert f"<b>{name}</b>" in svg or f">{name}<" in svg
+    for expand, machines in ((False, own_machines(program)), (True, program.machines)):
+        svg = render(to_dot(program, expand=expand), "svg").decode()
+        assert "<svg" in svg and "Warning" not in svg
+        names = [s.name for c in machines for s in c.machine.spaces]
+        for name in names:
+            assert f"<b>{name}</b>" in svg or f">{name}<" in svg
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
@@ -208,3 +209,172 @@ def test_reads_of_earlier_steps_are_dashed_and_marked_apart() -> None:
     pic = picture(program.machines[0])
     assert pic.delayed == {("h", "h")}
     assert matrix_text([pic]).splitlines()[3].split()[-3:] == ["#", "~", "."]
+
+
+NESTED = """
+machine Blk(w: int = 4) {
+    input  x : w
+    output y : w
+    f : x -> y = linear | relu
+}
+
+machine Two(w: int = 4) {
+    input  x : w
+    space  h : w
+    output y : w
+    f : x -> h = Blk(w=w)
+    g : h -> y = shared(f)
+}
+
+machine Top {
+    input  x : 4
+    space  a : 4
+    space  b : 8
+    output y : 8
+    p : x -> a = Two(w=4)
+    q : a -> b = linear(8)
+    r : b -> y = Blk(w=8)
+}
+"""
+LOOP = """
+machine Pair {
+    input  a : 4
+    input  b : 4
+    output y : 4
+    f : a × b -> y = linear | tanh
+}
+
+machine Loop over t {
+    input  x : 4
+    space  h : 4
+    output y : 2
+    step : x × h[t-1] -> h = Pair
+    out  : h -> y = linear
+}
+"""
+
+
+def _clusters(dot: str) -> dict[str, list[str]]:
+    """Cluster name -> the lines inside it (nested clusters included)."""
+    inside: dict[str, list[str]] = {}
+    open_: list[str] = []
+    for line in dot.splitlines():
+        text = line.strip()
+        if text.startswith("subgraph cluster_"):
+            open_.append(text.split()[1])
+            inside[open_[-1]] = []
+        elif text == "}" and open_:
+            open_.pop()
+        else:
+            for name in open_:
+                inside[name].append(text)
+    return inside
+
+
+def _declared(lines: list[str]) -> list[str]:
+    return [m.group(1) for line in lines if (m := re.match(r"\s*(\w+) \[label=", line))]
+
+
+def test_default_draws_the_files_own_machines_with_sub_machines_as_boxes() -> None:
+    program = check_file(ROOT / "examples" / "net.mach").program
+    assert [c.machine.key for c in program.machines] == ["ResBlock", "Net"]
+    assert [c.machine.key for c in own_machines(program)] == ["Net"]
+    dot = to_dot(program)
+    assert "cluster" not in dot and "machine ResBlock" not in dot
+    assert 'label="machine Net(w=32)";' in dot
+    blk1 = next(line for line in dot.splitlines() if line.startswith("  m0_e1 ["))
+    assert "<b>blk1</b>" in blk1 and "ResBlock(w=32)" in blk1 and 'peripheries="2"' in blk1
+    tied = next(line for line in dot.splitlines() if line.startswith("  m0_e3 ["))
+    assert "shared(blk2)" in tied and "ResBlock(w=32)" in tied and "dashed" in tied
+    assert re.search(r'm0_e2 -> m0_e3 \[style="dotted".* label="shares blk2"', dot)
+    # the machine of a sub-machine edge maps its input into its output, like any edge
+    assert picture(own_machines(program)[0]).edges[("b", "a")] == ("blk1",)
+    assert picture(own_machines(program)[0]).edges[("c2", "c")] == ("tied",)
+
+
+def test_select_picks_own_machines_then_instances_by_name_then_by_key() -> None:
+    program = check_source(NESTED, "nested.mach").program
+    keys = [c.machine.key for c in program.machines]
+    assert keys == ["Blk_w8", "Blk", "Two", "Top"]
+    assert [c.machine.key for c in own_machines(program)] == ["Blk", "Two", "Top"]
+    assert [c.machine.key for c in select(program)] == ["Blk", "Two", "Top"]
+    assert [c.machine.key for c in select(program, "Blk")] == ["Blk"]
+    assert [c.machine.key for c in select(program, "Blk_w8")] == ["Blk_w8"]
+    assert select(program, "Nope") == []
+    tour = check_file(ROOT / "examples" / "std_tour.mach").program
+    assert [c.machine.key for c in select(tour, "LSTM")] == ["LSTM"]
+    assert "machine LSTM(n=4, m=8) over t" in to_dot(tour, ["LSTM"])
+
+
+def test_expand_puts_each_instance_inside_its_cluster_with_unique_ids() -> None:
+    program = check_source(NESTED, "nested.mach").program
+    dot = to_dot(program, ["Top"], expand=True)
+    clusters = _clusters(dot)
+    # p = Two(w=4) holds f = Blk(w=4) and g = shared(f); r = Blk(w=8)
+    assert set(clusters) == {
+        "cluster_m0_e0",
+        "cluster_m0_e0_e0",
+        "cluster_m0_e0_e1",
+        "cluster_m0_e2",
+    }
+    assert _declared(clusters["cluster_m0_e0"]) == [
+        "m0_e0_s0",
+        "m0_e0_s1",
+        "m0_e0_s2",
+        "m0_e0_e0_s0",
+        "m0_e0_e0_s1",
+        "m0_e0_e0_e0",
+        "m0_e0_e1_s0",
+        "m0_e0_e1_s1",
+        "m0_e0_e1_e0",
+    ]
+    assert _declared(clusters["cluster_m0_e0_e0"]) == ["m0_e0_e0_s0", "m0_e0_e0_s1", "m0_e0_e0_e0"]
+    assert _declared(clusters["cluster_m0_e2"]) == ["m0_e2_s0", "m0_e2_s1", "m0_e2_e0"]
+    assert "<b>p</b> = Two(w=4)" in dot and "<b>r</b> = Blk(w=8)" in dot
+    assert "<b>g</b> = shared(f): Blk(w=4)" in dot
+    # the parent's spaces feed the instance's inputs, its outputs feed the parent's spaces
+    for arrow in (
+        "m0_s0 -> m0_e0_s0",  # Top.x -> p.x
+        "m0_e0_s2 -> m0_s1",  # p.y -> Top.a
+        "m0_e0_s0 -> m0_e0_e0_s0",  # p.x -> p.f.x
+        "m0_e0_e0_s1 -> m0_e0_s1",  # p.f.y -> p.h
+        "m0_s2 -> m0_e2_s0",  # Top.b -> r.x
+        "m0_e2_s1 -> m0_s3",  # r.y -> Top.y
+    ):
+        assert f"  {arrow} [" in dot, arrow
+    assert 'ltail="cluster_m0_e0_e0" lhead="cluster_m0_e0_e1"' in dot
+    if shutil.which("dot"):
+        assert render(dot, "svg").startswith(b"<?xml")
+
+
+@pytest.mark.parametrize("example", [*EXAMPLES, "nested", "loop"], ids=str)
+def test_expanded_node_ids_are_unique_and_columns_run_left_to_right(example) -> None:
+    if example in ("nested", "loop"):
+        program = check_source(NESTED if example == "nested" else LOOP, "x.mach").program
+    else:
+        program = check_file(example).program
+    dot = to_dot(program, expand=True)
+    ids = _declared(dot.splitlines())
+    assert len(ids) == len(set(ids))
+    arrows = re.findall(r"^\s*(\w+) -> (\w+)(.*);$", dot, re.M)
+    assert {n for a in arrows for n in a[:2]} <= set(ids)
+    clusters = re.findall(r"subgraph (cluster_\w+)", dot)
+    assert len(clusters) == len(set(clusters))
+    # no arrow that orders the columns joins two nodes of one column
+    column = {}
+    for k, group in enumerate(re.findall(r"\{ rank=same; ([^}]*) \}", dot)):
+        column.update(dict.fromkeys(group.split(), k))
+    for tail, head, attrs in arrows:
+        if 'constraint="false"' not in attrs and tail in column and head in column:
+            assert column[tail] != column[head], (tail, head)
+
+
+def test_expanded_reads_of_earlier_steps_stay_dashed_and_marked_in_the_matrix() -> None:
+    program = check_source(LOOP, "loop.mach").program
+    dot = to_dot(program, ["Loop"], expand=True)
+    assert "m0_s0 -> m0_e0_s0 [" in dot  # x -> step.a
+    assert re.search(r'm0_s1 -> m0_e0_s1 \[style="dashed".*label="t-1"', dot)  # h[t-1] -> b
+    assert "m0_e0_s2 -> m0_s1 [" in dot  # step.y -> h
+    pic = picture(select(program, "Loop")[0])
+    assert pic.edges == {("h", "x"): ("step",), ("h", "h"): ("step",), ("y", "h"): ("out",)}
+    assert pic.delayed == {("h", "h")}
