@@ -652,10 +652,10 @@ class _TimeLowering(_MachineLowering):
                     else values[port.space]
                 ),
             )
-            read_after = {
+            read_after = {  # read after the loop, or added to there (a writer after it)
                 port.space
                 for name in self._order(ir.Phase.AFTER)
-                for port in self.edges[name].inputs
+                for port in (*self.edges[name].inputs, *self.edges[name].outputs)
             }
             kept = (wanted | read_after) & self.loop_spaces  # stacked after the loop
             listed = sorted(kept | (set(self.delays) & self.loop_spaces), key=self._space_index)
