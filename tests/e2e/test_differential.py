@@ -24,6 +24,8 @@ examples go through the same oracle with hand-written specs.
 from __future__ import annotations
 
 import math
+import random
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,19 +43,23 @@ EXAMPLES = ROOT / "examples"
 
 RTOL = 1e-9
 ATOL = 1e-11
+# Over time, products of a space with its own past (h[t-1] * h[t-1] -> h) square the
+# values and double their relative rounding error at every step.
+RTOL_TIME = 1e-7
 
 
 # --- the spec of a machine ---------------------------------------------------------
 
 
-LAYER_KINDS = ("linear", "layernorm", "conv", "groupnorm", "batchnorm")
+# "machine": a machine used as an edge (its module is the edge's one "layer").
+LAYER_KINDS = ("linear", "layernorm", "conv", "groupnorm", "batchnorm", "machine")
 
 
 @dataclass(frozen=True)
 class Op:
     """One op of a pipeline, as the .mach source writes it and as the oracle applies it."""
 
-    kind: str  # an op of LAYER_KINDS, identity, dropout, add, mul, a pooling, or an activation
+    kind: str  # LAYER_KINDS, identity, dropout, add, mul, a pooling, or an activation
     text: str = ""  # the op in .mach syntax (only needed to render random machines)
     out: int | None = None  # the channels a linear / conv makes (None: the edge's outputs)
     bias: bool = True  # linear(bias=...), conv(bias=...)
@@ -80,10 +86,45 @@ class Edge:
     attr: str = ""  # the layer attribute; the edge name unless the compiler must rename it
     product: str = "×"
     arrow: str = "->"
+    delays: tuple[int, ...] = ()  # per read, how many steps ago (over t; empty: all now)
+    text: str = ""  # the pipeline as written, if not its ops' text: Sub(w=2), shared(e1)
+    ranges: bool = False  # render runs of an array read at one delay as blk[1..2][t-1]
 
     @property
     def layer_attr(self) -> str:
         return self.attr or self.name
+
+    @property
+    def inputs(self) -> tuple[tuple[str, int], ...]:
+        """(space, delay) per read, in the order written."""
+        return tuple(zip(self.reads, self.delays or (0,) * len(self.reads), strict=True))
+
+    def render_reads(self, time: str) -> str:
+        factors: list[str] = []
+        run: list[tuple[int, int]] = []  # a run of array elements read at one delay
+
+        def flush() -> None:
+            if len(run) > 1:
+                factors.append(f"{FAMILY}[{run[0][0]}..{run[-1][0]}]{lag(run[0][1])}")
+            elif run:
+                factors.append(f"{FAMILY}[{run[0][0]}]{lag(run[0][1])}")
+            run.clear()
+
+        def lag(k: int) -> str:
+            return f"[{time}-{k}]" if k else ""
+
+        for name, k in self.inputs:
+            element = re.fullmatch(rf"{FAMILY}\[(\d+)\]", name) if self.ranges else None
+            if element and run and (run[-1][0] + 1, run[-1][1]) == (int(element[1]), k):
+                run.append((int(element[1]), k))
+                continue
+            flush()
+            if element:
+                run.append((int(element[1]), k))
+            else:
+                factors.append(name + lag(k))
+        flush()
+        return f" {self.product} ".join(factors)
 
 
 @dataclass(frozen=True)
@@ -103,6 +144,8 @@ class Spec:
     spaces: tuple[Space, ...]  # declaration order
     edges: tuple[Edge, ...]  # declaration order
     declarations: tuple[str, ...] = ()  # space lines of the rendered source
+    over: str = ""  # the time variable of a machine over time
+    params: str = ""  # the rendered parameter list, "(w: int = 2)"
 
     @property
     def shape(self) -> dict[str, tuple[int, ...]]:
@@ -117,22 +160,25 @@ class Spec:
         return tuple(s.name for s in self.spaces if s.role == "output")
 
     def depth(self) -> int:
-        """The length of the longest path of the hypergraph (any order of edges)."""
+        """The length of the longest path of the hypergraph (any order of edges); over
+        time, of the hypergraph within one step (delayed reads count as sources)."""
         depth = {s.name: 0 for s in self.spaces}
         for _ in self.spaces:  # an acyclic graph settles within one pass per space
             for edge in self.edges:
-                reached = 1 + max(depth[r] for r in edge.reads)
+                reached = 1 + max(depth[r] if k == 0 else 0 for r, k in edge.inputs)
                 for w in edge.writes:
                     depth[w] = max(depth[w], reached)
         return max(depth.values())
 
     def render(self) -> str:
-        lines = [f"# a random machine of depth {self.depth()}", f"machine {self.name} {{"]
+        over = f" over {self.over}" if self.over else ""
+        lines = [f"# a random machine of depth {self.depth()}"]
+        lines += [f"machine {self.name}{self.params}{over} {{"]
         lines += [f"    {line}" for line in self.declarations]
         for e in self.edges:
-            reads = f" {e.product} ".join(e.reads)
+            reads = e.render_reads(self.over)
             writes = f" {e.product} ".join(e.writes)
-            ops = " | ".join(op.text for op in e.ops)
+            ops = e.text or " | ".join(op.text for op in e.ops)
             lines.append(f"    {e.name} : {reads} {e.arrow} {writes} = {ops}")
         lines.append("}")
         return "\n".join(lines) + "\n"
@@ -231,9 +277,8 @@ def apply_pipeline(model: nn.Module, spec: Spec, edge: Edge, x: torch.Tensor) ->
     return x
 
 
-def combine(edge: Edge, state: dict) -> torch.Tensor:
+def combine(edge: Edge, xs: list[torch.Tensor]) -> torch.Tensor:
     """The edge's inputs as its first op sees them: concatenated, summed or multiplied."""
-    xs = [state[r] for r in edge.reads]
     kind = edge.ops[0].kind
     if kind not in ("add", "mul"):
         return torch.cat(xs, dim=1)
@@ -245,48 +290,86 @@ def combine(edge: Edge, state: dict) -> torch.Tensor:
     return result
 
 
+def shift(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[batch, time, *shape] -> the same, k steps later: out[:, t] = x[:, t - k], zero for t < k."""
+    steps = x.shape[1]
+    past = x.new_zeros(x.shape[0], min(k, steps), *x.shape[2:])
+    return torch.cat([past, x[:, : max(steps - k, 0)]], dim=1)
+
+
+def edge_outputs(model: nn.Module, spec: Spec, edge: Edge, xs: list) -> tuple:
+    """One edge on its inputs ([batch, *shape] each): its contribution to each space it writes."""
+    if edge.ops[0].kind == "machine":  # the sub-machine's own forward, inputs one by one
+        (module,) = edge_layers(model, edge)
+        result = module(*xs)
+        return (result,) if isinstance(result, torch.Tensor) else tuple(result)
+    y = apply_pipeline(model, spec, edge, combine(edge, xs))
+    channels = [spec.shape[w][0] for w in edge.writes]
+    assert y.shape[1] == sum(channels), edge.name
+    return torch.split(y, channels, dim=1)
+
+
 def reference_f(model: nn.Module, spec: Spec, state: dict) -> dict:
-    """The sum of all edges, each extended by zeros, applied to a complete state."""
-    shapes = spec.shape
+    """The sum of all edges, each extended by zeros, applied to a complete state.
+
+    Over time, a space-time state holds [batch, time, *shape] tensors: a read h[t-k] is h
+    shifted k steps along the time axis (zero before step 0), and every edge then acts on
+    every step alike, so time is folded into the batch around it."""
     result = {s.name: torch.zeros_like(state[s.name]) for s in spec.spaces}
+    lead = next(iter(state.values())).shape[: 2 if spec.over else 1]
     for edge in spec.edges:
-        y = apply_pipeline(model, spec, edge, combine(edge, state))
-        channels = [shapes[w][0] for w in edge.writes]
-        assert y.shape[1] == sum(channels), edge.name
-        parts = torch.split(y, channels, dim=1)
+        xs = [shift(state[r], k) if spec.over else state[r] for r, k in edge.inputs]
+        parts = edge_outputs(model, spec, edge, [x.reshape(-1, *x.shape[len(lead) :]) for x in xs])
         for w, part in zip(edge.writes, parts, strict=True):
-            assert part.shape[1:] == shapes[w], (edge.name, w, part.shape)
-            result[w] = result[w] + part
+            assert part.shape[1:] == spec.shape[w], (edge.name, w, part.shape)
+            result[w] = result[w] + part.reshape(*lead, *part.shape[1:])
     return result
 
 
 def complete(spec: Spec, given: dict) -> dict:
     like = next(iter(given.values()))
+    lead = like.shape[: 2 if spec.over else 1]
     return {
-        s.name: given[s.name] if s.name in given else like.new_zeros(like.shape[0], *s.shape)
+        s.name: given[s.name] if s.name in given else like.new_zeros(*lead, *s.shape)
         for s in spec.spaces
     }
 
 
+def sweeps(spec: Spec, steps: int | None) -> int:
+    """How many sweeps of x <- f(x) + x0 reach the fixed point from x0: one more than the
+    longest path of the hypergraph, depth + 1 (DESIGN.md section 4).
+
+    Over time the path runs through space-time: (s, t) reaches (s', t) by a zero-delay edge
+    and (s', t + k) by a read s[t-k], k >= 1. With D = spec.depth() (the longest path
+    within a step, a delayed read counting as a source), a path ending at step t has at most
+    (t + 1) * D edges: by induction, the node (s, t) is at most t * D + depth(s) edges from
+    the sources, since a zero-delay edge into s adds one to a node of the same step (depth
+    grows by one), and an edge that reads s'[t-k] adds one to at most (t - 1) * D + D, while
+    the space it writes has depth(s) >= 1. So steps * D + 1 sweeps suffice, and the round
+    steps * (depth + 1) used here is at least that."""
+    return spec.depth() + 1 if steps is None else steps * (spec.depth() + 1)
+
+
 def naive_resolvent(model: nn.Module, spec: Spec, x0: dict) -> dict:
-    """The definition: depth + 1 sweeps of x <- f(x) + x0, starting from x0."""
+    """The definition: enough sweeps of x <- f(x) + x0, starting from x0 (see sweeps())."""
     x0 = complete(spec, x0)
     x = dict(x0)
-    for _ in range(spec.depth() + 1):
+    steps = next(iter(x0.values())).shape[1] if spec.over else None
+    for _ in range(sweeps(spec, steps)):
         fx = reference_f(model, spec, x)
         x = {name: fx[name] + x0[name] for name in x0}
     return x
 
 
-def assert_states_close(actual: dict, expected: dict, what: str) -> None:
+def assert_states_close(actual: dict, expected: dict, what: str, rtol: float = RTOL) -> None:
     assert list(actual) == list(expected), what  # every space, in declaration order
     for name, tensor in expected.items():
         torch.testing.assert_close(
-            actual[name], tensor, rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"{what} {n}: {m}"
+            actual[name], tensor, rtol=rtol, atol=ATOL, msg=lambda m, n=name: f"{what} {n}: {m}"
         )
 
 
-def assert_grads_close(actual, expected, names, what: str) -> None:
+def assert_grads_close(actual, expected, names, what: str, rtol: float = RTOL) -> None:
     for name, a, e in zip(names, actual, expected, strict=True):
         if a is None and e is None:
             continue
@@ -295,7 +378,7 @@ def assert_grads_close(actual, expected, names, what: str) -> None:
         if e is None:
             e = torch.zeros_like(a)
         torch.testing.assert_close(
-            a, e, rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"{what}, gradient of {n}: {m}"
+            a, e, rtol=rtol, atol=ATOL, msg=lambda m, n=name: f"{what}, gradient of {n}: {m}"
         )
 
 
@@ -311,6 +394,9 @@ def check_op(op: Op, layer: nn.Module | None, shape: tuple, out_shape: tuple, ed
     """Check the layer of one op against the shape it meets; returns the shape it makes."""
     d = len(shape) - 1  # spatial axes
     what = (edge, op.kind, layer)
+    if op.kind == "machine":  # a nested module; the reference runs its forward
+        assert isinstance(layer, nn.Module) and hasattr(layer, "resolvent"), what
+        return out_shape
     if op.kind == "linear" and d == 0:
         channels = op.out if op.out is not None else out_shape[0]
         assert type(layer) is nn.Linear, what
@@ -383,35 +469,41 @@ def randomize(model: nn.Module, gen: torch.Generator) -> None:
                 b.copy_(0.5 + torch.rand(b.shape, generator=gen, dtype=b.dtype))
 
 
-def check_against_definition(cls, spec: Spec, seed: int, batch: int, given: list[str]) -> None:
-    """Every property of the machine equation, for one machine and one x0 support."""
+def check_against_definition(
+    cls, spec: Spec, seed: int, batch: int, given: list[str], steps: int | None = None
+) -> nn.Module:
+    """Every property of the machine equation, for one machine and one x0 support; over
+    time on space-time states of ``steps`` steps. Returns the (randomized) model."""
     assert list(cls.SPACES.items()) == [(s.name, s.shape) for s in spec.spaces]
     assert tuple(cls.INPUTS) == spec.inputs
     assert tuple(cls.OUTPUTS) == spec.outputs
+    assert (steps is not None) == bool(spec.over)
     gen = torch.Generator().manual_seed(seed)
     model = cls().double().eval()
     check_layers(model, spec)
     randomize(model, gen)
     names = [s.name for s in spec.spaces]
+    lead = (batch,) if steps is None else (batch, steps)
+    rtol = RTOL if steps is None else RTOL_TIME
 
     def rand(name: str) -> torch.Tensor:
-        return torch.randn(batch, *spec.shape[name], generator=gen, dtype=torch.float64)
+        return torch.randn(*lead, *spec.shape[name], generator=gen, dtype=torch.float64)
 
     # f is the sum of the edges: on a complete state, and on a partial one (missing: zero).
     state = {name: rand(name) for name in names}
-    assert_states_close(model.f(state), reference_f(model, spec, state), "f(state)")
+    assert_states_close(model.f(state), reference_f(model, spec, state), "f(state)", rtol=rtol)
     partial = {name: state[name] for name in given}
     expected = reference_f(model, spec, complete(spec, partial))
-    assert_states_close(model.f(partial), expected, "f(partial state)")
+    assert_states_close(model.f(partial), expected, "f(partial state)", rtol=rtol)
 
     # The resolvent is the definition, and solves the machine equation.
     x0 = {name: rand(name) for name in given}
     x = model.resolvent(x0)
-    assert_states_close(x, naive_resolvent(model, spec, x0), "resolvent(x0)")
+    assert_states_close(x, naive_resolvent(model, spec, x0), "resolvent(x0)", rtol=rtol)
     full = complete(spec, x0)
     fx = model.f(x)
     fixed_point = {name: fx[name] + full[name] for name in names}
-    assert_states_close(x, fixed_point, "resolvent(x0) vs f(x) + x0")
+    assert_states_close(x, fixed_point, "resolvent(x0) vs f(x) + x0", rtol=rtol)
 
     # forward is the resolvent of x0 on the inputs, read on the outputs.
     inputs = [rand(name) for name in spec.inputs]
@@ -427,6 +519,7 @@ def check_against_definition(cls, spec: Spec, seed: int, batch: int, given: list
         dict(zip(spec.outputs, outputs, strict=True)),
         {name: expected[name] for name in spec.outputs},
         "forward(*inputs)",
+        rtol=rtol,
     )
 
     # Gradients: through resolvent and forward, as autograd through the naive iteration.
@@ -436,26 +529,96 @@ def check_against_definition(cls, spec: Spec, seed: int, batch: int, given: list
     def loss(state: dict, spaces) -> torch.Tensor:
         return sum((weights[name] * state[name]).sum() for name in spaces)
 
+    def grad(scalar: torch.Tensor, wrt: list) -> tuple:
+        if not scalar.requires_grad:  # outputs that depend on nothing (a zero past, say)
+            return (None,) * len(wrt)
+        return torch.autograd.grad(scalar, wrt, allow_unused=True)
+
     leaves = {name: t.clone().requires_grad_() for name, t in x0.items()}
     wrt = [*params.values(), *leaves.values()]
     labels = [*params, *(f"x0[{name}]" for name in leaves)]
-    got = torch.autograd.grad(loss(model.resolvent(leaves), names), wrt, allow_unused=True)
-    want = torch.autograd.grad(
-        loss(naive_resolvent(model, spec, leaves), names), wrt, allow_unused=True
-    )
-    assert_grads_close(got, want, labels, "resolvent")
+    got = grad(loss(model.resolvent(leaves), names), wrt)
+    want = grad(loss(naive_resolvent(model, spec, leaves), names), wrt)
+    assert_grads_close(got, want, labels, "resolvent", rtol=rtol)
 
     ins = [t.clone().requires_grad_() for t in inputs]
     wrt = [*params.values(), *ins]
     labels = [*params, *spec.inputs]
-    result = model(*ins)
-    outputs = (result,) if len(spec.outputs) == 1 else tuple(result)
-    got = torch.autograd.grad(
-        loss(dict(zip(spec.outputs, outputs, strict=True)), spec.outputs), wrt, allow_unused=True
-    )
+    got = grad(loss(as_outputs(spec, model(*ins)), spec.outputs), wrt)
     naive = naive_resolvent(model, spec, dict(zip(spec.inputs, ins, strict=True)))
-    want = torch.autograd.grad(loss(naive, spec.outputs), wrt, allow_unused=True)
-    assert_grads_close(got, want, labels, "forward")
+    want = grad(loss(naive, spec.outputs), wrt)
+    assert_grads_close(got, want, labels, "forward", rtol=rtol)
+    if spec.over:
+        check_time(model, spec, inputs, random.Random(seed))
+    return model
+
+
+def as_outputs(spec: Spec, result) -> dict:
+    """forward's result as {output: tensor}: one tensor, or a tuple of them."""
+    if len(spec.outputs) == 1:
+        assert isinstance(result, torch.Tensor)
+        result = (result,)
+    assert isinstance(result, tuple) and len(result) == len(spec.outputs)
+    return dict(zip(spec.outputs, result, strict=True))
+
+
+def check_time(model: nn.Module, spec: Spec, inputs: list, rng: random.Random) -> None:
+    """forward's state and steps: DELAYS, the state it returns, chunks, longer and shorter runs."""
+    delays: dict[str, int] = {}
+    for edge in spec.edges:
+        for r, k in edge.inputs:
+            if k:
+                delays[r] = max(delays.get(r, 0), k)
+    assert dict(model.DELAYS) == delays
+    batch, steps = inputs[0].shape[:2]
+    rtol = RTOL_TIME
+    expected = naive_resolvent(model, spec, dict(zip(spec.inputs, inputs, strict=True)))
+    whole, state = model(*inputs, return_state=True)
+    whole = as_outputs(spec, whole)
+    assert_states_close(
+        whole, {name: expected[name] for name in spec.outputs}, "forward", rtol=rtol
+    )
+    # The state: the last k steps of every space read k steps ago (zero before step 0).
+    assert sorted(state) == sorted(delays)
+    for name, k in delays.items():
+        padded = torch.cat(
+            [expected[name].new_zeros(batch, k, *spec.shape[name]), expected[name]], 1
+        )
+        torch.testing.assert_close(
+            state[name], padded[:, -k:], rtol=rtol, atol=ATOL, msg=f"state[{name!r}]"
+        )
+    # Chunks with state= are one long call.
+    cuts = sorted(rng.sample(range(1, steps), rng.randint(1, steps - 1)))
+    pieces: list[dict] = []
+    carried = None
+    for start, stop in zip([0, *cuts], [*cuts, steps], strict=True):
+        result, carried = model(
+            *(x[:, start:stop] for x in inputs), state=carried, return_state=True
+        )
+        pieces.append(as_outputs(spec, result))
+    chunked = {name: torch.cat([p[name] for p in pieces], 1) for name in spec.outputs}
+    assert_states_close(chunked, whole, f"forward in chunks {cuts}", rtol=rtol)
+    for name in delays:
+        torch.testing.assert_close(carried[name], state[name], rtol=rtol, atol=ATOL)
+    # steps= past the inputs runs on with zero input; fewer steps cut the inputs.
+    more = steps + rng.randint(1, 3)
+    padded_inputs = [
+        torch.cat([x, x.new_zeros(batch, more - steps, *x.shape[2:])], 1) for x in inputs
+    ]
+    longer = naive_resolvent(model, spec, dict(zip(spec.inputs, padded_inputs, strict=True)))
+    assert_states_close(
+        as_outputs(spec, model(*inputs, steps=more)),
+        {name: longer[name] for name in spec.outputs},
+        f"forward(steps={more})",
+        rtol=rtol,
+    )
+    fewer = rng.randint(1, steps)
+    assert_states_close(
+        as_outputs(spec, model(*inputs, steps=fewer)),
+        {name: whole[name][:, :fewer] for name in spec.outputs},
+        f"forward(steps={fewer})",
+        rtol=rtol,
+    )
 
 
 def load_classes(source: str, filename: str) -> dict:
@@ -482,6 +645,9 @@ SHARED_NAMES = (
 # Fine as space names; as edge names they would become renamed layer attributes.
 SPACE_ONLY_NAMES = ("lambda", "None", "_complete", "_v", "blk_1")
 FAMILY = "blk"  # an array of spaces: blk[1], blk[2], ...
+# Names that the generated code of machines over time uses: the time loop's locals, the
+# per-step lists and pasts of a space h, the runtime helpers' module, the time variable.
+TIME_NAMES = ("batch", "steps", "t", "tau", "h_steps", "h_past", "x_at", "runtime", "carry")
 
 
 def pipelines(n_in: int, n_out: int, k: int) -> list[tuple[Op, ...]]:
@@ -535,17 +701,21 @@ def pipelines(n_in: int, n_out: int, k: int) -> list[tuple[Op, ...]]:
 
 
 @st.composite
-def random_machines(draw, machine: str = "M") -> Spec:
-    n = draw(st.integers(2, 8))
-    names = draw(
-        st.lists(
-            st.sampled_from(SHARED_NAMES + SPACE_ONLY_NAMES), min_size=n, max_size=n, unique=True
-        )
-    )
+def random_machines(draw, machine: str = "M", over: str = "", most: int = 8, largest: int = 6):
+    """Random acyclic vector machines of 2..most spaces of sizes 1..largest. Over time
+    (``over`` names the time variable), edges also read spaces k = 1..3 steps ago (any
+    space: inputs, the edge's own target, later ones; one space at several delays; an
+    array at one delay), and some are gates: ``mul`` of equal-size inputs, as in an LSTM.
+    The zero-delay reads alone form a DAG, as within one step they must."""
+    n = draw(st.integers(2, most))
+    pool = SHARED_NAMES + SPACE_ONLY_NAMES
+    if over:
+        pool += tuple(name for name in TIME_NAMES if name != over)
+    names = draw(st.lists(st.sampled_from(pool), min_size=n, max_size=n, unique=True))
     # `names` is the topological order: an edge reads spaces earlier in it and writes
     # spaces later in it. The first space is an input (nothing can write it); a later
     # input may be written by edges too (its value is x0 plus their contributions).
-    sizes = draw(st.lists(st.integers(1, 6), min_size=n, max_size=n))
+    sizes = draw(st.lists(st.integers(1, largest), min_size=n, max_size=n))
     role = st.integers(0, 9).map(lambda k: "input" if k < 3 else "space" if k < 8 else "output")
     roles = ["input"] + draw(st.lists(role, min_size=n - 1, max_size=n - 1))
     roles[draw(st.integers(1, n - 1))] = "output"
@@ -554,6 +724,7 @@ def random_machines(draw, machine: str = "M") -> Spec:
     # Maybe an array: a run of hidden spaces declared one after another becomes blk[1..m].
     declarations: list[str] = []
     families: dict[int, int] = {}  # declaration index -> run length
+    family: list[int] = []  # the positions of blk[1], blk[2], ...
     if draw(st.integers(0, 2)) > 0:
         runs = [
             i
@@ -570,6 +741,7 @@ def random_machines(draw, machine: str = "M") -> Spec:
                 position = declared[start + j]
                 names[position] = f"{FAMILY}[{j + 1}]"
                 sizes[position] = sizes[declared[start]]
+                family.append(position)
             event("array of spaces")
     i = 0
     while i < n:
@@ -591,30 +763,53 @@ def random_machines(draw, machine: str = "M") -> Spec:
     edges = []
     writers = {j: 0 for j in range(n)}
     for name, target in zip(edge_names, must + more, strict=True):
-        reads = draw(st.lists(st.integers(0, target - 1), min_size=1, max_size=3, unique=True))
-        if target - 1 not in reads and draw(st.booleans()):  # chains make deep machines
-            reads.insert(draw(st.integers(0, len(reads))), target - 1)
-        if draw(st.integers(0, 11)) == 11:  # now and then a space read twice
-            reads.insert(draw(st.integers(0, len(reads))), draw(st.sampled_from(reads)))
-            event("a space read twice")
-        later = [j for j in range(max(reads) + 1, n) if j != target]
-        writes = [target]
-        if later:
-            writes += draw(st.lists(st.sampled_from(later), max_size=2, unique=True))
-        writes = draw(st.permutations(writes))
-        n_in = sum(sizes[j] for j in reads)
-        n_out = sum(sizes[j] for j in writes)
-        ops = draw(st.sampled_from(pipelines(n_in, n_out, draw(st.integers(1, 6)))))
+        if over and draw(st.integers(0, 3)) == 0:  # a gate: mul of equal-size inputs
+            size = sizes[target]
+            now = [j for j in range(target) if sizes[j] == size]
+            reads = draw(st.lists(st.sampled_from(now), max_size=2)) if now else []
+            past = st.tuples(st.sampled_from([j for j in range(n) if sizes[j] == size]), LAGS)
+            delayed = draw(st.lists(past, min_size=max(0, 2 - len(reads)), max_size=2))
+            inputs = draw(st.permutations([(j, 0) for j in reads] + delayed))
+            gate = (Op("mul", "mul"),)
+            ops = gate + draw(st.sampled_from([(), (Op("tanh", "tanh"),), (Op("relu", "relu"),)]))
+            writes = [target]
+            event("a gate (mul)")
+        else:
+            reads = draw(st.lists(st.integers(0, target - 1), min_size=1, max_size=3, unique=True))
+            if target - 1 not in reads and draw(st.booleans()):  # chains make deep machines
+                reads.insert(draw(st.integers(0, len(reads))), target - 1)
+            if draw(st.integers(0, 11)) == 11:  # now and then a space read twice
+                reads.insert(draw(st.integers(0, len(reads))), draw(st.sampled_from(reads)))
+                event("a space read twice")
+            inputs = [(j, 0) for j in reads]
+            if over:
+                inputs = draw(delayed_reads(n, target, inputs, family))
+                reads = [j for j, k in inputs if k == 0]
+            later = [j for j in range(max(reads, default=-1) + 1, n) if j != target]
+            writes = [target]
+            if later:
+                writes += draw(st.lists(st.sampled_from(later), max_size=2, unique=True))
+            writes = draw(st.permutations(writes))
+            n_in = sum(sizes[j] for j, _ in inputs)
+            n_out = sum(sizes[j] for j in writes)
+            choices = pipelines(n_in, n_out, draw(st.integers(2 if over else 1, 6)))
+            if over and min(n_in, n_out) == 1:
+                # A layernorm of one feature has zero gradient, which autograd computes as
+                # rounding noise times 1/sqrt(eps): over many steps, beyond the tolerances.
+                choices = [c for c in choices if all(op.kind != "layernorm" for op in c)]
+            ops = draw(st.sampled_from(choices))
         for j in writes:
             writers[j] += 1
         edges.append(
             Edge(
                 name=name,
-                reads=tuple(names[j] for j in reads),
+                reads=tuple(names[j] for j, _ in inputs),
                 writes=tuple(names[j] for j in writes),
                 ops=ops,
                 product=draw(st.sampled_from(["×", "*"])),
                 arrow=draw(st.sampled_from(["->", "->", "→"])),
+                delays=tuple(k for _, k in inputs) if over else (),
+                ranges=bool(over) and draw(st.booleans()),
             )
         )
     edges = draw(st.permutations(edges))  # declaration order, unrelated to the topology
@@ -628,8 +823,46 @@ def random_machines(draw, machine: str = "M") -> Spec:
         event("an edge reads several spaces")
     if any(sum(op.has_layer for op in e.ops) > 1 for e in edges):
         event("a ModuleList")
+    if over:
+        recurrent = {e.reads[i] for e in edges for i, k in enumerate(e.delays) if k}
+        event(f"{min(len(recurrent), 3)}+ spaces read at earlier steps")
+        if recurrent & {names[j] for j in range(n) if roles[j] == "input"}:
+            event("an input read at an earlier step")
     spaces = tuple(Space(names[p], sizes[p], roles[p]) for p in declared)
-    return Spec(name=machine, spaces=spaces, edges=tuple(edges), declarations=tuple(declarations))
+    return Spec(
+        name=machine,
+        spaces=spaces,
+        edges=tuple(edges),
+        declarations=tuple(declarations),
+        over=over,
+    )
+
+
+LAGS = st.integers(1, 3)  # how many steps ago a delayed read looks
+
+
+@st.composite
+def delayed_reads(draw, n: int, target: int, inputs: list, family: list[int]) -> list:
+    """An edge's (space, delay) reads over time: its zero-delay reads, shuffled with
+    reads of any space at earlier steps; sometimes only the past."""
+    delayed = draw(st.lists(st.tuples(st.integers(0, n - 1), LAGS), max_size=2))
+    if draw(st.booleans()):  # the target's own past: a recurrence
+        delayed.append((target, draw(LAGS)))
+    if draw(st.integers(0, 3)) == 0:  # one space at several delays: h[t-1] × h[t-3]
+        j = draw(st.integers(0, n - 1))
+        lags = draw(st.lists(LAGS, min_size=2, max_size=3, unique=True))
+        delayed += [(j, k) for k in draw(st.permutations(lags))]
+        event("a space read at several delays")
+    if delayed and draw(st.integers(0, 3)) == 0:
+        inputs = []  # only the past
+        event("an edge reads only the past")
+    inputs = draw(st.permutations(inputs + delayed))
+    if family and draw(st.integers(0, 2)) == 0:  # blk[1..m][t-k]
+        at = draw(st.integers(0, len(inputs)))
+        k = draw(LAGS)
+        inputs = inputs[:at] + [(j, k) for j in family] + inputs[at:]
+        event("an array read at one delay")
+    return inputs
 
 
 @st.composite
@@ -660,6 +893,40 @@ def cases(draw, machines=random_machines):
 @given(case=cases())
 def test_random_machines_follow_the_machine_equation(case) -> None:
     check_case(case)
+
+
+@st.composite
+def time_cases(draw):
+    """A machine over time, the spaces x0 is given on, a seed, batch 2 and 2..5 steps."""
+    over = draw(st.sampled_from(["t", "tau", "step"]))
+    spec = draw(random_machines(over=over, most=6, largest=4))
+    names = [s.name for s in spec.spaces]
+    support = draw(
+        st.one_of(
+            st.just(list(spec.inputs)),
+            st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True),
+        )
+    )
+    return spec, support, draw(st.integers(0, 2**32 - 1)), draw(st.integers(2, 5))
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(case=time_cases())
+def test_random_machines_over_time_follow_the_machine_equation(case) -> None:
+    """Space-time states: delayed reads are shifts along the time axis (zero before step
+    0); resolvent, f, the machine equation, forward, chunks with state and gradients."""
+    spec, support, seed, steps = case
+    source = spec.render()
+    note(source)
+    note(f"x0 given on {support}, seed {seed}, {steps} steps")
+    event(f"depth {spec.depth()} within a step")
+    cls = load_classes(source, "random_time.mach")[spec.name]
+    check_against_definition(cls, spec, seed, 2, support, steps)
 
 
 def check_case(case) -> None:
@@ -1184,3 +1451,208 @@ def test_example_depths() -> None:
         "unet.mach": 5,
         "gated.mach": 2,
     }
+
+
+# --- machines with sub-machines as edges ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubMachine:
+    """A machine with parameters (w: a space size, k: an inner width) used as an edge."""
+
+    spec: Spec  # rendered with its parameters; its ops at the values the parent passes
+    default: Spec  # its ops at the parameters' defaults
+    call: str  # the parent's pipeline: Sub1(k=3, w=2)
+
+
+@st.composite
+def sub_machines(draw, name: str) -> SubMachine:
+    """A small random vector machine whose spaces of one size are declared `: w` and whose
+    inner widths of one value are `out=k`; the parent passes both by name (or leaves w to
+    its default, the size drawn), k often differing from its default."""
+    spec = draw(random_machines(name, most=4, largest=4))
+    w = draw(st.sampled_from(sorted({s.size for s in spec.spaces})))
+    declarations = tuple(re.sub(rf": {w}$", ": w", line) for line in spec.declarations)
+    params, args = [f"w: int = {w}"], [f"w={w}"] if draw(st.booleans()) else []
+    inner = sorted({op.out for e in spec.edges for op in e.ops if op.out is not None})
+    default_edges = spec.edges
+    if inner:
+        k, k_default = draw(st.sampled_from(inner)), draw(st.integers(1, 6))
+
+        def with_k(edge: Edge, out: int, text: str) -> Edge:
+            ops = tuple(
+                replace(op, out=out, text=op.text.replace(f"out={k}", text)) if op.out == k else op
+                for op in edge.ops
+            )
+            return replace(edge, ops=ops)
+
+        params.append(f"k: int = {k_default}")
+        if k != k_default or draw(st.booleans()):
+            args.append(f"k={k}")
+        default_edges = tuple(with_k(e, k_default, "out=k") for e in spec.edges)
+        spec = replace(spec, edges=tuple(with_k(e, k, "out=k") for e in spec.edges))
+    spec = replace(spec, declarations=declarations, params=f"({', '.join(params)})")
+    args = draw(st.permutations(args))
+    call = f"{name}({', '.join(args)})" if args or draw(st.booleans()) else name
+    return SubMachine(spec, replace(spec, edges=default_edges), call)
+
+
+@st.composite
+def composed_machines(draw, subs: list[SubMachine]) -> Spec:
+    """A vector machine whose edges include sub-machine edges (inputs and outputs mapped
+    one by one onto spaces of the right sizes, existing ones or new ones made by random
+    edges), shared(...) uses of a sub-machine edge or of a layer edge, and several edges
+    into one space. Spaces are made in topological order: edges read earlier ones."""
+    pool = draw(st.permutations(SHARED_NAMES + SPACE_ONLY_NAMES))
+    edge_pool = draw(st.permutations(SHARED_NAMES)) + [f"g{i}" for i in range(30)]
+    used: set[str] = set()
+    sizes: list[int] = []
+    roles: list[str] = []
+    names: list[str] = []
+    edges: list[Edge] = []
+
+    def fresh(candidates) -> str:
+        name = next(c for c in candidates if c not in used)
+        used.add(name)
+        return name
+
+    def space(size: int, role: str) -> int:
+        sizes.append(size)
+        roles.append(role)
+        names.append(fresh(pool))
+        return len(sizes) - 1
+
+    def made(size: int) -> int:
+        """A space of this size: an input, or written from earlier spaces by a random edge."""
+        if not sizes or draw(st.integers(0, 3)) == 0:
+            return space(size, "input")
+        reads = draw(st.lists(st.integers(0, len(sizes) - 1), min_size=1, max_size=2))
+        n_in = sum(sizes[r] for r in reads)
+        ops = draw(st.sampled_from(pipelines(n_in, size, draw(st.integers(1, 4)))))
+        target = space(size, "space")
+        edges.append(Edge(fresh(edge_pool), tuple(names[r] for r in reads), (names[target],), ops))
+        return target
+
+    def reads_of(wanted: list[int]) -> list[int]:
+        reads = []
+        for size in wanted:
+            like = [j for j in range(len(sizes)) if sizes[j] == size]
+            reads.append(
+                draw(st.sampled_from(like)) if like and draw(st.booleans()) else made(size)
+            )
+        return reads
+
+    def writes_of(wanted: list[int], reads: list[int]) -> list[int]:
+        writes: list[int] = []
+        for size in wanted:  # an existing space after the reads (several edges into it), or new
+            like = [
+                j
+                for j in range(max(reads) + 1, len(sizes))
+                if sizes[j] == size and roles[j] != "input" and j not in writes
+            ]
+            if like and draw(st.booleans()):
+                writes.append(draw(st.sampled_from(like)))
+                event("a sub-machine edge writes a space other edges write")
+            else:
+                writes.append(space(size, "space"))
+        return writes
+
+    def add(reads: list[int], writes: list[int], **fields) -> Edge:
+        edge = Edge(
+            fresh(edge_pool),
+            tuple(names[j] for j in reads),
+            tuple(names[j] for j in writes),
+            product=draw(st.sampled_from(["×", "*"])),
+            **fields,
+        )
+        edges.append(edge)
+        return edge
+
+    made(draw(st.integers(1, 4)))
+    machine_edges: list[tuple[Edge, SubMachine]] = []
+    for _ in range(draw(st.integers(1, 2))):
+        sub = draw(st.sampled_from(subs))
+        reads = reads_of([s.size for s in sub.spec.spaces if s.role == "input"])
+        outs = [s.size for s in sub.spec.spaces if s.role == "output"]
+        edge = add(reads, writes_of(outs, reads), ops=(Op("machine", sub.call),), text=sub.call)
+        machine_edges.append((edge, sub))
+    layered = [e for e in edges if any(op.has_layer for op in e.ops)]
+    originals = [e for e, _ in machine_edges] + layered
+    sharing = draw(st.integers(0, 2))  # how many shared(...) edges
+    for original in draw(st.lists(st.sampled_from(originals), min_size=sharing, max_size=2)):
+        size = dict(zip(names, sizes, strict=True))
+        reads = reads_of([size[r] for r in original.reads])
+        writes = writes_of([size[w] for w in original.writes], reads)
+        # The same ops (and so the same layers, under the original's attribute).
+        text = f"shared({original.name})"
+        add(reads, writes, ops=original.ops, attr=original.layer_attr, text=text)
+        event("shared(a sub-machine edge)" if original.text else "shared(a layer edge)")
+    roles = [r if r == "input" else draw(st.sampled_from(["space", "output"])) for r in roles]
+    roles[-1] = "output"
+    declared = draw(st.permutations(range(len(sizes))))
+    return Spec(
+        name="M",
+        spaces=tuple(Space(names[j], sizes[j], roles[j]) for j in declared),
+        edges=tuple(draw(st.permutations(edges))),
+        declarations=tuple(f"{roles[j]:<6} {names[j]} : {sizes[j]}" for j in declared),
+    )
+
+
+@st.composite
+def composed_cases(draw):
+    subs = [draw(sub_machines(name)) for name in ("Sub1", "Block")[: draw(st.integers(1, 2))]]
+    parent = draw(composed_machines(subs))
+    supports = []
+    for spec in (parent, *(sub.spec for sub in subs)):
+        names = [s.name for s in spec.spaces]
+        supports.append(
+            draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True))
+        )
+    return subs, parent, supports, draw(st.integers(0, 2**32 - 1)), draw(st.integers(1, 3))
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(case=composed_cases())
+def test_random_machines_with_sub_machines_follow_the_machine_equation(case) -> None:
+    """A sub-machine edge is its module's forward on the edge's inputs (a shared edge: the
+    original's module or layers); the parent and every sub-machine class (at the passed
+    parameters and at the defaults) follow the machine equation; shared edges hold no
+    parameters of their own."""
+    subs, parent, supports, seed, batch = case
+    source = "\n".join([*(sub.spec.render() for sub in subs), parent.render()])
+    note(source)
+    note(f"x0 given on {supports}, seed {seed}, batch {batch}")
+    namespace = load_classes(source, "random_composed.mach")
+    model = check_against_definition(namespace["M"], parent, seed, batch, supports[0])
+    # Every sub-machine class follows the vector oracle too: the class the parent
+    # instantiates (at the parameters it passes) and the class at the defaults.
+    for sub, support in zip(subs, supports[1:], strict=True):
+        used = {type(getattr(model, e.layer_attr)) for e in parent.edges if e.text == sub.call}
+        for cls in used:
+            check_against_definition(cls, sub.spec, seed, batch, support)
+        check_against_definition(namespace[sub.spec.name], sub.default, seed, batch, support)
+
+    # Shared edges hold no parameters: the machine with a copy of each shared edge instead
+    # (the original's pipeline written out again) has exactly the copies' parameters more.
+    shared = [e for e in parent.edges if e.text.startswith("shared(")]
+    if not shared:
+        return
+    copies = tuple(replace(e, attr="", text="") if e in shared else e for e in parent.edges)
+    variant_source = "\n".join(
+        [*(sub.spec.render() for sub in subs), replace(parent, edges=copies).render()]
+    )
+    variant = load_classes(variant_source, "random_copies.mach")["M"]()
+    copied = {e.name for e in shared}
+    keys = list(model.state_dict())
+    assert not any(key.split(".")[0] in copied for key in keys), keys
+    theirs = variant.state_dict().items()
+    expected = {key: v.shape for key, v in theirs if key.split(".")[0] not in copied}
+    assert {key: v.shape for key, v in model.state_dict().items()} == expected
+    extra = sum(p.numel() for e in shared for p in getattr(variant, e.name).parameters())
+    count = sum(p.numel() for p in model.parameters())
+    assert count == sum(p.numel() for p in variant.parameters()) - extra
