@@ -44,11 +44,10 @@ class _AlreadyReported(_Problem):
 class _Composition:
     """The machines used as edges in one program: one instance per machine and parameters."""
 
-    def __init__(self, library: Library | None, root: str):
+    def __init__(self, library: Library | None):
         self.library = library
-        self.root = root
-        self.instances: dict[tuple, ir.Machine] = {}  # (file, name, params) -> instance
-        self.building: list[tuple[str, str, Span | None]] = []  # (file, machine, used at)
+        self.instances: dict[tuple, ir.Machine] = {}  # _identity(machine) -> instance
+        self.building: list[tuple[str, str]] = []  # (file, machine) being built, outermost first
         self.keys = Namespace(CLASS_NAME_CLASHES)
 
     def scope(self, file: str) -> dict[str, Visible]:
@@ -60,9 +59,9 @@ class _Composition:
         self, visible: Visible, values: dict[str, ir.Value], used_at: Span, reporter: Reporter
     ) -> ir.Machine | None:
         """The instance of a machine with these parameter values (built once)."""
-        given = ", ".join(f"{k}={ir.format_value(v)}" for k, v in values.items())
-        note = Note(message=f"in {visible.decl.name}({given}), used as an edge here", span=used_at)
-        self.building.append((visible.file, visible.decl.name, used_at))
+        call = ir.machine_call(visible.decl.name, values)
+        note = Note(message=f"in {call}, used as an edge here", span=used_at)
+        self.building.append((visible.file, visible.decl.name))
         try:
             noting = _NotingReporter(reporter, note)
             machine = _MachineBuilder(visible.decl, noting, self, visible.file).build(values)
@@ -70,19 +69,24 @@ class _Composition:
             self.building.pop()
         if machine is None:
             return None
-        identity = (visible.file, machine.name, tuple(sorted(machine.params.items())))
+        identity = _identity(machine)
         if identity not in self.instances:
             self.instances[identity] = machine.model_copy(update={"key": self.key(machine)})
         return self.instances[identity]
 
     def key(self, machine: ir.Machine) -> str:
         """The class name of a machine: its name, or with its parameters when that is taken."""
-        identity = f"{machine.span.file}/{machine.name}/{sorted(machine.params.items())}"
+        identity = repr(_identity(machine))
         hint = machine.name
         if not self.keys.has(identity) and self.keys.taken(machine.name):
             values = "_".join(f"{k}{ir.format_value(v)}" for k, v in machine.params.items())
             hint = f"{machine.name}_{values}" if values else machine.name
         return self.keys.name(identity, hint)
+
+
+def _identity(machine: ir.Machine) -> tuple:
+    """What makes two machines one class: the defining file, the name, the parameter values."""
+    return (machine.span.file, machine.name, tuple(sorted(machine.params.items())))
 
 
 class _NotingReporter(Reporter):
@@ -94,7 +98,7 @@ class _NotingReporter(Reporter):
         self.note = note
 
     def _add(self, diagnostic) -> None:
-        self.inner._add(diagnostic.model_copy(update={"notes": (*diagnostic.notes, self.note)}))
+        self.inner.add(diagnostic.model_copy(update={"notes": (*diagnostic.notes, self.note)}))
 
     @property
     def error_count(self) -> int:
@@ -113,7 +117,7 @@ def build(
     ``Machine.name`` to a value: a Python value or its text (as from ``--set``).
     ``library`` holds the imported files; machines used as edges become instances.
     """
-    composition = _Composition(library, source.path)
+    composition = _Composition(library)
     composition.keys.reserve(*(decl.name for decl in source.machines))  # roots keep their names
     machines = []
     seen: dict[str, Span] = {}
@@ -135,7 +139,7 @@ def build(
         start = Span(file=source.path, line=1, column=1, end_line=1, end_column=1)
         reporter.error(Code.MACHINE, "the file defines no machine", start)
     # A machine of this file used as an edge with its own parameters is that machine.
-    own = {(source.path, m.name, tuple(sorted(m.params.items()))): m.key for m in machines}
+    own = {_identity(m): m.key for m in machines}
     alias = {m.key: own[i] for i, m in composition.instances.items() if i in own}
     instances = [m for i, m in composition.instances.items() if i not in own]
     return ir.Program(
@@ -342,7 +346,7 @@ class _MachineBuilder:
     ):
         self.decl = decl
         self.reporter = reporter
-        self.composition = composition or _Composition(None, file)
+        self.composition = composition or _Composition(None)
         self.file = file
         self.shares: dict[str, tuple[str, Span, _Scope]] = {}  # edge -> (shared edge, where)
         self.spaces = _Spaces()
@@ -840,7 +844,7 @@ class _MachineBuilder:
                 hint=f"declare {self.decl.name} over t, or use a machine that is not over time",
             )
             ok = False
-        uses = [(f, m) for f, m, _ in self.composition.building] + [(self.file, self.decl.name)]
+        uses = [*self.composition.building, (self.file, self.decl.name)]
         if (visible.file, decl.name) in uses:
             path = " -> ".join([m for _, m in uses[uses.index((visible.file, decl.name)) :]])
             self.error(

@@ -44,8 +44,9 @@ def _check_machine(
     _check_cycles(machine, graph, reporter)
     if reporter.error_count > errors_before:
         return None
-    structure = _structure(machine, graph, shapes)
-    _warn_unused(machine, hypergraph(machine, delayed=True), reporter)
+    space_time = hypergraph(machine, delayed=True)  # reads of earlier steps too
+    structure = _structure(machine, graph, space_time, shapes)
+    _warn_unused(machine, space_time, reporter)
     return structure
 
 
@@ -76,8 +77,7 @@ def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter, machine
 
 def _check_boundary(machine: ir.Machine, edge: ir.Edge, sub: ir.Machine, reporter) -> None:
     """A sub-machine edge's spaces map one by one onto the sub-machine's inputs and outputs."""
-    used = f"{sub.name}({', '.join(f'{k}={ir.format_value(v)}' for k, v in sub.params.items())})"
-    used = used if sub.params else sub.name
+    used = ir.machine_call(sub.name, sub.params)
     for side, ports, role in (
         ("inputs", edge.inputs, ir.Role.INPUT),
         ("outputs", edge.outputs, ir.Role.OUTPUT),
@@ -247,7 +247,9 @@ def _check_cycles(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter) ->
         )
 
 
-def _structure(machine: ir.Machine, graph: nx.DiGraph, shapes) -> ir.Structure:
+def _structure(
+    machine: ir.Machine, graph: nx.DiGraph, space_time: nx.DiGraph, shapes
+) -> ir.Structure:
     depth: dict[str, int] = {}
     level: dict[str, int] = {}
     for kind, name in nx.lexicographical_topological_sort(graph, key=_node_key(graph)):
@@ -264,9 +266,9 @@ def _structure(machine: ir.Machine, graph: nx.DiGraph, shapes) -> ir.Structure:
         tuple(e for e in order if level[e] == k)
         for k in range(1, max(level.values(), default=0) + 1)
     )
-    phases = _phases(machine) if machine.time is not None else {}
+    phases = _phases(machine, space_time) if machine.time is not None else {}
     if phases:
-        order = _time_order(machine, phases, order)
+        order = _time_order(machine, phases, order, space_time)
     delays: dict[str, int] = {}
     for edge in machine.edges:
         for port in edge.inputs:
@@ -282,14 +284,13 @@ def _structure(machine: ir.Machine, graph: nx.DiGraph, shapes) -> ir.Structure:
     )
 
 
-def _time_order(machine: ir.Machine, phases, order) -> tuple[str, ...]:
+def _time_order(machine: ir.Machine, phases, order, full: nx.DiGraph) -> tuple[str, ...]:
     """The order edges of a machine over time run in: phase by phase.
 
     Within the step loop, the order of one step (``order``); before and after it,
     where edges run on every step at once, an order in which an edge also comes
     after the writers of the spaces it reads at earlier steps.
     """
-    full = hypergraph(machine, delayed=True)
     key = _node_key(full)
     result = []
     for phase in ir.Phase:
@@ -303,7 +304,7 @@ def _time_order(machine: ir.Machine, phases, order) -> tuple[str, ...]:
     return tuple(result)
 
 
-def _phases(machine: ir.Machine) -> dict[str, ir.Phase]:
+def _phases(machine: ir.Machine, graph: nx.DiGraph) -> dict[str, ir.Phase]:
     """When each edge of a machine over time runs (see :class:`ir.Phase`).
 
     The recurrence is every strongly connected component of the space-time graph
@@ -311,7 +312,6 @@ def _phases(machine: ir.Machine) -> dict[str, ir.Phase]:
     when it is both downstream and upstream of the recurrence; before the loop when
     it is not downstream of it; after the loop otherwise.
     """
-    graph = hypergraph(machine, delayed=True)
     recurrent: set = set()
     for component in nx.strongly_connected_components(graph):
         sub = graph.subgraph(component)

@@ -445,7 +445,8 @@ def _count(n: int, noun: str) -> str:
 
 def describe(program) -> str:
     """The structure report of ``machc check``: spaces with depths, levels of independent edges."""
-    from .lower import format_params, source_label
+    from .ir import format_params
+    from .lower import source_label
     from .ops import format_shape
 
     blocks = []

@@ -171,6 +171,10 @@ class Reporter:
             Diagnostic(severity=Severity.WARNING, code=code, message=message, span=span, **extra)
         )
 
+    def add(self, diagnostic: Diagnostic) -> None:
+        """Report a diagnostic made elsewhere (another file's, or one with notes added)."""
+        self._add(diagnostic)
+
     def _add(self, diagnostic: Diagnostic) -> None:
         # NOTE: a mistake inside a loop body is found once per iteration; report it once.
         # The key leaves out the loop variable's value that messages may mention.

@@ -31,7 +31,8 @@ import subprocess
 from collections.abc import Sequence
 
 from . import ir
-from .lower import edge_text, format_params, machine_call, op_text, pipeline_text
+from .ir import format_params, machine_call
+from .lower import edge_text, op_text, pipeline_text
 from .ops import format_shape
 
 FORMATS = ("svg", "png", "pdf", "dot")  # what `machc graph -o` writes, by file extension
@@ -251,7 +252,7 @@ class _Drawer:
 
     def _edge_attrs(self, machine: ir.Machine, edge: ir.Edge) -> str:
         if edge.machine is not None:
-            parts = [machine_call(self.calls[edge.machine])]
+            parts = [machine_call(self.calls[edge.machine].name, self.calls[edge.machine].params)]
             style, rest = MACHINE_BOX
         else:
             parts = [op_text(op) for op in edge.ops]
@@ -303,7 +304,8 @@ def _space_attrs(space: ir.Space, path: str = "") -> str:
 
 def _cluster_label(edge: ir.Edge, instance: ir.Machine) -> str:
     """``blk1 = ResBlock(w=32)``, or ``tied = shared(blk2): ResBlock(w=32)``, in bold name."""
-    call = machine_call(instance) + (f" over {instance.time}" if instance.time else "")
+    call = machine_call(instance.name, instance.params)
+    call += f" over {instance.time}" if instance.time else ""
     what = f"shared({edge.shares}): {call}" if edge.shares else call
     return f"<<b>{_html(edge.name)}</b> = {_html(what)}>"
 

@@ -99,47 +99,50 @@ class _Loader:
                     hint="a file cannot import itself, directly or through others",
                 )
                 continue
-            if display not in self.library.files:
-                try:
-                    text = self.read(real)
-                except OSError as exc:
-                    why = exc.strerror or str(exc)
-                    self.reporter.error(
-                        Code.IMPORT, f"cannot read {display}: {why}", imp.span, notes=notes
-                    )
-                    continue
-                except CompileError as exc:  # not UTF-8
-                    self._adopt(exc, display, imp, chain, path)
-                    continue
-                self.library.sources[display] = text
-                try:
-                    self.library.files[display] = parse(text, display)
-                except CompileError as exc:
-                    self._adopt(exc, display, imp, chain, path)
-                    continue
-                self.visit(display, [*chain, (path, imp.span)])
-            if display not in self.library.files:
-                continue  # it failed to load; reported above
-            for decl in self.library.files[display].machines:
-                seen = scope.get(decl.name)
-                if seen is not None and (seen.file, seen.decl.name_span) != (
-                    display,
-                    decl.name_span,
-                ):
-                    self.reporter.error(
-                        Code.IMPORT,
-                        f"machine {decl.name!r} from {display} clashes with the machine of "
-                        f"that name from {seen.file}",
-                        imp.span,
-                        notes=(
-                            Note(message="defined here", span=decl.name_span),
-                            Note(message="and here", span=seen.decl.name_span),
-                            *notes,
-                        ),
-                        hint="rename one of them",
-                    )
-                    continue
-                scope[decl.name] = Visible(decl, display)
+            if display not in self.library.files and not self.load(display, real, imp, chain, path):
+                continue  # it failed to load; reported
+            self.bring(scope, display, imp, notes)
+
+    def load(self, display: str, real: Path, imp: s.ImportDecl, chain, importer: str) -> bool:
+        """Read and parse an imported file, then its own imports; False if that failed."""
+        try:
+            text = self.read(real)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            notes = self.chain_notes(chain)
+            self.reporter.error(Code.IMPORT, f"cannot read {display}: {why}", imp.span, notes=notes)
+            return False
+        except CompileError as exc:  # not UTF-8
+            self._adopt(exc, display, imp, chain, importer)
+            return False
+        self.library.sources[display] = text
+        try:
+            self.library.files[display] = parse(text, display)
+        except CompileError as exc:
+            self._adopt(exc, display, imp, chain, importer)
+            return False
+        self.visit(display, [*chain, (importer, imp.span)])
+        return True
+
+    def bring(self, scope: dict[str, Visible], display: str, imp: s.ImportDecl, notes) -> None:
+        """The machines defined in ``display`` into ``scope``; a name taken twice is an error."""
+        for decl in self.library.files[display].machines:
+            seen = scope.get(decl.name)
+            if seen is not None and (seen.file, seen.decl.name_span) != (display, decl.name_span):
+                self.reporter.error(
+                    Code.IMPORT,
+                    f"machine {decl.name!r} from {display} clashes with the machine of "
+                    f"that name from {seen.file}",
+                    imp.span,
+                    notes=(
+                        Note(message="defined here", span=decl.name_span),
+                        Note(message="and here", span=seen.decl.name_span),
+                        *notes,
+                    ),
+                    hint="rename one of them",
+                )
+                continue
+            scope[decl.name] = Visible(decl, display)
 
     def _adopt(self, exc: CompileError, display: str, imp, chain, path) -> None:
         """Errors of an imported file, with a note saying how it was imported."""
@@ -147,7 +150,7 @@ class _Loader:
         note = Note(message=f"in {display}, imported here", span=imp.span)
         for diagnostic in exc.diagnostics:
             extra = (note, *self.chain_notes(chain))
-            self.reporter._add(diagnostic.model_copy(update={"notes": diagnostic.notes + extra}))
+            self.reporter.add(diagnostic.model_copy(update={"notes": diagnostic.notes + extra}))
 
     def chain_notes(self, chain: list[tuple[str, Span]]) -> tuple[Note, ...]:
         return tuple(

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from . import ir
-from .lower import format_params, pipeline_text, port_text, source_label
+from .ir import format_params
+from .lower import pipeline_text, port_text, source_label
 from .ops import OPS, format_shape
 
 # Cells longer than these wrap onto continuation lines, at a `×` or `|`.

@@ -31,6 +31,16 @@ def format_value(value: object) -> str:
     return repr(value)
 
 
+def format_params(params: dict[str, Value]) -> str:
+    """Parameter values as .mach source: ``w=32, p=0.1``."""
+    return ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
+
+
+def machine_call(name: str, params: dict[str, Value]) -> str:
+    """A machine used as an edge, as .mach source: ``ResBlock(w=32)``, or ``ResBlock``."""
+    return f"{name}({format_params(params)})" if params else name
+
+
 class Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

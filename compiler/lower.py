@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import __version__, ir
+from .ir import format_params, machine_call
 from .names import MODULE_ATTRIBUTES, MODULE_NAMES, Namespace
-from .ops import OPS, REQUIRED, Site
+from .ops import CHANNEL_DIM, OPS, REQUIRED, Site
 
-CHANNEL_DIM = 1  # tensors are [batch, channels, *spatial]
 # Locals generated code uses, and names linters flag as ambiguous (E741: l, O, I).
 METHOD_LOCALS = frozenset({"self", "state", "x0", "l", "O", "I"})
 TIME_LOCALS = frozenset({"batch", "steps", "return_state"})  # and the loop index
@@ -96,7 +96,7 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
     by_key = {c.machine.key: c.machine for c in program.machines}
     classes = tuple(
         (_TimeLowering if c.machine.time is not None else _MachineLowering)(
-            c, source_name, module_level, tuples.get(c.machine.key), by_key
+            c, module_level, tuples.get(c.machine.key), by_key
         ).lower()
         for c in program.machines
     )
@@ -159,10 +159,6 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isprintable() and ch not in '\\"' else "?" for ch in text)
 
 
-def format_params(params: dict[str, ir.Value]) -> str:
-    return ", ".join(f"{k}={ir.format_value(v)}" for k, v in params.items())
-
-
 def op_text(op: ir.Op) -> str:
     """The op as .mach source: leading required arguments by position, others by name."""
     spec = OPS[op.kind]
@@ -185,13 +181,6 @@ def port_text(port: ir.Port, time: str | None = "t") -> str:
     return f"{port.space}[{time}-{port.delay}]" if port.delay else port.space
 
 
-def machine_call(machine: ir.Machine) -> str:
-    """A machine used as an edge, as .mach source: ``ResBlock(w=32)``."""
-    if not machine.params:
-        return machine.name
-    return f"{machine.name}({format_params(machine.params)})"
-
-
 def edge_text(
     edge: ir.Edge, time: str | None = "t", machines: dict[str, ir.Machine] | None = None
 ) -> str:
@@ -206,7 +195,10 @@ def pipeline_text(edge: ir.Edge, machines: dict | None = None) -> str:
     if edge.shares is not None:
         return f"shared({edge.shares})"
     if edge.machine is not None:
-        return machine_call(machines[edge.machine]) if machines else edge.machine
+        if not machines:
+            return edge.machine
+        used = machines[edge.machine]
+        return machine_call(used.name, used.params)
     return " | ".join(op_text(op) for op in edge.ops)
 
 
@@ -229,7 +221,6 @@ class _MachineLowering:
     def __init__(
         self,
         checked: ir.CheckedMachine,
-        source_name: str,
         module_level,
         output_tuple,
         machines: dict[str, ir.Machine] | None = None,
@@ -237,7 +228,6 @@ class _MachineLowering:
         self.machines = machines or {}
         self.machine = checked.machine
         self.structure = checked.structure
-        self.source_name = source_name
         self.module_level = frozenset(module_level)
         self.output_tuple = output_tuple
         self.edges = {edge.name: edge for edge in self.machine.edges}
@@ -721,7 +711,7 @@ class _TimeLowering(_MachineLowering):
         ]
         if self.delays or self.stateful:
             stateful = ", self.STATEFUL_EDGES" if self.stateful else ""
-            body.append(f"runtime.check_state(self.SPACES, self.DELAYS, state{stateful})")
+            body.append(f"runtime.check_state(self.DELAYS, state{stateful})")
         past_lines, pasts = self._pasts(names, "state", args[0])
         body += past_lines
         self._state_vars(names, body, "state")

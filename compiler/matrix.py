@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import ir
-from .lower import format_params
+from .ir import format_params
 
 MAX_UNITS = 200  # --units prints one row per unit: more than this is unreadable
 MARK, DELAYED, BLANK = "#", "~", "."

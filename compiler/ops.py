@@ -651,6 +651,7 @@ def _dropout_call(site: Site, x: str, layer, before: Shape, after: Shape) -> str
 
 
 _SPATIAL = (2, 4)  # signals, images and volumes
+_SIZE_ARG = ArgSpec("size", (INTS,), REQUIRED, _each(_positive), "output spatial size")
 _OUT_ARG = ArgSpec(
     "out", (INT,), None, _positive, "output channels, needed when a later op changes them"
 )
@@ -844,7 +845,7 @@ _OP_LIST = (
         doc="Mean over windows chosen so that the output has the given spatial size.",
         rule="[C, *S] -> [C, *size]",
         call="F.adaptive_avg_pool{d}d({x}, {size})",
-        args=(ArgSpec("size", (INTS,), REQUIRED, _each(_positive), "output spatial size"),),
+        args=(_SIZE_ARG,),
         ranks=_SPATIAL,
         shape=_adaptive_shape,
     ),
@@ -853,7 +854,7 @@ _OP_LIST = (
         doc="Maximum over windows chosen so that the output has the given spatial size.",
         rule="[C, *S] -> [C, *size]",
         call="F.adaptive_max_pool{d}d({x}, {size})",
-        args=(ArgSpec("size", (INTS,), REQUIRED, _each(_positive), "output spatial size"),),
+        args=(_SIZE_ARG,),
         ranks=_SPATIAL,
         shape=_adaptive_shape,
     ),

@@ -144,7 +144,6 @@ def fold_state(
 
 
 def check_state(
-    spaces: dict[str, tuple[int, ...]],
     delays: dict[str, int],
     state: dict[str, Tensor] | None,
     stateful: tuple[str, ...] = (),

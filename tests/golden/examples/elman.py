@@ -56,7 +56,7 @@ class Elman(nn.Module):
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
-        runtime.check_state(self.SPACES, self.DELAYS, state)
+        runtime.check_state(self.DELAYS, state)
         h_past = runtime.past(state, "h", (64,), 1, batch, x)
         # step by step
         h_steps = list(h_past)

@@ -65,7 +65,7 @@ class LSTM(nn.Module):
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
-        runtime.check_state(self.SPACES, self.DELAYS, state)
+        runtime.check_state(self.DELAYS, state)
         c_past = runtime.past(state, "c", (16,), 1, batch, x)
         h_past = runtime.past(state, "h", (16,), 1, batch, x)
         # step by step

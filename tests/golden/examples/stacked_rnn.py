@@ -54,7 +54,7 @@ class StackedRNN(nn.Module):
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
-        runtime.check_state(self.SPACES, self.DELAYS, state)
+        runtime.check_state(self.DELAYS, state)
         h1_past = runtime.past(state, "h1", (2,), 1, batch, x)
         h2_past = runtime.past(state, "h2", (1,), 1, batch, x)
         # before the loop: every step at once

@@ -424,7 +424,7 @@ class Elman(nn.Module):
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
-        runtime.check_state(self.SPACES, self.DELAYS, state)
+        runtime.check_state(self.DELAYS, state)
         h_past = runtime.past(state, "h", (16,), 1, batch, x)
         # step by step
         h_steps = list(h_past)
@@ -522,7 +522,7 @@ class LSTM(nn.Module):
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
-        runtime.check_state(self.SPACES, self.DELAYS, state)
+        runtime.check_state(self.DELAYS, state)
         c_past = runtime.past(state, "c", (8,), 1, batch, x)
         h_past = runtime.past(state, "h", (8,), 1, batch, x)
         # step by step
@@ -697,7 +697,7 @@ class GRU(nn.Module):
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
-        runtime.check_state(self.SPACES, self.DELAYS, state)
+        runtime.check_state(self.DELAYS, state)
         h_past = runtime.past(state, "h", (8,), 1, batch, x)
         # before the loop: every step at once
         # std/recurrent.mach:49  read : x -> a = linear
@@ -858,7 +858,7 @@ class TimeMachine(nn.Module):
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
-        runtime.check_state(self.SPACES, self.DELAYS, state)
+        runtime.check_state(self.DELAYS, state)
         h_1_past = runtime.past(state, "h[1]", (8,), 1, batch, x)
         h_2_past = runtime.past(state, "h[2]", (8,), 1, batch, x)
         # step by step
@@ -1092,7 +1092,7 @@ class SequenceNet(nn.Module):
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
-        runtime.check_state(self.SPACES, self.DELAYS, state, self.STATEFUL_EDGES)
+        runtime.check_state(self.DELAYS, state, self.STATEFUL_EDGES)
         elman_state = None if state is None else state.get("elman")
         lstm_state = None if state is None else state.get("lstm")
         gru_state = None if state is None else state.get("gru")

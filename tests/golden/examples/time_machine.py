@@ -64,7 +64,7 @@ class TimeMachine(nn.Module):
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
-        runtime.check_state(self.SPACES, self.DELAYS, state)
+        runtime.check_state(self.DELAYS, state)
         h_1_past = runtime.past(state, "h[1]", (16,), 1, batch, x)
         h_2_past = runtime.past(state, "h[2]", (16,), 1, batch, x)
         h_3_past = runtime.past(state, "h[3]", (16,), 1, batch, x)
