@@ -538,8 +538,16 @@ class _MachineBuilder:
 
     def _declare_space(self, decl: s.SpaceDecl, scope: _Scope) -> None:
         try:
-            shape = _shape(decl.shape, scope.env)
+            ids = self._ids(decl, scope) if isinstance(decl.shape, s.SpaceKind) else None
+            shape = () if ids is not None else _shape(decl.shape, scope.env)
             indices = list(_range(decl.array, scope.env)) if decl.array else None
+            if decl.name == self.decl.time:
+                raise _Problem(
+                    Code.DUPLICATE_NAME,
+                    f"space {decl.name!r} has the name of the time index; in a machine over "
+                    f"{decl.name}, {decl.name} is the step number",
+                    decl.name_span,
+                )
         except _Problem as exc:
             self.problem(exc, scope)
             self.spaces.broken.add(decl.name)
@@ -578,21 +586,67 @@ class _MachineBuilder:
             if index is not None:
                 spaces.arrays[decl.name].append(index)
             spaces.by_name[name] = ir.Space(
-                name=name, shape=shape, role=ir.Role(decl.role), span=decl.name_span
+                name=name, shape=shape, role=ir.Role(decl.role), ids=ids, span=decl.name_span
             )
+
+    def _ids(self, decl: s.SpaceDecl, scope: _Scope) -> int:
+        """``n`` of a space declared ``ids(n)``: an input of a machine over time."""
+        kind = decl.shape
+        if kind.kind != "ids":
+            raise _Problem(
+                Code.SHAPE,
+                f"unknown kind of space {kind.kind!r}; a shape is a size, a list of sizes, "
+                "or ids(n)",
+                kind.kind_span,
+                hint=_did_you_mean(kind.kind, ["ids"]),
+            )
+        if self.decl.time is None:
+            raise _Problem(
+                Code.SEQUENCE,
+                f"{decl.name!r} holds one id per step, but machine {self.decl.name} is not a "
+                "machine over time",
+                kind.span,
+                hint=f"declare it: machine {self.decl.name} over t {{ ... }}",
+            )
+        if decl.role != ir.Role.INPUT:
+            raise _Problem(
+                Code.SEQUENCE,
+                f"only an input can hold ids; no op writes ids, so {decl.role} "
+                f"{decl.name!r} would always be empty",
+                kind.span,
+            )
+        count = _integer(kind.size, scope.env, "the number of ids")
+        if count <= 0:
+            raise _Problem(
+                Code.SHAPE, f"the number of ids must be positive, got {count}", kind.size.span
+            )
+        return count
 
     def _resolve(self, ref: s.SpaceRef, scope: _Scope, writing: bool = False) -> list[ir.Port]:
         """The spaces a reference names (several for ``h[a..b]``, possibly none)."""
         index, time = self._split_time(ref, scope)
-        delay = 0 if time is None else self._delay(ref, time, scope)
-        if delay and writing:
+        delay, window = 0, None
+        if isinstance(time, s.Range | s.AllSteps):
+            window = self._window(ref, time, scope)
+        elif time is not None:
+            delay = self._delay(ref, time, scope)
+        if (delay or window) and writing:
             raise _Problem(
                 Code.TIME,
-                f"an edge writes the present step of a space; {ref.name} at t-{delay} "
+                f"an edge writes the present step of a space; "
+                f"{ir.Port(space=ref.name, delay=delay, window=window, span=ref.span).text()} "
                 "can only be read",
                 ref.span,
             )
         spaces = self.spaces
+        if ref.name == self.decl.time and index is None and ref.name not in spaces.scalars:
+            if writing:
+                raise _Problem(
+                    Code.SEQUENCE,
+                    f"the time index {ref.name} is the step number; an edge can only read it",
+                    ref.span,
+                )
+            return [ir.Port(space=ref.name, position=True, span=ref.span)]
         if ref.name in spaces.scalars:
             if index is not None:
                 hint = None
@@ -604,7 +658,7 @@ class _MachineBuilder:
                 raise _Problem(
                     Code.INDEX, f"{ref.name!r} is a single space, not an array", ref.span, hint
                 )
-            return [ir.Port(space=ref.name, delay=delay, span=ref.span)]
+            return [ir.Port(space=ref.name, delay=delay, window=window, span=ref.span)]
         if ref.name not in spaces.arrays:
             if ref.name in spaces.broken:
                 raise _AlreadyReported(Code.UNKNOWN_NAME, "", ref.span)
@@ -636,7 +690,7 @@ class _MachineBuilder:
                     f"{ref.name} has {_describe_indices(ref.name, declared)}",
                     ref.span,
                 )
-            ports.append(ir.Port(space=name, delay=delay, span=ref.span))
+            ports.append(ir.Port(space=name, delay=delay, window=window, span=ref.span))
         return ports
 
     def _split_time(self, ref: s.SpaceRef, scope: _Scope):
@@ -651,10 +705,31 @@ class _MachineBuilder:
                     ref.span,
                     hint=f"declare it: machine {self.decl.name} over t {{ ... }}",
                 )
+            if isinstance(ref.index, s.AllSteps):
+                raise _Problem(
+                    Code.INDEX,
+                    f"{ref.name}[..] names no elements of an array; write {ref.name}[a..b]",
+                    ref.index.span,
+                )
             return ref.index, ref.time
         index = ref.index
-        if time_var is not None and not isinstance(index, s.Range) and index is not None:
-            if time_var in _names_in(index):
+        if isinstance(index, s.AllSteps):
+            if time_var is None:
+                raise _Problem(
+                    Code.TIME,
+                    f"{ref.name}[..] reads every step, but machine {self.decl.name} is not a "
+                    "machine over time",
+                    index.span,
+                    hint=f"declare it: machine {self.decl.name} over t {{ ... }}",
+                )
+            return None, index
+        if time_var is not None and index is not None:
+            uses_t = (
+                time_var in _names_in(index.lo) | _names_in(index.hi)
+                if isinstance(index, s.Range)
+                else time_var in _names_in(index)
+            )
+            if uses_t:
                 return None, index
         return index, None
 
@@ -669,32 +744,60 @@ class _MachineBuilder:
                     "(a delay of zero is not written as a delay)",
                     time.span,
                 )
-            case s.BinOp(op="+", left=s.Var(name=name)) if name == t:
-                raise _Problem(
-                    Code.TIME,
-                    f"{ref.name} is read at a future step; an edge can only read the past "
-                    f"({t} - k)",
-                    time.span,
-                )
-            case s.BinOp(op="-", left=s.Var(name=name), right=k) if name == t and (
+            case s.BinOp(op="-" | "+" as sign, left=s.Var(name=name), right=k) if name == t and (
                 t not in _names_in(k)
             ):
                 env = {key: v for key, v in scope.env.items() if key != t}
                 delay = _integer(k, env, "a delay")
-                if delay <= 0:
-                    future = " (a future step)" if delay < 0 else ""
+                if delay == 0:
                     raise _Problem(
                         Code.TIME,
-                        f"a delay must be positive, got {delay}{future}: "
-                        f"{ref.name}[{t} - k] reads k steps ago",
+                        f"{ref.name}[{t} {sign} 0] is the present step: write {ref.name}",
                         k.span,
                     )
-                return delay
+                if abs(delay) > MAX_ITERATIONS:
+                    raise _Problem(
+                        Code.TIME, f"a delay of more than {MAX_ITERATIONS} steps", k.span
+                    )
+                # NOTE: h[t-k] with k < 0 reads the future, so that a parameter can turn a
+                # recurrence around (std.recurrent's LSTM(dir=-1)).
+                return delay if sign == "-" else -delay
         raise _Problem(
             Code.TIME,
-            f"a time index must be {t} - k, with k a positive integer that does not use {t}",
+            f"a time index must be {t} - k or {t} + k, with k a positive integer that does "
+            f"not use {t}",
             time.span,
         )
+
+    def _window(self, ref: s.SpaceRef, window: s.Range | s.AllSteps, scope: _Scope) -> ir.Window:
+        """A window of steps: ``0..t`` (causal), ``t-w..t`` (sliding) or ``..`` (every step)."""
+        t = self.decl.time
+        if isinstance(window, s.AllSteps):
+            return ir.Window(kind=ir.WindowKind.FULL)
+        env = {key: v for key, v in scope.env.items() if key != t}
+        form = (
+            f"a window of steps is 0..{t} (up to {t}), {t}-w..{t} (the last w + 1 steps) "
+            "or .. (every step)"
+        )
+        if not (isinstance(window.hi, s.Var) and window.hi.name == t):
+            raise _Problem(Code.TIME, form, window.span)
+        match window.lo:
+            case s.BinOp(op="-", left=s.Var(name=name), right=k) if name == t and (
+                t not in _names_in(k)
+            ):
+                size = _integer(k, env, "a window size")
+                if size <= 0 or size > MAX_ITERATIONS:
+                    raise _Problem(
+                        Code.TIME,
+                        f"a sliding window {t}-w..{t} needs 0 < w <= {MAX_ITERATIONS}, "
+                        f"got w = {size}",
+                        k.span,
+                    )
+                return ir.Window(kind=ir.WindowKind.SLIDING, size=size)
+            case _ if t not in _names_in(window.lo):
+                if _integer(window.lo, env, "a window's first step") == 0:
+                    return ir.Window(kind=ir.WindowKind.CAUSAL)
+        raise _Problem(Code.TIME, form, window.span)
 
     # --- edges ---
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from . import ir
+from . import ir, sequences
 from .diagnostics import Code, Note, Reporter
 from .ops import OPS, OpError, Site, combined_shape, format_shape, infer_pipeline
 
@@ -19,15 +19,20 @@ def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
     """Check every machine; machines with errors are left out (the reporter has the errors)."""
     checked = []
     machines = {m.key: m for m in (*program.instances, *program.machines)}
+    structures: dict[str, ir.Structure] = {}
     for machine in (*program.instances, *program.machines):  # what a machine uses comes first
-        structure = _check_machine(machine, reporter, machines)
+        structure = _check_machine(machine, reporter, machines, structures)
         if structure is not None:
+            structures[machine.key] = structure
             checked.append(ir.CheckedMachine(machine=machine, structure=structure))
     return ir.CheckedProgram(file=program.file, machines=tuple(checked))
 
 
 def _check_machine(
-    machine: ir.Machine, reporter: Reporter, machines: dict[str, ir.Machine] | None = None
+    machine: ir.Machine,
+    reporter: Reporter,
+    machines: dict[str, ir.Machine] | None = None,
+    structures: dict[str, ir.Structure] | None = None,
 ) -> ir.Structure | None:
     errors_before = reporter.error_count
     roles = {space.role for space in machine.spaces}
@@ -35,17 +40,25 @@ def _check_machine(
         reporter.error(Code.MACHINE, f"machine {machine.name!r} has no input space", machine.span)
     if ir.Role.OUTPUT not in roles:
         reporter.error(Code.MACHINE, f"machine {machine.name!r} has no output space", machine.span)
-    shapes = {
-        edge.name: _edge_shapes(machine, edge, reporter, machines or {}) for edge in machine.edges
-    }
+    shapes = {}
+    for edge in machine.edges:
+        if sequences.check_reads(machine, edge, machines or {}, reporter):
+            shapes[edge.name] = _edge_shapes(machine, edge, reporter, machines or {})
+        else:
+            shapes[edge.name] = None
     _check_shared(machine, shapes, reporter)
     _check_written(machine, reporter)
     graph = hypergraph(machine)
     _check_cycles(machine, graph, reporter)
     if reporter.error_count > errors_before:
         return None
-    space_time = hypergraph(machine, delayed=True)  # reads of earlier steps too
-    structure = _structure(machine, graph, space_time, shapes)
+    space_time = hypergraph(machine, delayed=True)  # reads of earlier and later steps too
+    stages = None
+    if machine.time is not None:
+        stages = sequences.stages(machine, space_time, reporter)
+        if stages is None:
+            return None
+    structure = _structure(machine, graph, space_time, shapes, stages, structures or {})
     _warn_unused(machine, space_time, reporter)
     return structure
 
@@ -54,8 +67,13 @@ def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter, machine
     if edge.machine is not None:
         _check_boundary(machine, edge, machines[edge.machine], reporter)
         return ()
-    if OPS[edge.ops[0].kind].combine:
+    spec = OPS[edge.ops[0].kind]
+    if spec.combine:
         entering = _combined_shape(machine, edge, reporter)
+    elif spec.windows:
+        entering = sequences.attention_shape(machine, edge, reporter)
+    elif spec.ids:
+        entering = sequences.ids_shape(machine, edge, reporter)
     else:
         entering = _product_shape(machine, edge.inputs, reporter, edge, "reads")
     leaving = _product_shape(machine, edge.outputs, reporter, edge, "writes")
@@ -96,8 +114,17 @@ def _check_boundary(machine: ir.Machine, edge: ir.Edge, sub: ir.Machine, reporte
             )
             continue
         for port, space in zip(ports, spaces, strict=True):
-            shape = machine.space(port.space).shape
-            if shape != space.shape:
+            mine = machine.space(port.space)
+            shape = mine.shape
+            if mine.ids != space.ids:
+                reporter.error(
+                    Code.SUBMACHINE,
+                    f"edge {edge.name!r} maps {port.space} ({sequences.kind_text(mine)}) onto "
+                    f"the {side[:-1]} {space.name} ({sequences.kind_text(space)}) of {used}",
+                    port.span,
+                    notes=(Note(message=f"{space.name} is declared here", span=space.span),),
+                )
+            elif shape != space.shape:
                 reporter.error(
                     Code.SUBMACHINE,
                     f"edge {edge.name!r} maps {port.space} {format_shape(shape)} onto the "
@@ -192,9 +219,10 @@ def _check_written(machine: ir.Machine, reporter: Reporter) -> None:
 def hypergraph(machine: ir.Machine, delayed: bool = False) -> nx.DiGraph:
     """Spaces and edges as nodes ``("space", name)`` and ``("edge", name)``.
 
-    Reads of earlier steps (``h[t-1]``) are arcs only when ``delayed`` is true,
-    with the attribute ``delay``: within one step, the hypergraph is the one
-    without them.
+    Reads of other steps (``h[t-1]``, ``h[t+1]``) are arcs only when ``delayed`` is
+    true: within one step, the hypergraph is the one without them. Every arc says
+    which steps it reads (:func:`sequences.steps_read`): ``now``, ``past``, ``future``
+    and ``window``.
     """
     graph = nx.DiGraph()
     for i, space in enumerate(machine.spaces):
@@ -202,13 +230,17 @@ def hypergraph(machine: ir.Machine, delayed: bool = False) -> nx.DiGraph:
     for i, edge in enumerate(machine.edges):
         graph.add_node(("edge", edge.name), index=i)
         for port in edge.inputs:
+            if port.position:
+                continue  # the step number is no space
             if port.delay and not delayed:
                 continue
             arc = (("space", port.space), ("edge", edge.name))
-            previous = graph.edges[arc]["delay"] if graph.has_edge(*arc) else port.delay
-            graph.add_edge(*arc, delay=min(previous, port.delay))
+            data = dict(graph.edges[arc]) if graph.has_edge(*arc) else dict(sequences.NO_STEPS)
+            for key, value in sequences.steps_read(port).items():
+                data[key] = data[key] or value
+            graph.add_edge(*arc, **data)
         for port in edge.outputs:
-            graph.add_edge(("edge", edge.name), ("space", port.space), delay=0)
+            graph.add_edge(("edge", edge.name), ("space", port.space), **sequences.NOW)
     return graph
 
 
@@ -248,7 +280,7 @@ def _check_cycles(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter) ->
 
 
 def _structure(
-    machine: ir.Machine, graph: nx.DiGraph, space_time: nx.DiGraph, shapes
+    machine: ir.Machine, graph: nx.DiGraph, space_time: nx.DiGraph, shapes, stages, structures
 ) -> ir.Structure:
     depth: dict[str, int] = {}
     level: dict[str, int] = {}
@@ -257,7 +289,7 @@ def _structure(
             writers = [level[e] for _, e in graph.predecessors((kind, name))]
             depth[name] = max(writers, default=0)
         else:
-            # an edge that reads only earlier steps depends on nothing in its own step
+            # an edge that reads only other steps depends on nothing in its own step
             read = [depth[s] for _, s in graph.predecessors((kind, name))]
             level[name] = 1 + max(read, default=0)
     index = {edge.name: i for i, edge in enumerate(machine.edges)}
@@ -266,71 +298,44 @@ def _structure(
         tuple(e for e in order if level[e] == k)
         for k in range(1, max(level.values(), default=0) + 1)
     )
-    phases = _phases(machine, space_time) if machine.time is not None else {}
-    if phases:
-        order = _time_order(machine, phases, order, space_time)
+    if machine.time is None:
+        return ir.Structure(
+            order=order,
+            depth={space.name: depth[space.name] for space in machine.spaces},
+            levels=levels,
+            shapes={edge.name: shapes[edge.name] for edge in machine.edges},
+        )
+    stages = sequences.stage_orders(machine, stages, order, space_time, _node_key(space_time))
     delays: dict[str, int] = {}
+    windows: dict[str, int | None] = {}
+    causal = True
     for edge in machine.edges:
+        if edge.machine is not None and not structures[edge.machine].causal:
+            causal = False
         for port in edge.inputs:
-            if port.delay:
+            if port.delay > 0:
                 delays[port.space] = max(delays.get(port.space, 0), port.delay)
+            elif port.delay < 0:
+                causal = False
+            window = port.window
+            if window is None:
+                continue
+            if window.kind is ir.WindowKind.FULL:
+                causal = False
+            elif window.kind is ir.WindowKind.CAUSAL or windows.get(port.space, 0) is None:
+                windows[port.space] = None
+            else:
+                windows[port.space] = max(windows.get(port.space, 0), window.size)
     return ir.Structure(
-        order=order,
+        order=tuple(e for stage in stages for e in stage.edges),
         depth={space.name: depth[space.name] for space in machine.spaces},
         levels=levels,
         shapes={edge.name: shapes[edge.name] for edge in machine.edges},
         delays={s.name: delays[s.name] for s in machine.spaces if s.name in delays},
-        phases=phases,
+        windows={s.name: windows[s.name] for s in machine.spaces if s.name in windows},
+        stages=stages,
+        causal=causal,
     )
-
-
-def _time_order(machine: ir.Machine, phases, order, full: nx.DiGraph) -> tuple[str, ...]:
-    """The order edges of a machine over time run in: phase by phase.
-
-    Within the step loop, the order of one step (``order``); before and after it,
-    where edges run on every step at once, an order in which an edge also comes
-    after the writers of the spaces it reads at earlier steps.
-    """
-    key = _node_key(full)
-    result = []
-    for phase in ir.Phase:
-        if phase is ir.Phase.STEP:
-            result += [e for e in order if phases[e] is phase]
-            continue
-        nodes = [("edge", e) for e in order if phases[e] is phase]
-        nodes += [("space", s.name) for s in machine.spaces]
-        sub = full.subgraph(nodes)
-        result += [n for k, n in nx.lexicographical_topological_sort(sub, key=key) if k == "edge"]
-    return tuple(result)
-
-
-def _phases(machine: ir.Machine, graph: nx.DiGraph) -> dict[str, ir.Phase]:
-    """When each edge of a machine over time runs (see :class:`ir.Phase`).
-
-    The recurrence is every strongly connected component of the space-time graph
-    (delayed reads included) that holds a delayed read. An edge runs step by step
-    when it is both downstream and upstream of the recurrence; before the loop when
-    it is not downstream of it; after the loop otherwise.
-    """
-    recurrent: set = set()
-    for component in nx.strongly_connected_components(graph):
-        sub = graph.subgraph(component)
-        if any(data["delay"] for _, _, data in sub.edges(data=True)):
-            recurrent |= component
-    downstream, upstream = set(recurrent), set(recurrent)
-    for node in recurrent:
-        downstream |= nx.descendants(graph, node)
-        upstream |= nx.ancestors(graph, node)
-    phases = {}
-    for edge in machine.edges:
-        node = ("edge", edge.name)
-        if node not in downstream:
-            phases[edge.name] = ir.Phase.BEFORE
-        elif node in upstream:
-            phases[edge.name] = ir.Phase.STEP
-        else:
-            phases[edge.name] = ir.Phase.AFTER
-    return phases
 
 
 def _warn_unused(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter) -> None:

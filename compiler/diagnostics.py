@@ -55,6 +55,7 @@ class Code(enum.StrEnum):
     TIME = "E016"
     IMPORT = "E017"
     SUBMACHINE = "E018"
+    SEQUENCE = "E019"
     UNREACHED_OUTPUT = "W101"
     UNREAD_INPUT = "W102"
 

@@ -54,23 +54,68 @@ class Role(enum.StrEnum):
 
 
 class Space(Node):
-    """A summand of the global space. ``shape`` is per sample: channel (feature) axis first."""
+    """A summand of the global space. ``shape`` is per sample: channel (feature) axis first.
+
+    An *ids space* (``ids(n)``, ``ids`` is ``n``) holds one integer id in ``[0, n)`` per
+    step; its shape is ``()``. As a space of the theory it is the one-hot vectors of size
+    ``n``, which is how ``embedding`` (a linear map) reads it.
+    """
 
     name: str
     shape: Shape
     role: Role
+    ids: int | None = None
     span: Span
+
+
+class WindowKind(enum.StrEnum):
+    """Which steps a window read of a space covers, for the step ``t`` that reads it."""
+
+    CAUSAL = "causal"  # k[0..t]: every step up to and including t
+    SLIDING = "sliding"  # k[t-w..t]: the last w + 1 steps
+    FULL = "full"  # k[..]: every step of the sequence
+
+
+class Window(Node):
+    """A read of a space at a window of steps; ``size`` is ``w`` of a sliding window."""
+
+    kind: WindowKind
+    size: int = 0
+
+    def text(self, time: str) -> str:
+        """The window as .mach source: ``0..t``, ``t-4..t``, ``..``."""
+        if self.kind is WindowKind.CAUSAL:
+            return f"0..{time}"
+        if self.kind is WindowKind.SLIDING:
+            return f"{time}-{self.size}..{time}"
+        return ".."
 
 
 class Port(Node):
     """One space an edge reads or writes, with where it was named.
 
-    ``delay`` is ``k`` for a read of ``h[t-k]`` in a machine over time, else 0.
+    In a machine over time, ``delay`` is ``k`` for a read of ``h[t-k]`` and ``-k`` for a
+    read of the future ``h[t+k]``; ``window`` is set for a read of a window of steps
+    (``k[0..t]``); ``position`` marks a read of the time index itself (``t``, the step
+    number as an ids space), whose ``space`` is the time index's name.
     """
 
     space: str
     delay: int = 0
+    window: Window | None = None
+    position: bool = False
     span: Span
+
+    def text(self, time: str | None = "t") -> str:
+        """The port as .mach source: ``h[2]``, ``h[2][t-1]``, ``h[t+1]``, ``k[0..t]``."""
+        time = time or "t"
+        if self.window is not None:
+            return f"{self.space}[{self.window.text(time)}]"
+        if self.delay > 0:
+            return f"{self.space}[{time}-{self.delay}]"
+        if self.delay < 0:
+            return f"{self.space}[{time}+{-self.delay}]"
+        return self.space
 
 
 class Op(Node):
@@ -123,18 +168,25 @@ class Machine(Node):
         return next(space for space in self.spaces if space.name == name)
 
 
-class Phase(enum.StrEnum):
-    """When an edge of a machine over time runs.
+class StageKind(enum.StrEnum):
+    """How the edges of one stage of a machine over time run.
 
-    ``before``: it does not depend on the recurrence, so it runs for all steps at
-    once before the step loop; ``step``: it is part of the recurrence, so it runs
-    once per step; ``after``: it depends on the recurrence but does not feed back,
-    so it runs for all steps at once after the loop.
+    ``all``: on every step at once (time folded into the batch; attention over the
+    time axis); ``forward``: a recurrence through the past, step by step from the
+    first step; ``backward``: a recurrence through the future, step by step from
+    the last step.
     """
 
-    BEFORE = "before"
-    STEP = "step"
-    AFTER = "after"
+    ALL = "all"
+    FORWARD = "forward"
+    BACKWARD = "backward"
+
+
+class Stage(Node):
+    """Edges of a machine over time that run together, in dependency order."""
+
+    kind: StageKind
+    edges: tuple[str, ...]
 
 
 class Structure(Node):
@@ -153,9 +205,19 @@ class Structure(Node):
         description="machines over time: space name -> the most steps ago it is read (if read "
         "at an earlier step)",
     )
-    phases: dict[str, Phase] = Field(
+    windows: dict[str, int | None] = Field(
         default_factory=dict,
-        description="machines over time: edge name -> when it runs (every edge is listed)",
+        description="machines over time: space name -> how many earlier steps a causal or "
+        "sliding window reads (None: all of them)",
+    )
+    stages: tuple[Stage, ...] = Field(
+        default=(),
+        description="machines over time: the stages every edge runs in, in order",
+    )
+    causal: bool = Field(
+        default=True,
+        description="machines over time: no step depends on a later one (so the machine "
+        "can run in chunks with state=)",
     )
 
 

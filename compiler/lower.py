@@ -28,7 +28,6 @@ from .ops import CHANNEL_DIM, OPS, REQUIRED, Site
 
 # Locals generated code uses, and names linters flag as ambiguous (E741: l, O, I).
 METHOD_LOCALS = frozenset({"self", "state", "x0", "l", "O", "I"})
-TIME_LOCALS = frozenset({"batch", "steps", "return_state"})  # and the loop index
 PIPELINE_WIDTH = 48  # a pipeline expression longer than this continues in a new statement
 
 
@@ -74,6 +73,7 @@ class ModuleView:
 
 def lower(program: ir.CheckedProgram) -> ModuleView:
     """The view model of one generated module holding a class per machine."""
+    from .lower_time import TimeLowering  # it extends _MachineLowering, defined here
     source_name = os.path.basename(program.file)
     module_names = Namespace(MODULE_NAMES)
     for checked in program.machines:
@@ -94,9 +94,10 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
     module_level = MODULE_NAMES | {c.machine.key for c in program.machines}
     module_level |= {t.name for t in tuples.values()}
     by_key = {c.machine.key: c.machine for c in program.machines}
+    structures = {c.machine.key: c.structure for c in program.machines}
     classes = tuple(
-        (_TimeLowering if c.machine.time is not None else _MachineLowering)(
-            c, module_level, tuples.get(c.machine.key), by_key
+        (TimeLowering if c.machine.time is not None else _MachineLowering)(
+            c, module_level, tuples.get(c.machine.key), by_key, structures
         ).lower()
         for c in program.machines
     )
@@ -177,8 +178,8 @@ def op_text(op: ir.Op) -> str:
 
 
 def port_text(port: ir.Port, time: str | None = "t") -> str:
-    """A port as .mach source: ``h[2]``, or ``h[2][t-1]`` for a read of an earlier step."""
-    return f"{port.space}[{time}-{port.delay}]" if port.delay else port.space
+    """A port as .mach source: ``h[2]``, ``h[2][t-1]``, ``h[t+1]``, ``k[0..t]``."""
+    return port.text(time)
 
 
 def edge_text(
@@ -224,8 +225,10 @@ class _MachineLowering:
         module_level,
         output_tuple,
         machines: dict[str, ir.Machine] | None = None,
+        structures: dict[str, ir.Structure] | None = None,
     ):
         self.machines = machines or {}
+        self.structures = structures or {}
         self.machine = checked.machine
         self.structure = checked.structure
         self.module_level = frozenset(module_level)
@@ -505,385 +508,3 @@ def _target(plan: _Plan, space: str) -> str:
 def _broadcast(expr: str, rank: int) -> str:
     """A [batch, C] tensor viewed as [batch, C, 1, ...] to broadcast over ``rank - 1`` axes."""
     return f"{expr}[:, :{', None' * (rank - 1)}]"
-
-
-class _TimeLowering(_MachineLowering):
-    """A machine over time: tensors are ``[batch, time, *shape]``.
-
-    Edges run in three phases (:class:`ir.Phase`): before the step loop and after
-    it, on every step at once with time folded into the batch (``[batch * steps,
-    *shape]``, so every op works as in a feed-forward machine); in the loop, once
-    per step on ``[batch, *shape]`` tensors. Per-step values are kept in lists and
-    stacked once, never sliced out of a growing tensor, so autograd stays linear in
-    the number of steps.
-    """
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.phases = self.structure.phases
-        self.delays = self.structure.delays
-        # edges whose sub-machine is over time: their own state goes in and out of forward
-        self.stateful = [
-            e.name for e in self.machine.edges if e.machine and self.machines[e.machine].time
-        ]
-        self.state_vars: dict[str, str] = {}  # stateful edge -> its state variable, per method
-        self.loop_spaces = {
-            port.space
-            for edge in self.machine.edges
-            if self.phases[edge.name] is ir.Phase.STEP
-            for port in edge.outputs
-        }
-
-    def _doc_notes(self) -> list[str]:
-        return [
-            "Tensors are [batch, time, *shape]; "
-            + ", ".join(f"{s}[{self.machine.time}-{k}]" for s, k in self.delays.items())
-            + " are read from earlier steps."
-            if self.delays
-            else "Tensors are [batch, time, *shape]."
-        ]
-
-    def _class_attributes(self) -> list[str]:
-        items = [f"{py_str(s)}: {k}" for s, k in self.delays.items()]
-        lines = _dict_lines("DELAYS: dict[str, int] = ", items, indent=4)
-        if self.stateful:
-            names = _py_tuple(py_str(e) for e in self.stateful)
-            lines.append(f"STATEFUL_EDGES: tuple[str, ...] = {names}")
-        return lines
-
-    def _order(self, phase: ir.Phase) -> list[str]:
-        return [e for e in self.structure.order if self.phases[e] is phase]
-
-    def _method_locals(self) -> Namespace:
-        return Namespace(self.module_level | METHOD_LOCALS | TIME_LOCALS)
-
-    # --- the three phases ---
-
-    def _space_index(self, space: str) -> int:
-        return next(i for i, s in enumerate(self.machine.spaces) if s.name == space)
-
-    def _phases(
-        self,
-        names: Namespace,
-        start: dict[str, str],
-        pasts: dict[str, str],
-        wanted: set[str],
-        lines: list[str],
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        """Statements computing every space from folded starting values ``start``.
-
-        Returns the variables holding each space's folded sequence, and the lists of
-        per-step values of the loop spaces (for the state at the end).
-        """
-        machine = self.machine
-        time = names.name("/time", machine.time)
-
-        def delayed(space: str, var: str, k: int) -> str:
-            return f"runtime.delayed({var}, {k}, {pasts[space]}, batch, steps)"
-
-        def every_step(var: dict[str, str], base) -> _Plan:
-            """A plan on folded sequences: a read of an earlier step shifts the sequence."""
-            plan = _Plan(
-                read=lambda port: (
-                    delayed(port.space, plan.var[port.space], port.delay)
-                    if port.delay
-                    else plan.var[port.space]
-                ),
-                base=base,
-                leveled=False,
-                locals=names,
-                var=var,
-            )
-            return plan
-
-        # before the loop
-        before = every_step(dict(start), start.get)
-        order = self._order(ir.Phase.BEFORE)
-        if order:
-            has_loop = any(phase is ir.Phase.STEP for phase in self.phases.values())
-            lines.append(
-                "# before the loop: every step at once" if has_loop else "# every step at once"
-            )
-            lines += self._statements(before, order)
-        values = dict(before.var)
-
-        # the loop
-        order = self._order(ir.Phase.STEP)
-        steps_of: dict[str, str] = {}  # loop space -> list of its per-step values
-        if order:
-            per_step: dict[tuple[str, int], str] = {}  # (space, delay) -> per-step list
-            prep: list[str] = []
-
-            def unfold(space: str, delay: int) -> str:
-                key = (space, delay)
-                if key not in per_step:
-                    hint = f"{space}_at" if not delay else f"{space}_tm{delay}_at"
-                    per_step[key] = names.name(f"{space}/{delay}/steps", hint)
-                    source = delayed(space, values[space], delay) if delay else values[space]
-                    prep.append(f"{per_step[key]} = runtime.unfold_steps({source}, batch, steps)")
-                return f"{per_step[key]}[{time}]"
-
-            def read(port: ir.Port) -> str:
-                if port.space not in self.loop_spaces:
-                    return unfold(port.space, port.delay)
-                if port.delay:
-                    return f"{steps_of[port.space]}[-{port.delay}]"
-                return loop.var[port.space]
-
-            loop = _Plan(
-                read=read,
-                base=lambda space: unfold(space, 0) if space in values else None,
-                leveled=False,
-                locals=names,
-                prep=prep,
-                folded=lambda port: (
-                    delayed(port.space, values[port.space], port.delay)
-                    if port.delay
-                    else values[port.space]
-                ),
-            )
-            read_after = {  # read after the loop, or added to there (a writer after it)
-                port.space
-                for name in self._order(ir.Phase.AFTER)
-                for port in (*self.edges[name].inputs, *self.edges[name].outputs)
-            }
-            kept = (wanted | read_after) & self.loop_spaces  # stacked after the loop
-            listed = sorted(kept | (set(self.delays) & self.loop_spaces), key=self._space_index)
-            for space in listed:
-                steps_of[space] = names.name(f"{space}/list", f"{space}_steps")
-                start_list = f"list({pasts[space]})" if space in self.delays else "[]"
-                prep.append(f"{steps_of[space]} = {start_list}")
-            body = self._statements(loop, order)
-            for space in listed:
-                body.append(f"{steps_of[space]}.append({loop.var[space]})")
-            lines.append("# step by step")
-            lines += prep
-            lines.append(f"for {time} in range(steps):")
-            lines += ["    " + line for line in body]
-            for space in listed:
-                if space in kept:
-                    k = self.delays.get(space, 0)
-                    computed = f"{steps_of[space]}[{k}:]" if k else steps_of[space]
-                    values[space] = names.name(space)
-                    lines.append(f"{values[space]} = torch.stack({computed}, 1).flatten(0, 1)")
-
-        # after the loop
-        after = every_step(dict(values), values.get)
-        order = self._order(ir.Phase.AFTER)
-        if order:
-            lines.append("# after the loop: every step at once")
-            lines += self._statements(after, order)
-        return after.var, steps_of
-
-    # --- methods ---
-
-    def _state_vars(self, names: Namespace, body: list[str], state: str | None) -> None:
-        """A variable per stateful edge: its sub-machine's state, carried through the method."""
-        self.state_vars = {}
-        for edge in self.stateful:
-            var = self.state_vars[edge] = names.name(f"{edge}/state", f"{edge}_state")
-            start = (
-                "None"
-                if state is None
-                else f"None if {state} is None else {state}.get({py_str(edge)})"
-            )
-            body.append(f"{var} = {start}")
-
-    def _pasts(self, names: Namespace, state: str, like: str) -> tuple[list[str], dict[str, str]]:
-        """``space_past = runtime.past(...)`` for every space read at an earlier step."""
-        lines, pasts = [], {}
-        for space, k in self.delays.items():
-            pasts[space] = names.name(f"{space}/past", f"{space}_past")
-            shape = tuple(self.machine.space(space).shape)
-            lines.append(
-                f"{pasts[space]} = runtime.past({state}, {py_str(space)}, {shape!r}, {k}, "
-                f"batch, {like})"
-            )
-        return lines, pasts
-
-    def _forward(self, inputs, outputs) -> Method:
-        names = self._method_locals()
-        args = [names.name(s.name) for s in inputs]
-        given = ", ".join(f"{py_str(s.name)}: {a}" for s, a in zip(inputs, args, strict=True))
-        body = [
-            f"batch, steps, {_py_tuple(args)} = "
-            f"runtime.fold_inputs(self.SPACES, {{{given}}}, steps)",
-        ]
-        if self.delays or self.stateful:
-            stateful = ", self.STATEFUL_EDGES" if self.stateful else ""
-            body.append(f"runtime.check_state(self.DELAYS, state{stateful})")
-        past_lines, pasts = self._pasts(names, "state", args[0])
-        body += past_lines
-        self._state_vars(names, body, "state")
-        start = {s.name: a for s, a in zip(inputs, args, strict=True)}
-        wanted = {s.name for s in outputs}
-        values, steps_of = self._phases(names, start, pasts, wanted, body)
-        unfold = lambda space: f"{values[space]}.unflatten(0, (batch, steps))"  # noqa: E731
-        if self.output_tuple is None:
-            returns, result = "Tensor", unfold(outputs[0].name)
-        else:
-            fields = ", ".join(
-                f"{fld}={unfold(s.name)}"
-                for fld, s in zip(self.output_tuple.fields, outputs, strict=True)
-            )
-            returns, result = self.output_tuple.name, f"{self.output_tuple.name}({fields})"
-        items = []
-        for space, k in self.delays.items():
-            if space in steps_of:
-                items.append(f"{py_str(space)}: torch.stack({steps_of[space]}[-{k}:], 1)")
-            else:
-                items.append(
-                    f"{py_str(space)}: runtime.last_steps({values[space]}, {k}, "
-                    f"{pasts[space]}, batch, steps)"
-                )
-        items += [f"{py_str(e)}: {self.state_vars[e]}" for e in self.stateful]
-        body.append("if return_state:")
-        body += ["    " + line for line in _dict_lines(f"return {result}, ", items, indent=12)]
-        body.append(f"return {result}")
-        indent = "\n        "
-        params = [
-            "self",
-            *(f"{a}: Tensor" for a in args),
-            "*",
-            "steps: int | None = None",
-            "state: dict[str, Tensor] | None = None",
-            "return_state: bool = False",
-        ]
-        returns = f"{returns} | tuple[{returns}, dict[str, Tensor]]"
-        return Method(
-            signature=f"forward({indent}{f',{indent}'.join(params)},\n    ) -> {returns}",
-            doc="The machine over the inputs' steps; steps= runs on with zero input, "
-            "state= resumes.",
-            body=tuple(body),
-        )
-
-    def _resolvent(self) -> Method:
-        names = self._method_locals()
-        body = ["batch, steps, x0 = runtime.fold_state(self.SPACES, x0)"]
-        first = py_str(self.machine.spaces[0].name)
-        past_lines, pasts = self._pasts(names, "None", f"x0[{first}]")
-        body += past_lines
-        self._state_vars(names, body, None)
-        start = {s.name: f"x0[{py_str(s.name)}]" for s in self.machine.spaces}
-        wanted = {s.name for s in self.machine.spaces}
-        values, _ = self._phases(names, start, pasts, wanted, body)
-        items = [
-            f"{py_str(s.name)}: {values[s.name]}.unflatten(0, (batch, steps))"
-            for s in self.machine.spaces
-        ]
-        body += _dict_lines("return ", items, indent=8)
-        return Method(
-            signature="resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]",
-            doc="The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] "
-            "tensors on any spaces (the rest are zero); before the first step, the past is zero.",
-            body=tuple(body),
-        )
-
-    def _f(self) -> Method:
-        names = self._method_locals()
-        plan = _Plan(
-            read=lambda port: (
-                f"runtime.delayed(state[{py_str(port.space)}], {port.delay}, None, batch, steps)"
-                if port.delay
-                else f"state[{py_str(port.space)}]"
-            ),
-            base=lambda space: None,
-            leveled=False,
-            locals=names,
-        )
-        body = ["batch, steps, state = runtime.fold_state(self.SPACES, state)"]
-        self.state_vars = {}  # f maps whole sequences: sub-machines start from a zero past
-        body += self._statements(plan, [e.name for e in self.machine.edges])
-        for space in self.machine.spaces:
-            if not self.writers[space.name]:
-                plan.var[space.name] = f"torch.zeros_like(state[{py_str(space.name)}])"
-        items = [
-            f"{py_str(s.name)}: {plan.var[s.name]}.unflatten(0, (batch, steps))"
-            for s in self.machine.spaces
-        ]
-        body += _dict_lines("return ", items, indent=8)
-        return Method(
-            signature="f(self, state: dict[str, Tensor]) -> dict[str, Tensor]",
-            doc="The global endofunction over space-time: the sum of all edges applied to "
-            "state ([batch, time, *shape] per space, missing: zero; before step 0: zero).",
-            body=tuple(body),
-        )
-
-    # --- input projections out of the loop ---
-
-    def _edge_expr(self, edge: ir.Edge, plan: _Plan, lines: list[str]) -> str:
-        """As for any machine, except in the step loop: a first ``linear`` whose inputs are
-        partly known before the loop is split by columns of its weight, and the known part
-        (an RNN's input projection) runs for every step at once before the loop."""
-        if edge.machine is not None and edge.name in self.stateful:
-            return self._stateful_call(edge, plan, lines)
-        if plan.prep is None or not self._splits(edge):
-            return super()._edge_expr(edge, plan, lines)
-        names = plan.locals
-        layer = self.layer_exprs[(edge.name, 0)]
-        widths = [self.machine.space(port.space).shape[0] for port in edge.inputs]
-        runs: list[tuple[bool, list[int]]] = []  # (known before the loop, input indices)
-        for i, port in enumerate(edge.inputs):
-            known = port.space not in self.loop_spaces
-            if runs and runs[-1][0] == known:
-                runs[-1][1].append(i)
-            else:
-                runs.append((known, [i]))
-        bias = f"{layer}.bias" if edge.ops[0].args["bias"] else None
-        time = names.name("/time", self.machine.time)
-        terms: list[str] = []
-        known_terms: list[str] = []
-        weights: list[str] = []  # column slices of the weight for the per-step part
-        for known, indices in runs:
-            lo, hi = sum(widths[: indices[0]]), sum(widths[: indices[-1] + 1])
-            columns = f"{layer}.weight[:, {lo or ''}:{hi if hi < sum(widths) else ''}]"
-            ports = [edge.inputs[i] for i in indices]
-            if known:
-                source = [plan.folded(port) for port in ports]
-                x = source[0] if len(source) == 1 else f"torch.cat([{', '.join(source)}], dim=1)"
-                known_terms.append(f"F.linear({x}, {columns})")
-            else:
-                reads = [plan.read(port) for port in ports]
-                x = reads[0] if len(reads) == 1 else f"torch.cat([{', '.join(reads)}], dim=1)"
-                label = "_".join(_sanitize_key(port.space) for port in ports[:1])
-                weight = names.name(f"{edge.name}/w/{indices[0]}", f"{edge.name}_w_{label}")
-                weights.append(f"{weight} = {columns}")
-                terms.append(f"F.linear({x}, {weight})")
-        known = [edge.inputs[i].space for is_known, run in runs if is_known for i in run]
-        label = _sanitize_key(known[0])
-        projected = names.name(f"{edge.name}/in", f"{edge.name}_{label}")
-        steps_of = names.name(f"{edge.name}/in/steps", f"{projected}_at")
-        if bias:
-            known_terms[0] = known_terms[0][:-1] + f", {bias})"
-        where = self.where(edge.span)
-        plan.prep.append(f"# {where}  {edge.name}: its linear on {', '.join(known)}, every step")
-        plan.prep.append(f"{projected} = {' + '.join(known_terms)}")
-        plan.prep.append(f"{steps_of} = runtime.unfold_steps({projected}, batch, steps)")
-        plan.prep.extend(weights)
-        expr = " + ".join([f"{steps_of}[{time}]", *terms])
-        return self._apply_ops(edge, plan, lines, expr, 1)
-
-    def _splits(self, edge: ir.Edge) -> bool:
-        """Whether a step edge starts with a vector linear on inputs partly known before it."""
-        first = edge.ops[0]
-        if first.kind != "linear" or len(self.structure.shapes[edge.name][0]) != 1:
-            return False
-        known = [port.space not in self.loop_spaces for port in edge.inputs]
-        return any(known) and not all(known)
-
-    def _stateful_call(self, edge: ir.Edge, plan: _Plan, lines: list[str]) -> str:
-        """A sub-machine over time: on whole sequences before and after the loop, one step
-        at a time (with its state) inside it."""
-        layer = self.layer_exprs[(edge.name, 0)]
-        reads = [plan.read(port) for port in edge.inputs]
-        state = self.state_vars.get(edge.name)
-        if plan.prep is not None:  # in the loop: one step
-            args = [f"{r}[:, None]" for r in reads]
-        else:
-            args = [f"{r}.unflatten(0, (batch, steps))" for r in reads]
-        call = f"{layer}({', '.join(args)}"
-        if state is None:
-            return f"runtime.folded({call}))"
-        out = plan.locals.name(f"{edge.name}/out", f"{edge.name}_out")
-        lines.append(f"{out}, {state} = {call}, state={state}, return_state=True)")
-        return f"runtime.step_of({out})" if plan.prep is not None else f"runtime.folded({out})"

@@ -221,6 +221,15 @@ class _ToSyntax(Transformer):
             name_span=_token_span(self.path, name),
         )
 
+    def space_kind(self, meta, children):
+        kind, size = children
+        return s.SpaceKind(
+            kind=str(kind),
+            size=size,
+            span=self._span(meta),
+            kind_span=_token_span(self.path, kind),
+        )
+
     def array_range(self, meta, children):
         return children[0]
 
@@ -278,6 +287,9 @@ class _ToSyntax(Transformer):
             span=self._span(meta),
             var_span=_token_span(self.path, var),
         )
+
+    def all_steps(self, meta, children):
+        return s.AllSteps(span=self._span(meta))
 
     def range(self, meta, children):
         lo, hi = children

@@ -67,20 +67,39 @@ class Range:
     span: Span
 
 
+@dataclass(frozen=True)
+class AllSteps:
+    """The window ``..`` of a machine over time: every step of the sequence (``k[..]``)."""
+
+    span: Span
+
+
+@dataclass(frozen=True)
+class SpaceKind:
+    """A kind of space with its size, as a space's shape: ``ids(vocab)``."""
+
+    kind: str
+    size: Expr
+    span: Span
+    kind_span: Span
+
+
 # --- declarations --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class SpaceRef:
-    """A space named in an edge: ``x``, ``h[i]``, ``h[1..i-1]``, ``h[t-1]``, ``h[1..n][t-1]``.
+    """A space named in an edge: ``x``, ``h[i]``, ``h[1..i-1]``, ``h[t-1]``, ``h[1..n][t-1]``,
+    ``k[0..t]``, ``k[t-w..t]``, ``k[..]``.
 
     ``index`` is the first bracket and ``time`` the second; which of them is a
-    time index (``t - k``) is decided when names are resolved.
+    time index (``t - k``, ``t + k``) or a window of steps is decided when names
+    are resolved.
     """
 
     name: str
-    index: Expr | Range | None
-    time: Expr | None
+    index: Expr | Range | AllSteps | None
+    time: Expr | Range | AllSteps | None
     span: Span
 
 
@@ -110,7 +129,7 @@ class SpaceDecl:
     role: str
     name: str
     array: Range | None
-    shape: Expr  # a size, or a list of sizes (channels first)
+    shape: Expr | SpaceKind  # a size, a list of sizes (channels first), or ids(n)
     span: Span
     name_span: Span
 

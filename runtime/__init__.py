@@ -22,19 +22,47 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .sequences import (
+    attention,
+    check_lengths,
+    extend_history,
+    float_like,
+    history,
+    mask_step,
+    mask_steps,
+    no_chunks,
+    no_lengths_in_chunks,
+    offset,
+    positions,
+    with_state,
+)
+
 __all__ = [
     "MachineShapeError",
+    "attention",
+    "check_lengths",
     "check_shape",
     "check_state",
     "delayed",
+    "end_steps",
+    "extend_history",
     "external",
+    "float_like",
     "fold_inputs",
     "fold_state",
     "folded",
+    "history",
     "last_steps",
+    "mask_step",
+    "mask_steps",
+    "no_chunks",
+    "no_lengths_in_chunks",
+    "offset",
     "past",
+    "positions",
     "step_of",
     "unfold_steps",
+    "with_state",
 ]
 
 
@@ -89,18 +117,25 @@ def _sequence_error(name: str, shape: tuple[int, ...], got: Tensor) -> ValueErro
 
 
 def fold_inputs(
-    spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor], steps: int | None
+    spaces: dict[str, tuple[int, ...]],
+    given: dict[str, Tensor],
+    steps: int | None,
+    ids: dict[str, int] | None = None,
 ) -> tuple[int, int, tuple[Tensor, ...]]:
     """``(batch, steps, folded)`` for the input sequences ``given``.
 
-    Every input is ``[batch, time, *shape]`` with one batch and one length; it is
-    cut or padded with zeros (the machine runs on with zero input) to ``steps``
-    steps (default: the inputs' length), then folded to ``[batch * steps, *shape]``.
+    Every input is ``[batch, time, *shape]`` with one batch and one length (an ids
+    space, named in ``ids`` with its number of ids, is a ``[batch, time]`` integer
+    tensor); it is cut or padded with zeros (the machine runs on with zero input) to
+    ``steps`` steps (default: the inputs' length), then folded to ``[batch * steps,
+    *shape]``.
     """
     batch = length = None
     for name, x in given.items():
         if not isinstance(x, Tensor) or tuple(x.shape[2:]) != spaces[name] or x.dim() < 2:
             raise _sequence_error(name, spaces[name], x)
+        if ids and name in ids:
+            _check_ids(name, x, ids[name])
         if batch is None:
             batch, length = x.shape[0], x.shape[1]
         elif (x.shape[0], x.shape[1]) != (batch, length):
@@ -121,18 +156,39 @@ def fold_inputs(
     return batch, steps, tuple(folded)
 
 
+def _check_ids(name: str, x: Tensor, count: int) -> None:
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name!r} holds ids: it must be an integer tensor, got {x.dtype}")
+    if x.numel() and (bool(x.min() < 0) or bool(x.max() >= count)):
+        raise ValueError(
+            f"{name!r} holds ids in [0, {count}), got ids from {int(x.min())} to {int(x.max())}"
+        )
+
+
 def fold_state(
-    spaces: dict[str, tuple[int, ...]], state: dict[str, Tensor]
+    spaces: dict[str, tuple[int, ...]],
+    state: dict[str, Tensor],
+    ids: dict[str, int] | None = None,
+    module: nn.Module | None = None,
 ) -> tuple[int, int, dict[str, Tensor]]:
-    """``(batch, steps, folded)`` for a space-time state: every space, zeros where missing."""
+    """``(batch, steps, folded)`` for a space-time state: every space, zeros where missing.
+
+    Ids spaces have no zero, so a state must give them; when it gives only ids, the
+    zeros take the floating dtype of ``module``'s parameters.
+    """
     unknown = sorted(set(state) - set(spaces))
     if unknown:
         raise KeyError(f"no such spaces: {unknown}; the machine has {list(spaces)}")
+    missing = sorted(set(ids or {}) - set(state))
+    if missing:
+        raise KeyError(f"give the ids spaces {missing}: ids have no zero to stand in for them")
     if not state:
         raise ValueError("give at least one space: it sets the batch, the steps, dtype and device")
-    batch, steps, folded = fold_inputs(spaces, state, None)
-    like = folded[0]
+    batch, steps, folded = fold_inputs(spaces, state, None, ids)
     given = dict(zip(state, folded, strict=True))
+    like = next((x for name, x in given.items() if not (ids and name in ids)), None)
+    if like is None:
+        like = float_like(module, folded[0]) if module is not None else folded[0].float()
     return (
         batch,
         steps,
@@ -147,12 +203,17 @@ def check_state(
     delays: dict[str, int],
     state: dict[str, Tensor] | None,
     stateful: tuple[str, ...] = (),
+    windows: dict[str, int | None] | None = None,
+    clock: str | None = None,
 ) -> None:
-    """A state passed to ``forward`` names only spaces read at earlier steps, and edges
-    whose sub-machines are over time (their own state)."""
+    """A state passed to ``forward`` names only spaces read at earlier steps or through
+    windows, edges whose sub-machines are over time (their own state), and the step
+    count ``clock`` of a machine that embeds positions."""
     if state is None:
         return
-    known = sorted(delays) + sorted(stateful)
+    known = sorted({*delays, *(windows or {})}) + sorted(stateful)
+    if clock is not None:
+        known.append(clock)
     unknown = sorted(set(state) - set(known))
     if unknown:
         raise KeyError(
@@ -196,9 +257,24 @@ def past(
     return tuple(given.unbind(1))
 
 
-def delayed(x: Tensor, k: int, past: Sequence[Tensor] | None, batch: int, steps: int) -> Tensor:
-    """The folded sequence ``x`` read ``k`` steps ago: its past first (zeros if None)."""
+def delayed(
+    x: Tensor,
+    k: int,
+    past: Sequence[Tensor] | None,
+    batch: int,
+    steps: int,
+    lengths: Tensor | None = None,
+) -> Tensor:
+    """The folded sequence ``x`` read ``k`` steps ago (``k < 0``: ``-k`` steps ahead).
+
+    Before the first step comes the past (zeros if None); after the last step, and
+    after each sequence's own length, zeros.
+    """
     seq = x.unflatten(0, (batch, steps))
+    if k < 0:
+        seq = mask_steps(seq.flatten(0, 1), lengths, batch, steps).unflatten(0, (batch, steps))
+        after = seq.new_zeros((batch, -k, *seq.shape[2:]))
+        return torch.cat([seq, after], 1)[:, -k:].flatten(0, 1)
     if past is None:
         before = seq.new_zeros((batch, k, *seq.shape[2:]))
     else:
@@ -215,7 +291,31 @@ def unfold_steps(x: Tensor, batch: int, steps: int) -> tuple[Tensor, ...]:
     return x.unflatten(0, (batch, steps)).unbind(1)
 
 
-def last_steps(x: Tensor, k: int, past: Sequence[Tensor], batch: int, steps: int) -> Tensor:
-    """The last ``k`` steps ``[batch, k, *shape]`` of the past followed by the sequence ``x``."""
+def last_steps(
+    x: Tensor,
+    k: int,
+    past: Sequence[Tensor],
+    batch: int,
+    steps: int,
+    lengths: Tensor | None = None,
+) -> Tensor:
+    """The last ``k`` steps ``[batch, k, *shape]`` of the past followed by the sequence ``x``
+    (with ``lengths``: the last ``k`` steps before each sequence's own end)."""
     seq = torch.cat([torch.stack(tuple(past), 1), x.unflatten(0, (batch, steps))], 1)
-    return seq[:, -k:]
+    return _ends(seq, k, len(past), lengths)
+
+
+def end_steps(values: Sequence[Tensor], k: int, steps: int, lengths: Tensor | None) -> Tensor:
+    """The last ``k`` of a loop's per-step values (its past first), ``[batch, k, *shape]``;
+    with ``lengths``, the last ``k`` before each sequence's own end."""
+    if lengths is None:
+        return torch.stack(tuple(values)[-k:], 1)
+    return _ends(torch.stack(tuple(values), 1), k, len(values) - steps, lengths)
+
+
+def _ends(seq: Tensor, k: int, before: int, lengths: Tensor | None) -> Tensor:
+    if lengths is None:
+        return seq[:, -k:]
+    index = before + lengths.to(seq.device)[:, None] - k + torch.arange(k, device=seq.device)
+    rows = torch.arange(seq.shape[0], device=seq.device)[:, None]
+    return seq[rows, index]

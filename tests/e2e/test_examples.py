@@ -33,12 +33,20 @@ def lead(cls, batch: int) -> tuple[int, ...]:
     return (batch, 6) if hasattr(cls, "DELAYS") else (batch,)
 
 
+def example_input(cls, name: str, batch: int) -> torch.Tensor:
+    """A random input: token ids for an ids space, normal values otherwise."""
+    ids = getattr(cls, "IDS", {})
+    if name in ids:
+        return torch.randint(0, ids[name], lead(cls, batch))
+    return torch.randn(*lead(cls, batch), *cls.SPACES[name])
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_forward_is_the_resolvent_on_inputs_and_outputs(path: Path) -> None:
     torch.manual_seed(0)
     for cls in machines(path):
         model = cls().eval()
-        inputs = [torch.randn(*lead(cls, 5), *cls.SPACES[name]) for name in cls.INPUTS]
+        inputs = [example_input(cls, name, 5) for name in cls.INPUTS]
         result = model(*inputs)
         outputs = (result,) if len(cls.OUTPUTS) == 1 else tuple(result)
         assert len(outputs) == len(cls.OUTPUTS)
@@ -55,7 +63,7 @@ def test_a_few_training_steps_lower_the_loss(path: Path) -> None:
     torch.manual_seed(1)
     for cls in machines(path):
         model, teacher = cls(), cls().eval()  # a target the architecture can represent
-        inputs = [torch.randn(*lead(cls, 64), *cls.SPACES[name]) for name in cls.INPUTS]
+        inputs = [example_input(cls, name, 64) for name in cls.INPUTS]
         with torch.no_grad():
             result = teacher(*inputs)
         targets = (result,) if len(cls.OUTPUTS) == 1 else tuple(result)

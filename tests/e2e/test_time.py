@@ -110,7 +110,8 @@ def test_state_and_inputs_are_checked() -> None:
 def test_only_the_recurrence_runs_step_by_step() -> None:
     source = machc.compile_file(EXAMPLES / "elman.mach")
     loop = source[source.index("def forward") : source.index("def f(")]
-    body = loop[loop.index("for t in range(steps):") : loop.index("# after the loop")]
+    start = loop.index("for t in range(steps):")
+    body = loop[start : loop.index("# every step at once", start)]
     assert "self.read" not in body  # the readout runs once, on every step
     assert "F.linear(x" in loop[: loop.index("for t in")]  # the input projection too
     assert "[:, t]" not in source  # per-step values come from unbind, not indexing

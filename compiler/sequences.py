@@ -1,0 +1,389 @@
+"""Sequence machines in the check stage: windows, reads of the future, ids and stages.
+
+A machine over time is a machine over space-time: every space has a copy at
+every step. An edge may read a space at another step (``h[t-1]``,
+``h[t+1]``), at a window of steps (``k[0..t]``, ``k[t-w..t]``, ``k[..]``:
+attention), an ids space (token ids), or the step number itself (``t``:
+positions). The space-time hypergraph must stay acyclic; its strongly connected
+parts are the recurrences, each of which runs step by step in one direction of
+time, and everything else runs on every step at once. :func:`stages` cuts the
+machine into that sequence of stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from . import ir
+from .diagnostics import Code, Note, Reporter
+from .ops import OPS, format_shape
+
+# Which steps an arc of the space-time graph reads: its own (now), earlier ones (past),
+# later ones (future), through a window of steps (window).
+NO_STEPS = {"now": False, "past": False, "future": False, "window": False}
+NOW = {**NO_STEPS, "now": True}
+
+
+def steps_read(port: ir.Port) -> dict[str, bool]:
+    """The steps a read covers, relative to the step that reads."""
+    window = port.window
+    if window is not None:
+        full = window.kind is ir.WindowKind.FULL
+        return {"now": True, "past": True, "future": full, "window": True}
+    return {**NO_STEPS, "now": port.delay == 0, "past": port.delay > 0, "future": port.delay < 0}
+
+
+def kind_text(space: ir.Space) -> str:
+    """``ids(256)`` or ``[16]``: what a space holds, for messages."""
+    return f"ids({space.ids})" if space.ids is not None else format_shape(space.shape)
+
+
+def _first_op(edge: ir.Edge):
+    return OPS[edge.ops[0].kind] if edge.ops else None
+
+
+def check_reads(
+    machine: ir.Machine, edge: ir.Edge, machines: dict[str, ir.Machine], reporter: Reporter
+) -> bool:
+    """Windows only into attention, ids and the step number only into embedding."""
+    ok = True
+    first = _first_op(edge)
+    what = (
+        f"the machine {ir.machine_call(machines[edge.machine].name, machines[edge.machine].params)}"
+        if edge.machine is not None and edge.machine in machines
+        else edge.ops[0].kind
+        if edge.ops
+        else "this edge"
+    )
+    for port in edge.inputs:
+        if port.window is not None and not (first and first.windows):
+            reporter.error(
+                Code.SEQUENCE,
+                f"edge {edge.name!r} reads a window of steps {port.text(machine.time)}, but "
+                f"{what} reads one step at a time",
+                port.span,
+                hint="windows are read by attention: q × k[0..t] × v[0..t] -> u = "
+                "attention(heads=h)",
+            )
+            ok = False
+        ids = port.position or machine.space(port.space).ids is not None
+        if ids and edge.machine is None and not (first and first.ids):
+            name = f"the time index {port.space!r}" if port.position else f"ids {port.space!r}"
+            reporter.error(
+                Code.SEQUENCE,
+                f"edge {edge.name!r} reads {name} with {what}; ids are read by embedding",
+                port.span,
+                hint=f"{edge.name} : {port.space} -> h = embedding"
+                + ("(n)" if port.position else ""),
+            )
+            ok = False
+        elif port.position and edge.machine is not None:
+            reporter.error(
+                Code.SEQUENCE,
+                f"edge {edge.name!r} passes the time index {port.space!r} to {what}; "
+                "the step number is read by embedding",
+                port.span,
+            )
+            ok = False
+    if not ok or first is None:
+        return ok
+    for i, op in enumerate(edge.ops[1:], 1):
+        spec = OPS[op.kind]
+        if spec.windows or spec.ids:
+            reporter.error(
+                Code.SEQUENCE,
+                f"edge {edge.name!r}: {op.kind} reads the edge's spaces, so it must be the "
+                "first op of the pipeline",
+                op.span,
+            )
+            return False
+    if first.ids and (len(edge.inputs) != 1 or not _reads_ids(machine, edge.inputs[0])):
+        reporter.error(
+            Code.SEQUENCE,
+            f"edge {edge.name!r}: embedding reads one ids space (ids(n)) or the time index "
+            f"{machine.time or 't'}, got {' × '.join(p.text(machine.time) for p in edge.inputs)}",
+            edge.ops[0].span,
+            hint="embed a vector space with linear",
+        )
+        return False
+    return True
+
+
+def _reads_ids(machine: ir.Machine, port: ir.Port) -> bool:
+    return port.position or machine.space(port.space).ids is not None
+
+
+def ids_shape(machine: ir.Machine, edge: ir.Edge, reporter: Reporter) -> ir.Shape | None:
+    """The one-hot view ``[n]`` of the ids an embedding reads."""
+    port, op = edge.inputs[0], edge.ops[0]
+    given = op.args.get("num")
+    if port.position:
+        if given is None:
+            reporter.error(
+                Code.SEQUENCE,
+                f"edge {edge.name!r}: embedding of the time index {port.space!r} needs the "
+                "number of positions",
+                op.span,
+                hint=f"{edge.name} : {port.space} -> ... = embedding(ctx), with ctx the "
+                "longest sequence",
+            )
+            return None
+        return (given,)
+    count = machine.space(port.space).ids
+    if given is not None and given != count:
+        reporter.error(
+            Code.SHAPE,
+            f"edge {edge.name!r}: embedding({given}) reads {port.space!r}, which holds "
+            f"ids({count})",
+            op.span,
+            hint="leave the number out: embedding takes it from the ids space",
+        )
+        return None
+    return (count,)
+
+
+def attention_shape(machine: ir.Machine, edge: ir.Edge, reporter: Reporter) -> ir.Shape | None:
+    """The values' shape, after checking ``q × k[window] × v[window]``."""
+    ports = edge.inputs
+    if len(ports) != 3:
+        reporter.error(
+            Code.SHAPE,
+            f"edge {edge.name!r}: attention reads queries × keys × values, "
+            f"got {len(ports)} space{'s' if len(ports) != 1 else ''}",
+            edge.ops[0].span,
+            hint="q × k[0..t] × v[0..t] -> u = attention(heads=h)",
+        )
+        return None
+    q, k, v = ports
+    problems = []
+    if q.window is not None or q.delay:
+        problems.append((q, f"the queries {q.text(machine.time)} are read at their own step"))
+    for port, role in ((k, "keys"), (v, "values")):
+        if port.window is None:
+            problems.append(
+                (
+                    port,
+                    f"the {role} {port.text(machine.time)} are read through a window of steps: "
+                    f"{port.space}[0..{machine.time}], {port.space}[{machine.time}-w.."
+                    f"{machine.time}] or {port.space}[..]",
+                )
+            )
+    if not problems and k.window != v.window:
+        problems.append((v, "keys and values are read through the same window"))
+    for port, message in problems[:1]:
+        reporter.error(Code.SEQUENCE, f"edge {edge.name!r}: {message}", port.span)
+        return None
+    shapes = [machine.space(port.space).shape for port in ports]
+    for port, shape in zip(ports, shapes, strict=True):
+        if len(shape) != 1:
+            reporter.error(
+                Code.SHAPE,
+                f"edge {edge.name!r}: attention reads vectors, but {port.space} is "
+                f"{format_shape(shape)}",
+                port.span,
+            )
+            return None
+    if shapes[0] != shapes[1]:
+        reporter.error(
+            Code.SHAPE,
+            f"edge {edge.name!r}: queries {q.space} {format_shape(shapes[0])} and keys "
+            f"{k.space} {format_shape(shapes[1])} must have one size",
+            k.span,
+        )
+        return None
+    heads = edge.ops[0].args.get("heads")
+    if isinstance(heads, int) and heads > 0 and shapes[0][0] % heads:
+        reporter.error(
+            Code.SHAPE,
+            f"edge {edge.name!r}: heads={heads} does not divide the size {shapes[0][0]} of "
+            f"the queries and keys",
+            edge.ops[0].span,
+            hint="heads are contiguous blocks of features, as in nn.MultiheadAttention",
+        )
+        return None
+    return shapes[2]
+
+
+# --- stages -------------------------------------------------------------------------
+
+
+@dataclass
+class _Unit:
+    """A recurrence (a strongly connected part with reads of other steps), or one edge."""
+
+    kind: ir.StageKind
+    edges: list[str]
+    first: int  # declaration index of its first edge: the tie-break
+
+
+def _recurrences(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter):
+    """The units of the machine; reports recurrences that cannot run in one direction."""
+    index = {edge.name: i for i, edge in enumerate(machine.edges)}
+    units: list[_Unit] = []
+    unit_of: dict[str, int] = {}
+    ok = True
+    for component in nx.strongly_connected_components(graph):
+        edges = sorted((n for k, n in component if k == "edge"), key=index.get)
+        if len(component) == 1:
+            continue
+        arcs = [data for _, _, data in graph.subgraph(component).edges(data=True)]
+        past = any(a["past"] for a in arcs)
+        future = any(a["future"] for a in arcs)
+        windowed = [
+            (edge, port)
+            for edge in machine.edges
+            if edge.name in edges
+            for port in edge.inputs
+            if port.window is not None
+        ]
+        if windowed:
+            edge, port = windowed[0]
+            reporter.error(
+                Code.SEQUENCE,
+                f"edge {edge.name!r} reads the window {port.text(machine.time)} but is part of "
+                "a recurrence; attention runs on every step at once, outside recurrences",
+                port.span,
+                notes=_cycle_notes(machine, graph, component, lambda a: a["past"] or a["future"]),
+            )
+            ok = False
+            continue
+        if past and future:
+            notes = _cycle_notes(machine, graph, component, lambda a: a["past"])
+            notes += _cycle_notes(machine, graph, component, lambda a: a["future"])
+            reporter.error(
+                Code.CYCLE,
+                "cycle through both earlier and later steps: step t needs step t+1, which "
+                "needs step t",
+                notes[0].span,
+                notes=tuple(notes),
+                hint="a recurrence runs one way in time: read only earlier steps (h[t-1]) "
+                "or only later ones (h[t+1]) around a cycle",
+            )
+            ok = False
+            continue
+        unit = _Unit(
+            kind=ir.StageKind.FORWARD if past else ir.StageKind.BACKWARD,
+            edges=edges,
+            first=index[edges[0]],
+        )
+        for name in edges:
+            unit_of[name] = len(units)
+        units.append(unit)
+    for edge in machine.edges:
+        if edge.name not in unit_of:
+            unit_of[edge.name] = len(units)
+            units.append(_Unit(kind=ir.StageKind.ALL, edges=[edge.name], first=index[edge.name]))
+    return (units, unit_of) if ok else None
+
+
+def _cycle_notes(machine, graph: nx.DiGraph, component, through) -> list[Note]:
+    """The edges of one cycle of ``component`` that passes an arc ``through`` accepts."""
+    sub = graph.subgraph(component)
+    arcs = sorted(
+        (u, v) for u, v, data in sub.edges(data=True) if u[0] == "space" and through(data)
+    )
+    if not arcs:
+        return []
+    u, v = arcs[0]
+    path = nx.shortest_path(sub, v, u)  # back from the edge to the space it reads
+    edges = {edge.name: edge for edge in machine.edges}
+    notes = []
+    cycle = [u, *path[:-1]]
+    for i, (kind, name) in enumerate(cycle):
+        if kind != "edge":
+            continue
+        read = cycle[i - 1][1]
+        wrote = cycle[(i + 1) % len(cycle)][1]
+        port = next((p for p in edges[name].inputs if p.space == read), None)
+        shown = port.text(machine.time) if port is not None else read
+        notes.append(
+            Note(message=f"edge {name!r} reads {shown} and writes {wrote!r}", span=edges[name].span)
+        )
+    return notes
+
+
+def stages(
+    machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter
+) -> tuple[ir.Stage, ...] | None:
+    """The stages of a machine over time, in the order they run (edges unordered yet).
+
+    Every recurrence is a loop over the steps, forward (it reads earlier steps) or
+    backward (later ones); every other edge runs on every step at once. Units are
+    taken in dependency order, greedily joining the stage being built when it is of
+    their kind: a loop may take another recurrence of its direction unless that one
+    reads the loop's spaces against its direction.
+    """
+    found = _recurrences(machine, graph, reporter)
+    if found is None:
+        return None
+    units, unit_of = found
+    deps: dict[int, dict[int, dict[str, bool]]] = {i: {} for i in range(len(units))}
+    for space, edge in ((u, v) for u, v in graph.edges if u[0] == "space"):
+        data = graph.edges[space, edge]
+        reader = unit_of[edge[1]]
+        for writer_node in graph.predecessors(space):
+            writer = unit_of[writer_node[1]]
+            if writer != reader:
+                merged = deps[reader].setdefault(writer, dict(NO_STEPS))
+                for key, value in data.items():
+                    merged[key] = merged[key] or value
+    waiting = {i: set(d) for i, d in deps.items()}
+    done: set[int] = set()
+    result: list[tuple[ir.StageKind, list[int]]] = []
+    while len(done) < len(units):
+        ready = sorted(
+            (i for i in waiting if i not in done and waiting[i] <= done),
+            key=lambda i: units[i].first,
+        )
+        current = result[-1] if result else None
+
+        def joins(i: int) -> bool:
+            if current is None or units[i].kind is not current[0]:
+                return False
+            if current[0] is ir.StageKind.ALL:
+                return True  # every step at once: reads of any step are shifts
+            against = "future" if current[0] is ir.StageKind.FORWARD else "past"
+            return not any(deps[i][w][against] for w in deps[i] if w in current[1])
+
+        joining = [i for i in ready if joins(i)]
+        if joining:
+            current[1].append(joining[0])
+            done.add(joining[0])
+            continue
+        for kind in ir.StageKind:  # every step at once first, then forward, then backward
+            chosen = [i for i in ready if units[i].kind is kind]
+            if chosen:
+                result.append((kind, [chosen[0]]))
+                done.add(chosen[0])
+                break
+    return tuple(
+        ir.Stage(kind=kind, edges=tuple(e for i in members for e in units[i].edges))
+        for kind, members in result
+    )
+
+
+def stage_orders(
+    machine: ir.Machine, stages: tuple[ir.Stage, ...], order, space_time: nx.DiGraph, key
+) -> tuple[ir.Stage, ...]:
+    """Each stage's edges in the order they run.
+
+    In a loop, the order of one step (``order``, from the within-step graph); on every
+    step at once, an order in which an edge also comes after the writers of the
+    spaces it reads at other steps.
+    """
+    result = []
+    for stage in stages:
+        members = set(stage.edges)
+        if stage.kind is not ir.StageKind.ALL:
+            edges = tuple(e for e in order if e in members)
+        else:
+            nodes = [("edge", e) for e in order if e in members]
+            nodes += [("space", s.name) for s in machine.spaces]
+            sub = space_time.subgraph(nodes)
+            edges = tuple(
+                n for k, n in nx.lexicographical_topological_sort(sub, key=key) if k == "edge"
+            )
+        result.append(ir.Stage(kind=stage.kind, edges=edges))
+    return tuple(result)
