@@ -75,7 +75,9 @@ def check_reads(
                 Code.SEQUENCE,
                 f"edge {edge.name!r} reads {name} with {what}; ids are read by embedding",
                 port.span,
-                hint=f"{edge.name} : {port.space} -> h = embedding"
+                hint=f"{edge.name} : {port.space} -> "
+                + " × ".join(p.space for p in edge.outputs)
+                + " = embedding"
                 + ("(n)" if port.position else ""),
             )
             ok = False
@@ -296,7 +298,10 @@ def _cycle_notes(machine, graph: nx.DiGraph, component, through) -> list[Note]:
             continue
         read = cycle[i - 1][1]
         wrote = cycle[(i + 1) % len(cycle)][1]
-        port = next((p for p in edges[name].inputs if p.space == read), None)
+        port = next(
+            (p for p in edges[name].inputs if p.space == read and through(steps_read(p))),
+            next((p for p in edges[name].inputs if p.space == read), None),
+        )
         shown = port.text(machine.time) if port is not None else read
         notes.append(
             Note(message=f"edge {name!r} reads {shown} and writes {wrote!r}", span=edges[name].span)
@@ -304,8 +309,50 @@ def _cycle_notes(machine, graph: nx.DiGraph, component, through) -> list[Note]:
     return notes
 
 
+def _check_loop_machines(machine, units, machines, structures, reporter) -> bool:
+    """A sub-machine over time runs one step per call inside a loop: it must be causal,
+    and its own steps go forward, so a backward loop cannot hold one that keeps state."""
+    ok = True
+    for unit in units:
+        if unit.kind is ir.StageKind.ALL:
+            continue
+        for name in unit.edges:
+            edge = next(e for e in machine.edges if e.name == name)
+            if edge.machine is None or machines[edge.machine].time is None:
+                continue
+            sub, structure = machines[edge.machine], structures[edge.machine]
+            used = ir.machine_call(sub.name, sub.params)
+            if not structure.causal:
+                problem = f"{used} reads later steps, so it cannot run one step at a time"
+            elif unit.kind is ir.StageKind.BACKWARD and (
+                structure.delays or structure.windows or _reads_positions(sub)
+            ):
+                problem = (
+                    f"{used} keeps state from one step to the next, forward in time, but this "
+                    "recurrence runs backward"
+                )
+            else:
+                continue
+            reporter.error(
+                Code.SEQUENCE,
+                f"edge {edge.name!r} is part of a recurrence, which runs step by step; {problem}",
+                edge.span,
+                hint="run the machine outside the recurrence, on every step at once",
+            )
+            ok = False
+    return ok
+
+
+def _reads_positions(machine: ir.Machine) -> bool:
+    return any(port.position for edge in machine.edges for port in edge.inputs)
+
+
 def stages(
-    machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter
+    machine: ir.Machine,
+    graph: nx.DiGraph,
+    reporter: Reporter,
+    machines: dict[str, ir.Machine],
+    structures: dict[str, ir.Structure],
 ) -> tuple[ir.Stage, ...] | None:
     """The stages of a machine over time, in the order they run (edges unordered yet).
 
@@ -319,6 +366,8 @@ def stages(
     if found is None:
         return None
     units, unit_of = found
+    if not _check_loop_machines(machine, units, machines, structures, reporter):
+        return None
     deps: dict[int, dict[int, dict[str, bool]]] = {i: {} for i in range(len(units))}
     for space, edge in ((u, v) for u, v in graph.edges if u[0] == "space"):
         data = graph.edges[space, edge]
