@@ -252,12 +252,14 @@ def _recurrences(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter):
             ok = False
             continue
         if past and future:
-            notes = _cycle_notes(machine, graph, component, lambda a: a["past"])
-            notes += _cycle_notes(machine, graph, component, lambda a: a["future"])
+            path, notes = _cycle(machine, graph, component, lambda a: a["past"])
+            other, more = _cycle(machine, graph, component, lambda a: a["future"])
+            if any(note not in notes for note in more):  # a cycle through both is enough
+                path += f", and {other}"
+                notes += [note for note in more if note not in notes]
             reporter.error(
                 Code.CYCLE,
-                "cycle through both earlier and later steps: step t needs step t+1, which "
-                "needs step t",
+                f"cycle through both earlier and later steps: {path}",
                 notes[0].span,
                 notes=tuple(notes),
                 hint="a recurrence runs one way in time: read only earlier steps (h[t-1]) "
@@ -282,16 +284,22 @@ def _recurrences(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter):
 
 def _cycle_notes(machine, graph: nx.DiGraph, component, through) -> list[Note]:
     """The edges of one cycle of ``component`` that passes an arc ``through`` accepts."""
+    return _cycle(machine, graph, component, through)[1]
+
+
+def _cycle(machine, graph: nx.DiGraph, component, through) -> tuple[str, list[Note]]:
+    """One cycle of ``component`` through an arc ``through`` accepts: as a path
+    (``g[t-1] -> fwd -> h[t+1] -> back -> g``) and as a note per edge."""
     sub = graph.subgraph(component)
     arcs = sorted(
         (u, v) for u, v, data in sub.edges(data=True) if u[0] == "space" and through(data)
     )
     if not arcs:
-        return []
+        return "", []
     u, v = arcs[0]
     path = nx.shortest_path(sub, v, u)  # back from the edge to the space it reads
     edges = {edge.name: edge for edge in machine.edges}
-    notes = []
+    notes, parts = [], []
     cycle = [u, *path[:-1]]
     for i, (kind, name) in enumerate(cycle):
         if kind != "edge":
@@ -303,10 +311,11 @@ def _cycle_notes(machine, graph: nx.DiGraph, component, through) -> list[Note]:
             next((p for p in edges[name].inputs if p.space == read), None),
         )
         shown = port.text(machine.time) if port is not None else read
+        parts += [shown, name]
         notes.append(
             Note(message=f"edge {name!r} reads {shown} and writes {wrote!r}", span=edges[name].span)
         )
-    return notes
+    return " -> ".join([*parts, cycle[0][1]]), notes
 
 
 def _check_loop_machines(machine, units, machines, structures, reporter) -> bool:
