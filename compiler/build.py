@@ -752,7 +752,8 @@ class _MachineBuilder:
                 if delay == 0:
                     raise _Problem(
                         Code.TIME,
-                        f"{ref.name}[{t} {sign} 0] is the present step: write {ref.name}",
+                        f"{ref.name}[{t} {sign} k] with k = 0 is the present step: "
+                        f"write {ref.name}",
                         k.span,
                     )
                 if abs(delay) > MAX_ITERATIONS:

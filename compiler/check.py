@@ -55,9 +55,7 @@ def _check_machine(
     space_time = hypergraph(machine, delayed=True)  # reads of earlier and later steps too
     stages = None
     if machine.time is not None:
-        stages = sequences.stages(
-            machine, space_time, reporter, machines or {}, structures or {}
-        )
+        stages = sequences.stages(machine, space_time, reporter, machines or {}, structures or {})
         if stages is None:
             return None
     structure = _structure(machine, graph, space_time, shapes, stages, structures or {})

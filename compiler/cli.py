@@ -62,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="check a file and report its structure",
-        description="Check a file and report each machine's spaces (with depth) "
-        "and levels of independent edges.",
+        description="Check a file and report each machine's spaces (with depth), "
+        "levels of independent edges and, over time, its stages.",
     )
     common(check)
     check.add_argument("-q", "--quiet", action="store_true", help="print only diagnostics")
@@ -443,11 +443,22 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+STAGE_WORDS = {  # how the edges of a stage of a machine over time run (ir.StageKind)
+    "all": "every step at once",
+    "forward": "step by step, forward in time",
+    "backward": "step by step, backward in time",
+}
+
+
 def describe(program) -> str:
-    """The structure report of ``machc check``: spaces with depths, levels of independent edges."""
+    """The structure report of ``machc check``: spaces with depths, levels of independent edges.
+
+    A machine over time also gets the steps its edges read besides their own (earlier,
+    later, windows) and its stages, in the order they run.
+    """
     from .ir import format_params
     from .lower import source_label
-    from .ops import format_shape
+    from .sequences import kind_text
 
     blocks = []
     for checked in program.machines:
@@ -462,7 +473,7 @@ def describe(program) -> str:
             f"depth {depth}"
         )
         width = max(5, *(len(s.name) for s in machine.spaces))
-        shapes = {s.name: format_shape(s.shape) for s in machine.spaces}
+        shapes = {s.name: kind_text(s) for s in machine.spaces}
         shape_width = max(5, *(len(text) for text in shapes.values()))
         lines.append(f"  {'space'.ljust(width)}  role    {'shape'.ljust(shape_width)}  depth")
         for space in machine.spaces:
@@ -474,16 +485,36 @@ def describe(program) -> str:
         for k, level in enumerate(structure.levels, 1):
             lines.append(f"    {k}: {', '.join(level)}")
         if machine.time:
-            t = machine.time
-            past = ", ".join(f"{s}[{t}-{k}]" for s, k in structure.delays.items()) or "none"
-            lines.append(f"  reads of earlier steps: {past}")
-            for phase, words in (
-                ("before", "before the step loop, every step at once"),
-                ("step", "step by step"),
-                ("after", "after the step loop, every step at once"),
-            ):
-                edges = [e for e in structure.order if structure.phases[e] == phase]
-                if edges:
-                    lines.append(f"  {words}: {', '.join(edges)}")
+            lines += _describe_steps(machine, structure)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def _describe_steps(machine, structure) -> list[str]:
+    """What a machine over time reads besides each step's own spaces, and its stages."""
+    t = machine.time
+    past = ", ".join(f"{s}[{t}-{k}]" for s, k in structure.delays.items()) or "none"
+    lines = [f"  reads of earlier steps: {past}"]
+    ahead: dict[str, int] = {}  # space -> the most steps ahead it is read
+    windows: list[str] = []  # every window read, once, in the order edges read them
+    positions: list[str] = []  # the edges that read the step number
+    for edge in machine.edges:
+        for port in edge.inputs:
+            if port.position:
+                positions.append(edge.name)
+            elif port.delay < 0:
+                ahead[port.space] = max(ahead.get(port.space, 0), -port.delay)
+            elif port.window is not None and port.text(t) not in windows:
+                windows.append(port.text(t))
+    if ahead:
+        later = ", ".join(f"{s}[{t}+{k}]" for s, k in ahead.items())
+        lines.append(f"  reads of later steps: {later}")
+    if windows:
+        lines.append(f"  reads of windows of steps: {', '.join(windows)}")
+    if positions:
+        lines.append(f"  reads of the step number {t}: {', '.join(positions)}")
+    if not structure.causal:
+        lines.append("  not causal: it reads later steps, so it cannot run in chunks (no state=)")
+    for k, stage in enumerate(structure.stages, 1):
+        lines.append(f"  stage {k}, {STAGE_WORDS[stage.kind]}: {', '.join(stage.edges)}")
+    return lines

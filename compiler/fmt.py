@@ -14,6 +14,9 @@ back by position. The canonical layout (documented in docs/cli.md):
   the ``->`` lined up the same way and the ``=`` lined up, except on a line
   that this would take past 100 columns;
 - ``×`` between factors and ``->`` between inputs and outputs;
+- reads of other steps and windows written tight, as indices are: ``h[t-1]``,
+  ``h[t+1]``, ``k[0..t]``, ``k[t-w..t]``, ``k[..]``; a kind of space as a call:
+  ``ids(vocab)``;
 - expressions with a space around binary operators (``2 * c``), except in
   indices and ranges (``h[1..i-1]``, ``for i in 2..n+1``); minimal parentheses;
 - pipeline lines broken where the user broke them, and before an op that would
@@ -100,12 +103,21 @@ class _Expressions:
     def range(self, range_: s.Range) -> str:
         return f"{self.expr(range_.lo, True)}..{self.expr(range_.hi, True)}"
 
-    def index(self, index: s.Expr | s.Range) -> str:
+    def index(self, index: s.Expr | s.Range | s.AllSteps) -> str:
+        if isinstance(index, s.AllSteps):
+            return ".."
         return self.range(index) if isinstance(index, s.Range) else self.expr(index, True)
 
     def ref(self, ref: s.SpaceRef) -> str:
+        """``h``, ``h[i]``, ``h[1..n][t-1]``, ``h[t+1]``, ``k[0..t]``, ``k[t-w..t]``, ``k[..]``."""
         text = ref.name if ref.index is None else f"{ref.name}[{self.index(ref.index)}]"
-        return text if ref.time is None else f"{text}[{self.expr(ref.time, True)}]"
+        return text if ref.time is None else f"{text}[{self.index(ref.time)}]"
+
+    def shape(self, shape: s.Expr | s.SpaceKind) -> str:
+        """A space's shape: ``16``, ``[3, h, w]``, or a kind of space: ``ids(vocab)``."""
+        if isinstance(shape, s.SpaceKind):
+            return f"{shape.kind}({self.expr(shape.size)})"
+        return self.expr(shape)
 
     def op(self, op: s.OpCall) -> str:
         if not op.args:
@@ -300,7 +312,7 @@ class _Printer:
         names = [self._space_name(g.node) for g in run]
         for group, name, width in zip(run, names, _sections([len(n) for n in names]), strict=True):
             decl = group.node
-            shape = self.exprs.expr(decl.shape)
+            shape = self.exprs.shape(decl.shape)
             group.lines = [f"{decl.role.ljust(ROLE_WIDTH)} {name.ljust(width)} : {shape}"]
             group.line_starts = [group.start]
 

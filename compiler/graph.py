@@ -1,8 +1,14 @@
 """Drawing machines: the hypergraph as Graphviz DOT text, rendered by the ``dot`` program.
 
-Spaces are nodes (name and shape), hyperedges are boxes (name and op
-pipeline), arrows run from the spaces an edge reads to its box and from the
-box to the spaces it writes; a read of an earlier time step is dashed.
+Spaces are nodes (name and shape, ``ids(256)`` for an ids space), hyperedges
+are boxes (name and op pipeline), arrows run from the spaces an edge reads to
+its box and from the box to the spaces it writes. In a machine over time, a
+read of an earlier step (``h[t-1]``) is dashed and violet, one of a later step
+(``h[t+1]``) dashed and orange, a read of a window of steps (``k[0..t]``,
+``k[t-8..t]``, ``k[..]``) bold and blue, each labelled with its steps; an edge
+that reads the step number itself (positions: ``t -> h = embedding(ctx)``)
+reads it from a small dashed node ``t (step)``; the title's second line says
+which of these marks the drawing holds.
 A machine used as an edge is one green box with a double border labelled
 with the machine call (``ResBlock(w=32)``), or with ``expand`` a cluster
 holding that instance's own spaces and edges (recursively), fed one by one
@@ -33,7 +39,7 @@ from collections.abc import Sequence
 from . import ir
 from .ir import format_params, machine_call
 from .lower import edge_text, op_text, pipeline_text
-from .ops import format_shape
+from .sequences import kind_text
 
 FORMATS = ("svg", "png", "pdf", "dot")  # what `machc graph -o` writes, by file extension
 PIPELINE_WIDTH = 24  # a pipeline wider than this (in characters) wraps inside its box
@@ -53,6 +59,19 @@ SHARE_LINK = (
     'fontsize="9" constraint="false"'
 )
 ROLE_WORDS = {ir.Role.INPUT: "input", ir.Role.HIDDEN: "hidden", ir.Role.OUTPUT: "output"}
+CLOCK_NODE = (  # the step number of a machine over time, read by a position embedding
+    'shape="ellipse" style="filled,dashed" fillcolor="#dbeafe" color="#1d4ed8" fontsize="10" '
+    'height="0.3"'
+)
+# Arrows of reads of other steps, and what the legend says of them, by kind of read.
+PAST, FUTURE, WINDOW, CLOCK = "past", "future", "window", "clock"
+READ_COLOURS = {PAST: "#7c3aed", FUTURE: "#c2410c", WINDOW: "#0369a1", CLOCK: "#1d4ed8"}
+LEGEND = {
+    PAST: "dashed {t}-k: reads an earlier step",
+    FUTURE: "dashed {t}+k: reads a later step",
+    WINDOW: "bold: reads a window of steps",
+    CLOCK: "{t} (step): the step number",
+}
 
 
 class GraphError(Exception):
@@ -106,16 +125,18 @@ def to_dot(
     drawer = _Drawer(program, expand)
     lines = []
     if len(chosen) == 1:
-        lines.append(f"  label={_title(chosen[0].machine)};")
-        lines += drawer.top(chosen[0], "m0", indent="  ")
+        body = drawer.top(chosen[0], "m0", indent="  ")
+        lines.append(f"  label={_title(chosen[0].machine, drawer.reads)};")
+        lines += body
     else:
         # NOTE: with rankdir=LR, dot stacks the clusters of unconnected machines bottom to top
         # in the order they come; written last to first, the first machine comes out on top.
         for i, checked in reversed(list(enumerate(chosen))):
+            body = drawer.top(checked, f"m{i}", indent="    ")
             lines.append(f"  subgraph cluster_m{i} {{")
-            lines.append(f"    label={_title(checked.machine)};")
+            lines.append(f"    label={_title(checked.machine, drawer.reads)};")
             lines.append('    style="rounded" color="#d1d5db" fontsize="14";')
-            lines += drawer.top(checked, f"m{i}", indent="    ")
+            lines += body
             lines.append("  }")
     compound = ' compound="true"' if drawer.clipped else ""  # arrows ending at a cluster
     lines[:0] = [
@@ -139,10 +160,12 @@ class _Drawer:
         self.nodes: list[str] = []
         self.arrows: list[tuple[str, str]] = []  # the arrows that constrain the columns
         self.clipped = False  # some arrow is clipped at a cluster's border (needs compound)
+        self.clocks: set[str] = set()  # the step-number nodes: inputs, like input spaces
+        self.reads: set[str] = set()  # kinds of reads of other steps drawn (PAST, ...)
 
     def top(self, checked: ir.CheckedMachine, prefix: str, indent: str) -> list[str]:
         """One machine drawn at the top, then its columns (one rank per column)."""
-        self.nodes, self.arrows = [], []
+        self.nodes, self.arrows, self.reads = [], [], set()
         spaces = {s.name: f"{prefix}_s{i}" for i, s in enumerate(checked.machine.spaces)}
         lines = self._body(checked.machine, prefix, spaces, indent, nesting=0, path="")
         self._anchor(checked.machine, spaces, 0)
@@ -168,6 +191,11 @@ class _Drawer:
             self.nodes.append(spaces[space.name])
         ids = {e.name: f"{prefix}_e{i}" for i, e in enumerate(machine.edges)}
         opened = {e.name for e in machine.edges if self.expand and e.machine is not None}
+        clock = f"{prefix}_t"  # the step number, drawn where some edge reads it
+        if any(port.position for edge in machine.edges for port in edge.inputs):
+            lines.append(f"{indent}{clock} [{_clock_attrs(machine, path)}];")
+            self.nodes.append(clock)
+            self.clocks.add(clock)
         arrows = []
         for edge in machine.edges:
             node = ids[edge.name]
@@ -177,7 +205,8 @@ class _Drawer:
             lines.append(f"{indent}{node} [{self._edge_attrs(machine, edge)}];")
             self.nodes.append(node)
             for port in edge.inputs:
-                arrows.append(self._arrow(spaces[port.space], node, _read_attrs(port, machine)))
+                tail = clock if port.position else spaces[port.space]
+                arrows.append(self._arrow(tail, node, self._read_attrs(port, machine)))
             for port in edge.outputs:
                 arrows.append(self._arrow(node, spaces[port.space], ""))
         lines += [f"{indent}{arrow}" for arrow in arrows]
@@ -227,7 +256,7 @@ class _Drawer:
         outs = [s for s in instance.spaces if s.role is ir.Role.OUTPUT]
         link = f'color="{MACHINE_GREEN}"'
         for port, space in zip(edge.inputs, ins, strict=False):
-            attrs = _read_attrs(port, parent) or f" [{link}]"
+            attrs = self._read_attrs(port, parent) or f" [{link}]"
             lines.append(indent + self._arrow(spaces[port.space], inner[space.name], attrs))
         for port, space in zip(edge.outputs, outs, strict=False):
             lines.append(indent + self._arrow(inner[space.name], spaces[port.space], f" [{link}]"))
@@ -241,9 +270,17 @@ class _Drawer:
         the first column of the whole drawing.
         """
         entry = [spaces[s.name] for s in machine.spaces if s.role is ir.Role.INPUT]
+        entry += [n for n in self.nodes[first:] if n in self.clocks]  # the step number too
         heads = {head for _, head in self.arrows}
         loose = [n for n in self.nodes[first:] if n not in heads and n not in entry]
         self.arrows += [(entry[0], n) for n in loose]
+
+    def _read_attrs(self, port: ir.Port, machine: ir.Machine) -> str:
+        """Attributes of the arrow from a space an edge reads (see :func:`_read_attrs`)."""
+        kind = _read_kind(port)
+        if kind is not None:
+            self.reads.add(kind)
+        return _read_attrs(port, machine)
 
     def _arrow(self, tail: str, head: str, attrs: str) -> str:
         if 'constraint="false"' not in attrs:
@@ -270,7 +307,7 @@ class _Drawer:
 def _columns(nodes: list[str], arrows: list[tuple[str, str]]) -> list[list[str]]:
     """Node ids column by column: each node's column is its longest path of arrows.
 
-    The arrows (reads of earlier steps left out) form an acyclic graph, since a
+    The arrows (reads of other steps left out) form an acyclic graph, since a
     checked machine has finite depth.
     """
     after: dict[str, list[str]] = {node: [] for node in nodes}
@@ -295,11 +332,23 @@ def _columns(nodes: list[str], arrows: list[tuple[str, str]]) -> list[list[str]]
 
 def _space_attrs(space: ir.Space, path: str = "") -> str:
     shape, fill, border, extra = STYLE[space.role]
-    label = f"<<b>{_html(space.name)}</b><br/>{_html(format_shape(space.shape))}>"
+    kind = kind_text(space)  # [16], or ids(256)
+    label = f"<<b>{_html(space.name)}</b><br/>{_html(kind)}>"
     role = ROLE_WORDS[space.role]
-    tooltip = _quoted(f"{role} space {path}{space.name} {format_shape(space.shape)}")
+    tooltip = _quoted(f"{role} space {path}{space.name} {kind}")
     attrs = f'label={label} shape="{shape}" style="filled" fillcolor="{fill}" color="{border}"'
     return f"{attrs} tooltip={tooltip}" + (f" {extra}" if extra else "")
+
+
+def _clock_attrs(machine: ir.Machine, path: str = "") -> str:
+    """The node of the step number, which position embeddings read: ``t (step)``."""
+    t = machine.time or "t"
+    readers = ", ".join(
+        f"{path}{edge.name}" for edge in machine.edges if any(p.position for p in edge.inputs)
+    )
+    label = f"<<b>{_html(t)}</b> (step)>"
+    tooltip = _quoted(f"the time index {t}: the step number, read by {readers}")
+    return f"label={label} {CLOCK_NODE} tooltip={tooltip}"
 
 
 def _cluster_label(edge: ir.Edge, instance: ir.Machine) -> str:
@@ -321,25 +370,55 @@ def _wrap(ops: list[str]) -> list[str]:
     return rows
 
 
+def _read_kind(port: ir.Port) -> str | None:
+    """Which mark the arrow of a read gets: PAST, FUTURE, WINDOW, CLOCK, or None (plain)."""
+    if port.position:
+        return CLOCK
+    if port.window is not None:
+        return WINDOW
+    if port.delay:
+        return PAST if port.delay > 0 else FUTURE
+    return None
+
+
 def _read_attrs(port: ir.Port, machine: ir.Machine) -> str:
     """Attributes of the arrow from a space an edge reads.
 
-    A delayed read (``h[t-1]``) is dashed and labelled; it points back in time, so
-    it does not constrain the left-to-right order (``constraint=false``).
+    A read of an earlier step (``h[t-1]``) or a later one (``h[t+1]``) is dashed and
+    labelled; it points across time, so it does not constrain the left-to-right order
+    (``constraint=false``). A read of a window of steps (``k[0..t]``) is bold and
+    labelled with the window; it reads the present step too, so it keeps its place in
+    the order. A read of the step number is a plain arrow from its own node.
     """
-    if not port.delay:
+    kind = _read_kind(port)
+    if kind is None or kind == CLOCK:
         return ""
-    label = _quoted(f"{machine.time or 't'}-{port.delay}")
+    colour = READ_COLOURS[kind]
+    t = machine.time or "t"
+    if kind == WINDOW:
+        label = _quoted(port.window.text(t))
+        return f' [style="bold" color="{colour}" fontcolor="{colour}" label={label} fontsize="10"]'
+    label = _quoted(f"{t}-{port.delay}" if port.delay > 0 else f"{t}+{-port.delay}")
     return (
-        f' [style="dashed" color="#7c3aed" fontcolor="#7c3aed" label={label} fontsize="10" '
+        f' [style="dashed" color="{colour}" fontcolor="{colour}" label={label} fontsize="10" '
         'constraint="false"]'
     )
 
 
-def _title(machine: ir.Machine) -> str:
+def _title(machine: ir.Machine, reads: set[str] = frozenset()) -> str:
+    """The machine's title; under it, in colour, what the marks of the drawing mean."""
     params = format_params(machine.params)
     over = f" over {machine.time}" if machine.time else ""
-    return _quoted(f"machine {machine.name}" + (f"({params})" if params else "") + over)
+    title = f"machine {machine.name}" + (f"({params})" if params else "") + over
+    if not reads:
+        return _quoted(title)
+    t = machine.time or "t"
+    legend = "; ".join(
+        f'<font color="{READ_COLOURS[kind]}">{_html(LEGEND[kind].format(t=t))}</font>'
+        for kind in LEGEND
+        if kind in reads
+    )
+    return f'<{_html(title)}<br/><font point-size="10">{legend}</font>>'
 
 
 def _html(text: str) -> str:

@@ -58,6 +58,8 @@ class MachLexer(RegexLexer):
                 r"(=)([ \t]*)(" + NAME + r")(?=[ \t]*(\(|\||#|\n|\}|$))",
                 bygroups(Operator, Whitespace, Name.Builtin),
             ),
+            # A kind of space as a space's shape: `input tok : ids(vocab)`.
+            (r"\b(ids)(?=\s*\()", Keyword.Type),
             include("expression"),
             (r"[{}]", Punctuation),
         ],

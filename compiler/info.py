@@ -26,8 +26,9 @@ PORTS_WIDTH = 24
 class SpaceInfo:
     name: str
     role: str
-    shape: list[int]
+    shape: list[int]  # [] for an ids space
     depth: int
+    ids: int | None = None  # an ids space (ids(n)): n, the number of ids
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def machine_info(
         file=source_label(machine.span.file),
         line=machine.span.line,
         spaces=[
-            SpaceInfo(s.name, s.role.value, list(s.shape), structure.depth[s.name])
+            SpaceInfo(s.name, s.role.value, list(s.shape), structure.depth[s.name], s.ids)
             for s in machine.spaces
         ],
         edges=edges,
@@ -148,7 +149,7 @@ def _describe_machine(info: MachineInfo) -> str:
     lines.append("  spaces")
     lines += _table(
         ["name", "role", "shape", "depth"],
-        [[[s.name], [s.role], [format_shape(tuple(s.shape))], [str(s.depth)]] for s in info.spaces],
+        [[[s.name], [s.role], [_shape_text(s)], [str(s.depth)]] for s in info.spaces],
         right={3},
     )
     lines += ["", "  edges"]
@@ -180,6 +181,11 @@ def _describe_machine(info: MachineInfo) -> str:
         f"depth {info.depth}",
     ]
     return "\n".join(lines)
+
+
+def _shape_text(space: SpaceInfo) -> str:
+    """``[16]``, or ``ids(256)`` for an ids space."""
+    return f"ids({space.ids})" if space.ids is not None else format_shape(tuple(space.shape))
 
 
 def _plural(n: int, noun: str) -> str:

@@ -74,6 +74,7 @@ class ModuleView:
 def lower(program: ir.CheckedProgram) -> ModuleView:
     """The view model of one generated module holding a class per machine."""
     from .lower_time import TimeLowering  # it extends _MachineLowering, defined here
+
     source_name = os.path.basename(program.file)
     module_names = Namespace(MODULE_NAMES)
     for checked in program.machines:
@@ -164,7 +165,11 @@ def op_text(op: ir.Op) -> str:
     """The op as .mach source: leading required arguments by position, others by name."""
     spec = OPS[op.kind]
     leading = 0
-    while leading < len(spec.args) and spec.args[leading].default is REQUIRED:
+    while (
+        leading < len(spec.args)
+        and spec.args[leading].default is REQUIRED
+        and not spec.args[leading].named
+    ):
         leading += 1
     shown = [ir.format_value(op.args[a.name]) for a in spec.args[:leading]]
     shown += [ir.format_value(value) for value in op.extra]

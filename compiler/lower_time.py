@@ -11,7 +11,9 @@ number of steps.
 
 from __future__ import annotations
 
-from .ir import Port, Role, StageKind, WindowKind
+import re
+
+from .ir import Port, StageKind, WindowKind
 from .lower import (
     METHOD_LOCALS,
     Method,
@@ -43,6 +45,11 @@ class TimeLowering(_MachineLowering):
         self.stages = structure.stages
         self.delays = structure.delays
         self.windows = structure.windows
+        # how many steps the state keeps of a space a window reads (None: all), delays too
+        self.keeps = {
+            space: None if w is None else max(w, self.delays.get(space, 0))
+            for space, w in self.windows.items()
+        }
         self.causal = structure.causal
         self.stage_of = {e: i for i, stage in enumerate(self.stages) for e in stage.edges}
         # edges whose sub-machine is over time and causal: its state goes in and out of forward
@@ -79,8 +86,8 @@ class TimeLowering(_MachineLowering):
     def _class_attributes(self) -> list[str]:
         items = [f"{py_str(s)}: {k}" for s, k in self.delays.items()]
         lines = _dict_lines("DELAYS: dict[str, int] = ", items, indent=4)
-        if self.windows:
-            items = [f"{py_str(s)}: {k!r}" for s, k in self.windows.items()]
+        if self.keeps:
+            items = [f"{py_str(s)}: {k!r}" for s, k in self.keeps.items()]
             lines += _dict_lines("WINDOWS: dict[str, int | None] = ", items, indent=4)
         if self.ids:
             items = [f"{py_str(s)}: {n}" for s, n in self.ids.items()]
@@ -188,9 +195,9 @@ class TimeLowering(_MachineLowering):
                 label = "" if not delay else f"_tm{delay}" if delay > 0 else f"_tp{-delay}"
                 per_step[key] = names.name(f"{port_space}/{delay}/steps", f"{port_space}{label}_at")
                 port = Port(space=port_space, delay=delay, span=self.machine.span)
-                source = self._delayed(pasts, port, values[port_space]) if delay else values[
-                    port_space
-                ]
+                source = (
+                    self._delayed(pasts, port, values[port_space]) if delay else values[port_space]
+                )
                 prep.append(f"{per_step[key]} = runtime.unfold_steps({source}, batch, steps)")
             return f"{per_step[key]}[{time}]"
 
@@ -215,8 +222,9 @@ class TimeLowering(_MachineLowering):
         read_across = {  # read at another step by this loop
             p.space for e in stage.edges for p in self.edges[e].inputs if p.delay
         } & loop_spaces
-        kept = (needed & loop_spaces) | {s for s in loop_spaces if s in self.delays}
-        listed = sorted(kept | read_across, key=self._space_index)
+        kept = needed & loop_spaces  # stacked after the loop
+        remembered = {s for s in loop_spaces if s in self.delays}  # for the state
+        listed = sorted(kept | remembered | read_across, key=self._space_index)
         depth = {}  # steps before the first computed one at the start of each list
         for space in listed:
             steps_of[space] = names.name(f"{space}/list", f"{space}_steps")
@@ -247,7 +255,6 @@ class TimeLowering(_MachineLowering):
         steps_range = "range(steps)" if forward else "range(steps - 1, -1, -1)"
         lines.append(f"for {time} in {steps_range}:")
         lines += ["    " + line for line in body]
-        result = {}
         for space in listed:
             if space not in kept:
                 continue
@@ -257,8 +264,8 @@ class TimeLowering(_MachineLowering):
                 computed += "[::-1]"
             values[space] = names.name(space)
             lines.append(f"{values[space]} = torch.stack({computed}, 1).flatten(0, 1)")
-            if forward:
-                result[space] = steps_of[space]
+        # the lists of spaces not stacked, for the state (a stacked one has its final value)
+        result = {space: steps_of[space] for space in listed if forward and space not in kept}
         return result
 
     def _zero(self, space: str) -> str:
@@ -390,9 +397,13 @@ class TimeLowering(_MachineLowering):
     # --- methods ---
 
     def _state_vars(self, names: Namespace, body: list[str], state: str | None) -> None:
-        """A variable per stateful edge: its sub-machine's state, carried through the method."""
+        """A variable per stateful edge: its sub-machine's state, carried through the method
+        (in ``resolvent``, only through loops: on every step at once a call starts afresh)."""
         self.state_vars = {}
+        in_loops = {e for s in self.stages if s.kind is not StageKind.ALL for e in s.edges}
         for edge in self.stateful:
+            if state is None and edge not in in_loops:
+                continue
             var = self.state_vars[edge] = names.name(f"{edge}/state", f"{edge}_state")
             start = (
                 "None"
@@ -406,13 +417,6 @@ class TimeLowering(_MachineLowering):
         ``space_seen = runtime.history(...)`` for every space a window reads."""
         lines, pasts = [], {}
         self.histories = {}
-        for space, k in self.delays.items():
-            pasts[space] = names.name(f"{space}/past", f"{space}_past")
-            shape = tuple(self.machine.space(space).shape)
-            lines.append(
-                f"{pasts[space]} = runtime.past({state}, {py_str(space)}, {shape!r}, {k}, "
-                f"batch, {like})"
-            )
         if self.method == "forward" and self.causal:
             for space in self.windows:
                 self.histories[space] = names.name(f"{space}/seen", f"{space}_seen")
@@ -421,6 +425,18 @@ class TimeLowering(_MachineLowering):
                     f"{self.histories[space]} = runtime.history({state}, {py_str(space)}, "
                     f"{shape!r}, batch, {like})"
                 )
+        for space, k in self.delays.items():
+            pasts[space] = names.name(f"{space}/past", f"{space}_past")
+            shape = tuple(self.machine.space(space).shape)
+            if space in self.histories:  # read through a window too: its history has its past
+                lines.append(
+                    f"{pasts[space]} = runtime.recent({self.histories[space]}, {k}, batch, {like})"
+                )
+                continue
+            lines.append(
+                f"{pasts[space]} = runtime.past({state}, {py_str(space)}, {shape!r}, {k}, "
+                f"batch, {like})"
+            )
         return lines, pasts
 
     def _forward(self, inputs, outputs) -> Method:
@@ -437,9 +453,7 @@ class TimeLowering(_MachineLowering):
         self._like = self._float_like(inputs, args, names, body)
         time = self.machine.time
         if not self.causal:
-            body.append(
-                f"runtime.no_chunks({py_str(self.machine.name)}, state, return_state)"
-            )
+            body.append(f"runtime.no_chunks({py_str(self.machine.name)}, state, return_state)")
         else:
             known = ["self.DELAYS", "state"]
             if self.stateful:
@@ -474,6 +488,8 @@ class TimeLowering(_MachineLowering):
         if self.causal:
             items = []
             for space, k in self.delays.items():
+                if space in self.keeps:
+                    continue  # its history holds its past
                 if space in steps_of:
                     items.append(
                         f"{py_str(space)}: runtime.end_steps({steps_of[space]}, {k}, steps, "
@@ -484,9 +500,7 @@ class TimeLowering(_MachineLowering):
                         f"{py_str(space)}: runtime.last_steps({values[space]}, {k}, "
                         f"{pasts[space]}, batch, steps, lengths)"
                     )
-            for space, keep in self.windows.items():
-                if space in self.delays:
-                    continue  # its history holds its past
+            for space, keep in self.keeps.items():
                 items.append(
                     f"{py_str(space)}: runtime.extend_history({self.histories[space]}, "
                     f"{values[space]}, {keep!r}, batch, steps)"
@@ -497,6 +511,7 @@ class TimeLowering(_MachineLowering):
             body.append("if return_state:")
             body += ["    " + line for line in _dict_lines(f"return {result}, ", items, indent=12)]
         body.append(f"return {result}")
+        body = self._drop_unused_like(body)
         indent = "\n        "
         params = [
             "self",
@@ -514,6 +529,16 @@ class TimeLowering(_MachineLowering):
             "state= resumes, lengths= masks padded steps.",
             body=tuple(body),
         )
+
+    def _drop_unused_like(self, body: list[str]) -> list[str]:
+        """Without the ``like = runtime.float_like(...)`` line if nothing uses it."""
+        definition = f"{self._like} = runtime.float_like("
+        pattern = re.compile(rf"\b{re.escape(self._like)}\b")
+        if not any(line.startswith(definition) for line in body):
+            return body
+        if sum(1 for line in body if pattern.search(line)) > 1:
+            return body
+        return [line for line in body if not line.startswith(definition)]
 
     def _float_like(self, inputs, args, names: Namespace, body: list[str]) -> str:
         """A tensor whose dtype and device new tensors take: a non-ids input, if any."""

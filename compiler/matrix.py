@@ -13,6 +13,14 @@ With ``units`` there is one row and one column per unit (a channel of the
 feature axis: the first axis of a space's shape); an edge fills all unit
 pairs of its blocks. :func:`matrix_text` prints the picture for a terminal,
 :func:`render` draws it with matplotlib (imported only there).
+
+In a machine over time, a block may be filled only by reads of other steps:
+of earlier ones (``h[t-1]``, marked ``~``, hatched ``///``) or of later ones
+(``h[t+1]``, marked ``+``, hatched ``\\\\\\``); a block filled by a read of
+a window of steps (attention's ``k[0..t]``, ``k[t-8..t]``, ``k[..]``) is marked
+``=`` (cross-hatched). An ids space (``ids(n)``) is the one-hot vectors of size
+``n``; the step number that a position embedding reads is no space, so it has
+no row or column.
 """
 
 from __future__ import annotations
@@ -25,7 +33,18 @@ from . import ir
 from .ir import format_params
 
 MAX_UNITS = 200  # --units prints one row per unit: more than this is unreadable
-MARK, DELAYED, BLANK = "#", "~", "."
+MARK, DELAYED, FUTURE, WINDOW, BLANK = "#", "~", "+", "=", "."
+# What each mark but MARK means, for the legends (text, then pictures).
+MEANINGS = {
+    DELAYED: "reads an earlier time step",
+    FUTURE: "reads a later time step",
+    WINDOW: "reads a window of time steps",
+}
+HATCHES = {  # the hatch of a block in pictures, and the legend's name for it
+    DELAYED: ("///", "hatched ///"),
+    FUTURE: ("\\\\\\", "hatched \\\\\\"),
+    WINDOW: ("xxx", "cross-hatched"),
+}
 PALETTE = ("#ffffff", "#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed", "#0891b2")
 ROLE_WORDS = {ir.Role.INPUT: "in", ir.Role.HIDDEN: "hidden", ir.Role.OUTPUT: "out"}
 FORMATS = ("png", "svg", "pdf")  # what `machc graph --matrix -o` writes, by file extension
@@ -57,6 +76,20 @@ class WeightPicture:
     edges: dict[tuple[str, str], tuple[str, ...]]  # (to, from) space names -> edge names
     # blocks filled only by reads of earlier time steps (machines over time)
     delayed: frozenset[tuple[str, str]] = frozenset()
+    # blocks filled only by reads of later time steps, and blocks some window read fills
+    future: frozenset[tuple[str, str]] = frozenset()
+    windows: frozenset[tuple[str, str]] = frozenset()
+    positions: tuple[str, ...] = ()  # edges that read the step number (no space: no column)
+
+    def mark(self, key: tuple[str, str]) -> str:
+        """The mark of the block ``(to, from)``: a window first, then the present step."""
+        if key not in self.edges:
+            return BLANK
+        if key in self.windows:
+            return WINDOW
+        if key in self.delayed:
+            return DELAYED
+        return FUTURE if key in self.future else MARK
 
     @property
     def size(self) -> int:
@@ -64,7 +97,12 @@ class WeightPicture:
 
 
 def units_of(space: ir.Space) -> int:
-    """The units (feature channels) of a space: the first axis of its per-sample shape."""
+    """The units (feature channels) of a space: the first axis of its per-sample shape.
+
+    An ids space ``ids(n)`` has ``n``: as a space of the theory it is one-hot vectors.
+    """
+    if space.ids is not None:
+        return space.ids
     return space.shape[0] if space.shape else 1
 
 
@@ -81,22 +119,33 @@ def picture(checked: ir.CheckedMachine, units: bool = False) -> WeightPicture:
             )
     blocks = tuple(Block(s, units_of(s) if units else 1) for s in machine.spaces)
     edges: dict[tuple[str, str], list[str]] = {}
-    now: set[tuple[str, str]] = set()  # blocks some zero-delay read fills
+    now: set[tuple[str, str]] = set()  # blocks some read of the present step fills
+    past: set[tuple[str, str]] = set()  # blocks some read of an earlier step fills
+    windows: set[tuple[str, str]] = set()
     for edge in machine.edges:
         for target in edge.outputs:
             for source in edge.inputs:
+                if source.position:  # the step number: no space, no block
+                    continue
                 key = (target.space, source.space)
                 names = edges.setdefault(key, [])
                 if edge.name not in names:
                     names.append(edge.name)
-                if not source.delay:
+                if source.window is not None:
+                    windows.add(key)
+                elif not source.delay:
                     now.add(key)
+                elif source.delay > 0:
+                    past.add(key)
     return WeightPicture(
         machine=machine,
         blocks=blocks,
         units=units,
         edges={key: tuple(names) for key, names in edges.items()},
-        delayed=frozenset(key for key in edges if key not in now),
+        delayed=frozenset(key for key in past if key not in now | windows),
+        future=frozenset(key for key in edges if key not in now | windows | past),
+        windows=frozenset(windows),
+        positions=tuple(e.name for e in machine.edges if any(p.position for p in e.inputs)),
     )
 
 
@@ -131,8 +180,9 @@ def _one_text(pic: WeightPicture) -> str:
 
     what = ", by unit" if pic.units else ""
     lines = [f"{title(pic.machine)}{what}: rows to, columns from"]
-    if pic.delayed:
-        lines[0] += f"; {DELAYED} reads an earlier time step"
+    for mark, blocks in _special(pic):
+        if blocks:
+            lines[0] += f"; {mark} {MEANINGS[mark]}"
     lines.append(" " * margin + row([b.space.name for b in pic.blocks]))
     if pic.units:
         lines.append(
@@ -143,13 +193,25 @@ def _one_text(pic: WeightPicture) -> str:
         for _ in range(target.size):
             cells = []
             for source in pic.blocks:
-                key = (target.space.name, source.space.name)
-                mark = BLANK if key not in pic.edges else MARK
-                mark = DELAYED if key in pic.delayed else mark
+                mark = pic.mark((target.space.name, source.space.name))
                 cells.append(mark * source.size)
             lines.append(labels[k].ljust(margin) + row(cells))
             k += 1
+    if pic.positions:
+        lines.append(_positions_note(pic))
     return "\n".join(lines)
+
+
+def _positions_note(pic: WeightPicture) -> str:
+    """Which edges also read the step number, which has no row or column."""
+    reads = "reads" if len(pic.positions) == 1 else "read"
+    time = pic.machine.time or "t"
+    return f"{', '.join(pic.positions)} also {reads} the step number {time} (no space)"
+
+
+def _special(pic: WeightPicture) -> list[tuple[str, frozenset[tuple[str, str]]]]:
+    """The marks other than MARK, each with the blocks that get it, in legend order."""
+    return [(DELAYED, pic.delayed), (FUTURE, pic.future), (WINDOW, pic.windows)]
 
 
 def render(pictures: Sequence[WeightPicture], fmt: str) -> bytes:
@@ -225,20 +287,23 @@ def _draw(ax, pic: WeightPicture, np, ListedColormap, Rectangle) -> None:  # noq
     ax.xaxis.tick_top()
     ax.set_xlim(-0.5, pic.size - 0.5)
     ax.set_ylim(pic.size - 0.5, -0.5)
-    for target, source in sorted(pic.delayed):  # across time: hatched, not solid
-        ax.add_patch(
-            Rectangle(
-                (start[source] - 0.5, start[target] - 0.5),
-                size[source],
-                size[target],
-                facecolor="white",
-                edgecolor=colors[int(grid[start[target], start[source]])],
-                hatch="///",
-                linewidth=0,
+    across = set()  # blocks across time: hatched, not solid
+    for mark, blocks in _special(pic):
+        for target, source in sorted(blocks):
+            across.add((target, source))
+            ax.add_patch(
+                Rectangle(
+                    (start[source] - 0.5, start[target] - 0.5),
+                    size[source],
+                    size[target],
+                    facecolor="white",
+                    edgecolor=colors[int(grid[start[target], start[source]])],
+                    hatch=HATCHES[mark][0],
+                    linewidth=0,
+                )
             )
-        )
     for (target, source), edges in pic.edges.items():
-        delayed = (target, source) in pic.delayed
+        delayed = (target, source) in across
         ax.text(
             center[source],
             center[target],
@@ -250,5 +315,8 @@ def _draw(ax, pic: WeightPicture, np, ListedColormap, Rectangle) -> None:  # noq
             fontweight="bold",
             bbox={"facecolor": "white", "edgecolor": "none", "pad": 1} if delayed else None,
         )
-    note = "\nhatched: reads an earlier time step" if pic.delayed else ""
+    note = "".join(
+        f"\n{HATCHES[mark][1]}: {MEANINGS[mark]}" for mark, blocks in _special(pic) if blocks
+    )
+    note += f"\n{_positions_note(pic)}" if pic.positions else ""
     ax.set_title(title(pic.machine) + note, fontsize=11)

@@ -39,7 +39,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "log_softmax",
         ),
     ),
-    ("Normalisation", ("batchnorm", "groupnorm", "instancenorm", "layernorm")),
+    ("Normalisation", ("batchnorm", "groupnorm", "instancenorm", "layernorm", "rmsnorm")),
     (
         "Pooling and resampling",
         (
@@ -54,11 +54,13 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("Reshaping", ("flatten", "reshape")),
     ("Regularisation", ("dropout", "channel_dropout")),
+    ("Sequence models", ("embedding", "attention")),
     ("Your own modules", ("module",)),
 )
 
-# An example use of each op: (input shape, pipeline, output shape) in .mach syntax.
-EXAMPLES: dict[str, tuple[str, str, str]] = {
+# An example use of each op: (input shape, pipeline, output shape) in .mach syntax; None for
+# the ops that read ids or windows, whose examples are machines over time (SEQUENCES).
+EXAMPLES: dict[str, tuple[str, str, str] | None] = {
     "linear": ("[8, 16, 16]", "linear(bias=false)", "[4, 16, 16]"),
     "conv": ("[3, 32, 32]", "conv(3, stride=2, padding=1)", "[16, 16, 16]"),
     "conv_transpose": ("[16, 8, 8]", "conv_transpose(4, stride=2, padding=1)", "[8, 16, 16]"),
@@ -72,6 +74,8 @@ EXAMPLES: dict[str, tuple[str, str, str]] = {
     "groupnorm": ("[16, 8, 8]", "groupnorm(4)", "[16, 8, 8]"),
     "instancenorm": ("[16, 8, 8]", "instancenorm(affine=true)", "[16, 8, 8]"),
     "layernorm": ("[16, 8]", "layernorm", "[16, 8]"),
+    "rmsnorm": ("[16, 8]", "rmsnorm", "[16, 8]"),
+    "gelu": ("8", 'gelu(approximate="tanh")', "8"),
     "maxpool": ("[16, 32, 32]", "maxpool(2)", "[16, 16, 16]"),
     "avgpool": ("[16, 32]", "avgpool(3, stride=2, padding=1)", "[16, 16]"),
     "adaptive_avg_pool": ("[16, 13, 9]", "adaptive_avg_pool([4, 3])", "[16, 4, 3]"),
@@ -84,8 +88,11 @@ EXAMPLES: dict[str, tuple[str, str, str]] = {
     "dropout": ("8", "dropout(0.1)", "8"),
     "channel_dropout": ("[16, 8, 8]", "channel_dropout(0.1)", "[16, 8, 8]"),
     "module": ("[16, 8, 8]", 'module("mylib.blocks.SqueezeExcite", 16, ratio=4)', "[16, 8, 8]"),
+    "embedding": None,
+    "attention": None,
 }
 _DEFAULT_EXAMPLE = ("[8, 4, 4]", None, "[8, 4, 4]")
+SEQUENCES = "used in machines over time: see [sequences](sequences.md)"
 
 
 def _arguments(spec: OpSpec) -> str:
@@ -149,8 +156,11 @@ def ops_markdown() -> str:
         lines.append("| --- | --- | --- | --- | --- |")
         for name in names:
             spec = OPS[name]
-            edge, python = _example_code(name)
-            code = "<br>".join(f"`{_cell(line)}`" for line in [edge, *python])
+            if name in EXAMPLES and EXAMPLES[name] is None:
+                code = SEQUENCES
+            else:
+                edge, python = _example_code(name)
+                code = "<br>".join(f"`{_cell(line)}`" for line in [edge, *python])
             lines.append(
                 f"| `{name}` | {_cell(_arguments(spec))} | `{_cell(spec.rule)}` | "
                 f"{_cell(spec.doc)} | {code} |"

@@ -69,7 +69,18 @@ def check_reads(
             )
             ok = False
         ids = port.position or machine.space(port.space).ids is not None
-        if ids and edge.machine is None and not (first and first.ids):
+        if ids and (port.delay or port.window is not None):
+            # NOTE: outside the sequence a one-hot space is the zero vector, which no id
+            # stands for; an embedding read at another step has that zero.
+            reporter.error(
+                Code.SEQUENCE,
+                f"edge {edge.name!r} reads ids {port.text(machine.time)} at another step; ids "
+                "are read at their own step",
+                port.span,
+                hint="embed them, and read the embedding at another step",
+            )
+            ok = False
+        elif ids and edge.machine is None and not (first and first.ids):
             name = f"the time index {port.space!r}" if port.position else f"ids {port.space!r}"
             reporter.error(
                 Code.SEQUENCE,
@@ -91,7 +102,7 @@ def check_reads(
             ok = False
     if not ok or first is None:
         return ok
-    for i, op in enumerate(edge.ops[1:], 1):
+    for op in edge.ops[1:]:
         spec = OPS[op.kind]
         if spec.windows or spec.ids:
             reporter.error(
@@ -396,16 +407,7 @@ def stages(
             key=lambda i: units[i].first,
         )
         current = result[-1] if result else None
-
-        def joins(i: int) -> bool:
-            if current is None or units[i].kind is not current[0]:
-                return False
-            if current[0] is ir.StageKind.ALL:
-                return True  # every step at once: reads of any step are shifts
-            against = "future" if current[0] is ir.StageKind.FORWARD else "past"
-            return not any(deps[i][w][against] for w in deps[i] if w in current[1])
-
-        joining = [i for i in ready if joins(i)]
+        joining = [i for i in ready if current and _joins(units[i], deps[i], *current)]
         if joining:
             current[1].append(joining[0])
             done.add(joining[0])
@@ -420,6 +422,16 @@ def stages(
         ir.Stage(kind=kind, edges=tuple(e for i in members for e in units[i].edges))
         for kind, members in result
     )
+
+
+def _joins(unit: _Unit, deps: dict[int, dict[str, bool]], kind, members: list[int]) -> bool:
+    """Whether ``unit`` can run in the stage being built (of ``kind``, holding ``members``)."""
+    if unit.kind is not kind:
+        return False
+    if kind is ir.StageKind.ALL:
+        return True  # every step at once: reads of any step are shifts
+    against = "future" if kind is ir.StageKind.FORWARD else "past"
+    return not any(deps[w][against] for w in deps if w in members)
 
 
 def stage_orders(

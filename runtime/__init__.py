@@ -34,6 +34,7 @@ from .sequences import (
     no_lengths_in_chunks,
     offset,
     positions,
+    recent,
     with_state,
 )
 
@@ -60,6 +61,7 @@ __all__ = [
     "offset",
     "past",
     "positions",
+    "recent",
     "step_of",
     "unfold_steps",
     "with_state",

@@ -41,9 +41,14 @@ def attention(
     q = q.unflatten(0, (batch, steps)).unflatten(-1, (heads, d // heads)).transpose(1, 2)
     k, v = k.unflatten(0, (batch, steps)), v.unflatten(0, (batch, steps))
     seen = 0
-    if past is not None and past[0].shape[1]:
-        seen = past[0].shape[1]
-        k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
+    if past is not None:
+        past_k, past_v = past
+        # Keys and values may keep histories of different lengths (a space that other
+        # windows read too keeps more): this window reads the same last steps of both.
+        seen = min(past_k.shape[1], past_v.shape[1], *(() if size is None else (size,)))
+        if seen:
+            k = torch.cat([past_k[:, past_k.shape[1] - seen :], k], 1)
+            v = torch.cat([past_v[:, past_v.shape[1] - seen :], v], 1)
     k = k.unflatten(-1, (heads, d // heads)).transpose(1, 2)
     v = v.unflatten(-1, (heads, dv // heads)).transpose(1, 2)
     plain_causal = causal and size is None and not seen and lengths is None
@@ -144,13 +149,22 @@ def history(
     if state is None or name not in state:
         return like.new_zeros((batch, 0, *shape))
     given = state[name]
-    if not isinstance(given, Tensor) or given.dim() != 2 + len(shape) or (
-        given.shape[0] != batch or tuple(given.shape[2:]) != tuple(shape)
+    if (
+        not isinstance(given, Tensor)
+        or given.dim() != 2 + len(shape)
+        or (given.shape[0] != batch or tuple(given.shape[2:]) != tuple(shape))
     ):
         want = ", ".join(map(str, (batch, "seen", *shape)))
         got = list(given.shape) if isinstance(given, Tensor) else type(given).__name__
         raise ValueError(f"state[{name!r}] must be [{want}] (batch, steps, shape), got {got}")
     return given
+
+
+def recent(seen: Tensor, k: int, batch: int, like: Tensor) -> tuple[Tensor, ...]:
+    """The last ``k`` steps of a history as a past (zeros before the first step)."""
+    steps = tuple(seen.unbind(1))[-k:]
+    zero = like.new_zeros((batch, *seen.shape[2:]))
+    return (zero,) * (k - len(steps)) + steps
 
 
 def extend_history(seen: Tensor, x: Tensor, keep: int | None, batch: int, steps: int) -> Tensor:

@@ -19,6 +19,7 @@ HYPERGRAPH = ROOT / "examples" / "hypergraph.mach"
 AUTOENCODER = ROOT / "examples" / "autoencoder.mach"
 NET = ROOT / "examples" / "net.mach"
 GOLDEN = ROOT / "tests" / "golden"
+SEQUENCES = GOLDEN / "sequences.mach"  # reads of later steps, windows, ids, positions
 CYCLE = """machine M {
     input  x : 4
     space  a : 4
@@ -92,6 +93,57 @@ def test_ir_of_a_broken_file_is_diagnostics(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "error: unknown op 'lineer'" in result.stderr
     assert result.stdout == ""
+
+
+def test_ir_of_sequence_machines_holds_windows_ids_positions_and_stages() -> None:
+    result = machc("ir", SEQUENCES)
+    assert result.returncode == 0, result.stderr
+    loaded = CheckedProgram.model_validate_json(result.stdout)
+    assert loaded == check_file(SEQUENCES).program
+    machines = {c.machine.name: c for c in loaded.machines}
+    gpt = machines["GPTish"]
+    assert gpt.machine.spaces[0].ids == 256 and gpt.machine.spaces[0].shape == ()
+    reads = {e.name: e.inputs for e in gpt.machine.edges}
+    assert reads["pos"][0].position and reads["pos"][0].space == "t"
+    assert [p.text("t") for p in reads["win"]] == ["q", "k[t-8..t]", "v[t-8..t]"]
+    assert [s.kind.value for s in gpt.structure.stages] == ["all"]
+    bi = machines["BiElman"]
+    assert [p.delay for p in bi.machine.edges[1].inputs] == [0, -1]  # hb[t+1]
+    assert [(s.kind.value, s.edges) for s in bi.structure.stages] == [
+        ("forward", ("fwd",)),
+        ("backward", ("bwd",)),
+        ("all", ("join",)),
+    ]
+    assert not bi.structure.causal and bi.structure.delays == {"hf": 1}
+
+
+# --- machc check ----------------------------------------------------------------------------
+
+
+def test_check_reports_stages_and_every_kind_of_read_of_other_steps() -> None:
+    result = machc("check", SEQUENCES)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (GOLDEN / "check" / "sequences.txt").read_text()
+    bi, gpt, attend, stack = result.stdout.split("\n\n")
+    assert bi.splitlines()[-6:] == [
+        "  reads of earlier steps: hf[t-1]",
+        "  reads of later steps: hb[t+1]",
+        "  not causal: it reads later steps, so it cannot run in chunks (no state=)",
+        "  stage 1, step by step, forward in time: fwd",
+        "  stage 2, step by step, backward in time: bwd",
+        "  stage 3, every step at once: join",
+    ]
+    assert "  tok    input   ids(256)  0" in gpt.splitlines()
+    assert (
+        "  reads of windows of steps: k[0..t], v[0..t], k[t-8..t], v[t-8..t], k[..], v[..]" in gpt
+    )
+    assert "  reads of the step number t: pos" in gpt
+    assert "not causal" not in attend  # a sliding window reads no later step
+    assert stack.splitlines()[-2:] == [
+        "  stage 1, every step at once: a",
+        "  stage 2, step by step, forward in time: b",
+    ]
+    assert machc("check", "--format", "json", SEQUENCES).stdout.strip() == "[]"
 
 
 # --- machc check --format json -------------------------------------------------------------
@@ -180,6 +232,16 @@ def test_graph_renders_with_graphviz(tmp_path: Path, ext: str, magic: bytes) -> 
     assert result.returncode == 0, result.stderr
     assert out.read_bytes().startswith(magic)
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_graph_of_sequence_machines(tmp_path: Path) -> None:
+    result = machc("graph", SEQUENCES)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (GOLDEN / "graph" / "sequences.dot").read_text()
+    matrix = machc("graph", "--matrix", SEQUENCES, "--machine", "BiElman")
+    assert matrix.stdout.splitlines()[0].endswith("+ reads a later time step")
+    units = machc("graph", "--matrix", "--units", SEQUENCES, "--machine", "GPTish")
+    assert units.returncode == 2 and "more than 200 for --units" in units.stderr  # ids(256)
 
 
 def test_graph_picks_one_machine(tmp_path: Path) -> None:

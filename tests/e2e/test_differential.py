@@ -15,7 +15,15 @@ written here from the drawn spec, never from generated code, then checks:
 - gradients with respect to every parameter and every ``x0`` tensor, through
   ``resolvent`` and ``forward``, against autograd through the naive iteration;
 - the class attributes (``SPACES``, ``INPUTS``, ``OUTPUTS``) and the layers
-  (attribute per edge, ``nn.ModuleList`` in pipeline order, sizes, bias, eps).
+  (attribute per edge, ``nn.ModuleList`` in pipeline order, sizes, bias, eps);
+- over time, on space-time states: delayed reads ``h[t-k]`` and reads of the future
+  ``h[t+k]`` are shifts along the time axis (zero outside the steps), attention reads
+  windows ``k[0..t]``, ``k[t-w..t]``, ``k[..]`` (written out here with an explicit mask),
+  ids inputs and positions are embedded; the naive iteration runs one more sweep than the
+  longest path of the unrolled space-time hypergraph, forward and backward in time alike.
+  ``forward``'s state (``DELAYS``, ``WINDOWS``, the step count), chunks with ``state=``
+  of causal machines (``CAUSAL``; the others refuse ``state=``), ``steps=`` and
+  ``lengths=`` (each sequence alone, zero padded outputs and gradients).
 
 Everything runs in float64 with tight tolerances, in eval mode. The bundled
 examples go through the same oracle with hand-written specs.
@@ -31,6 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import machc
+import networkx as nx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,14 +61,14 @@ RTOL_TIME = 1e-7
 
 
 # "machine": a machine used as an edge (its module is the edge's one "layer").
-LAYER_KINDS = ("linear", "layernorm", "conv", "groupnorm", "batchnorm", "machine")
+LAYER_KINDS = ("linear", "layernorm", "conv", "groupnorm", "batchnorm", "machine", "embedding")
 
 
 @dataclass(frozen=True)
 class Op:
     """One op of a pipeline, as the .mach source writes it and as the oracle applies it."""
 
-    kind: str  # LAYER_KINDS, identity, dropout, add, mul, a pooling, or an activation
+    kind: str  # LAYER_KINDS, identity, dropout, add, mul, attention, a pooling, an activation
     text: str = ""  # the op in .mach syntax (only needed to render random machines)
     out: int | None = None  # the channels a linear / conv makes (None: the edge's outputs)
     bias: bool = True  # linear(bias=...), conv(bias=...)
@@ -71,6 +80,7 @@ class Op:
     padding: int | str = 0  # conv(padding=...): a number or "same"
     groups: int = 1  # groupnorm(groups)
     shape: tuple[int, ...] = ()  # reshape([...])
+    heads: int = 1  # attention(heads=...)
 
     @property
     def has_layer(self) -> bool:
@@ -86,9 +96,14 @@ class Edge:
     attr: str = ""  # the layer attribute; the edge name unless the compiler must rename it
     product: str = "×"
     arrow: str = "->"
-    delays: tuple[int, ...] = ()  # per read, how many steps ago (over t; empty: all now)
+    delays: tuple[int, ...] = ()  # per read, how many steps ago (over t; empty: all now;
+    # negative: a read of the future, h[t+k] for -k)
     text: str = ""  # the pipeline as written, if not its ops' text: Sub(w=2), shared(e1)
     ranges: bool = False  # render runs of an array read at one delay as blk[1..2][t-1]
+    # Per read, a window of steps (empty: none): None (one step), ("causal", 0) k[0..t],
+    # ("sliding", w) k[t-w..t], ("full", 0) k[..]. Only attention reads windows.
+    windows: tuple[tuple[str, int] | None, ...] = ()
+    ctx: int = 0  # positions: the edge reads the time index itself (no space), ctx positions
 
     @property
     def layer_attr(self) -> str:
@@ -99,7 +114,19 @@ class Edge:
         """(space, delay) per read, in the order written."""
         return tuple(zip(self.reads, self.delays or (0,) * len(self.reads), strict=True))
 
+    @property
+    def window_of(self) -> tuple[tuple[str, int] | None, ...]:
+        """The window of steps per read (None: the step of its delay)."""
+        return self.windows or (None,) * len(self.reads)
+
     def render_reads(self, time: str) -> str:
+        if self.ctx:
+            return time
+        if any(self.window_of):
+            return f" {self.product} ".join(
+                name + (f"[{window_text(w, time)}]" if w else "")
+                for name, w in zip(self.reads, self.window_of, strict=True)
+            )
         factors: list[str] = []
         run: list[tuple[int, int]] = []  # a run of array elements read at one delay
 
@@ -111,7 +138,7 @@ class Edge:
             run.clear()
 
         def lag(k: int) -> str:
-            return f"[{time}-{k}]" if k else ""
+            return f"[{time}-{k}]" if k > 0 else f"[{time}+{-k}]" if k < 0 else ""
 
         for name, k in self.inputs:
             element = re.fullmatch(rf"{FAMILY}\[(\d+)\]", name) if self.ranges else None
@@ -127,14 +154,22 @@ class Edge:
         return f" {self.product} ".join(factors)
 
 
+def window_text(window: tuple[str, int], time: str) -> str:
+    kind, w = window
+    return {"causal": f"0..{time}", "sliding": f"{time}-{w}..{time}", "full": ".."}[kind]
+
+
 @dataclass(frozen=True)
 class Space:
     name: str
     size: int | tuple[int, ...]  # a vector's size, or a shape [C, *spatial]
     role: str  # input, space, output
+    ids: int = 0  # ids(n): n ids, one per step ([batch, time] integers; shape ())
 
     @property
     def shape(self) -> tuple[int, ...]:
+        if self.ids:
+            return ()
         return self.size if isinstance(self.size, tuple) else (self.size,)
 
 
@@ -159,13 +194,27 @@ class Spec:
     def outputs(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.spaces if s.role == "output")
 
+    @property
+    def ids(self) -> dict[str, int]:
+        """The ids spaces and how many ids each holds."""
+        return {s.name: s.ids for s in self.spaces if s.ids}
+
+    @property
+    def causal(self) -> bool:
+        """Reads no later step: no h[t+k], no window k[..]."""
+        return not any(
+            k < 0 or (w is not None and w[0] == "full")
+            for e in self.edges
+            for k, w in zip(e.delays or (0,) * len(e.reads), e.window_of, strict=True)
+        )
+
     def depth(self) -> int:
         """The length of the longest path of the hypergraph (any order of edges); over
         time, of the hypergraph within one step (delayed reads count as sources)."""
         depth = {s.name: 0 for s in self.spaces}
         for _ in self.spaces:  # an acyclic graph settles within one pass per space
             for edge in self.edges:
-                reached = 1 + max(depth[r] if k == 0 else 0 for r, k in edge.inputs)
+                reached = 1 + max((depth[r] if k == 0 else 0 for r, k in edge.inputs), default=0)
                 for w in edge.writes:
                     depth[w] = max(depth[w], reached)
         return max(depth.values())
@@ -270,8 +319,10 @@ def apply_pipeline(model: nn.Module, spec: Spec, edge: Edge, x: torch.Tensor) ->
             x = x.reshape(x.shape[0], -1)
         elif op.kind == "reshape":
             x = x.reshape(x.shape[0], *op.shape)
-        elif op.kind in ("identity", "dropout", "add", "mul"):  # dropout: eval mode
-            pass  # add and mul: done by combine()
+        elif op.kind == "embedding":  # ids [N] -> [N, out]: a row of the weight per id
+            x = next(layers).weight[x]
+        elif op.kind in ("identity", "dropout", "add", "mul", "attention"):  # dropout: eval
+            pass  # add and mul: done by combine(); attention: by reference_attention()
         else:
             x = ACTIVATIONS[op.kind](x, op.arg)
     return x
@@ -291,10 +342,32 @@ def combine(edge: Edge, xs: list[torch.Tensor]) -> torch.Tensor:
 
 
 def shift(x: torch.Tensor, k: int) -> torch.Tensor:
-    """[batch, time, *shape] -> the same, k steps later: out[:, t] = x[:, t - k], zero for t < k."""
+    """[batch, time, *shape] -> the same, k steps later: out[:, t] = x[:, t - k], zero for t < k;
+    for k < 0, -k steps earlier: out[:, t] = x[:, t - k], zero past the last step."""
     steps = x.shape[1]
-    past = x.new_zeros(x.shape[0], min(k, steps), *x.shape[2:])
-    return torch.cat([past, x[:, : max(steps - k, 0)]], dim=1)
+    gap = x.new_zeros(x.shape[0], min(abs(k), steps), *x.shape[2:])
+    if k < 0:
+        return torch.cat([x[:, min(-k, steps) :], gap], dim=1)
+    return torch.cat([gap, x[:, : max(steps - k, 0)]], dim=1)
+
+
+def reference_attention(q, k, v, heads: int, window: tuple[str, int]) -> torch.Tensor:
+    """[batch, time, d] queries, keys and [batch, time, dv] values -> [batch, time, dv]:
+    step t's query against the keys of its window, head by head (contiguous blocks of
+    features), softmax(q k^T / sqrt(d / heads)) v, written out with an explicit mask."""
+    batch, steps, d = q.shape
+    dv = v.shape[-1]
+    q = q.reshape(batch, steps, heads, d // heads).transpose(1, 2)
+    k = k.reshape(batch, steps, heads, d // heads).transpose(1, 2)
+    v = v.reshape(batch, steps, heads, dv // heads).transpose(1, 2)
+    scores = torch.einsum("bhtc,bhsc->bhts", q, k) / math.sqrt(d // heads)
+    t = torch.arange(steps)[:, None]
+    s = torch.arange(steps)[None, :]
+    kind, w = window
+    allowed = {"causal": s <= t, "sliding": (s <= t) & (s >= t - w), "full": s >= 0}[kind]
+    scores = scores.masked_fill(~allowed, -math.inf)
+    out = torch.einsum("bhts,bhsc->bhtc", torch.softmax(scores, dim=-1), v)
+    return out.transpose(1, 2).reshape(batch, steps, dv)
 
 
 def edge_outputs(model: nn.Module, spec: Spec, edge: Edge, xs: list) -> tuple:
@@ -315,9 +388,14 @@ def reference_f(model: nn.Module, spec: Spec, state: dict) -> dict:
     Over time, a space-time state holds [batch, time, *shape] tensors: a read h[t-k] is h
     shifted k steps along the time axis (zero before step 0), and every edge then acts on
     every step alike, so time is folded into the batch around it."""
-    result = {s.name: torch.zeros_like(state[s.name]) for s in spec.spaces}
+    result = {s.name: torch.zeros_like(state[s.name]) for s in spec.spaces}  # ids: id 0
     lead = next(iter(state.values())).shape[: 2 if spec.over else 1]
     for edge in spec.edges:
+        if edge.ops[0].kind in ("attention", "embedding"):
+            parts = sequence_edge_outputs(model, spec, edge, state, lead)
+            for w, part in zip(edge.writes, parts, strict=True):
+                result[w] = result[w] + part.reshape(*lead, *part.shape[1:])
+            continue
         xs = [shift(state[r], k) if spec.over else state[r] for r, k in edge.inputs]
         parts = edge_outputs(model, spec, edge, [x.reshape(-1, *x.shape[len(lead) :]) for x in xs])
         for w, part in zip(edge.writes, parts, strict=True):
@@ -326,28 +404,77 @@ def reference_f(model: nn.Module, spec: Spec, state: dict) -> dict:
     return result
 
 
+def sequence_edge_outputs(model, spec: Spec, edge: Edge, state: dict, lead) -> tuple:
+    """An edge whose first op reads the edge's inputs its own way: attention (queries now,
+    keys and values through a window, on whole sequences) or embedding (of an ids space,
+    or of the step number)."""
+    if edge.ops[0].kind == "attention":
+        q, k, v = (state[r] for r in edge.reads)
+        window = edge.window_of[1]
+        x = reference_attention(q, k, v, edge.ops[0].heads, window).flatten(0, 1)
+    elif edge.ctx:  # positions: step t embeds id t
+        x = torch.arange(lead[1]).repeat(lead[0])
+    else:
+        ((r, k),) = edge.inputs
+        x = shift(state[r], k).flatten(0, 1)
+    y = apply_pipeline(model, spec, edge, x)
+    return torch.split(y, [spec.shape[w][0] for w in edge.writes], dim=1)
+
+
 def complete(spec: Spec, given: dict) -> dict:
-    like = next(iter(given.values()))
-    lead = like.shape[: 2 if spec.over else 1]
+    """Every space: the given tensors, zeros for the others (floating, like the first given
+    floating tensor; ids spaces must be given, they have no zero)."""
+    first = next(iter(given.values()))
+    like = next((t for t in given.values() if t.is_floating_point()), None)
+    if like is None:
+        like = first.new_zeros((), dtype=torch.float64)
+    lead = first.shape[: 2 if spec.over else 1]
     return {
         s.name: given[s.name] if s.name in given else like.new_zeros(*lead, *s.shape)
         for s in spec.spaces
     }
 
 
+def read_steps(edge: Edge, t: int, steps: int):
+    """The (space, step) nodes of space-time that the edge reads at step t."""
+    delays = edge.delays or (0,) * len(edge.reads)
+    for r, k, window in zip(edge.reads, delays, edge.window_of, strict=True):
+        if window is None:
+            if 0 <= t - k < steps:
+                yield r, t - k
+            continue
+        kind, w = window
+        first = {"causal": 0, "sliding": max(0, t - w), "full": 0}[kind]
+        last = steps - 1 if kind == "full" else t
+        yield from ((r, u) for u in range(first, last + 1))
+
+
+def space_time_depth(spec: Spec, steps: int) -> int:
+    """The longest path of the machine unrolled over ``steps`` steps: nodes (space, step),
+    an edge at step t from every (space, step) it reads (delays both ways, windows) to what
+    it writes at step t. The space-time hypergraph is acyclic, so relaxing every edge at
+    every step settles within one pass per node."""
+    depth = {(s.name, t): 0 for s in spec.spaces for t in range(steps)}
+    for _ in range(len(depth) + 1):
+        changed = False
+        for edge in spec.edges:
+            for t in range(steps):
+                reached = 1 + max((depth[node] for node in read_steps(edge, t, steps)), default=0)
+                for w in edge.writes:
+                    if reached > depth[w, t]:
+                        depth[w, t] = reached
+                        changed = True
+        if not changed:
+            return max(depth.values())
+    raise AssertionError("the space-time hypergraph has a cycle")
+
+
 def sweeps(spec: Spec, steps: int | None) -> int:
     """How many sweeps of x <- f(x) + x0 reach the fixed point from x0: one more than the
-    longest path of the hypergraph, depth + 1 (DESIGN.md section 4).
-
-    Over time the path runs through space-time: (s, t) reaches (s', t) by a zero-delay edge
-    and (s', t + k) by a read s[t-k], k >= 1. With D = spec.depth() (the longest path
-    within a step, a delayed read counting as a source), a path ending at step t has at most
-    (t + 1) * D edges: by induction, the node (s, t) is at most t * D + depth(s) edges from
-    the sources, since a zero-delay edge into s adds one to a node of the same step (depth
-    grows by one), and an edge that reads s'[t-k] adds one to at most (t - 1) * D + D, while
-    the space it writes has depth(s) >= 1. So steps * D + 1 sweeps suffice, and the round
-    steps * (depth + 1) used here is at least that."""
-    return spec.depth() + 1 if steps is None else steps * (spec.depth() + 1)
+    longest path of the hypergraph, depth + 1 (DESIGN.md section 4); over time, of the
+    space-time hypergraph, where a path may run forward and backward in time (delayed
+    reads, reads of the future, windows of steps)."""
+    return spec.depth() + 1 if steps is None else space_time_depth(spec, steps) + 1
 
 
 def naive_resolvent(model: nn.Module, spec: Spec, x0: dict) -> dict:
@@ -383,7 +510,12 @@ def assert_grads_close(actual, expected, names, what: str, rtol: float = RTOL) -
 
 
 def entering(spec: Spec, edge: Edge) -> tuple[int, ...]:
-    """The shape the edge's first op sees: its inputs concatenated, or combined by add / mul."""
+    """The shape the edge's first op sees: its inputs concatenated, or combined by add / mul;
+    attention: the values; embedding: its ids (or positions) as one-hot vectors."""
+    if edge.ops[0].kind == "attention":
+        return spec.shape[edge.reads[2]]
+    if edge.ops[0].kind == "embedding":
+        return (edge.ctx or spec.ids[edge.reads[0]],)
     shapes = [spec.shape[r] for r in edge.reads]
     if edge.ops[0].kind in ("add", "mul"):
         return max(shapes, key=len)
@@ -397,6 +529,11 @@ def check_op(op: Op, layer: nn.Module | None, shape: tuple, out_shape: tuple, ed
     if op.kind == "machine":  # a nested module; the reference runs its forward
         assert isinstance(layer, nn.Module) and hasattr(layer, "resolvent"), what
         return out_shape
+    if op.kind == "embedding":
+        channels = op.out if op.out is not None else out_shape[0]
+        assert type(layer) is nn.Embedding, what
+        assert (layer.num_embeddings, layer.embedding_dim) == (shape[0], channels), what
+        return (channels,)
     if op.kind == "linear" and d == 0:
         channels = op.out if op.out is not None else out_shape[0]
         assert type(layer) is nn.Linear, what
@@ -483,10 +620,15 @@ def check_against_definition(
     check_layers(model, spec)
     randomize(model, gen)
     names = [s.name for s in spec.spaces]
+    ids = spec.ids
+    assert dict(getattr(cls, "IDS", {})) == ids
+    assert not set(ids) - set(given), "ids have no zero: x0 must give them"
     lead = (batch,) if steps is None else (batch, steps)
     rtol = RTOL if steps is None else RTOL_TIME
 
     def rand(name: str) -> torch.Tensor:
+        if name in ids:
+            return torch.randint(0, ids[name], lead, generator=gen)
         return torch.randn(*lead, *spec.shape[name], generator=gen, dtype=torch.float64)
 
     # f is the sum of the edges: on a complete state, and on a partial one (missing: zero).
@@ -521,9 +663,17 @@ def check_against_definition(
         "forward(*inputs)",
         rtol=rtol,
     )
+    resolved = model.resolvent(dict(zip(spec.inputs, inputs, strict=True)))
+    assert_states_close(
+        dict(zip(spec.outputs, outputs, strict=True)),
+        {name: resolved[name] for name in spec.outputs},
+        "forward(*inputs) vs resolvent on the inputs",
+        rtol=rtol,
+    )
 
     # Gradients: through resolvent and forward, as autograd through the naive iteration.
     params = dict(model.named_parameters())
+    names = [name for name in names if name not in ids]  # ids: integers, no gradient
     weights = {name: rand(name) for name in names}
 
     def loss(state: dict, spaces) -> torch.Tensor:
@@ -534,16 +684,23 @@ def check_against_definition(
             return (None,) * len(wrt)
         return torch.autograd.grad(scalar, wrt, allow_unused=True)
 
-    leaves = {name: t.clone().requires_grad_() for name, t in x0.items()}
-    wrt = [*params.values(), *leaves.values()]
-    labels = [*params, *(f"x0[{name}]" for name in leaves)]
+    leaves = {name: t if name in ids else t.clone().requires_grad_() for name, t in x0.items()}
+    floating = [t for name, t in leaves.items() if name not in ids]
+    wrt = [*params.values(), *floating]
+    labels = [*params, *(f"x0[{name}]" for name in leaves if name not in ids)]
     got = grad(loss(model.resolvent(leaves), names), wrt)
     want = grad(loss(naive_resolvent(model, spec, leaves), names), wrt)
     assert_grads_close(got, want, labels, "resolvent", rtol=rtol)
 
-    ins = [t.clone().requires_grad_() for t in inputs]
-    wrt = [*params.values(), *ins]
-    labels = [*params, *spec.inputs]
+    ins = [
+        t if name in ids else t.clone().requires_grad_()
+        for name, t in zip(spec.inputs, inputs, strict=True)
+    ]
+    wrt = [
+        *params.values(),
+        *(t for name, t in zip(spec.inputs, ins, strict=True) if name not in ids),
+    ]
+    labels = [*params, *(name for name in spec.inputs if name not in ids)]
     got = grad(loss(as_outputs(spec, model(*ins)), spec.outputs), wrt)
     naive = naive_resolvent(model, spec, dict(zip(spec.inputs, ins, strict=True)))
     want = grad(loss(naive, spec.outputs), wrt)
@@ -562,45 +719,90 @@ def as_outputs(spec: Spec, result) -> dict:
     return dict(zip(spec.outputs, result, strict=True))
 
 
+def expected_windows(spec: Spec, delays: dict[str, int]) -> dict[str, int | None]:
+    """WINDOWS: every space read through a causal or sliding window, and how many of its
+    last steps the state keeps for later chunks (None: all of them, for k[0..t]; else the
+    largest w of its k[t-w..t], or k of its h[t-k] if that is more: the history of a space
+    read at a delay too holds its past)."""
+    windows: dict[str, int | None] = {}
+    for edge in spec.edges:
+        for name, window in zip(edge.reads, edge.window_of, strict=True):
+            if window is None or window[0] == "full":
+                continue
+            if window[0] == "causal" or windows.get(name, 0) is None:
+                windows[name] = None
+            else:
+                windows[name] = max(windows.get(name, 0), window[1], delays.get(name, 0))
+    return windows
+
+
 def check_time(model: nn.Module, spec: Spec, inputs: list, rng: random.Random) -> None:
-    """forward's state and steps: DELAYS, the state it returns, chunks, longer and shorter runs."""
+    """forward over time: DELAYS, WINDOWS and CAUSAL; for a causal machine the state it
+    returns (the last k steps of a space read k steps ago, the keys and values a window
+    reads again, the step count of positions) and chunks with state=, for any other a
+    ValueError on state=; longer and shorter runs; lengths=."""
     delays: dict[str, int] = {}
     for edge in spec.edges:
         for r, k in edge.inputs:
-            if k:
+            if k > 0:
                 delays[r] = max(delays.get(r, 0), k)
+    windows = expected_windows(spec, delays)
     assert dict(model.DELAYS) == delays
+    assert dict(getattr(model, "WINDOWS", {})) == windows
+    assert model.CAUSAL == spec.causal
+    clock = [spec.over] if any(e.ctx for e in spec.edges) else []
     batch, steps = inputs[0].shape[:2]
     rtol = RTOL_TIME
     expected = naive_resolvent(model, spec, dict(zip(spec.inputs, inputs, strict=True)))
-    whole, state = model(*inputs, return_state=True)
-    whole = as_outputs(spec, whole)
+    if not spec.causal:
+        for kwargs in ({"return_state": True}, {"state": {}}):
+            with pytest.raises(ValueError, match="cannot run in chunks"):
+                model(*inputs, **kwargs)
+        whole = as_outputs(spec, model(*inputs))
+    else:
+        whole, state = model(*inputs, return_state=True)
+        whole = as_outputs(spec, whole)
+        assert sorted(state) == sorted({*delays, *windows, *clock})
     assert_states_close(
         whole, {name: expected[name] for name in spec.outputs}, "forward", rtol=rtol
     )
-    # The state: the last k steps of every space read k steps ago (zero before step 0).
-    assert sorted(state) == sorted(delays)
-    for name, k in delays.items():
-        padded = torch.cat(
-            [expected[name].new_zeros(batch, k, *spec.shape[name]), expected[name]], 1
-        )
-        torch.testing.assert_close(
-            state[name], padded[:, -k:], rtol=rtol, atol=ATOL, msg=f"state[{name!r}]"
-        )
-    # Chunks with state= are one long call.
-    cuts = sorted(rng.sample(range(1, steps), rng.randint(1, steps - 1)))
-    pieces: list[dict] = []
-    carried = None
-    for start, stop in zip([0, *cuts], [*cuts, steps], strict=True):
-        result, carried = model(
-            *(x[:, start:stop] for x in inputs), state=carried, return_state=True
-        )
-        pieces.append(as_outputs(spec, result))
-    chunked = {name: torch.cat([p[name] for p in pieces], 1) for name in spec.outputs}
-    assert_states_close(chunked, whole, f"forward in chunks {cuts}", rtol=rtol)
-    for name in delays:
-        torch.testing.assert_close(carried[name], state[name], rtol=rtol, atol=ATOL)
-    # steps= past the inputs runs on with zero input; fewer steps cut the inputs.
+    if spec.causal:
+        # The state: the last k steps of every space read k steps ago (zero before step 0),
+        # the keys and values windows read again (and the past of a space also read at a
+        # delay), the steps run so far.
+        if set(delays) & set(windows):
+            event("a space read at a delay and through a window")
+        for name, k in delays.items():
+            if name in windows:
+                continue
+            padded = torch.cat(
+                [expected[name].new_zeros(batch, k, *spec.shape[name]), expected[name]], 1
+            )
+            torch.testing.assert_close(
+                state[name], padded[:, -k:], rtol=rtol, atol=ATOL, msg=f"state[{name!r}]"
+            )
+        for name, w in windows.items():
+            kept = expected[name] if w is None else expected[name][:, -w:]
+            torch.testing.assert_close(
+                state[name], kept, rtol=rtol, atol=ATOL, msg=f"state[{name!r}] (history)"
+            )
+        for name in clock:
+            assert int(state[name]) == steps
+        # Chunks with state= are one long call.
+        cuts = sorted(rng.sample(range(1, steps), rng.randint(1, steps - 1)))
+        pieces: list[dict] = []
+        carried = None
+        for start, stop in zip([0, *cuts], [*cuts, steps], strict=True):
+            result, carried = model(
+                *(x[:, start:stop] for x in inputs), state=carried, return_state=True
+            )
+            pieces.append(as_outputs(spec, result))
+        chunked = {name: torch.cat([p[name] for p in pieces], 1) for name in spec.outputs}
+        assert_states_close(chunked, whole, f"forward in chunks {cuts}", rtol=rtol)
+        assert sorted(carried) == sorted(state)
+        for name in state:
+            torch.testing.assert_close(carried[name], state[name], rtol=rtol, atol=ATOL)
+    # steps= past the inputs runs on with zero input (ids: id 0); fewer steps cut them.
     more = steps + rng.randint(1, 3)
     padded_inputs = [
         torch.cat([x, x.new_zeros(batch, more - steps, *x.shape[2:])], 1) for x in inputs
@@ -613,12 +815,77 @@ def check_time(model: nn.Module, spec: Spec, inputs: list, rng: random.Random) -
         rtol=rtol,
     )
     fewer = rng.randint(1, steps)
+    if spec.causal:
+        shorter = {name: whole[name][:, :fewer] for name in spec.outputs}
+    else:  # the future is cut too
+        cut = {name: x[:, :fewer] for name, x in zip(spec.inputs, inputs, strict=True)}
+        naive = naive_resolvent(model, spec, cut)
+        shorter = {name: naive[name] for name in spec.outputs}
     assert_states_close(
-        as_outputs(spec, model(*inputs, steps=fewer)),
-        {name: whole[name][:, :fewer] for name in spec.outputs},
-        f"forward(steps={fewer})",
-        rtol=rtol,
+        as_outputs(spec, model(*inputs, steps=fewer)), shorter, f"forward(steps={fewer})", rtol=rtol
     )
+    check_lengths(model, spec, inputs, rng, delays, windows, clock)
+
+
+def check_lengths(
+    model: nn.Module, spec: Spec, inputs: list, rng: random.Random, delays, windows, clock
+) -> None:
+    """forward(..., lengths=): the steps past each sequence's length are padding (here
+    random values, not zeros). Each sequence's valid outputs are the definition on that
+    sequence alone, its padded outputs are zero, and its padding gets zero gradient; the
+    state of a causal machine is the one at each sequence's own end (or, with windows and
+    positions, whose history is one for the batch, a ValueError)."""
+    batch, steps = inputs[0].shape[:2]
+    lengths = torch.tensor([rng.randint(1, steps) for _ in range(batch)])
+    lengths[rng.randrange(batch)] = steps  # one sequence fills the batch's steps
+    ids = spec.ids
+    ins = [
+        x if name in ids else x.clone().requires_grad_()
+        for name, x in zip(spec.inputs, inputs, strict=True)
+    ]
+    outputs = as_outputs(spec, model(*ins, lengths=lengths))
+    alone = []
+    for b, length in enumerate(lengths.tolist()):
+        cut = {name: x[b : b + 1, :length] for name, x in zip(spec.inputs, inputs, strict=True)}
+        alone.append(naive_resolvent(model, spec, cut))
+        for name in spec.outputs:
+            torch.testing.assert_close(
+                outputs[name][b : b + 1, :length],
+                alone[b][name],
+                rtol=RTOL_TIME,
+                atol=ATOL,
+                msg=lambda m, n=name, b=b: f"forward(lengths={lengths.tolist()}) {n}[{b}]: {m}",
+            )
+            assert not outputs[name][b, length:].any(), f"{name}[{b}] past its length"
+    floating = [(name, x) for name, x in zip(spec.inputs, ins, strict=True) if name not in ids]
+    scalar = sum(o.sum() for o in outputs.values())
+    if floating and scalar.requires_grad:
+        grads = torch.autograd.grad(scalar, [x for _, x in floating], allow_unused=True)
+        for (name, _), g in zip(floating, grads, strict=True):
+            for b, length in enumerate(lengths.tolist()):
+                if g is not None:
+                    assert not g[b, length:].any(), f"gradient of padded {name}[{b}]"
+                    assert torch.isfinite(g).all(), f"gradient of {name}"
+    if not spec.causal:
+        return
+    if windows or clock:
+        with pytest.raises(ValueError, match="lengths= cannot be combined"):
+            model(*inputs, lengths=lengths, return_state=True)
+        return
+    _, state = model(*inputs, lengths=lengths, return_state=True)
+    for name, k in delays.items():
+        if name in windows:
+            continue
+        for b in range(batch):
+            own = alone[b][name]
+            padded = torch.cat([own.new_zeros(1, k, *spec.shape[name]), own], 1)
+            torch.testing.assert_close(
+                state[name][b : b + 1],
+                padded[:, -k:],
+                rtol=RTOL_TIME,
+                atol=ATOL,
+                msg=lambda m, n=name, b=b: f"state[{n!r}][{b}] with lengths: {m}",
+            )
 
 
 def load_classes(source: str, filename: str) -> dict:
@@ -963,6 +1230,377 @@ def test_the_strategy_renders_what_it_draws() -> None:
     ]
     assert spec.depth() == 2
     check_against_definition(load_classes(spec.render(), "fixed.mach")["M"], spec, 0, 2, ["x"])
+
+
+# --- sequence machines: the future, attention, ids and positions ------------------------
+
+# A sequence machine is drawn as groups of spaces, consecutive in the topological order;
+# each group runs every step at once ("all", where attention edges live), or is a
+# recurrence group whose edges may read its spaces at earlier steps ("forward") or later
+# ones ("backward"). Reads along the order or from earlier groups may look any way in time.
+GROUP_KINDS = ("forward", "all", "backward")
+CTX = st.integers(8, 10)  # positions: at least the steps of any run here (5 + 3 more)
+
+
+def sequence_delays(i: int, j: int, group: list[int], kinds: list[str]) -> list[int]:
+    """The delays (0: now, k > 0: h[t-k], k < 0: h[t+|k|]) at which an edge writing space j
+    may read space i, so that the space-time graph has no cycle through both earlier and
+    later steps (E013) and none within a step: arcs run along the order within a group and
+    from earlier groups to later ones, except a recurrence group's reads of its own spaces
+    in its direction of time."""
+    lags = [1, 2, 3]
+    if group[i] < group[j]:
+        return [0, *lags, *(-k for k in lags)]
+    if group[i] > group[j]:
+        return []
+    along = [0] if i < j else []
+    kind = kinds[group[j]]
+    if kind == "forward":
+        return along + lags
+    if kind == "backward":
+        return along + [-k for k in lags]
+    return [0, *lags, *(-k for k in lags)] if i < j else []
+
+
+def space_time_graph(spec: Spec):
+    """Spaces and edges as nodes; an arc for every read (at any step) and every write."""
+    graph = nx.DiGraph()
+    for edge in spec.edges:
+        graph.add_node(("edge", edge.name))
+        for r in edge.reads:
+            graph.add_edge(("space", r), ("edge", edge.name))
+        for w in edge.writes:
+            graph.add_edge(("edge", edge.name), ("space", w))
+    return graph
+
+
+def recurrences(spec: Spec) -> list[tuple[str, set[str], set[str]]]:
+    """The loops of the machine: its strongly connected parts, each "forward" or
+    "backward", with its edges and its spaces."""
+    loops = []
+    for part in nx.strongly_connected_components(space_time_graph(spec)):
+        if len(part) < 2:
+            continue
+        edges = {name for kind, name in part if kind == "edge"}
+        spaces = {name for kind, name in part if kind == "space"}
+        lags = [k for e in spec.edges if e.name in edges for r, k in e.inputs if r in spaces and k]
+        loops.append(("forward" if all(k > 0 for k in lags) else "backward", edges, spaces))
+    return loops
+
+
+@st.composite
+def attention_edge(
+    draw,
+    j: int,
+    sizes: list[int],
+    writes: list[int],
+    names: list[str],
+    causal: bool,
+):
+    """q × k[window] × v[window] -> writes = attention(heads) | ops, reading spaces before j
+    (the same space may be queries, keys and values). Causal: no window k[..]."""
+    heads = draw(st.sampled_from([1, 2]))
+    if not any(sizes[i] % heads == 0 for i in range(j)):
+        heads = 1
+    keys = [i for i in range(j) if sizes[i] % heads == 0]
+    k = draw(st.sampled_from(keys))
+    q = draw(st.sampled_from([i for i in range(j) if sizes[i] == sizes[k]]))
+    v = draw(st.sampled_from(keys))
+    windows = [("sliding", draw(st.integers(1, 3))), ("causal", 0), ("full", 0)]
+    window = draw(st.sampled_from(windows[:2] if causal else windows))
+    text = draw(
+        st.sampled_from(
+            [f"attention(heads={heads})", f"attention({heads})", f"attention({heads}, dropout=0.1)"]
+        )
+    )
+    n_out = sum(sizes[w] for w in writes)
+    after = pipelines(sizes[v], n_out, draw(st.integers(2, 4)))
+    if sizes[v] == n_out:
+        after += [(), (Op("identity", "identity"),)]
+    if min(sizes[v], n_out) == 1:
+        after = [c for c in after if all(op.kind != "layernorm" for op in c)]
+    ops = (Op("attention", text, heads=heads), *draw(st.sampled_from(after)))
+    event(f"attention, {window[0]} window")
+    return tuple(names[i] for i in (q, k, v)), ops, (None, window, window)
+
+
+def embedding_ops(draw, count_text: str, n_out: int) -> tuple[Op, ...]:
+    """embedding, maybe with an activation or a small MLP after it; count_text: its
+    number of positions ("9", "num=9") or "" for ids (inferred)."""
+    m = draw(st.integers(2, 4))
+    plain = f"embedding({count_text})" if count_text else "embedding"
+    inner = f"embedding({count_text + ', ' if count_text else ''}out={m})"
+    return draw(
+        st.sampled_from(
+            [
+                (Op("embedding", plain),),
+                (Op("embedding", plain), Op("tanh", "tanh")),
+                (Op("embedding", inner, out=m), Op("relu", "relu"), linear()),
+            ]
+        )
+    )
+
+
+@st.composite
+def sequence_machines(draw, machine: str = "M", over: str = "t", most: int = 7) -> Spec:
+    """Random sequence machines: groups of spaces computed every step at once (with
+    attention edges over causal, sliding and full windows) or by forward or backward
+    recurrences, in any order; reads of the past and of the future inside and outside
+    recurrences; ids inputs read by embedding; the step number embedded as positions."""
+    n = draw(st.integers(3, most))
+    causal = draw(st.sampled_from([False, True]))  # no h[t+k], no k[..]: it runs in chunks
+    pool = tuple(name for name in SHARED_NAMES + SPACE_ONLY_NAMES + TIME_NAMES if name != over)
+    n_ids = draw(st.sampled_from([0, 0, 1, 2]))
+    all_names = draw(
+        st.lists(st.sampled_from(pool), min_size=n + n_ids, max_size=n + n_ids, unique=True)
+    )
+    names, ids_names = all_names[:n], all_names[n:]
+    sizes = draw(st.lists(st.sampled_from([1, 2, 2, 3, 4, 4]), min_size=n, max_size=n))
+    role = st.integers(0, 9).map(lambda k: "input" if k < 3 else "space" if k < 8 else "output")
+    roles = ["input"] + draw(st.lists(role, min_size=n - 1, max_size=n - 1))
+    roles[draw(st.integers(1, n - 1))] = "output"
+    group = [0]
+    for _ in range(1, n):
+        group.append(group[-1] + draw(st.booleans()))
+    group_kind = st.sampled_from([k for k in GROUP_KINDS if not (causal and k == "backward")])
+    kinds = draw(st.lists(group_kind, min_size=group[-1] + 1, max_size=group[-1] + 1))
+    counts = [draw(st.integers(2, 5)) for _ in ids_names]
+
+    edge_pool = [name for name in draw(st.permutations(SHARED_NAMES)) if name not in all_names]
+    edges: list[Edge] = []
+
+    def add(reads, writes, ops, delays=(), windows=(), ctx=0) -> None:
+        edges.append(
+            Edge(
+                name=edge_pool[len(edges)],
+                reads=tuple(reads),
+                writes=tuple(names[w] for w in writes),
+                ops=ops,
+                product=draw(st.sampled_from(["×", "*"])),
+                arrow=draw(st.sampled_from(["->", "→"])),
+                delays=tuple(delays) if delays else (0,) * len(reads),
+                windows=tuple(windows),
+                ctx=ctx,
+            )
+        )
+
+    must = [j for j in range(1, n) if roles[j] != "input"]
+    more = draw(st.lists(st.integers(1, n - 1), max_size=3))
+    for j in must + more:
+        later = list(range(j + 1, n))
+        writes = [j]
+        if later:
+            writes += draw(st.lists(st.sampled_from(later), max_size=1))
+        writes = draw(st.permutations(writes))
+        kind = kinds[group[j]]
+        if kind == "all" and draw(st.integers(0, 2)) > 0:
+            reads, ops, windows = draw(attention_edge(j, sizes, writes, names, causal))
+            add(reads, writes, ops, windows=windows)
+            continue
+        allowed = [
+            (i, k)
+            for i in range(n)
+            for k in sequence_delays(i, j, group, kinds)
+            if not (causal and k < 0)
+        ]
+        same = [(i, k) for i, k in allowed if sizes[i] == sizes[j]]
+        if len(writes) == 1 and len(same) >= 2 and draw(st.integers(0, 4)) == 0:
+            inputs = draw(st.lists(st.sampled_from(same), min_size=2, max_size=3))
+            ops = (Op("mul", "mul"),) + draw(st.sampled_from([(), (Op("tanh", "tanh"),)]))
+            event("a gate (mul)")
+        else:
+            now = [(i, 0) for i, k in allowed if k == 0]
+            other = [(i, k) for i, k in allowed if k]
+            inputs = draw(st.lists(st.sampled_from(now), max_size=2, unique=True)) if now else []
+            if (j - 1, 0) not in inputs and draw(st.booleans()):  # chains make deep machines
+                inputs.append((j - 1, 0))
+            if other:
+                inputs += draw(st.lists(st.sampled_from(other), max_size=2))
+            if kind != "all" and draw(st.integers(0, 2)) > 0:  # the target's own recurrence
+                lag = draw(st.integers(1, 3))
+                inputs.append((j, lag if kind == "forward" else -lag))
+            if not inputs:
+                inputs = [(j - 1, 0)]
+            inputs = draw(st.permutations(inputs))
+            n_in = sum(sizes[i] for i, _ in inputs)
+            n_out = sum(sizes[w] for w in writes)
+            choices = pipelines(n_in, n_out, draw(st.integers(2, 6)))
+            if min(n_in, n_out) == 1:  # see random_machines
+                choices = [c for c in choices if all(op.kind != "layernorm" for op in c)]
+            ops = draw(st.sampled_from(choices))
+        add([names[i] for i, _ in inputs], writes, ops, delays=[k for _, k in inputs])
+    for name in ids_names:  # every ids input feeds an embedding
+        j = draw(st.integers(0, n - 1))
+        add([name], [j], embedding_ops(draw, "", sizes[j]))
+        event("ids read by embedding")
+    if draw(st.integers(0, 2)) == 0:  # positions
+        j = draw(st.integers(0, n - 1))
+        ctx = draw(CTX)
+        count = draw(st.sampled_from([f"{ctx}", f"num={ctx}"]))
+        add([], [j], embedding_ops(draw, count, sizes[j]), ctx=ctx)
+        event("positions")
+    spaces = [Space(names[j], sizes[j], roles[j]) for j in range(n)]
+    spaces += [
+        Space(name, 1, "input", ids=count) for name, count in zip(ids_names, counts, strict=True)
+    ]
+    declared = draw(st.permutations(spaces))
+    spec = Spec(
+        name=machine,
+        spaces=tuple(declared),
+        edges=tuple(draw(st.permutations(edges))),
+        declarations=tuple(
+            f"{s.role:<6} {s.name} : {f'ids({s.ids})' if s.ids else s.size}" for s in declared
+        ),
+        over=over,
+    )
+    loops = sorted({direction for direction, _, _ in recurrences(spec)})
+    event(f"loops: {', '.join(loops) or 'none'}")
+    future = [k for e in spec.edges for k in e.delays if k < 0]
+    if future:
+        event("a read of the future")
+    assert spec.causal or not causal
+    event("causal" if spec.causal else "not causal")
+    return spec
+
+
+@st.composite
+def sequence_cases(draw):
+    """A sequence machine, the spaces x0 is given on (always its ids), a seed, 2..5 steps."""
+    over = draw(st.sampled_from(["t", "tau", "step"]))
+    spec = draw(sequence_machines(over=over))
+    names = [s.name for s in spec.spaces]
+    support = draw(
+        st.one_of(
+            st.just(list(spec.inputs)),
+            st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True),
+        )
+    )
+    support += [name for name in spec.ids if name not in support]
+    steps = draw(st.sampled_from([4, 3, 5, 2]))  # not mostly 2, the smallest
+    return spec, support, draw(st.integers(0, 2**32 - 1)), steps
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(case=sequence_cases())
+def test_random_sequence_machines_follow_the_machine_equation(case) -> None:
+    """Reads of the future (shifts the other way, zero after the last step), attention over
+    windows, ids and positions: f, the resolvent against the naive iteration, the machine
+    equation, forward, gradients, chunks (causal) or ValueError (not), steps=, lengths=."""
+    spec, support, seed, steps = case
+    source = spec.render()
+    note(source)
+    note(f"x0 given on {support}, seed {seed}, {steps} steps")
+    cls = load_classes(source, "random_sequence.mach")[spec.name]
+    check_against_definition(cls, spec, seed, 2, support, steps)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(spec=sequence_machines(), data=st.data())
+def test_a_read_against_the_direction_of_a_loop_is_e013(spec: Spec, data) -> None:
+    """An edge that reads a space of a loop at a step the loop's direction cannot reach
+    (a forward loop's space at t+k, a backward one's at t-k) and writes a space of the
+    same loop closes a cycle through both earlier and later steps: E013."""
+    loops = recurrences(spec)
+    event(f"{len(loops)} loops")
+    if not loops:
+        return
+    direction, _, spaces = data.draw(st.sampled_from(loops))
+    read = data.draw(st.sampled_from(sorted(spaces)))
+    written = data.draw(st.sampled_from(sorted(spaces)))
+    lag = data.draw(st.integers(1, 3))
+    against = Edge(
+        "against",
+        (read,),
+        (written,),
+        (Op("linear", "linear"),),
+        delays=(-lag if direction == "forward" else lag,),
+    )
+    source = replace(spec, edges=(*spec.edges, against)).render()
+    note(source)
+    with pytest.raises(machc.CompileError) as info:
+        machc.check_source(source, "against.mach")
+    assert [d.code.value for d in info.value.errors] == ["E013"], str(info.value)
+    assert "earlier and later steps" in info.value.errors[0].message
+
+
+# --- sequence machines the random ones found wrong (minimal reproductions) --------------------
+
+
+def compiled(source: str, name: str = "M") -> nn.Module:
+    model = load_classes(source, "found.mach")[name]().double().eval()
+    randomize(model, torch.Generator().manual_seed(0))
+    return model
+
+
+@pytest.mark.parametrize("read", ["tok[t-1]", "tok[t+1]"])
+def test_ids_read_at_another_step_are_e019(read: str) -> None:
+    """Outside the sequence the one-hot view of ids is the zero vector, which no id stands
+    for (reading it once embedded id 0, and forward crashed on a past of float zeros)."""
+    source = (
+        "machine M over t {\n    input  tok : ids(3)\n    output y : 2\n\n"
+        f"    emb : {read} -> y = embedding\n}}\n"
+    )
+    with pytest.raises(machc.CompileError) as info:
+        machc.check_source(source, "ids.mach")
+    assert [d.code.value for d in info.value.errors] == ["E019"], str(info.value)
+
+
+def test_a_space_read_at_a_delay_and_through_a_window_runs_in_chunks() -> None:
+    """One key of the state holds both its past and its history (once its last step only,
+    which the next chunk's attention read as the whole history)."""
+    model = compiled(
+        "machine M over t {\n    input  x : 2\n    space  h : 2\n    output y : 2\n\n"
+        "    rec  : x × h[t-1] -> h = linear | tanh\n"
+        "    attn : h × h[0..t] × h[0..t] -> y = attention(1)\n}\n"
+    )
+    x = torch.randn(2, 5, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    first, state = model(x[:, :2], return_state=True)
+    second = model(x[:, 2:], state=state)
+    torch.testing.assert_close(torch.cat([first, second], 1), model(x))
+
+
+def test_a_state_has_what_edges_after_the_loop_add() -> None:
+    """g is written by the loop and by an edge after it; the state once held the loop's
+    part of g only, so the next chunk read a wrong g[t-1]."""
+    model = compiled(
+        "machine M over t {\n    input  x : 2\n    space  h : 2\n    space  g : 2\n"
+        "    output y : 2\n\n"
+        "    rec  : x × h[t-1] -> h × g = linear\n"
+        "    more : h -> g = tanh\n"
+        "    read : g[t-1] -> y = identity\n}\n"
+    )
+    x = torch.randn(1, 3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    whole, state = model(x, return_state=True)
+    torch.testing.assert_close(state["g"], model.resolvent({"x": x})["g"][:, -1:])
+    first, carried = model(x[:, :2], return_state=True)
+    torch.testing.assert_close(torch.cat([first, model(x[:, 2:], state=carried)], 1), whole)
+
+
+def test_keys_and_values_with_histories_of_different_lengths_run_in_chunks() -> None:
+    """x is also read through x[0..t], so its whole history is kept, v only its last step:
+    the next chunk's attention once joined pasts of different lengths (RuntimeError)."""
+    model = compiled(
+        "machine M over t {\n    input  x : 2\n    space  v : 2\n    output y : 2\n"
+        "    output u : 2\n\n"
+        "    val : x -> v = linear\n"
+        "    a   : x × x[0..t] × x[0..t] -> y = attention(1)\n"
+        "    b   : x × x[t-1..t] × v[t-1..t] -> u = attention(1)\n}\n"
+    )
+    x = torch.randn(1, 4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    first, state = model(x[:, :2], return_state=True)
+    second = model(x[:, 2:], state=state)
+    for a, b, whole in zip(first, second, model(x), strict=True):
+        torch.testing.assert_close(torch.cat([a, b], 1), whole)
 
 
 # --- random machines over signals and images ----------------------------------------------

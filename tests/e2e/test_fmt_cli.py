@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from machc.info import program_info
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.mach"))
+SEQUENCES = ROOT / "tests" / "golden" / "sequences.mach"  # ids, windows, positions, rmsnorm
 MESSY = "machine M{input x:4 output y:4\nf:x*x->y=linear|relu}\n"
 TIDY = "machine M {\n    input  x : 4\n    output y : 4\n\n    f : x × x -> y = linear | relu\n}\n"
 
@@ -114,7 +116,23 @@ def test_info_prints_tables_and_json() -> None:
     assert machc_cli("info", ROOT / "tests/golden/diagnostics/cycles.mach").returncode == 1
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_info_shows_ids_spaces_and_their_embeddings() -> None:
+    text = machc_cli("info", SEQUENCES, "--set", "GPTish.vocab=100")
+    assert text.returncode == 0, text.stderr
+    assert re.search(r"\n    tok   input   ids\(100\) +0\n", text.stdout)
+    assert re.search(r"\n    embed +1  tok +h +6,400 ", text.stdout)  # 100 ids × 64
+    assert re.search(r"\n    pos +1  t +h +8,192 ", text.stdout)  # 128 positions × 64
+    data = json.loads(machc_cli("info", SEQUENCES, "--format", "json").stdout)
+    gpt = next(m for m in data["machines"] if m["name"] == "GPTish")
+    assert gpt["spaces"][0] == {"name": "tok", "role": "input", "shape": [], "depth": 0, "ids": 256}
+    assert [e["inputs"] for e in gpt["edges"][3:6]] == [
+        ["q", "k[0..t]", "v[0..t]"],
+        ["q", "k[t-8..t]", "v[t-8..t]"],
+        ["q", "k[..]", "v[..]"],
+    ]
+
+
+@pytest.mark.parametrize("example", [*EXAMPLES, SEQUENCES], ids=lambda p: p.name)
 def test_info_parameter_count_is_the_modules(example: Path) -> None:
     checked = check_source(example.read_text(encoding="utf-8"), str(example))
     module = machc.load(example)

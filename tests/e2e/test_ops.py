@@ -16,15 +16,19 @@ from dataclasses import dataclass
 import machc
 import pytest
 import torch
-from machc.diagnostics import CompileError, Diagnostic
+from machc.diagnostics import CompileError, Diagnostic, Span
 from machc.emit import emit
+from machc.ir import Op
 from machc.lower import lower
-from machc.ops import OPS
+from machc.ops import OPS, OpError, Site, bind_args, infer_pipeline
 from machc.runtime import MachineShapeError
 
 BATCH = 2
 INPUT_NAMES = ["a", "b", "c", "d"]
 RANK_SHAPES = {1: "[6]", 2: "[4, 7]", 3: "[4, 5, 6]", 4: "[2, 3, 4, 5]"}
+# Ops that read ids or windows of steps, so only in machines over time: here only what the
+# table says of them (tested in tests/e2e/test_sequences.py).
+SEQUENCE_OPS = {"embedding", "attention"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -130,6 +134,7 @@ SAME_SHAPE = [
     "relu",
     "relu6",
     "gelu",
+    'gelu(approximate="tanh")',
     "silu",
     "mish",
     "hardswish",
@@ -151,6 +156,9 @@ SAME_SHAPE = [
     "instancenorm",
     "layernorm(eps=0.001)",
     "layernorm(affine=false)",
+    "rmsnorm",
+    "rmsnorm(eps=0.001)",
+    "rmsnorm(affine=false)",
 ]
 
 
@@ -280,6 +288,8 @@ def test_every_op_has_a_case_for_every_rank_it_accepts() -> None:
     """A new op (or a new accepted rank) fails here until the table has a case for it."""
     missing = []
     for name, spec in OPS.items():
+        if name in SEQUENCE_OPS:
+            continue  # (tested in tests/e2e/test_sequences.py)
         lo, hi = spec.ranks
         tried = {_ranks(c.ins[0]) for c in CASES if c.kinds[0] == name}
         missing += [(name, r) for r in range(lo, min(hi, 4) + 1) if r not in tried]
@@ -365,6 +375,8 @@ def _prod(values) -> int:
             4 * 3 * 15,
             4 * 3 * 15 * 30,
         ),
+        ("[4, 5]", "[4, 5]", "rmsnorm", 4 * 5, 0),
+        ("[2, 3, 4]", "[2, 3, 4]", "rmsnorm(affine=false)", 0, 0),
     ],
 )
 def test_params_and_macs_by_formula(ins, out, pipeline, params, macs) -> None:
@@ -402,10 +414,32 @@ def test_ops_compute_what_torch_computes() -> None:
         ("flatten | reshape([3, 6, 6])", "[3, 6, 6]", lambda x: x),
         ("reshape([6, 18])", "[6, 18]", lambda x: x.reshape(2, 6, 18)),
         ("leaky_relu(slope=0.2)", "[3, 6, 6]", lambda x: torch.where(x > 0, x, 0.2 * x)),
+        ("gelu", "[3, 6, 6]", torch.nn.functional.gelu),
+        ('gelu(approximate="tanh")', "[3, 6, 6]",
+         lambda x: torch.nn.functional.gelu(x, approximate="tanh")),
     ]  # fmt: skip
     for pipeline, out, expected in cases:
         cls, _, _ = build(source(["[3, 6, 6]"], out, pipeline))
         assert_close(cls()(x), expected(x), pipeline)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3, 4])
+@pytest.mark.parametrize("args", ["", "(eps=0.5)", "(affine=false)", "(eps=0.5, affine=false)"])
+def test_rmsnorm_computes_what_torch_computes(rank: int, args: str) -> None:
+    shape = RANK_SHAPES[rank]
+    cls, _, _ = build(source([shape], shape, f"rmsnorm{args}"))
+    torch.manual_seed(0)
+    model = cls()
+    affine = "affine=false" not in args
+    eps = 0.5 if "eps" in args else None
+    expected = torch.nn.RMSNorm(list(cls.SPACES["a"]), eps=eps, elementwise_affine=affine)
+    if affine:  # a learned scale other than ones, the same in both
+        with torch.no_grad():
+            model.e.weight.normal_()
+            expected.weight.copy_(model.e.weight)
+    x = _random_input(cls.SPACES["a"])
+    with torch.no_grad():
+        assert_close(model(x), expected(x), args)
 
 
 def test_dropout_only_while_training() -> None:
@@ -562,6 +596,7 @@ def _rejected() -> list[tuple[str, int]]:
         for name, spec in OPS.items()
         for rank in range(1, 5)
         if not spec.ranks[0] <= rank <= spec.ranks[1]
+        and name not in SEQUENCE_OPS  # (tested in tests/e2e/test_sequences.py)
     ]
 
 
@@ -903,6 +938,13 @@ def test_final_shape_mismatch_lists_every_step() -> None:
         ("8", "layernorm(eps=-1.0)", "argument 'eps' of layernorm must be positive", "eps=-1.0"),
         ("8", "layernorm(affine=\"yes\")", "argument 'affine' of layernorm must be true or false",
          'affine="yes"'),
+        ("8", "rmsnorm(eps=0)", "argument 'eps' of rmsnorm must be positive, got 0", "eps=0"),
+        ("8", "rmsnorm(affine=1)", "argument 'affine' of rmsnorm must be true or false, got 1",
+         "affine=1"),
+        ("8", 'gelu(approximate="fast")', "argument 'approximate' of gelu must be one of "
+         '"none", "tanh", got "fast"', 'approximate="fast"'),
+        ("8", "gelu(approximate=true)", "argument 'approximate' of gelu must be a string, got "
+         "true", "approximate=true"),
         ("[4, 8]", "groupnorm(0)", "argument 'groups' of groupnorm must be positive, got 0", "0"),
         ("[3, 8, 8]", "instancenorm(eps=0.0)", "argument 'eps' of instancenorm must be positive",
          "eps=0.0"),
@@ -1085,6 +1127,113 @@ def test_module_import_errors_name_the_edge(user_package, path, error, message) 
     assert message in str(info.value)
 
 
+# --- embedding and attention, in the table -------------------------------------------------------
+# The check stage gives embedding the one-hot view [V] of the ids it reads, and attention
+# the values' shape; edges that use them are tested in tests/e2e/test_sequences.py.
+
+SPAN = Span(file="t.mach", line=4, column=18, end_line=4, end_column=27)
+
+
+def op(kind: str, positional: list, keyword: list | None = None) -> Op:
+    bound = bind_args(OPS[kind], positional, keyword or [])
+    assert not bound.problems, bound.problems
+    return Op(kind=kind, args=bound.values, span=SPAN)
+
+
+def test_embedding_and_attention_read_the_edge_first() -> None:
+    embedding, attention = OPS["embedding"], OPS["attention"]
+    assert embedding.ids and not embedding.windows and embedding.changes_channels
+    assert attention.windows and not attention.ids and not attention.changes_channels
+    assert not any(
+        spec.ids or spec.windows for spec in OPS.values() if spec.name not in SEQUENCE_OPS
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "positional", "keyword", "values"),
+    [
+        ("embedding", [], [], {}),
+        ("embedding", [64], [], {"num": 64}),  # embedding(ctx): the number of positions
+        ("embedding", [64, 32], [], {"num": 64, "out": 32}),
+        ("embedding", [], [("out", 32)], {"out": 32}),
+        ("attention", [4], [], {"heads": 4, "dropout": 0.0}),
+        ("attention", [], [("heads", 2), ("dropout", 0.1)], {"heads": 2, "dropout": 0.1}),
+        ("attention", [1, 0], [], {"heads": 1, "dropout": 0.0}),
+    ],
+)
+def test_sequence_op_arguments_bind(kind, positional, keyword, values) -> None:
+    bound = bind_args(OPS[kind], positional, keyword)
+    assert not bound.problems
+    assert bound.values == values
+
+
+@pytest.mark.parametrize(
+    ("kind", "positional", "keyword", "problem"),
+    [
+        ("embedding", [0], [], (0, "argument 'num' of embedding must be positive, got 0")),
+        ("embedding", [2.5], [], (0, "argument 'num' of embedding must be an integer, got 2.5")),
+        ("embedding", [], [("out", -1)], (0, "argument 'out' of embedding must be positive, "
+                                             "got -1")),
+        ("embedding", [1, 2, 3], [], (2, "embedding takes at most 2 arguments")),
+        ("attention", [], [], (None, "attention needs the argument 'heads'")),
+        ("attention", [0], [], (0, "argument 'heads' of attention must be positive, got 0")),
+        ("attention", [2, 1], [], (1, "argument 'dropout' of attention must be at least 0 and "
+                                      "below 1, got 1.0")),
+        ("attention", [2], [("causal", True)], (1, "attention has no argument 'causal' (it takes "
+                                                   "heads, dropout)")),
+    ],
+)  # fmt: skip
+def test_sequence_op_argument_problems(kind, positional, keyword, problem) -> None:
+    assert bind_args(OPS[kind], positional, keyword).problems == [problem]
+
+
+def test_embedding_is_a_linear_map_of_one_hot_ids() -> None:
+    spec = OPS["embedding"]
+    site = Site(op=op("embedding", []), edge="embed", where="t.mach:4")
+    # out inferred from the edge's outputs, or given, exactly as for linear
+    assert infer_pipeline((site.op,), (256,), (64,)) == ((256,), (64,))
+    assert infer_pipeline((op("embedding", [], [("out", 16)]), op("linear", [])), (10,), (4,)) == (
+        (10,),
+        (16,),
+        (4,),
+    )
+    assert spec.layer(site, (256,), (64,)) == "nn.Embedding(256, 64)"
+    assert spec.source(site, "tok", "self.embed", (256,), (64,)) == "self.embed(tok)"
+    assert spec.params(site.args, (256,), (64,)) == 256 * 64
+    assert spec.macs(site.args, (256,), (64,)) == 0
+    torch.manual_seed(0)
+    layer = torch.nn.Embedding(256, 64)
+    assert sum(p.numel() for p in layer.parameters()) == 256 * 64
+    ids = torch.randint(0, 256, (3, 5))
+    one_hot = torch.nn.functional.one_hot(ids, 256).float()
+    assert_close(layer(ids), one_hot @ layer.weight)
+
+
+def test_attention_keeps_the_values_shape_and_has_no_layer() -> None:
+    spec = OPS["attention"]
+    site = Site(op=op("attention", [4]), edge="attn", where="t.mach:4")
+    assert infer_pipeline((site.op, op("linear", [])), (64,), (32,)) == ((64,), (64,), (32,))
+    assert spec.layer is None
+    assert spec.params(site.args, (64,), (64,)) == 0
+    assert spec.source(site, "u", None, (64,), (64,)) == "u"  # lower writes the real call
+    with pytest.raises(OpError) as info:
+        infer_pipeline((site.op,), (64, 3), (64, 3))
+    assert info.value.message == "attention needs a vector [C], got [64, 3]"
+
+
+@pytest.mark.parametrize(("heads", "size", "fits"), [(3, 64, 2), (5, 12, 4), (7, 6, 6)])
+def test_attention_heads_divide_the_values(heads: int, size: int, fits: int) -> None:
+    spec = OPS["attention"]
+    spec.check({"heads": fits, "dropout": 0.0}, (size,), (size,))
+    with pytest.raises(OpError) as info:
+        spec.check({"heads": heads, "dropout": 0.0}, (size,), (size,))
+    assert info.value.message == f"heads={heads} does not divide the size {size} of the values"
+    assert info.value.hint is not None and f"heads={fits} divides it" in info.value.hint
+    with pytest.raises(OpError) as info:  # through the pipeline, at the op
+        infer_pipeline((op("attention", [heads]),), (size,), (size,))
+    assert info.value.index == 0
+
+
 # --- generated code ------------------------------------------------------------------------------
 
 
@@ -1124,6 +1273,11 @@ def test_module_import_errors_name_the_edge(user_package, path, error, message) 
         ("[4, 8]", "[4, 8]", "instancenorm(affine=true)",
          "self.e = nn.InstanceNorm1d(4, affine=True)"),
         ("8", "8", "leaky_relu(slope=0.2)", "y = F.leaky_relu(a, negative_slope=0.2)"),
+        ("8", "8", "gelu", "y = F.gelu(a)"),
+        ("8", "8", 'gelu("tanh")', 'y = F.gelu(a, approximate="tanh")'),
+        ("8", "8", "rmsnorm", "self.e = nn.RMSNorm(8)"),
+        ("[4, 8]", "[4, 8]", "rmsnorm(eps=0.5, affine=false)",
+         "self.e = nn.RMSNorm([4, 8], eps=0.5, elementwise_affine=False)"),
         ("8", "8", "softmax", "y = torch.softmax(a, dim=1)"),
         ("8", "8", 'module("torch.nn.Identity")',
          'self.e = runtime.external("torch.nn.Identity", edge="e", where="t.mach:4")'),

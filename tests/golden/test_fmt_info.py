@@ -15,7 +15,8 @@ from machc.info import describe, program_info
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-EXAMPLE_FILES = sorted((ROOT / "examples").glob("*.mach"))
+# the examples, and sequence machines (ids, windows, positions) whatever the examples hold
+EXAMPLE_FILES = [*sorted((ROOT / "examples").glob("*.mach")), HERE / "sequences.mach"]
 FMT_CASES = sorted((HERE / "fmt").glob("*.mach"))
 
 
@@ -37,7 +38,8 @@ def test_fmt_layout(case: Path, update_golden: bool) -> None:
 
 @pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.name)
 def test_info_report(example: Path, update_golden: bool) -> None:
-    checked = check_source(example.read_text(encoding="utf-8"), f"examples/{example.name}")
+    name = f"{example.parent.name}/{example.name}"
+    checked = check_source(example.read_text(encoding="utf-8"), name)
     _compare(HERE / "info" / f"{example.stem}.txt", describe(checked.program) + "\n", update_golden)
 
 

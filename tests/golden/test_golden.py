@@ -18,6 +18,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 EXAMPLE_FILES = sorted((ROOT / "examples").glob("*.mach"))
 DIAGNOSTIC_CASES = sorted((HERE / "diagnostics").glob("*.mach"))
+# `machc check` reports: the examples, and sequence machines whatever the examples hold
+REPORT_FILES = [*EXAMPLE_FILES, HERE / "sequences.mach"]
 
 
 def _compare(path: Path, actual: str, update: bool) -> None:
@@ -34,12 +36,13 @@ def test_generated_code(example: Path, update_golden: bool) -> None:
     _compare(HERE / "examples" / f"{example.stem}.py", compile_file(example), update_golden)
 
 
-@pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("example", REPORT_FILES, ids=lambda p: p.name)
 def test_check_report(example: Path, update_golden: bool) -> None:
-    checked = check_source(example.read_text(encoding="utf-8"), f"examples/{example.name}")
+    name = f"{example.parent.name}/{example.name}"
+    checked = check_source(example.read_text(encoding="utf-8"), name)
     report = describe(checked.program) + "\n"
     if checked.warnings:
-        report += render_all(checked.warnings, {f"examples/{example.name}": checked.source}) + "\n"
+        report += render_all(checked.warnings, {name: checked.source}) + "\n"
     _compare(HERE / "check" / f"{example.stem}.txt", report, update_golden)
 
 

@@ -1,6 +1,8 @@
 """Golden files of `machc graph`: the DOT text and the weight-matrix text of every example.
 
 Examples that use machines as edges also have ``NAME-expanded.dot`` (``--expand``).
+``sequences.mach`` here joins the examples: sequence machines (reads of later steps,
+windows, ids, positions) drawn whatever the examples hold.
 
 Refresh with ``pytest tests/golden --update-golden`` and read the diff before committing.
 """
@@ -16,7 +18,7 @@ from machc.matrix import matrix_text, picture
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-EXAMPLE_FILES = sorted((ROOT / "examples").glob("*.mach"))
+EXAMPLE_FILES = [*sorted((ROOT / "examples").glob("*.mach")), HERE / "sequences.mach"]
 
 
 def _compare(path: Path, actual: str, update: bool) -> None:

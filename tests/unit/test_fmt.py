@@ -23,7 +23,7 @@ from machc.parse import _parser, parse
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.mach"))
 DIAGNOSTIC_CASES = sorted((ROOT / "tests" / "golden" / "diagnostics").glob("*.mach"))
-SPAN_FIELDS = {"span", "name_span", "type_span", "var_span"}
+SPAN_FIELDS = {"span", "name_span", "type_span", "var_span", "kind_span"}
 
 
 def _parses(path: Path) -> bool:
@@ -214,6 +214,47 @@ def test_equals_alignment_never_pushes_a_line_past_100_columns() -> None:
     assert "    g : x × a × a × a × a × a -> y = linear" in formatted
 
 
+def test_sequence_constructs_are_written_tight_and_canonically() -> None:
+    text = (
+        "machine S(v: int = 16, d: int = 4, w: int = 2, ctx: int = 8) over t {\n"
+        "input tok : ids( v*2 ) input x : d space h : d space q:d space k:d space g:d\n"
+        "output y : d\n"
+        "e : tok -> h = embedding   p : t -> h = embedding(ctx)\n"
+        "f : x * g[ t - 1 ] * h[t + (1)] -> g = linear\n"
+        "a : q * k[ 0 .. t ] * k[0..t] -> y = attention(heads = 2)\n"
+        "b : q × k[t - (w) .. t] × k[t-w..t] -> y = attention(heads=2)\n"
+        "c : q × k[ .. ] × k[..] -> y = attention(heads=2)\n"
+        "o : h -> q*k = linear }\n"
+    )
+    assert assert_formats_safely(text) == (
+        "machine S(v: int = 16, d: int = 4, w: int = 2, ctx: int = 8) over t {\n"
+        "    input  tok : ids(v * 2)\n"
+        "    input  x   : d\n"
+        "    space  h   : d\n"
+        "    space  q   : d\n"
+        "    space  k   : d\n"
+        "    space  g   : d\n"
+        "    output y   : d\n"
+        "\n"
+        "    e : tok -> h                       = embedding\n"
+        "    p : t   -> h                       = embedding(ctx)\n"
+        "    f : x × g[t-1] × h[t+1]   -> g     = linear\n"
+        "    a : q × k[0..t] × k[0..t] -> y     = attention(heads=2)\n"
+        "    b : q × k[t-w..t] × k[t-w..t] -> y = attention(heads=2)\n"
+        "    c : q × k[..] × k[..] -> y         = attention(heads=2)\n"
+        "    o : h -> q × k                     = linear\n"
+        "}\n"
+    )
+
+
+def test_a_window_of_an_array_element_keeps_both_brackets() -> None:
+    text = "machine A(n: int = 2) over t { space h[1..n] : 4 f : h[ n ][ 0 .. t ] -> y = x }\n"
+    formatted = format_source(text)
+    assert "f : h[n][0..t] -> y = x" in formatted
+    assert format_source(formatted) == formatted
+    assert tree(formatted) == tree(text)
+
+
 # --- random machines, random layout ------------------------------------------------
 
 SEPARATORS = [
@@ -331,9 +372,53 @@ def _split_index(factor: str) -> list[str]:
     return ["h", "[", "n", "]"] if factor == "h[n]" else [factor]
 
 
+WINDOWS = [
+    ["0", "..", "t"],
+    ["t", "-", "2", "..", "t"],
+    ["t", "-", "(", "w", ")", "..", "t"],
+    [".."],
+]
+OTHER_STEPS = [  # reads of other steps that make no cycle through both directions of time
+    ["x", "[", "t", "-", "1", "]"],
+    ["x", "[", "t", "+", "2", "]"],
+    ["x", "[", "t", "-", "w", "]"],
+]
+
+
 @st.composite
-def sources(draw) -> str:
-    tokens = [t for k in range(draw(st.integers(1, 2))) for t in draw(machine_tokens(k))]
+def sequence_machine_tokens(draw, index: int) -> list[str]:
+    """A machine over t: ids, positions, reads of other steps, attention through windows."""
+    w = draw(st.integers(1, 3))
+    tokens = ["machine", f"S{index}", "(", "w", ":", "int", "=", str(w), ",", "d", ":", "int"]
+    tokens += ["=", "4", ")", "over", "t", "{"]
+    product = draw(st.sampled_from(["×", "*"]))
+    body = [["input", "x", ":", "d"], ["space", "e", ":", "d"], ["space", "k", ":", "d"]]
+    body.append(["output", "y", ":", *draw(positive_size({"w": w}))])
+    edges = []
+    if draw(st.booleans()):
+        body.append(["input", "tok", ":", "ids", "(", *draw(positive_size({"w": w})), ")"])
+        edges.append(["emb", ":", "tok", "->", "e", "=", "embedding"])
+    if draw(st.booleans()):
+        edges.append(["pos", ":", "t", "->", "e", "=", "embedding", "(", "w", "+", "8", ")"])
+    reads = [["x"], *draw(st.lists(st.sampled_from(OTHER_STEPS), max_size=2))]
+    if draw(st.booleans()):
+        reads.append(["e", "[", "t", "-", "1", "]"])
+    factors = [t for i, read in enumerate(reads) for t in ([product] if i else []) + read]
+    edges.append(["f", ":", *factors, "->", "e", "=", "linear", "|", "tanh"])
+    edges.append(["g", ":", "e", "->", "k", "=", "linear"])
+    window = draw(st.sampled_from(WINDOWS))
+    edges.append(
+        ["a", ":", "e", product, "k", "[", *window, "]", product, "k", "[", *window, "]"]
+        + ["->", "y", "=", "attention", "(", "heads", "=", "2", ")", "|", "linear"]
+    )
+    order = draw(st.permutations(range(len(body))))
+    items = [body[i] for i in order] + edges
+    return tokens + [t for item in items for t in item] + ["}"]
+
+
+@st.composite
+def sources(draw, machines=machine_tokens) -> str:
+    tokens = [t for k in range(draw(st.integers(1, 2))) for t in draw(machines(k))]
     gaps = draw(st.lists(st.sampled_from(SEPARATORS), min_size=len(tokens), max_size=len(tokens)))
     head = draw(st.sampled_from(["", "# a header\n", "\n\n# header\n\n"]))
     tail = draw(st.sampled_from(["", "\n", "\n# footer\n", " # end"]))
@@ -343,4 +428,10 @@ def sources(draw) -> str:
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sources())
 def test_random_machines_format_safely(text: str) -> None:
+    assert_formats_safely(text)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sources(sequence_machine_tokens))
+def test_random_sequence_machines_format_safely(text: str) -> None:
     assert_formats_safely(text)

@@ -29,6 +29,7 @@ machine B(n: int = 3) {
     e : a × b -> c × d = linear | tanh
 }
 """
+SEQUENCES = ROOT / "tests" / "golden" / "sequences.mach"  # reads of later steps, windows, ids
 MACH_BLOCK = re.compile(r"^```mach\n(.*?)^```", re.S | re.M)
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
 
@@ -65,6 +66,7 @@ def test_ranks_follow_depths_and_levels(example: Path) -> None:
             column[f"m{m}_s{i}"] = 2 * structure.depth[space.name]
         for i, edge in enumerate(checked.machine.edges):
             column[f"m{m}_e{i}"] = 2 * level[edge.name] - 1
+        column[f"m{m}_t"] = 0  # the step number, where a position embedding reads it
     for group in re.findall(r"\{ rank=same; ([^}]*) \}", dot):
         assert len({column[node] for node in group.split()}) == 1, group
 
@@ -75,7 +77,9 @@ def test_dot_is_deterministic() -> None:
 
 
 @needs_dot
-@pytest.mark.parametrize("example", [*EXAMPLES, "two"], ids=lambda p: getattr(p, "name", p))
+@pytest.mark.parametrize(
+    "example", [*EXAMPLES, SEQUENCES, "two"], ids=lambda p: getattr(p, "name", p)
+)
 def test_graphviz_reads_the_dot_text(example) -> None:
     if example == "two":
         program = check_source(TWO_MACHINES, "two.mach").program
@@ -96,7 +100,7 @@ def test_feed_forward_examples_are_strictly_block_lower_triangular(example: Path
         index = {b.space.name: i for i, b in enumerate(pic.blocks)}
         assert pic.edges, "some edge must show"
         for target, source in pic.edges:
-            if (target, source) not in pic.delayed:  # reads of earlier steps may go anywhere
+            if (target, source) not in pic.delayed | pic.future:  # other steps: anywhere
                 assert index[target] > index[source], (target, source)
 
 
@@ -180,6 +184,13 @@ def test_lexer_token_kinds() -> None:
     )
     kinds = {v: t for t, v in MachLexer().get_tokens(text) if v.strip()}
     assert kinds["machine"] is Keyword and kinds["M"] is Name.Class
+    sequence = (
+        "machine S over t {\n  input tok : ids(n)\n"
+        "  a : q × k[..] × v[t-2..t] -> u = attention(heads=2)\n}\n"
+    )
+    tokens = [(t, v) for t, v in MachLexer().get_tokens(sequence) if v.strip()]
+    assert (Keyword.Type, "ids") in tokens and (Name, "n") in tokens
+    assert tokens.count((Operator, "..")) == 2 and (Name.Builtin, "attention") in tokens
     assert kinds["int"] is Keyword.Type and kinds["# hi"] is Comment.Single
     assert kinds["input"] is Keyword.Declaration and kinds["x"] in Name
     assert kinds["e"] is Name.Function and kinds["×"] is Operator and kinds["->"] is Operator
@@ -203,12 +214,89 @@ def test_views_import_neither_torch_nor_drawing_libraries() -> None:
 def test_reads_of_earlier_steps_are_dashed_and_marked_apart() -> None:
     program = check_file(ROOT / "examples" / "elman.mach").program
     dot = to_dot(program)
-    assert 'label="machine Elman(n=16, m=64) over t";' in dot
+    assert "label=<machine Elman(n=16, m=64) over t<br/>" in dot
+    assert "dashed t-k: reads an earlier step" in dot and "later step" not in dot
     assert 'm0_s1 -> m0_e0 [style="dashed"' in dot and 'label="t-1"' in dot
     assert "m0_s0 -> m0_e0;" in dot
     pic = picture(program.machines[0])
     assert pic.delayed == {("h", "h")}
     assert matrix_text([pic]).splitlines()[3].split()[-3:] == ["#", "~", "."]
+
+
+def test_reads_of_later_steps_windows_ids_and_positions_are_drawn_apart() -> None:
+    program = check_file(SEQUENCES).program
+    bi = to_dot(program, ["BiElman"])
+    assert re.search(r'm0_s1 -> m0_e0 \[style="dashed" color="#7c3aed".*label="t-1"', bi)
+    future = re.search(r"m0_s2 -> m0_e1 \[([^]]*)\]", bi).group(1)
+    assert 'style="dashed"' in future and 'label="t+1"' in future
+    assert 'constraint="false"' in future and "#7c3aed" not in future  # its own colour
+    assert "reads an earlier step" in bi and "reads a later step" in bi and "window" not in bi
+    gpt = to_dot(program, ["GPTish"])
+    assert "<b>tok</b><br/>ids(256)>" in gpt and 'tooltip="input space tok ids(256)"' in gpt
+    windows = re.findall(r"(m0_s\d) -> (m0_e\d) \[style=\"bold\"[^]]*label=\"([^\"]*)\"", gpt)
+    assert sorted({label for *_, label in windows}) == ["..", "0..t", "t-8..t"]
+    assert len(windows) == 6 and 'constraint="false"' not in "".join(
+        line for line in gpt.splitlines() if 'style="bold"' in line
+    )
+    # the step number: one small dashed node, an input in the first column, read by pos
+    assert gpt.count("m0_t [") == 1 and "<<b>t</b> (step)>" in gpt
+    assert "m0_t -> m0_e1;" in gpt and "{ rank=same; m0_s0 m0_t }" in gpt
+    assert "reads a window of steps" in gpt and "t (step): the step number" in gpt
+    assert "dashed" not in gpt.split("m0_s0 [")[0].split("<br/>", 1)[1]  # no t-k in its legend
+    plain = to_dot(check_source(TWO_MACHINES, "two.mach").program)
+    assert 'label="machine A";' in plain and 'label="machine B(n=3)";' in plain  # no legend
+
+
+def test_sub_machines_over_time_keep_their_own_step_number_when_expanded() -> None:
+    program = check_file(SEQUENCES).program
+    dot = to_dot(program, ["Stack"], expand=True)
+    assert "m0_e0_t [" in dot and "m0_e0_t -> m0_e0_e0;" in dot  # Attend's pos, inside a
+    assert "t (step): the step number" in dot.splitlines()[4]  # the title's legend
+    assert "t-4..t" in dot and "dashed t-k" in dot.splitlines()[4]
+
+
+def test_matrix_marks_later_steps_and_windows_apart() -> None:
+    machines = {c.machine.name: c for c in check_file(SEQUENCES).program.machines}
+    bi = picture(machines["BiElman"])
+    assert bi.delayed == {("hf", "hf")} and bi.future == {("hb", "hb")} and not bi.windows
+    title, _, *rows = matrix_text([bi]).splitlines()
+    assert title.endswith("; ~ reads an earlier time step; + reads a later time step")
+    assert [row.split()[2:] for row in rows] == [
+        [".", ".", ".", "."],
+        ["#", "~", ".", "."],
+        ["#", ".", "+", "."],
+        [".", "#", "#", "."],
+    ]
+    gpt = picture(machines["GPTish"])
+    assert gpt.windows == {("u", "k"), ("u", "v")} and not gpt.delayed | gpt.future
+    assert gpt.edges[("u", "k")] == ("attn", "win", "all") and gpt.positions == ("pos",)
+    lines = matrix_text([gpt]).splitlines()
+    assert lines[0].endswith("; = reads a window of time steps")
+    assert lines[7].split()[2:] == [".", ".", "#", "=", "=", ".", "."]
+    assert lines[-1] == "pos also reads the step number t (no space)"
+    assert not any(b.space.name == "t" for b in gpt.blocks)
+
+
+def test_an_ids_space_has_one_unit_per_id() -> None:
+    program = check_file(SEQUENCES, {"GPTish.vocab": 6, "GPTish.d": 4}).program
+    gpt = next(c for c in program.machines if c.machine.name == "GPTish")
+    lines = matrix_text([picture(gpt, units=True)]).splitlines()
+    assert lines[2].split()[0] == "012345"  # tok: ids(6), one-hot vectors of size 6
+    assert lines[3].startswith("tok:0 (in) ") and lines[9].startswith("h:0 (hidden) ")
+
+
+def test_matrix_pictures_hatch_each_kind_of_read_their_own_way() -> None:
+    pytest.importorskip("matplotlib")
+    from machc.matrix import render as render_matrix
+
+    pictures = [picture(c) for c in check_file(SEQUENCES).program.machines]
+    svg = render_matrix(pictures, "svg").decode()
+    texts = re.findall(r"<!-- (.*?) -->", svg)  # matplotlib draws glyphs, text in comments
+    assert "hatched ///: reads an earlier time step" in texts
+    assert "hatched \\\\\\: reads a later time step" in texts
+    assert "cross-hatched: reads a window of time steps" in texts
+    assert "pos also reads the step number t (no space)" in texts
+    assert len(set(re.findall(r'<pattern id="(h[0-9a-f]+)"', svg))) >= 3  # hatch patterns
 
 
 NESTED = """
@@ -303,7 +391,7 @@ def test_select_picks_own_machines_then_instances_by_name_then_by_key() -> None:
     assert select(program, "Nope") == []
     tour = check_file(ROOT / "examples" / "std_tour.mach").program
     assert [c.machine.key for c in select(tour, "LSTM")] == ["LSTM"]
-    assert "machine LSTM(n=4, m=8) over t" in to_dot(tour, ["LSTM"])
+    assert re.search(r"machine LSTM\(n=4, m=8[^)]*\) over t", to_dot(tour, ["LSTM"]))
 
 
 def test_expand_puts_each_instance_inside_its_cluster_with_unique_ids() -> None:

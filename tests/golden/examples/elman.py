@@ -38,6 +38,7 @@ class Elman(nn.Module):
 
     SPACES: dict[str, tuple[int, ...]] = {"x": (16,), "h": (64,), "y": (16,)}
     DELAYS: dict[str, int] = {"h": 1}
+    CAUSAL: bool = True
     INPUTS: tuple[str, ...] = ("x",)
     OUTPUTS: tuple[str, ...] = ("y",)
 
@@ -53,12 +54,14 @@ class Elman(nn.Module):
         steps: int | None = None,
         state: dict[str, Tensor] | None = None,
         return_state: bool = False,
+        lengths: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
+        """The machine over the inputs' steps; steps= runs on with zero input, state= resumes, lengths= masks padded steps."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
+        lengths = runtime.check_lengths(lengths, batch, steps)
         runtime.check_state(self.DELAYS, state)
         h_past = runtime.past(state, "h", (64,), 1, batch, x)
-        # step by step
+        # step by step, forward in time
         h_steps = list(h_past)
         # elman.mach:7  cell: its linear on x, every step
         cell_x = F.linear(x, self.cell.weight[:, :16], self.cell.bias)
@@ -69,15 +72,18 @@ class Elman(nn.Module):
             h = torch.tanh(cell_x_at[t] + F.linear(h_steps[-1], cell_w_h))
             h_steps.append(h)
         h = torch.stack(h_steps[1:], 1).flatten(0, 1)
-        # after the loop: every step at once
+        # every step at once
         # elman.mach:8  read : h -> y = linear
         y = self.read(h)
+        y = runtime.mask_steps(y, lengths, batch, steps)
         if return_state:
-            return y.unflatten(0, (batch, steps)), {"h": torch.stack(h_steps[-1:], 1)}
+            return y.unflatten(0, (batch, steps)), {
+                "h": runtime.last_steps(h, 1, h_past, batch, steps, lengths),
+            }
         return y.unflatten(0, (batch, steps))
 
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0: zero)."""
+        """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0 and after the last step: zero)."""
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # elman.mach:7  cell : x × h[t-1] -> h = linear | tanh
         h = torch.tanh(self.cell(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1)))
@@ -90,10 +96,10 @@ class Elman(nn.Module):
         }
 
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] tensors on any spaces (the rest are zero); before the first step, the past is zero."""
+        """The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] tensors on any spaces (the rest are zero); before the first step and after the last, every space is zero."""
         batch, steps, x0 = runtime.fold_state(self.SPACES, x0)
         h_past = runtime.past(None, "h", (64,), 1, batch, x0["x"])
-        # step by step
+        # step by step, forward in time
         h_steps = list(h_past)
         # elman.mach:7  cell: its linear on x, every step
         cell_x = F.linear(x0["x"], self.cell.weight[:, :16], self.cell.bias)
@@ -105,7 +111,7 @@ class Elman(nn.Module):
             h = h_at[t] + torch.tanh(cell_x_at[t] + F.linear(h_steps[-1], cell_w_h))
             h_steps.append(h)
         h = torch.stack(h_steps[1:], 1).flatten(0, 1)
-        # after the loop: every step at once
+        # every step at once
         # elman.mach:8  read : h -> y = linear
         y = x0["y"] + self.read(h)
         return {

@@ -47,6 +47,7 @@ class LSTM(nn.Module):
         "h": (16,),
     }
     DELAYS: dict[str, int] = {"c": 1, "h": 1}
+    CAUSAL: bool = True
     INPUTS: tuple[str, ...] = ("x",)
     OUTPUTS: tuple[str, ...] = ("h",)
 
@@ -62,13 +63,15 @@ class LSTM(nn.Module):
         steps: int | None = None,
         state: dict[str, Tensor] | None = None,
         return_state: bool = False,
+        lengths: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
+        """The machine over the inputs' steps; steps= runs on with zero input, state= resumes, lengths= masks padded steps."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
+        lengths = runtime.check_lengths(lengths, batch, steps)
         runtime.check_state(self.DELAYS, state)
         c_past = runtime.past(state, "c", (16,), 1, batch, x)
         h_past = runtime.past(state, "h", (16,), 1, batch, x)
-        # step by step
+        # step by step, forward in time
         c_steps = list(c_past)
         h_steps = list(h_past)
         # lstm.mach:12  gates: its linear on x, every step
@@ -96,15 +99,16 @@ class LSTM(nn.Module):
             c_steps.append(c)
             h_steps.append(h)
         h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+        h = runtime.mask_steps(h, lengths, batch, steps)
         if return_state:
             return h.unflatten(0, (batch, steps)), {
-                "c": torch.stack(c_steps[-1:], 1),
-                "h": torch.stack(h_steps[-1:], 1),
+                "c": runtime.end_steps(c_steps, 1, steps, lengths),
+                "h": runtime.last_steps(h, 1, h_past, batch, steps, lengths),
             }
         return h.unflatten(0, (batch, steps))
 
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0: zero)."""
+        """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0 and after the last step: zero)."""
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # lstm.mach:12  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
         i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1))), [16, 16, 16], dim=1)
@@ -131,11 +135,11 @@ class LSTM(nn.Module):
         }
 
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] tensors on any spaces (the rest are zero); before the first step, the past is zero."""
+        """The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] tensors on any spaces (the rest are zero); before the first step and after the last, every space is zero."""
         batch, steps, x0 = runtime.fold_state(self.SPACES, x0)
         c_past = runtime.past(None, "c", (16,), 1, batch, x0["x"])
         h_past = runtime.past(None, "h", (16,), 1, batch, x0["x"])
-        # step by step
+        # step by step, forward in time
         i_steps = []
         fg_steps = []
         o_steps = []

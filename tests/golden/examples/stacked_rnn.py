@@ -34,6 +34,7 @@ class StackedRNN(nn.Module):
 
     SPACES: dict[str, tuple[int, ...]] = {"x": (2,), "h1": (2,), "r": (2,), "h2": (1,)}
     DELAYS: dict[str, int] = {"h1": 1, "h2": 1}
+    CAUSAL: bool = True
     INPUTS: tuple[str, ...] = ("x",)
     OUTPUTS: tuple[str, ...] = ("h2",)
 
@@ -51,41 +52,48 @@ class StackedRNN(nn.Module):
         steps: int | None = None,
         state: dict[str, Tensor] | None = None,
         return_state: bool = False,
+        lengths: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
+        """The machine over the inputs' steps; steps= runs on with zero input, state= resumes, lengths= masks padded steps."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
+        lengths = runtime.check_lengths(lengths, batch, steps)
         runtime.check_state(self.DELAYS, state)
         h1_past = runtime.past(state, "h1", (2,), 1, batch, x)
         h2_past = runtime.past(state, "h2", (1,), 1, batch, x)
-        # before the loop: every step at once
+        # every step at once
         # stacked_rnn.mach:8  in1 : x -> h1 = linear
         h1 = self.in1(x)
-        # step by step
+        # step by step, forward in time
         h1_steps = list(h1_past)
-        h2_steps = list(h2_past)
         h1_at = runtime.unfold_steps(h1, batch, steps)
         for t in range(steps):
             # stacked_rnn.mach:9  rec1 : h1[t-1] -> h1 = linear(bias=false)
             h1 = h1_at[t] + self.rec1(h1_steps[-1])
-            # stacked_rnn.mach:12  rec2 : h2[t-1] -> h2 = linear(bias=false)
-            h2_rec2 = self.rec2(h2_steps[-1])
-            # stacked_rnn.mach:10  act : h1 -> r = relu
-            r = torch.relu(h1)
-            # stacked_rnn.mach:11  in2 : r -> h2 = linear
-            h2_in2 = self.in2(r)
-            h2 = h2_in2 + h2_rec2
             h1_steps.append(h1)
+        h1 = torch.stack(h1_steps[1:], 1).flatten(0, 1)
+        # every step at once
+        # stacked_rnn.mach:10  act : h1 -> r = relu
+        r = torch.relu(h1)
+        # stacked_rnn.mach:11  in2 : r -> h2 = linear
+        h2 = self.in2(r)
+        # step by step, forward in time
+        h2_steps = list(h2_past)
+        h2_at = runtime.unfold_steps(h2, batch, steps)
+        for t in range(steps):
+            # stacked_rnn.mach:12  rec2 : h2[t-1] -> h2 = linear(bias=false)
+            h2 = h2_at[t] + self.rec2(h2_steps[-1])
             h2_steps.append(h2)
         h2 = torch.stack(h2_steps[1:], 1).flatten(0, 1)
+        h2 = runtime.mask_steps(h2, lengths, batch, steps)
         if return_state:
             return h2.unflatten(0, (batch, steps)), {
-                "h1": torch.stack(h1_steps[-1:], 1),
-                "h2": torch.stack(h2_steps[-1:], 1),
+                "h1": runtime.last_steps(h1, 1, h1_past, batch, steps, lengths),
+                "h2": runtime.last_steps(h2, 1, h2_past, batch, steps, lengths),
             }
         return h2.unflatten(0, (batch, steps))
 
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0: zero)."""
+        """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0 and after the last step: zero)."""
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # stacked_rnn.mach:8  in1 : x -> h1 = linear
         h1_in1 = self.in1(state["x"])
@@ -107,35 +115,33 @@ class StackedRNN(nn.Module):
         }
 
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] tensors on any spaces (the rest are zero); before the first step, the past is zero."""
+        """The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] tensors on any spaces (the rest are zero); before the first step and after the last, every space is zero."""
         batch, steps, x0 = runtime.fold_state(self.SPACES, x0)
         h1_past = runtime.past(None, "h1", (2,), 1, batch, x0["x"])
         h2_past = runtime.past(None, "h2", (1,), 1, batch, x0["x"])
-        # before the loop: every step at once
+        # every step at once
         # stacked_rnn.mach:8  in1 : x -> h1 = linear
         h1 = x0["h1"] + self.in1(x0["x"])
-        # step by step
+        # step by step, forward in time
         h1_steps = list(h1_past)
-        r_steps = []
-        h2_steps = list(h2_past)
         h1_at = runtime.unfold_steps(h1, batch, steps)
-        r_at = runtime.unfold_steps(x0["r"], batch, steps)
-        h2_at = runtime.unfold_steps(x0["h2"], batch, steps)
         for t in range(steps):
             # stacked_rnn.mach:9  rec1 : h1[t-1] -> h1 = linear(bias=false)
             h1 = h1_at[t] + self.rec1(h1_steps[-1])
-            # stacked_rnn.mach:12  rec2 : h2[t-1] -> h2 = linear(bias=false)
-            h2_rec2 = self.rec2(h2_steps[-1])
-            # stacked_rnn.mach:10  act : h1 -> r = relu
-            r = r_at[t] + torch.relu(h1)
-            # stacked_rnn.mach:11  in2 : r -> h2 = linear
-            h2_in2 = self.in2(r)
-            h2 = h2_at[t] + h2_in2 + h2_rec2
             h1_steps.append(h1)
-            r_steps.append(r)
-            h2_steps.append(h2)
         h1 = torch.stack(h1_steps[1:], 1).flatten(0, 1)
-        r = torch.stack(r_steps, 1).flatten(0, 1)
+        # every step at once
+        # stacked_rnn.mach:10  act : h1 -> r = relu
+        r = x0["r"] + torch.relu(h1)
+        # stacked_rnn.mach:11  in2 : r -> h2 = linear
+        h2 = x0["h2"] + self.in2(r)
+        # step by step, forward in time
+        h2_steps = list(h2_past)
+        h2_at = runtime.unfold_steps(h2, batch, steps)
+        for t in range(steps):
+            # stacked_rnn.mach:12  rec2 : h2[t-1] -> h2 = linear(bias=false)
+            h2 = h2_at[t] + self.rec2(h2_steps[-1])
+            h2_steps.append(h2)
         h2 = torch.stack(h2_steps[1:], 1).flatten(0, 1)
         return {
             "x": x0["x"].unflatten(0, (batch, steps)),

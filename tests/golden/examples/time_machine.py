@@ -44,6 +44,7 @@ class TimeMachine(nn.Module):
         "y": (1,),
     }
     DELAYS: dict[str, int] = {"h[1]": 1, "h[2]": 1, "h[3]": 1}
+    CAUSAL: bool = True
     INPUTS: tuple[str, ...] = ("x",)
     OUTPUTS: tuple[str, ...] = ("y",)
 
@@ -61,14 +62,16 @@ class TimeMachine(nn.Module):
         steps: int | None = None,
         state: dict[str, Tensor] | None = None,
         return_state: bool = False,
+        lengths: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        """The machine over the inputs' steps; steps= runs on with zero input, state= resumes."""
+        """The machine over the inputs' steps; steps= runs on with zero input, state= resumes, lengths= masks padded steps."""
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
+        lengths = runtime.check_lengths(lengths, batch, steps)
         runtime.check_state(self.DELAYS, state)
         h_1_past = runtime.past(state, "h[1]", (16,), 1, batch, x)
         h_2_past = runtime.past(state, "h[2]", (16,), 1, batch, x)
         h_3_past = runtime.past(state, "h[3]", (16,), 1, batch, x)
-        # step by step
+        # step by step, forward in time
         h_1_steps = list(h_1_past)
         h_2_steps = list(h_2_past)
         h_3_steps = list(h_3_past)
@@ -95,19 +98,20 @@ class TimeMachine(nn.Module):
             h_2_steps.append(h_2)
             h_3_steps.append(h_3)
         h_3 = torch.stack(h_3_steps[1:], 1).flatten(0, 1)
-        # after the loop: every step at once
+        # every step at once
         # time_machine.mach:10  out : h[3] -> y = linear
         y = self.out(h_3)
+        y = runtime.mask_steps(y, lengths, batch, steps)
         if return_state:
             return y.unflatten(0, (batch, steps)), {
-                "h[1]": torch.stack(h_1_steps[-1:], 1),
-                "h[2]": torch.stack(h_2_steps[-1:], 1),
-                "h[3]": torch.stack(h_3_steps[-1:], 1),
+                "h[1]": runtime.end_steps(h_1_steps, 1, steps, lengths),
+                "h[2]": runtime.end_steps(h_2_steps, 1, steps, lengths),
+                "h[3]": runtime.last_steps(h_3, 1, h_3_past, batch, steps, lengths),
             }
         return y.unflatten(0, (batch, steps))
 
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0: zero)."""
+        """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0 and after the last step: zero)."""
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # time_machine.mach:8  g[1] : x × h[1][t-1] × h[2][t-1] × h[3][t-1] -> h[1] = linear | tanh
         h_1 = torch.tanh(self.g_1(torch.cat([state["x"], runtime.delayed(state["h[1]"], 1, None, batch, steps), runtime.delayed(state["h[2]"], 1, None, batch, steps), runtime.delayed(state["h[3]"], 1, None, batch, steps)], dim=1)))
@@ -126,12 +130,12 @@ class TimeMachine(nn.Module):
         }
 
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] tensors on any spaces (the rest are zero); before the first step, the past is zero."""
+        """The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] tensors on any spaces (the rest are zero); before the first step and after the last, every space is zero."""
         batch, steps, x0 = runtime.fold_state(self.SPACES, x0)
         h_1_past = runtime.past(None, "h[1]", (16,), 1, batch, x0["x"])
         h_2_past = runtime.past(None, "h[2]", (16,), 1, batch, x0["x"])
         h_3_past = runtime.past(None, "h[3]", (16,), 1, batch, x0["x"])
-        # step by step
+        # step by step, forward in time
         h_1_steps = list(h_1_past)
         h_2_steps = list(h_2_past)
         h_3_steps = list(h_3_past)
@@ -163,7 +167,7 @@ class TimeMachine(nn.Module):
         h_1 = torch.stack(h_1_steps[1:], 1).flatten(0, 1)
         h_2 = torch.stack(h_2_steps[1:], 1).flatten(0, 1)
         h_3 = torch.stack(h_3_steps[1:], 1).flatten(0, 1)
-        # after the loop: every step at once
+        # every step at once
         # time_machine.mach:10  out : h[3] -> y = linear
         y = x0["y"] + self.out(h_3)
         return {
