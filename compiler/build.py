@@ -8,37 +8,30 @@ diagnostic; all of a file's problems are reported together.
 
 from __future__ import annotations
 
-import difflib
 import keyword
-import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 
 from . import ir
 from . import syntax as s
 from .diagnostics import Code, Note, Reporter, Span
+from .expressions import (
+    Problem,
+    Scope,
+    as_param,
+    did_you_mean,
+    evaluate,
+    integer,
+    names_in,
+    parse_param_text,
+    range_of,
+    shape_of,
+)
 from .imports import Library, Visible
 from .names import CLASS_NAME_CLASHES, Namespace
 from .ops import OPS, bind_args
+from .ports import PortResolver, Spaces
 
 PARAM_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool}
-MAX_ITERATIONS = 100_000  # a loop or array longer than this is surely a mistake
-
-
-class _Problem(Exception):
-    """An error found while evaluating; carries its place."""
-
-    silent = False
-
-    def __init__(self, code: Code, message: str, span: Span, hint: str | None = None):
-        super().__init__(message)
-        self.code, self.message, self.span, self.hint = code, message, span, hint
-
-
-class _AlreadyReported(_Problem):
-    """A consequence of an error reported elsewhere (a space whose declaration failed)."""
-
-    silent = True
 
 
 class _Composition:
@@ -180,7 +173,7 @@ def _check_param_keys(source: s.SourceFile, params: Mapping[str, object], report
                 Code.PARAMETER,
                 f"a value is set for {key!r}, but {where} parameter {name!r}",
                 decls[0].name_span,
-                hint=_did_you_mean(name, known)
+                hint=did_you_mean(name, known)
                 or ("parameters: " + ", ".join(known) if known else "there are no parameters"),
             )
 
@@ -189,151 +182,7 @@ def _note(message: str, span: Span) -> Note:
     return Note(message=message, span=span)
 
 
-def _did_you_mean(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1)
-    return f"did you mean {close[0]!r}?" if close else None
-
-
-# --- expressions ------------------------------------------------------------------
-
-
-def evaluate(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Value:
-    """The value of ``expr``; raises :class:`_Problem` on an unknown name or a bad operation."""
-    match expr:
-        case s.Literal(value=value):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise _Problem(Code.EXPRESSION, "this number is too large", expr.span)
-            return value
-        case s.Var(name=name):
-            if name not in env:
-                raise _Problem(
-                    Code.UNKNOWN_NAME,
-                    f"unknown name {name!r} (not a parameter or loop variable here)",
-                    expr.span,
-                    hint=_did_you_mean(name, env),
-                )
-            return env[name]
-        case s.ListExpr(items=items):
-            values = []
-            for item in items:
-                value = evaluate(item, env)
-                if isinstance(value, tuple):
-                    raise _Problem(Code.EXPRESSION, "lists cannot be nested", item.span)
-                values.append(value)
-            return tuple(values)
-        case s.Neg(operand=operand):
-            value = evaluate(operand, env)
-            _need_number(value, "-", operand.span)
-            return -value
-        case s.BinOp(op=op, left=left, right=right):
-            a, b = evaluate(left, env), evaluate(right, env)
-            _need_number(a, op, left.span)
-            _need_number(b, op, right.span)
-            if op in ("//", "/") and b == 0:
-                raise _Problem(Code.EXPRESSION, "division by zero", expr.span)
-            if op == "//":
-                if not (isinstance(a, int) and isinstance(b, int)):
-                    raise _Problem(
-                        Code.EXPRESSION,
-                        f"'//' needs integers, got {ir.format_value(a)} and {ir.format_value(b)}",
-                        expr.span,
-                    )
-                return a // b
-            result = {"+": a + b, "-": a - b, "*": a * b}.get(op) if op != "/" else a / b
-            if isinstance(result, float) and not math.isfinite(result):
-                raise _Problem(Code.EXPRESSION, "the result is too large", expr.span)
-            return result
-    raise AssertionError(f"unknown expression {expr!r}")  # pragma: no cover
-
-
-def _need_number(value: ir.Value, op: str, span: Span) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Problem(Code.EXPRESSION, f"{op!r} needs numbers, got {ir.format_value(value)}", span)
-
-
-def _integer(expr: s.Expr, env: Mapping[str, ir.Value], what: str) -> int:
-    value = evaluate(expr, env)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Problem(
-            Code.EXPRESSION, f"{what} must be an integer, got {ir.format_value(value)}", expr.span
-        )
-    return value
-
-
-MAX_RANK = 4  # channels and up to three spatial axes: a volume [C, D, H, W]
-
-
-def _shape(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Shape:
-    """A space's shape: a size (``16``) or a list of sizes (``[3, 32, 32]``), all positive."""
-    items = expr.items if isinstance(expr, s.ListExpr) else (expr,)
-    if not items:
-        raise _Problem(Code.SHAPE, "a shape needs at least the channel axis", expr.span)
-    if len(items) > MAX_RANK:
-        raise _Problem(
-            Code.SHAPE,
-            f"a shape has at most {MAX_RANK} axes (channels and three spatial axes), "
-            f"got {len(items)}",
-            expr.span,
-        )
-    shape = []
-    for item in items:
-        value = evaluate(item, env)
-        if isinstance(value, bool) or not isinstance(value, int):
-            what = "a size" if len(items) == 1 else "each size of a shape"
-            message = f"{what} must be an integer, got {ir.format_value(value)}"
-            raise _Problem(Code.EXPRESSION, message, item.span)
-        if value <= 0:
-            raise _Problem(Code.SHAPE, f"a size must be positive, got {value}", item.span)
-        shape.append(value)
-    return tuple(shape)
-
-
-def _range(rng: s.Range, env: Mapping[str, ir.Value]) -> range:
-    lo = _integer(rng.lo, env, "a range bound")
-    hi = _integer(rng.hi, env, "a range bound")
-    if hi - lo + 1 > MAX_ITERATIONS:
-        raise _Problem(
-            Code.EXPRESSION, f"range {lo}..{hi} has more than {MAX_ITERATIONS} elements", rng.span
-        )
-    return range(lo, hi + 1)
-
-
-def parse_param_text(text: str, type_: type) -> ir.Value | None:
-    """A ``--set`` value as a parameter of ``type_``, or None if it is not one."""
-    text = text.strip()
-    if type_ is bool:
-        return {"true": True, "false": False}.get(text.lower())
-    try:
-        value = int(text) if type_ is int else float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
 # --- machines -------------------------------------------------------------------
-
-
-@dataclass
-class _Scope:
-    """The names visible while expanding: parameters and loop variables."""
-
-    env: dict[str, ir.Value]
-    loops: tuple[str, ...] = ()  # loop variables, outermost first
-
-    def context(self) -> str:
-        if not self.loops:
-            return ""
-        return " (with " + ", ".join(f"{v} = {self.env[v]}" for v in self.loops) + ")"
-
-
-@dataclass
-class _Spaces:
-    """The declared spaces of a machine, by full name (``h[2]``) and by family (``h``)."""
-
-    by_name: dict[str, ir.Space] = field(default_factory=dict)
-    arrays: dict[str, list[int]] = field(default_factory=dict)  # family -> declared indices
-    scalars: set[str] = field(default_factory=set)
-    broken: set[str] = field(default_factory=set)  # families whose declaration had an error
 
 
 class _MachineBuilder:
@@ -348,17 +197,18 @@ class _MachineBuilder:
         self.reporter = reporter
         self.composition = composition or _Composition(None)
         self.file = file
-        self.shares: dict[str, tuple[str, Span, _Scope]] = {}  # edge -> (shared edge, where)
-        self.spaces = _Spaces()
+        self.shares: dict[str, tuple[str, Span, Scope]] = {}  # edge -> (shared edge, where)
+        self.spaces = Spaces()
+        self.port_resolver = PortResolver(decl, self.spaces)
         self.edges: dict[str, ir.Edge] = {}
         self.edge_families: dict[str, Span] = {}
         self.unexpanded: list[tuple[s.Item, ...]] = []  # bodies of loops with no iteration
 
-    def error(self, code: Code, message: str, span: Span, scope: _Scope | None = None, **extra):
+    def error(self, code: Code, message: str, span: Span, scope: Scope | None = None, **extra):
         context = scope.context() if scope else ""
         self.reporter.error(code, message + context, span, **extra)
 
-    def problem(self, exc: _Problem, scope: _Scope | None = None) -> None:
+    def problem(self, exc: Problem, scope: Scope | None = None) -> None:
         if exc.silent:
             return
         self.error(exc.code, exc.message, exc.span, scope, hint=exc.hint)
@@ -370,7 +220,7 @@ class _MachineBuilder:
         env = self._bind_params(params)
         if env is None:
             return None
-        items = list(self._expand(self.decl.body, _Scope(env=dict(env))))
+        items = list(self._expand(self.decl.body, Scope(env=dict(env))))
         for item, scope in items:
             if isinstance(item, s.SpaceDecl):
                 self._declare_space(item, scope)
@@ -467,7 +317,7 @@ class _MachineBuilder:
         if key is not None:
             raw = given[key]
             value = parse_param_text(raw, type_) if isinstance(raw, str) else raw
-            converted = _as_param(value, type_)
+            converted = as_param(value, type_)
             if converted is None:
                 self.error(
                     Code.PARAMETER,
@@ -484,14 +334,14 @@ class _MachineBuilder:
                 hint=f"give one: machc compile --set {param.name}=VALUE, or params={{...}}",
             )
             return None
-        if _names_in(param.default) & failed:
+        if names_in(param.default) & failed:
             return None  # a consequence of the error reported for that parameter
         try:
             value = evaluate(param.default, env)
-        except _Problem as exc:
+        except Problem as exc:
             self.problem(exc)
             return None
-        converted = _as_param(value, type_)
+        converted = as_param(value, type_)
         if converted is None:
             self.error(
                 Code.PARAMETER,
@@ -503,7 +353,7 @@ class _MachineBuilder:
 
     # --- loops ---
 
-    def _expand(self, items, scope: _Scope) -> Iterator[tuple[s.Item, _Scope]]:
+    def _expand(self, items, scope: Scope) -> Iterator[tuple[s.Item, Scope]]:
         for item in items:
             if not isinstance(item, s.ForLoop):
                 yield item, scope
@@ -524,31 +374,31 @@ class _MachineBuilder:
                 )
                 continue
             try:
-                values = _range(item.range, scope.env)
-            except _Problem as exc:
+                values = range_of(item.range, scope.env)
+            except Problem as exc:
                 self.problem(exc, scope)
                 continue
             if not values:
                 self.unexpanded.append(item.body)
             for value in values:
-                inner = _Scope(env={**scope.env, item.var: value}, loops=(*scope.loops, item.var))
+                inner = Scope(env={**scope.env, item.var: value}, loops=(*scope.loops, item.var))
                 yield from self._expand(item.body, inner)
 
     # --- spaces ---
 
-    def _declare_space(self, decl: s.SpaceDecl, scope: _Scope) -> None:
+    def _declare_space(self, decl: s.SpaceDecl, scope: Scope) -> None:
         try:
             ids = self._ids(decl, scope) if isinstance(decl.shape, s.SpaceKind) else None
-            shape = () if ids is not None else _shape(decl.shape, scope.env)
-            indices = list(_range(decl.array, scope.env)) if decl.array else None
+            shape = () if ids is not None else shape_of(decl.shape, scope.env)
+            indices = list(range_of(decl.array, scope.env)) if decl.array else None
             if decl.name == self.decl.time:
-                raise _Problem(
+                raise Problem(
                     Code.DUPLICATE_NAME,
                     f"space {decl.name!r} has the name of the time index; in a machine over "
                     f"{decl.name}, {decl.name} is the step number",
                     decl.name_span,
                 )
-        except _Problem as exc:
+        except Problem as exc:
             self.problem(exc, scope)
             self.spaces.broken.add(decl.name)
             return
@@ -589,19 +439,19 @@ class _MachineBuilder:
                 name=name, shape=shape, role=ir.Role(decl.role), ids=ids, span=decl.name_span
             )
 
-    def _ids(self, decl: s.SpaceDecl, scope: _Scope) -> int:
+    def _ids(self, decl: s.SpaceDecl, scope: Scope) -> int:
         """``n`` of a space declared ``ids(n)``: an input of a machine over time."""
         kind = decl.shape
         if kind.kind != "ids":
-            raise _Problem(
+            raise Problem(
                 Code.SHAPE,
                 f"unknown kind of space {kind.kind!r}; a shape is a size, a list of sizes, "
                 "or ids(n)",
                 kind.kind_span,
-                hint=_did_you_mean(kind.kind, ["ids"]),
+                hint=did_you_mean(kind.kind, ["ids"]),
             )
         if self.decl.time is None:
-            raise _Problem(
+            raise Problem(
                 Code.SEQUENCE,
                 f"{decl.name!r} holds one id per step, but machine {self.decl.name} is not a "
                 "machine over time",
@@ -609,205 +459,27 @@ class _MachineBuilder:
                 hint=f"declare it: machine {self.decl.name} over t {{ ... }}",
             )
         if decl.role != ir.Role.INPUT:
-            raise _Problem(
+            raise Problem(
                 Code.SEQUENCE,
                 f"only an input can hold ids; no op writes ids, so {decl.role} "
                 f"{decl.name!r} would always be empty",
                 kind.span,
             )
-        count = _integer(kind.size, scope.env, "the number of ids")
+        count = integer(kind.size, scope.env, "the number of ids")
         if count <= 0:
-            raise _Problem(
+            raise Problem(
                 Code.SHAPE, f"the number of ids must be positive, got {count}", kind.size.span
             )
         return count
 
-    def _resolve(self, ref: s.SpaceRef, scope: _Scope, writing: bool = False) -> list[ir.Port]:
-        """The spaces a reference names (several for ``h[a..b]``, possibly none)."""
-        index, time = self._split_time(ref, scope)
-        delay, window = 0, None
-        if isinstance(time, s.Range | s.AllSteps):
-            window = self._window(ref, time, scope)
-        elif time is not None:
-            delay = self._delay(ref, time, scope)
-        if (delay or window) and writing:
-            raise _Problem(
-                Code.TIME,
-                f"an edge writes the present step of a space; "
-                f"{ir.Port(space=ref.name, delay=delay, window=window, span=ref.span).text()} "
-                "can only be read",
-                ref.span,
-            )
-        spaces = self.spaces
-        if ref.name == self.decl.time and index is None and ref.name not in spaces.scalars:
-            if writing:
-                raise _Problem(
-                    Code.SEQUENCE,
-                    f"the time index {ref.name} is the step number; an edge can only read it",
-                    ref.span,
-                )
-            return [ir.Port(space=ref.name, position=True, span=ref.span)]
-        if ref.name in spaces.scalars:
-            if index is not None:
-                hint = None
-                if self.decl.time is None and _names_in(index) - set(scope.env):
-                    hint = (
-                        "to read an earlier step, make this a machine over time: "
-                        f"machine {self.decl.name} over t {{ ... }}"
-                    )
-                raise _Problem(
-                    Code.INDEX, f"{ref.name!r} is a single space, not an array", ref.span, hint
-                )
-            return [ir.Port(space=ref.name, delay=delay, window=window, span=ref.span)]
-        if ref.name not in spaces.arrays:
-            if ref.name in spaces.broken:
-                raise _AlreadyReported(Code.UNKNOWN_NAME, "", ref.span)
-            raise _Problem(
-                Code.UNKNOWN_NAME,
-                f"unknown space {ref.name!r}",
-                ref.span,
-                hint=_did_you_mean(ref.name, [*spaces.scalars, *spaces.arrays]),
-            )
-        declared = spaces.arrays[ref.name]
-        if index is None:
-            raise _Problem(
-                Code.INDEX,
-                f"{ref.name!r} is an array of spaces; name one ({ref.name}[i]) or a range "
-                f"({ref.name}[a..b])",
-                ref.span,
-            )
-        if isinstance(index, s.Range):
-            indices = list(_range(index, scope.env))
-        else:
-            indices = [_integer(index, scope.env, "an index")]
-        ports = []
-        for index in indices:
-            name = f"{ref.name}[{index}]"
-            if name not in spaces.by_name:
-                raise _Problem(
-                    Code.INDEX,
-                    f"index {index} is out of range: "
-                    f"{ref.name} has {_describe_indices(ref.name, declared)}",
-                    ref.span,
-                )
-            ports.append(ir.Port(space=name, delay=delay, window=window, span=ref.span))
-        return ports
-
-    def _split_time(self, ref: s.SpaceRef, scope: _Scope):
-        """(array index, time index) of a reference; the time index is the bracket using t."""
-        time_var = self.decl.time
-        if ref.time is not None:
-            if time_var is None:
-                raise _Problem(
-                    Code.TIME,
-                    f"{ref.name!r} is read at an earlier step, but machine {self.decl.name} "
-                    "is not a machine over time",
-                    ref.span,
-                    hint=f"declare it: machine {self.decl.name} over t {{ ... }}",
-                )
-            if isinstance(ref.index, s.AllSteps):
-                raise _Problem(
-                    Code.INDEX,
-                    f"{ref.name}[..] names no elements of an array; write {ref.name}[a..b]",
-                    ref.index.span,
-                )
-            return ref.index, ref.time
-        index = ref.index
-        if isinstance(index, s.AllSteps):
-            if time_var is None:
-                raise _Problem(
-                    Code.TIME,
-                    f"{ref.name}[..] reads every step, but machine {self.decl.name} is not a "
-                    "machine over time",
-                    index.span,
-                    hint=f"declare it: machine {self.decl.name} over t {{ ... }}",
-                )
-            return None, index
-        if time_var is not None and index is not None:
-            uses_t = (
-                time_var in _names_in(index.lo) | _names_in(index.hi)
-                if isinstance(index, s.Range)
-                else time_var in _names_in(index)
-            )
-            if uses_t:
-                return None, index
-        return index, None
-
-    def _delay(self, ref: s.SpaceRef, time: s.Expr, scope: _Scope) -> int:
-        """``k`` of a read ``h[t-k]``: a positive integer that does not depend on t."""
-        t = self.decl.time
-        match time:
-            case s.Var(name=name) if name == t:
-                raise _Problem(
-                    Code.TIME,
-                    f"{ref.name}[{t}] is the present step: write {ref.name} "
-                    "(a delay of zero is not written as a delay)",
-                    time.span,
-                )
-            case s.BinOp(op="-" | "+" as sign, left=s.Var(name=name), right=k) if name == t and (
-                t not in _names_in(k)
-            ):
-                env = {key: v for key, v in scope.env.items() if key != t}
-                delay = _integer(k, env, "a delay")
-                if delay == 0:
-                    raise _Problem(
-                        Code.TIME,
-                        f"{ref.name}[{t} {sign} k] with k = 0 is the present step: "
-                        f"write {ref.name}",
-                        k.span,
-                    )
-                if abs(delay) > MAX_ITERATIONS:
-                    raise _Problem(
-                        Code.TIME, f"a delay of more than {MAX_ITERATIONS} steps", k.span
-                    )
-                # NOTE: h[t-k] with k < 0 reads the future, so that a parameter can turn a
-                # recurrence around (std.recurrent's LSTM(dir=-1)).
-                return delay if sign == "-" else -delay
-        raise _Problem(
-            Code.TIME,
-            f"a time index must be {t} - k or {t} + k, with k a positive integer that does "
-            f"not use {t}",
-            time.span,
-        )
-
-    def _window(self, ref: s.SpaceRef, window: s.Range | s.AllSteps, scope: _Scope) -> ir.Window:
-        """A window of steps: ``0..t`` (causal), ``t-w..t`` (sliding) or ``..`` (every step)."""
-        t = self.decl.time
-        if isinstance(window, s.AllSteps):
-            return ir.Window(kind=ir.WindowKind.FULL)
-        env = {key: v for key, v in scope.env.items() if key != t}
-        form = (
-            f"a window of steps is 0..{t} (up to {t}), {t}-w..{t} (the last w + 1 steps) "
-            "or .. (every step)"
-        )
-        if not (isinstance(window.hi, s.Var) and window.hi.name == t):
-            raise _Problem(Code.TIME, form, window.span)
-        match window.lo:
-            case s.BinOp(op="-", left=s.Var(name=name), right=k) if name == t and (
-                t not in _names_in(k)
-            ):
-                size = _integer(k, env, "a window size")
-                if size <= 0 or size > MAX_ITERATIONS:
-                    raise _Problem(
-                        Code.TIME,
-                        f"a sliding window {t}-w..{t} needs 0 < w <= {MAX_ITERATIONS}, "
-                        f"got w = {size}",
-                        k.span,
-                    )
-                return ir.Window(kind=ir.WindowKind.SLIDING, size=size)
-            case _ if t not in _names_in(window.lo):
-                if _integer(window.lo, env, "a window's first step") == 0:
-                    return ir.Window(kind=ir.WindowKind.CAUSAL)
-        raise _Problem(Code.TIME, form, window.span)
-
     # --- edges ---
 
-    def _declare_edge(self, decl: s.EdgeDecl, scope: _Scope) -> None:
+    def _declare_edge(self, decl: s.EdgeDecl, scope: Scope) -> None:
         try:
             name = decl.name
             if decl.index is not None:
-                name = f"{decl.name}[{_integer(decl.index, scope.env, 'an index')}]"
-        except _Problem as exc:
+                name = f"{decl.name}[{integer(decl.index, scope.env, 'an index')}]"
+        except Problem as exc:
             self.problem(exc, scope)
             return
         if name in self.edges:
@@ -854,7 +526,7 @@ class _MachineBuilder:
 
     # --- machines as edges, shared parameters ---
 
-    def _pipeline(self, decl: s.EdgeDecl, name: str, scope: _Scope):
+    def _pipeline(self, decl: s.EdgeDecl, name: str, scope: Scope):
         """(ops, sub-machine key) of an edge, or None after reporting a problem."""
         machines = self.composition.scope(self.file)
         special = [
@@ -882,7 +554,7 @@ class _MachineBuilder:
             return self._shared(call, name, scope)
         return self._submachine(call, machines[call.name], scope)
 
-    def _shared(self, call: s.OpCall, name: str, scope: _Scope):
+    def _shared(self, call: s.OpCall, name: str, scope: Scope):
         target = None
         if len(call.args) == 1 and call.args[0].name is None:
             value = call.args[0].value
@@ -902,7 +574,7 @@ class _MachineBuilder:
         self.shares[name] = (target, call.span, scope)
         return (), None
 
-    def _submachine(self, call: s.OpCall, visible: Visible, scope: _Scope):
+    def _submachine(self, call: s.OpCall, visible: Visible, scope: Scope):
         decl = visible.decl
         values: dict[str, ir.Value] = {}
         ok = True
@@ -924,7 +596,7 @@ class _MachineBuilder:
                     f"machine {decl.name} has no parameter {arg.name!r}",
                     arg.span,
                     scope,
-                    hint=_did_you_mean(arg.name, known)
+                    hint=did_you_mean(arg.name, known)
                     or ("its parameters: " + ", ".join(sorted(known)) if known else "it has none"),
                 )
                 ok = False
@@ -935,7 +607,7 @@ class _MachineBuilder:
                 continue
             try:
                 values[arg.name] = evaluate(arg.value, scope.env)
-            except _Problem as exc:
+            except Problem as exc:
                 self.problem(exc, scope)
                 ok = False
         if decl.time is not None and self.decl.time is None:
@@ -986,7 +658,7 @@ class _MachineBuilder:
                     f"shared({target}): no edge {target!r} in machine {self.decl.name}",
                     span,
                     scope,
-                    hint=_did_you_mean(target, self.edges),
+                    hint=did_you_mean(target, self.edges),
                 )
                 continue
             if name in self.edges:
@@ -994,29 +666,29 @@ class _MachineBuilder:
                     update={"ops": original.ops, "machine": original.machine, "shares": target}
                 )
 
-    def _ports(self, refs, scope: _Scope, writing: bool = False) -> list[ir.Port] | None:
+    def _ports(self, refs, scope: Scope, writing: bool = False) -> list[ir.Port] | None:
         ports: list[ir.Port] = []
         ok = True
         for ref in refs:
             try:
-                ports.extend(self._resolve(ref, scope, writing))
-            except _Problem as exc:
+                ports.extend(self.port_resolver.resolve(ref, scope, writing))
+            except Problem as exc:
                 self.problem(exc, scope)
                 ok = False
         return ports if ok else None
 
-    def _unknown_op(self, call: s.OpCall, scope: _Scope | None) -> None:
+    def _unknown_op(self, call: s.OpCall, scope: Scope | None) -> None:
         self.error(
             Code.UNKNOWN_OP,
             f"unknown op {call.name!r}",
             call.name_span,
             scope,
-            hint=_did_you_mean(call.name, [*OPS, *self.composition.scope(self.file)])
+            hint=did_you_mean(call.name, [*OPS, *self.composition.scope(self.file)])
             or "the ops are listed in docs/language.md; a machine used as an edge must be "
             "defined in this file or imported",
         )
 
-    def _op(self, call: s.OpCall, scope: _Scope) -> ir.Op | None:
+    def _op(self, call: s.OpCall, scope: Scope) -> ir.Op | None:
         spec = OPS.get(call.name)
         if spec is None:
             self._unknown_op(call, scope)
@@ -1026,7 +698,7 @@ class _MachineBuilder:
         for arg in call.args:
             try:
                 value = evaluate(arg.value, scope.env)
-            except _Problem as exc:
+            except Problem as exc:
                 self.problem(exc, scope)
                 ok = False
                 continue
@@ -1069,7 +741,7 @@ class _MachineBuilder:
                     Code.UNKNOWN_NAME,
                     f"unknown space {ref.name!r}",
                     ref.span,
-                    hint=_did_you_mean(ref.name, [*self.spaces.scalars, *self.spaces.arrays]),
+                    hint=did_you_mean(ref.name, [*self.spaces.scalars, *self.spaces.arrays]),
                 )
         machines = self.composition.scope(self.file)
         for call in decl.ops:
@@ -1098,34 +770,3 @@ def _flatten(bodies) -> Iterator[s.Item]:
                 yield from _flatten([item.body])
             else:
                 yield item
-
-
-def _names_in(expr: s.Expr) -> set[str]:
-    """The parameter and loop-variable names an expression uses."""
-    match expr:
-        case s.Var(name=name):
-            return {name}
-        case s.BinOp(left=left, right=right):
-            return _names_in(left) | _names_in(right)
-        case s.Neg(operand=operand):
-            return _names_in(operand)
-    return set()
-
-
-def _as_param(value: object, type_: type) -> ir.Value | None:
-    if value is None or isinstance(value, bool) != (type_ is bool):
-        return None
-    if type_ is int and not isinstance(value, int) and hasattr(value, "__index__"):
-        value = value.__index__()  # numpy integers and the like
-    if type_ is float and isinstance(value, int | float):
-        return float(value) if math.isfinite(value) else None
-    return value if isinstance(value, type_) else None
-
-
-def _describe_indices(name: str, indices: list[int]) -> str:
-    if not indices:
-        return "no elements"
-    lo, hi = min(indices), max(indices)
-    if len(indices) == hi - lo + 1:
-        return f"{name}[{lo}]..{name}[{hi}]"
-    return ", ".join(f"{name}[{i}]" for i in sorted(indices))
