@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,22 +11,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _script():
-    """The script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_attention", ROOT / "benchmarks" / "attention.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_attention_benchmark_runs_and_checks_agreement(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    benchmark_script, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "figures.json"
-    assert _script().main(["--quick", "--threads", "1", "--json", str(out)]) == 0
+    assert (
+        benchmark_script("attention").main(["--quick", "--threads", "1", "--json", str(out)]) == 0
+    )
     printed = capsys.readouterr().out
     assert "encoder: d=16 heads=2 hidden=64" in printed
     assert "outputs and gradients agree" in printed
@@ -43,8 +32,8 @@ def test_attention_benchmark_runs_and_checks_agreement(
     assert report["decode"]["generate"]["recompute_over_cached"] > 0
 
 
-def test_a_wrong_weight_is_caught() -> None:
-    script = _script()
+def test_a_wrong_weight_is_caught(benchmark_script) -> None:
+    script = benchmark_script("attention")
     torch.manual_seed(0)
     case = script.build_encoder(8, 2, batch=2, steps=5)
     with torch.no_grad():
@@ -53,9 +42,9 @@ def test_a_wrong_weight_is_caught() -> None:
         script.check_encoder(case)
 
 
-def test_the_fast_path_would_be_seen() -> None:
+def test_the_fast_path_would_be_seen(benchmark_script) -> None:
     """In eval mode without grad torch's layer takes its fused path, and the check sees it."""
-    script = _script()
+    script = benchmark_script("attention")
     torch.manual_seed(0)
     case = script.build_encoder(8, 2, batch=2, steps=5)
     case.reference.eval()

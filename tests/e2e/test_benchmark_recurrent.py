@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,22 +11,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _script():
-    """The script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_recurrent", ROOT / "benchmarks" / "recurrent.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_recurrent_benchmark_runs_and_checks_agreement(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    benchmark_script, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "figures.json"
-    assert _script().main(["--quick", "--threads", "1", "--json", str(out)]) == 0
+    assert (
+        benchmark_script("recurrent").main(["--quick", "--threads", "1", "--json", str(out)]) == 0
+    )
     printed = capsys.readouterr().out
     assert printed.count("outputs and gradients agree") == 2
     assert "elman: n=4 m=6 vs torch.nn.RNN" in printed
@@ -40,8 +29,8 @@ def test_recurrent_benchmark_runs_and_checks_agreement(
         assert len(figures["samples_ms"]["generated"]) == len(figures["samples_ms"]["torch"]) == 2
 
 
-def test_a_wrong_weight_mapping_is_caught() -> None:
-    script = _script()
+def test_a_wrong_weight_mapping_is_caught(benchmark_script) -> None:
+    script = benchmark_script("recurrent")
     case = script.build("lstm", 3, 4, batch=2, steps=5)
     with torch.no_grad():
         case.generated.cand.bias.add_(0.5)
