@@ -9,14 +9,18 @@ diagnostic; all of a file's problems are reported together.
 from __future__ import annotations
 
 import keyword
+import re
 from collections.abc import Iterator, Mapping
 
 from . import ir
 from . import syntax as s
 from .diagnostics import Code, Note, Reporter, Span
 from .expressions import (
+    MAX_EXPANSION,
+    MAX_SIZE,
     Problem,
     Scope,
+    TooLarge,
     as_param,
     did_you_mean,
     evaluate,
@@ -152,11 +156,21 @@ def _rename_refs(machine: ir.Machine, alias: dict[str, str]) -> ir.Machine:
     return machine.model_copy(update={"edges": edges})
 
 
+_PARAM_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _check_param_keys(source: s.SourceFile, params: Mapping[str, object], reporter: Reporter):
     """Every value given must bind some machine's parameter (reported at the machine names)."""
     top = Span(file=source.path, line=1, column=1, end_line=1, end_column=1)
     for key in params:
         machine_name, _, name = key.rpartition(".")
+        if not _PARAM_KEY.fullmatch(key):
+            reporter.error(
+                Code.PARAMETER,
+                f"a value is set for {key!r}, which is not NAME or MACHINE.NAME",
+                source.machines[0].name_span if source.machines else top,
+            )
+            continue
         decls = [m for m in source.machines if not machine_name or m.name == machine_name]
         if machine_name and not decls:
             known = ", ".join(m.name for m in source.machines) or "none"
@@ -220,16 +234,25 @@ class _MachineBuilder:
         env = self._bind_params(params)
         if env is None:
             return None
-        items = list(self._expand(self.decl.body, Scope(env=dict(env))))
+        self.iterations = 0
+        try:
+            items = list(self._expand(self.decl.body, Scope(env=dict(env))))
+        except Problem as exc:  # too many iterations in all: expanding stops there
+            self.problem(exc)
+            return None
         for item, scope in items:
             if isinstance(item, s.SpaceDecl):
                 self._declare_space(item, scope)
         for decl in _flatten(self.unexpanded):
             if isinstance(decl, s.SpaceDecl) and decl.array is not None:
                 self.spaces.arrays.setdefault(decl.name, [])  # an array with no elements
-        for item, scope in items:
-            if isinstance(item, s.EdgeDecl):
-                self._declare_edge(item, scope)
+        try:
+            for item, scope in items:
+                if isinstance(item, s.EdgeDecl):
+                    self._declare_edge(item, scope)
+        except TooLarge as exc:
+            self.problem(exc.problem, scope)
+            return None
         for decl in _flatten(self.unexpanded):
             if isinstance(decl, s.EdgeDecl):
                 self._check_unexpanded_edge(decl)
@@ -252,6 +275,13 @@ class _MachineBuilder:
             self.error(
                 Code.MACHINE,
                 f"machine name {name!r} is a Python keyword; the generated class needs another",
+                self.decl.name_span,
+            )
+        elif name.startswith("__"):
+            self.error(
+                Code.MACHINE,
+                f"machine name {name!r} starts with two underscores, which Python mangles "
+                "inside classes; the generated class needs another",
                 self.decl.name_span,
             )
         elif name in CLASS_NAME_CLASHES:
@@ -319,11 +349,16 @@ class _MachineBuilder:
             value = parse_param_text(raw, type_) if isinstance(raw, str) else raw
             converted = as_param(value, type_)
             if converted is None:
+                shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:37] + "..."
                 self.error(
                     Code.PARAMETER,
                     f"parameter {param.name!r} of {self.decl.name} is {param.type}, "
-                    f"but {key}={raw!r} was given",
+                    f"but {key}={shown} was given",
                     param.span,
+                    hint="an int is at most 18 ASCII digits, a float a decimal number, a bool "
+                    "true or false"
+                    if isinstance(raw, str)
+                    else None,
                 )
             return converted
         if param.default is None:
@@ -381,6 +416,15 @@ class _MachineBuilder:
             if not values:
                 self.unexpanded.append(item.body)
             for value in values:
+                self.iterations += 1
+                if self.iterations > MAX_EXPANSION:
+                    raise Problem(
+                        Code.EXPRESSION,
+                        f"machine {self.decl.name} runs its loops more than "
+                        f"{MAX_EXPANSION:,} times in all",
+                        item.var_span,
+                        hint="a machine this large is surely a mistake; use fewer or shorter loops",
+                    )
                 inner = Scope(env={**scope.env, item.var: value}, loops=(*scope.loops, item.var))
                 yield from self._expand(item.body, inner)
 
@@ -466,9 +510,11 @@ class _MachineBuilder:
                 kind.span,
             )
         count = integer(kind.size, scope.env, "the number of ids")
-        if count <= 0:
+        if not 0 < count <= MAX_SIZE:
             raise Problem(
-                Code.SHAPE, f"the number of ids must be positive, got {count}", kind.size.span
+                Code.SHAPE,
+                f"the number of ids must be from 1 to {MAX_SIZE:,}, got {count:,}",
+                kind.size.span,
             )
         return count
 

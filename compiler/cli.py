@@ -266,8 +266,19 @@ def _refuse_source_as_output(output: str, source: str) -> None:
 
 
 def _write_atomically(path: str, text: str | bytes, mode: int = 0o644) -> None:
-    """Write all of ``text`` or nothing: a failed write leaves an existing file as it was."""
-    directory = os.path.dirname(os.path.abspath(path))
+    """Write all of ``text`` or nothing: a failed write leaves an existing file as it was.
+
+    A symbolic link is written through (its target is replaced, the link stays); a
+    directory, a device, a pipe or any other file that is not a regular file is refused.
+    """
+    shown = path
+    path = os.path.realpath(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        kind = "a directory" if os.path.isdir(path) else "not a regular file"
+        raise _UsageError(f"cannot write {shown}: it is {kind}")
+    if os.path.exists(path):
+        mode = os.stat(path).st_mode & 0o777  # keep the file's permissions
+    directory = os.path.dirname(path)
     suffix = os.path.splitext(path)[1] or ".tmp"
     try:
         fd, temp = tempfile.mkstemp(dir=directory, prefix=".machc-", suffix=suffix)

@@ -113,6 +113,9 @@ def _place(span: Span | None) -> dict[str, object]:
     return {key: None if span is None else getattr(span, key) for key in keys}
 
 
+SHOWN_LINE = 160  # a longer source line is shown as a window of this many characters
+
+
 def _render_located(
     kind: str, message: str, span: Span | None, sources: dict[str, str] | None
 ) -> str:
@@ -126,10 +129,19 @@ def _render_located(
     if not 1 <= span.line <= len(lines):
         return head
     line = lines[span.line - 1]
-    # Keep tabs in the caret line's indent so the caret sits under the right character.
-    indent = "".join(ch if ch == "\t" else " " for ch in line[: span.column - 1])
+    column = span.column
     end = span.end_column if span.end_line == span.line else len(line) + 1
-    width = max(1, min(end, len(line) + 1) - span.column)
+    if len(line) > SHOWN_LINE:  # a window of the line around the place
+        start = max(0, min(column - 1 - SHOWN_LINE // 2, len(line) - SHOWN_LINE))
+        shown = line[start : start + SHOWN_LINE]
+        prefix = "..." if start else ""
+        suffix = "..." if start + SHOWN_LINE < len(line) else ""
+        column, end = column - start + len(prefix), end - start + len(prefix)
+        line = prefix + shown + suffix
+        end = min(end, len(prefix) + len(shown) + 1)
+    # Keep tabs in the caret line's indent so the caret sits under the right character.
+    indent = "".join(ch if ch == "\t" else " " for ch in line[: column - 1])
+    width = max(1, min(end, len(line) + 1) - column)
     return f"{head}\n    {line}\n    {indent}^{'~' * (width - 1)}"
 
 
@@ -161,6 +173,7 @@ class Reporter:
     def __init__(self) -> None:
         self.diagnostics: list[Diagnostic] = []
         self._seen: set[tuple[Code, Span | None, str]] = set()
+        self._errors = 0  # every error reported, repeats included
 
     def error(self, code: Code, message: str, span: Span | None, **extra) -> None:
         self._add(
@@ -177,6 +190,8 @@ class Reporter:
         self._add(diagnostic)
 
     def _add(self, diagnostic: Diagnostic) -> None:
+        if diagnostic.severity is Severity.ERROR:
+            self._errors += 1
         # NOTE: a mistake inside a loop body is found once per iteration; report it once.
         # The key leaves out the loop variable's value that messages may mention.
         key = (diagnostic.code, diagnostic.span, diagnostic.message.split(" (with ")[0])
@@ -186,7 +201,10 @@ class Reporter:
 
     @property
     def error_count(self) -> int:
-        return sum(d.severity is Severity.ERROR for d in self.diagnostics)
+        """Errors reported so far, repeats included: a stage that compares counts before
+        and after sees every error it found, even one already reported elsewhere (a
+        machine's error found again where the machine is used as an edge)."""
+        return self._errors
 
     @property
     def has_errors(self) -> bool:

@@ -105,7 +105,7 @@ def read_source(path: str | os.PathLike) -> str:
     """A .mach file's text; a file that is not UTF-8 is a diagnostic, not a traceback."""
     data = open(path, "rb").read()  # noqa: SIM115 - OSError is the caller's to report
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark is not part of the text
     except UnicodeDecodeError as exc:
         from .diagnostics import Code, Severity, Span
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ from .diagnostics import Code, Span
 
 MAX_ITERATIONS = 100_000  # a loop or array longer than this is surely a mistake
 MAX_RANK = 4  # channels and up to three spatial axes: a volume [C, D, H, W]
+MAX_SIZE = 2**24  # the largest size of one axis (and the most ids of an ids space)
+MAX_ELEMENTS = 2**31 - 1  # the most numbers one sample of a space holds
+MAX_EXPANSION = 1_000_000  # loop iterations of one machine, all loops together
+MAX_PORTS = 1_000_000  # spaces named by one machine's edges, ranges counted out
 
 
 class Problem(Exception):
@@ -34,6 +39,14 @@ class AlreadyReported(Problem):
     """A consequence of an error reported elsewhere (a space whose declaration failed)."""
 
     silent = True
+
+
+class TooLarge(Exception):
+    """A limit on a machine's size was passed: building it stops with this problem."""
+
+    def __init__(self, problem: Problem):
+        super().__init__(problem.message)
+        self.problem = problem
 
 
 @dataclass
@@ -138,7 +151,15 @@ def shape_of(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Shape:
             raise Problem(Code.EXPRESSION, message, item.span)
         if value <= 0:
             raise Problem(Code.SHAPE, f"a size must be positive, got {value}", item.span)
+        if value > MAX_SIZE:
+            raise Problem(Code.SHAPE, f"a size is at most {MAX_SIZE:,}, got {value:,}", item.span)
         shape.append(value)
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise Problem(
+            Code.SHAPE,
+            f"a space holds at most {MAX_ELEMENTS:,} numbers per sample, got {math.prod(shape):,}",
+            expr.span,
+        )
     return tuple(shape)
 
 
@@ -152,15 +173,23 @@ def range_of(rng: s.Range, env: Mapping[str, ir.Value]) -> range:
     return range(lo, hi + 1)
 
 
+_INT_TEXT = re.compile(r"[+-]?[0-9]{1,18}")  # ASCII digits only; within 64 bits
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]{1,30}(\.[0-9]{0,30})?|\.[0-9]{1,30})([eE][+-]?[0-9]{1,3})?")
+
+
 def parse_param_text(text: str, type_: type) -> ir.Value | None:
-    """A ``--set`` value as a parameter of ``type_``, or None if it is not one."""
+    """A ``--set`` value as a parameter of ``type_``, or None if it is not one.
+
+    Numbers are written as in .mach files: ASCII digits, no ``_`` separators, at most
+    18 digits for an integer.
+    """
     text = text.strip()
     if type_ is bool:
         return {"true": True, "false": False}.get(text.lower())
-    try:
-        value = int(text) if type_ is int else float(text)
-    except ValueError:
+    pattern = _INT_TEXT if type_ is int else _FLOAT_TEXT
+    if not pattern.fullmatch(text):
         return None
+    value = int(text) if type_ is int else float(text)
     return value if math.isfinite(value) else None
 
 

@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 
 from . import __version__, ir
 from .ir import format_params, machine_call
-from .names import MODULE_ATTRIBUTES, MODULE_NAMES, Namespace
+from .names import METHOD_LOCALS, MODULE_ATTRIBUTES, MODULE_NAMES, Namespace
 from .ops import CHANNEL_DIM, OPS, REQUIRED, Site
 
-# Locals generated code uses, and names linters flag as ambiguous (E741: l, O, I).
-METHOD_LOCALS = frozenset({"self", "state", "x0", "l", "O", "I"})
 PIPELINE_WIDTH = 48  # a pipeline expression longer than this continues in a new statement
 
 
@@ -85,9 +83,11 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
         outputs = [s for s in machine.spaces if s.role is ir.Role.OUTPUT]
         if len(outputs) > 1:
             fields = Namespace(frozenset({"count", "index"}))
-            # NamedTuple fields cannot start with "_"; plain names claim theirs first.
+            # NamedTuple fields cannot start with "_" (nor, once sanitized, with a digit);
+            # plain names claim theirs first.
             for s in sorted(outputs, key=lambda s: s.name.startswith("_")):
-                fields.name(s.name, s.name.lstrip("_") or "out")
+                hint = s.name.lstrip("_")
+                fields.name(s.name, hint if hint[:1].isalpha() else f"out_{hint}".rstrip("_"))
             tuples[machine.key] = OutputTuple(
                 name=module_names.name(f"{machine.key}.Output", f"{machine.key}Output"),
                 fields=tuple(fields.name(s.name) for s in outputs),
@@ -447,8 +447,7 @@ class _MachineLowering:
                     contributions = pending.pop(space)
                     terms = [contributions[w] for w in writers[space]]
                     terms = ([base] if base is not None else []) + terms
-                    target = _target(plan, space)
-                    lines.append(f"{target} = {' + '.join(terms)}")
+                    lines += _sum_lines(_target(plan, space), terms)
         return lines
 
     def _edge_expr(self, edge: ir.Edge, plan: _Plan, lines: list[str]) -> str:
@@ -496,6 +495,18 @@ class _MachineLowering:
             site = self._site(edge, op)
             expr = OPS[op.kind].source(site, expr, layer, shapes[i], shapes[i + 1])
         return expr
+
+
+SUM_TERMS = 100  # terms of one sum statement: CPython's compiler nests a + b + ... deeply
+
+
+def _sum_lines(target: str, terms: list[str]) -> list[str]:
+    """``target = a + b + ...``, continued in statements of at most :data:`SUM_TERMS` terms
+    (adding left to right, as one long sum would)."""
+    lines = [f"{target} = {' + '.join(terms[:SUM_TERMS])}"]
+    for start in range(SUM_TERMS, len(terms), SUM_TERMS - 1):
+        lines.append(f"{target} = {' + '.join([target, *terms[start : start + SUM_TERMS - 1]])}")
+    return lines
 
 
 def _sanitize_key(name: str) -> str:

@@ -15,7 +15,6 @@ import re
 
 from .ir import Port, StageKind, WindowKind
 from .lower import (
-    METHOD_LOCALS,
     Method,
     _dict_lines,
     _MachineLowering,
@@ -24,10 +23,8 @@ from .lower import (
     _sanitize_key,
     py_str,
 )
-from .names import Namespace
+from .names import METHOD_LOCALS, TIME_LOCALS, Namespace
 from .ops import OPS, py_literal
-
-TIME_LOCALS = frozenset({"batch", "steps", "return_state", "lengths", "offset"})
 
 _STAGE_WORDS = {
     StageKind.ALL: "every step at once",

@@ -41,8 +41,13 @@ MODULE_ATTRIBUTES = frozenset(
 MODULE_NAMES = frozenset(
     {"torch", "nn", "F", "Tensor", "NamedTuple", "annotations", "_complete", "runtime"}
 )
-# A class may not take these: it would hide what generated code uses (super, sorted, KeyError...).
-CLASS_NAME_CLASHES = MODULE_NAMES | frozenset(dir(builtins))
+# Locals of generated methods, besides the spaces: a space never takes one, nor a builtin
+# the code calls (range, list), nor a name linters flag as ambiguous (E741: l, O, I).
+METHOD_LOCALS = frozenset({"self", "state", "x0", "l", "O", "I"}) | frozenset(dir(builtins))
+TIME_LOCALS = frozenset({"batch", "steps", "return_state", "lengths", "offset"})
+# A class may not take these: it would hide what generated code uses (super, sorted, KeyError,
+# and self, which __init__ uses where it builds the layers and sub-machines).
+CLASS_NAME_CLASHES = MODULE_NAMES | frozenset(dir(builtins)) | {"self"}
 
 
 class Namespace:

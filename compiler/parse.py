@@ -42,10 +42,15 @@ def _parser() -> Lark:
 
 def parse(text: str, path: str) -> s.SourceFile:
     """Parse a whole .mach file; raises :class:`CompileError` with one syntax diagnostic."""
+    if text.startswith("\ufeff"):  # a byte-order mark: white space that keeps the columns
+        text = " " + text[1:]
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as exc:
         raise CompileError([_syntax_diagnostic(exc, text, path)], {path: text}) from None
+    too_deep = _too_deep(tree, path)
+    if too_deep is not None:
+        raise CompileError([too_deep], {path: text})
     try:
         return _ToSyntax(path).transform(tree)
     except VisitError as exc:
@@ -58,6 +63,43 @@ def parse(text: str, path: str) -> s.SourceFile:
             )
             raise CompileError([diagnostic], {path: text}) from None
         raise
+
+
+MAX_NESTING = 100  # operators, parentheses and lists inside one another, in one expression
+_EXPRESSION_RULES = frozenset(
+    {"add", "sub", "mul", "floordiv", "truediv", "neg", "list", "range", "space_kind"}
+)
+
+
+def _too_deep(tree, path: str) -> Diagnostic | None:
+    """An error for an expression nested deeper than :data:`MAX_NESTING`, found without
+    recursion (the later stages walk expressions recursively)."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if not hasattr(node, "data"):
+            continue
+        if node.data in _EXPRESSION_RULES:
+            depth += 1
+            if depth > MAX_NESTING:
+                meta = node.meta
+                span = Span(
+                    file=path,
+                    line=meta.line,
+                    column=meta.column,
+                    end_line=meta.line,
+                    end_column=meta.column + 1,
+                )
+                return Diagnostic(
+                    severity=Severity.ERROR,
+                    code=Code.EXPRESSION,
+                    message=f"this expression is nested more than {MAX_NESTING} levels deep "
+                    "(operators, parentheses and lists inside one another)",
+                    span=span,
+                    hint="compute the value outside and pass it as a parameter",
+                )
+        stack.extend((child, depth) for child in node.children)
+    return None
 
 
 class _BadLiteral(Exception):

@@ -14,9 +14,11 @@ from . import syntax as s
 from .diagnostics import Code
 from .expressions import (
     MAX_ITERATIONS,
+    MAX_PORTS,
     AlreadyReported,
     Problem,
     Scope,
+    TooLarge,
     did_you_mean,
     integer,
     names_in,
@@ -40,6 +42,20 @@ class PortResolver:
     def __init__(self, decl: s.MachineDecl, spaces: Spaces):
         self.decl = decl
         self.spaces = spaces
+        self.ports = 0  # ports resolved so far, against MAX_PORTS
+
+    def _spend(self, count: int, ref: s.SpaceRef) -> None:
+        self.ports += count
+        if self.ports > MAX_PORTS:
+            raise TooLarge(
+                Problem(
+                    Code.INDEX,
+                    f"the edges of machine {self.decl.name} name more than {MAX_PORTS:,} spaces "
+                    "in all (ranges counted out)",
+                    ref.span,
+                    hint="a machine this large is surely a mistake",
+                )
+            )
 
     def resolve(self, ref: s.SpaceRef, scope: Scope, writing: bool = False) -> list[ir.Port]:
         """The spaces a reference names (several for ``h[a..b]``, possibly none)."""
@@ -77,6 +93,7 @@ class PortResolver:
                 raise Problem(
                     Code.INDEX, f"{ref.name!r} is a single space, not an array", ref.span, hint
                 )
+            self._spend(1, ref)
             return [ir.Port(space=ref.name, delay=delay, window=window, span=ref.span)]
         if ref.name not in spaces.arrays:
             if ref.name in spaces.broken:
@@ -96,9 +113,10 @@ class PortResolver:
                 ref.span,
             )
         if isinstance(index, s.Range):
-            indices = list(range_of(index, scope.env))
+            indices = range_of(index, scope.env)
         else:
             indices = [integer(index, scope.env, "an index")]
+        self._spend(len(indices), ref)
         ports = []
         for index in indices:
             name = f"{ref.name}[{index}]"

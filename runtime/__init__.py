@@ -81,7 +81,7 @@ def external(path: str, *args, edge: str, where: str, **kwargs) -> nn.Module:
     context = f"edge {edge!r} ({where}): module({path!r})"
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, RecursionError) as exc:  # a path too deep for the import system
         raise ImportError(f"{context}: cannot import {module_name!r}: {exc}") from exc
     cls = getattr(module, class_name, None)
     if cls is None:

@@ -22,8 +22,14 @@ from .spec import (
 _MODULE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
+MAX_PATH_PARTS = 32  # Python imports each package of a dotted path, one inside another
+
+
 def _module_path(value: Value) -> str | None:
-    if _MODULE_PATH.fullmatch(value) and not any(part in PY_KEYWORDS for part in value.split(".")):
+    parts = value.split(".")
+    if len(parts) > MAX_PATH_PARTS:
+        return f"must have at most {MAX_PATH_PARTS} dotted parts, got {len(parts)}"
+    if _MODULE_PATH.fullmatch(value) and not any(part in PY_KEYWORDS for part in parts):
         return None
     return (
         f'must be a dotted path to a class, such as "mypackage.blocks.MyBlock", '

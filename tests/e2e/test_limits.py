@@ -1,0 +1,230 @@
+"""Hostile inputs get a diagnostic or a working module: limits, deep expressions, names that
+collide in generated code, huge sums, byte-order marks, long lines, --set text, -o targets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import machc
+import pytest
+import torch
+from machc.diagnostics import CompileError
+from machc.driver import check_source
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def errors(text: str, params=None) -> list[tuple[str, str, int, int]]:
+    """(code, message, line, column) of every error of a source that must fail."""
+    with pytest.raises(CompileError) as info:
+        check_source(text, "x.mach", params)
+    return [(d.code.value, d.message, d.span.line, d.span.column) for d in info.value.errors]
+
+
+def run_every_class(module) -> None:
+    """Construct every generated class and run forward and resolvent on random inputs."""
+    for name in dir(module):
+        cls = getattr(module, name)
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+            continue
+        if cls.__module__ != module.__name__:
+            continue
+        model = cls().eval()
+        lead = (2, 3) if hasattr(cls, "DELAYS") else (2,)
+        inputs = {n: torch.randn(*lead, *cls.SPACES[n]) for n in cls.INPUTS}
+        result = model(*inputs.values())
+        outputs = (result,) if len(cls.OUTPUTS) == 1 else tuple(result)
+        solved = model.resolvent(inputs)
+        for out, tensor in zip(cls.OUTPUTS, outputs, strict=True):
+            torch.testing.assert_close(tensor, solved[out])
+
+
+# --- deep expressions -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size",
+    ["+".join(["1"] * 500), "-" * 500 + "4", "(" * 3000 + "4" + ")" * 3000],
+    ids=["sum", "minus", "parentheses"],
+)
+def test_deep_expressions_are_an_error_or_fine(size: str) -> None:
+    text = f"machine D {{ input x : {size}\n output y : 4\n e : x -> y = linear }}"
+    if size.startswith("("):  # parentheses make no deeper expression
+        check_source(text, "x.mach")
+        return
+    ((code, message, line, _),) = errors(text)
+    assert (code, line) == ("E005", 1)
+    assert "nested more than 100 levels deep" in message
+
+
+def test_a_deeply_nested_list_is_an_error() -> None:
+    nested = "[" * 500 + "4" + "]" * 500
+    ((code, message, _, _),) = errors(
+        f"machine D {{ input x : 4\n output y : 4\n e : x -> y = reshape({nested}) }}"
+    )
+    assert code == "E005" and "nested" in message
+
+
+# --- limits -------------------------------------------------------------------------
+
+
+def test_sizes_have_limits() -> None:
+    found = errors(
+        "machine A { input x : 2147483648\n output y : 4\n e : x -> y = linear }\n"
+        "machine B { input x : 100000000000000000000\n output y : 4\n e : x -> y = linear }\n"
+        "machine C { input x : [4096, 4096, 4096]\n output y : 4\n e : x -> y = flatten | linear }"
+    )
+    assert [(c, line) for c, _, line, _ in found] == [("E009", 1), ("E009", 4), ("E009", 7)]
+    assert "a size is at most 16,777,216" in found[0][1]
+    assert "2,147,483,647 numbers per sample" in found[2][1]
+
+
+def test_delays_and_windows_have_limits() -> None:
+    found = errors(
+        "machine T over t { input x : 4\n output y : 4\n"
+        " a : x[t-100000000000000000000] -> y = linear\n"
+        " b : x × x[t-1000000..t] × x[t-1000000..t] -> y = attention(heads=1) }"
+    )
+    assert [(c, line) for c, _, line, _ in found] == [("E016", 3), ("E016", 4), ("E016", 4)]
+
+
+def test_loops_are_bounded_in_total() -> None:
+    ((code, message, line, _),) = errors(
+        "machine M { input x : 4\n output y : 4\n"
+        " for i in 1..100000 { for j in 1..100000 { } }\n"
+        " e : x -> y = linear }"
+    )
+    assert (code, line) == ("E005", 3)
+    assert "more than 1,000,000 times in all" in message
+
+
+def test_ports_are_bounded_in_total() -> None:
+    found = errors(
+        "machine Dense(n: int = 100000) { input x : 4\n space h[1..n] : 4\n output y : 4\n"
+        " for i in 1..n { g[i] : x × h[1..i-1] -> h[i] = linear }\n"
+        " e : h[n] -> y = linear }"
+    )
+    assert len(found) == 1 and found[0][0] == "E004"
+    assert "more than 1,000,000 spaces in all" in found[0][1]
+
+
+def test_module_paths_are_bounded() -> None:
+    path = ".".join(["a"] * 300) + ".B"
+    ((code, message, _, _),) = errors(
+        f'machine M {{ input x : 4\n output y : 4\n e : x -> y = module("{path}") }}'
+    )
+    assert code == "E008" and "at most 32 dotted parts" in message
+
+
+# --- names that collide in generated code ---------------------------------------------
+
+
+def test_builtins_and_class_attributes_as_names_run(tmp_path: Path) -> None:
+    source = tmp_path / "names.mach"
+    source.write_text(
+        "machine T over t { input x : 4\n space range : 4\n space list : 4\n output y : 4\n"
+        " a : x × range[t-1] -> range = linear\n b : range -> list = relu\n"
+        " c : list -> y = linear }\n"
+        "machine E { input x : 4\n output y : 4\n DELAYS : x -> y = linear\n"
+        " SPACES : x -> y = linear }\n"
+        "machine O { input x : 4\n output _0 : 4\n output z : 4\n output __ : 4\n"
+        " a : x -> _0 = linear\n b : x -> z = linear\n c : x -> __ = linear }\n"
+    )
+    module = machc.load(source)
+    run_every_class(module)
+    assert module.O.OUTPUTS == ("_0", "z", "__")
+    out = module.O()(torch.randn(2, 4))
+    assert out._fields == ("out_0", "z", "out")
+
+
+@pytest.mark.parametrize("name", ["self", "__x", "__class__"])
+def test_class_names_that_cannot_work_are_errors(name: str) -> None:
+    ((code, _, line, column),) = errors(
+        f"machine {name} {{ input x : 4\n output y : 4\n e : x -> y = linear }}\n"
+        f"machine Use {{ input x : 4\n output y : 4\n a : x -> y = {name} }}"
+    )
+    assert (code, line, column) == ("E014", 1, 9)
+
+
+def test_a_shared_edge_of_a_machine_used_as_an_edge_names_an_unknown_edge() -> None:
+    found = errors(
+        "machine Inner { input x : 4\n output y : 4\n e : x -> y = shared(nothing) }\n"
+        "machine Outer { input x : 4\n output y : 4\n b : x -> y = Inner }"
+    )
+    assert [(c, line) for c, _, line, _ in found] == [("E002", 3)]
+
+
+# --- scale of generated code --------------------------------------------------------------
+
+
+def test_thousands_of_edges_into_one_space_import_and_agree(tmp_path: Path) -> None:
+    edges = "\n".join(f" e{i} : x -> y = scale({i % 7 - 3})" for i in range(3000))
+    source = tmp_path / "wide.mach"
+    source.write_text(f"machine W {{ input x : 4\n output y : 4\n{edges}\n}}\n")
+    model = machc.load(source).W()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    expected = x.clone().zero_()
+    for i in range(3000):  # summed left to right, in declaration order
+        expected = expected + x * float(i % 7 - 3) if i else x * float(i % 7 - 3)
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(model.resolvent({"x": x})["y"], expected, rtol=0, atol=0)
+
+
+# --- text and the command line ----------------------------------------------------------
+
+
+def machc_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "machc", *args], cwd=cwd, capture_output=True, text=True
+    )
+
+
+SMALL = "machine B { input x : 4\n output y : 4\n e : x -> y = linear }\n"
+
+
+def test_a_byte_order_mark_is_not_an_error(tmp_path: Path) -> None:
+    (tmp_path / "bom.mach").write_bytes(b"\xef\xbb\xbf" + SMALL.encode())
+    assert machc_cli("check", "bom.mach", cwd=tmp_path).returncode == 0
+    ((_, _, line, column),) = errors("\ufeff" + SMALL.replace("linear", "lineer"))
+    assert (line, column) == (3, 15)
+
+
+def test_a_huge_line_is_shown_as_a_window(tmp_path: Path) -> None:
+    text = SMALL.replace(" e :", " " * 100_000 + "e :").replace("linear", "lineer")
+    (tmp_path / "long.mach").write_text(text + " " * 50_000)
+    result = machc_cli("check", "long.mach", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "unknown op 'lineer'" in result.stderr
+    assert max(len(line) for line in result.stderr.splitlines()) < 200
+
+
+@pytest.mark.parametrize("value", ["n=٤", "n=4_0", ".n=4", "n=" + "1" * 5000])
+def test_set_takes_plain_values_only(tmp_path: Path, value: str) -> None:
+    (tmp_path / "p.mach").write_text(
+        "machine M(n: int = 4) { input x : n\n output y : 4\n e : x -> y = linear }\n"
+    )
+    result = machc_cli("check", "p.mach", "--set", value, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "error:" in result.stderr and len(result.stderr) < 1000
+
+
+def test_output_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
+    (tmp_path / "b.mach").write_text(SMALL)
+    (tmp_path / "target.py").write_text("old\n")
+    os.symlink("target.py", tmp_path / "link.py")
+    assert machc_cli("compile", "b.mach", "-o", "link.py", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "link.py").is_symlink()
+    assert "class B(nn.Module)" in (tmp_path / "target.py").read_text()
+
+
+@pytest.mark.parametrize("target", ["/dev/null", "a_directory"])
+def test_output_onto_a_device_or_a_directory_is_refused(tmp_path: Path, target: str) -> None:
+    (tmp_path / "b.mach").write_text(SMALL)
+    (tmp_path / "a_directory").mkdir()
+    result = machc_cli("compile", "b.mach", "-o", target, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "cannot write" in result.stderr
+    assert (tmp_path / "a_directory").is_dir()
