@@ -52,7 +52,8 @@ def _check_machine(
     _check_cycles(machine, graph, reporter)
     if reporter.error_count > errors_before:
         return None
-    space_time = hypergraph(machine, delayed=True)  # reads of earlier and later steps too
+    # reads of earlier and later steps too (a machine not over time has none)
+    space_time = hypergraph(machine, delayed=True) if machine.time is not None else graph
     stages = None
     if machine.time is not None:
         stages = sequences.stages(machine, space_time, reporter, machines or {}, structures or {})
@@ -225,22 +226,25 @@ def hypergraph(machine: ir.Machine, delayed: bool = False) -> nx.DiGraph:
     and ``window``.
     """
     graph = nx.DiGraph()
-    for i, space in enumerate(machine.spaces):
-        graph.add_node(("space", space.name), index=i)
-    for i, edge in enumerate(machine.edges):
-        graph.add_node(("edge", edge.name), index=i)
+    graph.add_nodes_from((("space", s.name), {"index": i}) for i, s in enumerate(machine.spaces))
+    graph.add_nodes_from((("edge", e.name), {"index": i}) for i, e in enumerate(machine.edges))
+    arcs: dict[tuple, dict[str, bool]] = {}
+    for edge in machine.edges:
+        node = ("edge", edge.name)
         for port in edge.inputs:
             if port.position:
                 continue  # the step number is no space
             if port.delay and not delayed:
                 continue
-            arc = (("space", port.space), ("edge", edge.name))
-            data = dict(graph.edges[arc]) if graph.has_edge(*arc) else dict(sequences.NO_STEPS)
-            for key, value in sequences.steps_read(port).items():
-                data[key] = data[key] or value
-            graph.add_edge(*arc, **data)
+            read = sequences.steps_read(port)
+            data = arcs.get((("space", port.space), node))
+            if data is None:
+                arcs[("space", port.space), node] = read
+            else:  # the edge reads the space at several steps
+                arcs[("space", port.space), node] = {k: data[k] or read[k] for k in data}
         for port in edge.outputs:
-            graph.add_edge(("edge", edge.name), ("space", port.space), **sequences.NOW)
+            arcs[node, ("space", port.space)] = sequences.NOW
+    graph.add_edges_from((u, v, data) for (u, v), data in arcs.items())
     return graph
 
 
@@ -294,10 +298,10 @@ def _structure(
             level[name] = 1 + max(read, default=0)
     index = {edge.name: i for i, edge in enumerate(machine.edges)}
     order = tuple(sorted(level, key=lambda e: (level[e], index[e])))
-    levels = tuple(
-        tuple(e for e in order if level[e] == k)
-        for k in range(1, max(level.values(), default=0) + 1)
-    )
+    by_level: list[list[str]] = [[] for _ in range(max(level.values(), default=0))]
+    for e in order:
+        by_level[level[e] - 1].append(e)
+    levels = tuple(tuple(edges) for edges in by_level)
     if machine.time is None:
         return ir.Structure(
             order=order,

@@ -15,9 +15,7 @@ from . import ir
 from .build import build
 from .check import check
 from .diagnostics import CompileError, Diagnostic, Reporter
-from .emit import emit
 from .imports import load_library
-from .lower import lower
 from .names import sanitize
 from .parse import parse
 
@@ -89,6 +87,9 @@ def _compile(text: str, filename: str, params, search_path, stacklevel: int) -> 
     checked = check_source(text, filename, params, search_path)
     for diagnostic in checked.warnings:
         warnings.warn(diagnostic.render(checked.sources), MachcWarning, stacklevel=stacklevel)
+    from .emit import emit  # code generation (Jinja2) is loaded only when code is generated
+    from .lower import lower
+
     return emit(lower(checked.program))
 
 

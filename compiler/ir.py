@@ -9,6 +9,7 @@ closed (``extra="forbid"``) and serialise to JSON.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -165,7 +166,17 @@ class Machine(Node):
     span: Span
 
     def space(self, name: str) -> Space:
-        return next(space for space in self.spaces if space.name == name)
+        # NOTE: a lookup table, made once: a scan per lookup made check quadratic. It is
+        # keyed on the spaces tuple itself, so a model_copy with new spaces makes a new one.
+        spaces, table = self._space_table
+        if spaces is not self.spaces:
+            del self.__dict__["_space_table"]
+            spaces, table = self._space_table
+        return table[name]
+
+    @functools.cached_property
+    def _space_table(self) -> tuple[tuple[Space, ...], dict[str, Space]]:
+        return self.spaces, {space.name: space for space in self.spaces}
 
 
 class StageKind(enum.StrEnum):
