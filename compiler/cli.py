@@ -219,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as exc:
         print(f"machc: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader went away (machc ir FILE | head): nothing to say
+        # Python would complain again when it flushes stdout at exit; point it at devnull.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except Exception:  # noqa: BLE001 - the last line of defence: a bug, reported as one
         print(
             "machc: internal error (a bug in machc; please report it with your .mach file):",

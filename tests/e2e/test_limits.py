@@ -228,3 +228,18 @@ def test_output_onto_a_device_or_a_directory_is_refused(tmp_path: Path, target: 
     assert result.returncode == 2
     assert "cannot write" in result.stderr
     assert (tmp_path / "a_directory").is_dir()
+
+
+@pytest.mark.parametrize("command", ["ir", "info", "check"])
+def test_a_reader_that_stops_early_is_no_error(command: str) -> None:
+    """``machc ir FILE | head``: the pipe closes after a line; machc exits quietly."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "machc", command, str(ROOT / "examples" / "gpt.mach")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, stderr
+    assert stderr == ""
