@@ -36,6 +36,7 @@ from .ops import OPS, bind_args
 from .ports import PortResolver, Spaces
 
 PARAM_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool}
+MAX_MACHINE_NESTING = 32  # machines used as edges of machines used as edges of ...
 
 
 class _Composition:
@@ -57,6 +58,13 @@ class _Composition:
     ) -> ir.Machine | None:
         """The instance of a machine with these parameter values (built once)."""
         call = ir.machine_call(visible.decl.name, values)
+        if len(self.building) >= MAX_MACHINE_NESTING:
+            reporter.error(
+                Code.SUBMACHINE,
+                f"machines used as edges nest more than {MAX_MACHINE_NESTING} deep here ({call})",
+                used_at,
+            )
+            return None
         note = Note(message=f"in {call}, used as an edge here", span=used_at)
         self.building.append((visible.file, visible.decl.name))
         try:

@@ -8,10 +8,13 @@ order in which running each edge once computes the resolvent.
 
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 
 from . import ir, sequences
 from .diagnostics import Code, Note, Reporter
+from .expressions import MAX_ELEMENTS, MAX_SIZE
 from .ops import OPS, OpError, Site, combined_shape, format_shape, infer_pipeline
 
 
@@ -81,7 +84,9 @@ def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter, machine
     if entering is None or leaving is None:
         return None
     try:
-        return infer_pipeline(edge.ops, entering, leaving)
+        shapes = infer_pipeline(edge.ops, entering, leaving)
+        _check_sizes(edge, shapes)
+        return shapes
     except OpError as exc:
         if exc.index is not None:
             span = edge.ops[exc.index].span
@@ -92,6 +97,18 @@ def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter, machine
             )
         reporter.error(Code.SHAPE, f"edge {edge.name!r}: {exc.message}", span, hint=exc.hint)
         return None
+
+
+def _check_sizes(edge: ir.Edge, shapes: tuple[ir.Shape, ...]) -> None:
+    """Every shape inside a pipeline within the limits on spaces (an op's ``out=`` or
+    ``upsample(scale)`` can make one no tensor could hold)."""
+    for i, shape in enumerate(shapes[1:]):
+        if max(shape, default=1) > MAX_SIZE or math.prod(shape) > MAX_ELEMENTS:
+            raise OpError(
+                f"{edge.ops[i].kind} makes a shape {format_shape(shape)}, beyond the limits "
+                f"(a size at most {MAX_SIZE:,}, at most {MAX_ELEMENTS:,} numbers per sample)",
+                i,
+            )
 
 
 def _check_boundary(machine: ir.Machine, edge: ir.Edge, sub: ir.Machine, reporter) -> None:

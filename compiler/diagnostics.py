@@ -125,10 +125,10 @@ def _render_located(
     text = (sources or {}).get(span.file)
     if text is None:
         return head
-    lines = text.splitlines()
+    lines = text.split("\n")  # the parser counts lines by \n alone (not \x1c, \u2028, ...)
     if not 1 <= span.line <= len(lines):
         return head
-    line = lines[span.line - 1]
+    line = lines[span.line - 1].removesuffix("\r")
     column = span.column
     end = span.end_column if span.end_line == span.line else len(line) + 1
     if len(line) > SHOWN_LINE:  # a window of the line around the place

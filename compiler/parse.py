@@ -65,6 +65,7 @@ def parse(text: str, path: str) -> s.SourceFile:
         raise
 
 
+MAX_DIGITS = 100  # digits of an integer literal (Python reads at most 4300)
 MAX_NESTING = 100  # operators, parentheses and lists inside one another, in one expression
 _EXPRESSION_RULES = frozenset(
     {"add", "sub", "mul", "floordiv", "truediv", "neg", "list", "range", "space_kind"}
@@ -356,7 +357,10 @@ class _ToSyntax(Transformer):
         return s.Neg(operand=children[0], span=self._span(meta))
 
     def int(self, meta, children):
-        return s.Literal(value=int(children[0]), span=self._span(meta))
+        text = str(children[0])
+        if len(text) > MAX_DIGITS:
+            raise _BadLiteral(f"a number of more than {MAX_DIGITS} digits", self._span(meta))
+        return s.Literal(value=int(text), span=self._span(meta))
 
     def float(self, meta, children):
         return s.Literal(value=float(children[0]), span=self._span(meta))

@@ -43,6 +43,17 @@ class PortResolver:
         self.decl = decl
         self.spaces = spaces
         self.ports = 0  # ports resolved so far, against MAX_PORTS
+        self._made: dict[tuple, ir.Port] = {}
+        self._unknown: set[int] = set()  # references to unknown spaces, already reported
+
+    def _port(self, name: str, delay: int, window, span) -> ir.Port:
+        """One port; the same read at the same place (in every pass of a loop) is one object,
+        made once: ranges in loops name the same spaces again and again."""
+        key = (name, delay, window is None or id(window), id(span))  # the span of one ref
+        port = self._made.get(key)
+        if port is None:
+            port = self._made[key] = ir.Port(space=name, delay=delay, window=window, span=span)
+        return port
 
     def _spend(self, count: int, ref: s.SpaceRef) -> None:
         self.ports += count
@@ -96,8 +107,9 @@ class PortResolver:
             self._spend(1, ref)
             return [ir.Port(space=ref.name, delay=delay, window=window, span=ref.span)]
         if ref.name not in spaces.arrays:
-            if ref.name in spaces.broken:
+            if ref.name in spaces.broken or id(ref) in self._unknown:
                 raise AlreadyReported(Code.UNKNOWN_NAME, "", ref.span)
+            self._unknown.add(id(ref))  # reported once, not in every pass of a loop
             raise Problem(
                 Code.UNKNOWN_NAME,
                 f"unknown space {ref.name!r}",
@@ -127,7 +139,7 @@ class PortResolver:
                     f"{ref.name} has {describe_indices(ref.name, declared)}",
                     ref.span,
                 )
-            ports.append(ir.Port(space=name, delay=delay, window=window, span=ref.span))
+            ports.append(self._port(name, delay, window, ref.span))
         return ports
 
     def _split_time(self, ref: s.SpaceRef, scope: Scope):

@@ -44,6 +44,15 @@ def _groupnorm_check(args, before, after) -> None:
         raise OpError(f"groups={args['groups']} does not divide the {before[0]} channels")
 
 
+def _instancenorm_check(args, before, after) -> None:
+    if prod(before[1:]) == 1:
+        raise OpError(
+            f"instancenorm normalises each channel over its positions, but {format_shape(before)} "
+            "has one position",
+            hint="use it before the spatial axes are pooled away, or use layernorm",
+        )
+
+
 def _groupnorm_layer(site: Site, before: Shape, after: Shape) -> str:
     args = site.args
     extra = [] if args["eps"] == 1e-5 else [f"eps={args['eps']!r}"]
@@ -122,6 +131,7 @@ NORMS = (
             ArgSpec("affine", (BOOL,), False, doc="learn a per-channel scale and shift"),
         ),
         ranks=SPATIAL,
+        check=_instancenorm_check,
         layer=_instancenorm_layer,
         params=_affine_params,
     ),
