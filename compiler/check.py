@@ -24,6 +24,8 @@ def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
     machines = {m.key: m for m in (*program.instances, *program.machines)}
     structures: dict[str, ir.Structure] = {}
     for machine in (*program.instances, *program.machines):  # what a machine uses comes first
+        if any(e.machine is not None and e.machine not in structures for e in machine.edges):
+            continue  # a machine it uses as an edge has errors, reported there
         structure = _check_machine(machine, reporter, machines, structures)
         if structure is not None:
             structures[machine.key] = structure

@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args, params)
     except CompileError as exc:
-        print(render_all(exc.diagnostics, exc.sources), file=sys.stderr)
-        count = len(exc.errors)
+        print(exc, file=sys.stderr)  # the diagnostics, rendered once
+        count = len(exc.errors) + exc.omitted
         print(f"machc: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return EXIT_DIAGNOSTICS
     except _UsageError as exc:
@@ -404,8 +404,8 @@ def _fmt(args) -> int:
             name = "<stdin>" if path == "-" else path
             formatted = format_source(text, name)
         except CompileError as exc:
-            print(render_all(exc.diagnostics, exc.sources), file=sys.stderr)
-            errors += len(exc.errors)
+            print(exc, file=sys.stderr)
+            errors += len(exc.errors) + exc.omitted
             status = max(status, EXIT_DIAGNOSTICS)
             continue
         except _UsageError as exc:

@@ -9,6 +9,7 @@ rendered as ``file:line:col: error: message``, the source line and a caret.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict
@@ -113,6 +114,12 @@ def _place(span: Span | None) -> dict[str, object]:
     return {key: None if span is None else getattr(span, key) for key in keys}
 
 
+@functools.lru_cache(maxsize=8)
+def _lines(text: str) -> list[str]:
+    """The lines of a source as the parser counts them: by \\n alone (not \\x1c, \\u2028)."""
+    return text.split("\n")
+
+
 SHOWN_LINE = 160  # a longer source line is shown as a window of this many characters
 
 
@@ -125,7 +132,7 @@ def _render_located(
     text = (sources or {}).get(span.file)
     if text is None:
         return head
-    lines = text.split("\n")  # the parser counts lines by \n alone (not \x1c, \u2028, ...)
+    lines = _lines(text)
     if not 1 <= span.line <= len(lines):
         return head
     line = lines[span.line - 1].removesuffix("\r")
@@ -155,16 +162,29 @@ def render_all(diagnostics: Iterable[Diagnostic], sources: dict[str, str] | None
 
 
 class CompileError(Exception):
-    """Raised when a source has errors; carries every diagnostic found (warnings included)."""
+    """Raised when a source has errors; carries every diagnostic found (warnings included),
+    up to :data:`MAX_DIAGNOSTICS`; ``omitted`` counts the errors found beyond those."""
 
-    def __init__(self, diagnostics: list[Diagnostic], sources: dict[str, str] | None = None):
+    def __init__(
+        self,
+        diagnostics: list[Diagnostic],
+        sources: dict[str, str] | None = None,
+        omitted: int = 0,
+    ):
         self.diagnostics = diagnostics
         self.sources = sources or {}
-        super().__init__(render_all(diagnostics, self.sources))
+        self.omitted = omitted
+        text = render_all(diagnostics, self.sources)
+        if omitted:
+            text += f"\n... and {omitted} more error{'s' if omitted != 1 else ''}"
+        super().__init__(text)
 
     @property
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.diagnostics if d.severity is Severity.ERROR]
+
+
+MAX_DIAGNOSTICS = 200  # diagnostics kept for one compilation; the errors beyond are counted
 
 
 class Reporter:
@@ -174,6 +194,7 @@ class Reporter:
         self.diagnostics: list[Diagnostic] = []
         self._seen: set[tuple[Code, Span | None, str]] = set()
         self._errors = 0  # every error reported, repeats included
+        self.omitted = 0  # errors beyond MAX_DIAGNOSTICS, counted and not kept
 
     def error(self, code: Code, message: str, span: Span | None, **extra) -> None:
         self._add(
@@ -197,6 +218,9 @@ class Reporter:
         key = (diagnostic.code, diagnostic.span, diagnostic.message.split(" (with ")[0])
         if key not in self._seen:
             self._seen.add(key)
+            if len(self.diagnostics) >= MAX_DIAGNOSTICS:
+                self.omitted += diagnostic.severity is Severity.ERROR
+                return
             self.diagnostics.append(diagnostic)
 
     @property
@@ -216,7 +240,7 @@ class Reporter:
 
     def raise_if_errors(self, sources: dict[str, str] | None = None) -> None:
         if self.has_errors:
-            raise CompileError(self.sorted(), sources)
+            raise CompileError(self.sorted(), sources, self.omitted)
 
     @property
     def warnings(self) -> list[Diagnostic]:

@@ -15,6 +15,7 @@ each edge once in dependency order and adds contributions per space:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -138,6 +139,12 @@ def source_label(path: str) -> str:
     return os.path.basename(path)
 
 
+@functools.lru_cache(maxsize=64)
+def _file_label(path: str) -> str:
+    """A file's name as comments show it (made once per file: every statement has one)."""
+    return _safe(source_label(path))
+
+
 def py_str(text: str) -> str:
     """A Python string literal for ``text``: JSON's escapes are all valid Python escapes."""
     return json.dumps(text)
@@ -158,6 +165,8 @@ def _py_tuple(items) -> str:
 
 def _safe(text: str) -> str:
     """Text for a comment or docstring: printable, one line, no quote that ends a docstring."""
+    if text.isprintable() and "\\" not in text and '"' not in text:
+        return text  # the usual case, checked at C speed
     return "".join(ch if ch.isprintable() and ch not in '\\"' else "?" for ch in text)
 
 
@@ -247,7 +256,7 @@ class _MachineLowering:
         self.layer_exprs: dict[tuple[str, int], str] = {}
 
     def where(self, span) -> str:
-        return f"{_safe(source_label(span.file))}:{span.line}"
+        return f"{_file_label(span.file)}:{span.line}"
 
     def lower(self) -> MachineClass:
         machine = self.machine
@@ -429,7 +438,7 @@ class _MachineLowering:
                 if sole and plan.base(space) is None:
                     targets.append(_target(plan, space))
                 else:
-                    temp = plan.locals.name(f"{space}/{name}", f"{space}_{name}")
+                    temp = plan.locals.name(f"{space}/writer/{name}", f"{space}_{name}")
                     targets.append(temp)
                     pending.setdefault(space, {})[name] = temp
             if len(targets) == 1 or edge.machine is not None:  # a sub-machine returns a tuple

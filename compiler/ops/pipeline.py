@@ -81,12 +81,26 @@ def bind_args(spec: OpSpec, positional: list[Value], keyword: list[tuple[str, Va
                 )
             )
             continue
-        complaint = arg.check(converted) if arg.check else None
+        complaint = _too_large(converted) or (arg.check(converted) if arg.check else None)
         if complaint:
             bound.problems.append((i, f"argument {arg.name!r} of {spec.name} {complaint}"))
             continue
         bound.values[arg.name] = converted
     return bound
+
+
+MAX_ARGUMENT = 2**24  # the largest integer an op argument takes (a size, a stride, heads)
+
+
+def _too_large(value: Value) -> str | None:
+    """A complaint about an integer (or one in a list) beyond :data:`MAX_ARGUMENT`."""
+    items = value if isinstance(value, tuple) else (value,)
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_ARGUMENT:
+            return f"must be at most {MAX_ARGUMENT:,} in size, got {item:,}"
+        if isinstance(item, float) and abs(item) > MAX_ARGUMENT:
+            return f"must be at most {MAX_ARGUMENT:,} in size, got {item:g}"
+    return None
 
 
 def _count(n: int) -> str:

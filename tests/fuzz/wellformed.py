@@ -1,0 +1,713 @@
+"""Random well-formed machines: sources that should compile and run.
+
+A seeded :class:`random.Random` draws a machine the way a person would write
+one, keeping track of every shape so that the result checks: spaces of
+vectors, signals, images and volumes; edges with pipelines of ops from the
+op table (:data:`machc.ops.OPS`) with plausible arguments; products of
+several spaces, several outputs, contributions that add up, edges into
+input spaces; arrays and ``for`` loops (chains, dense shortcuts, grids);
+parameters used in sizes and ranges; machines used as edges, ``shared``,
+imports of the standard library; and machines over time with delays, reads
+of the future, windows read by attention, token ids and positions.
+
+Not every draw checks (a few combinations are refused by design, such as a
+recurrence through a sub-machine that keeps state): those are diagnostics,
+which are fine outcomes too. The point is that most draws do, so that the
+code generator and the generated modules get exercised.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+Shape = tuple[int, ...]  # per sample, channels first
+
+SPACE_NAMES = "x y z h a b c d u v w s r p q m n o e f g k l i j".split()
+EDGE_NAMES = (
+    "enc dec mix proj skip head stem body cell read emit gate up down join fuse step".split()
+)
+ACTIVATIONS = [
+    "relu",
+    "relu6",
+    "gelu",
+    'gelu(approximate="tanh")',
+    "silu",
+    "mish",
+    "hardswish",
+    "tanh",
+    "sigmoid",
+    "softplus",
+    "elu(0.5)",
+    "leaky_relu(0.2)",
+    "softmax",
+    "log_softmax",
+    "identity",
+    "scale(0.5)",
+    "dropout(0.1)",
+    "dropout",
+]
+TORCH_MODULES = ("Identity", "ReLU", "Tanh", "GELU", "Sigmoid", "SiLU")
+
+
+@dataclass
+class Names:
+    """Fresh identifiers for one machine (spaces, edges, parameters share one pool)."""
+
+    rng: random.Random
+    taken: set[str] = field(default_factory=set)
+
+    def fresh(self, pool: list[str]) -> str:
+        for _ in range(8):
+            name = self.rng.choice(pool)
+            if self.rng.random() < 0.2:
+                name += self.rng.choice(["1", "2", "_", "_x", "0"])
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+        n = len(self.taken)
+        name = f"{self.rng.choice(pool)}{n}"
+        while name in self.taken:
+            n += 1
+            name = f"{self.rng.choice(pool)}{n}"
+        self.taken.add(name)
+        return name
+
+
+@dataclass
+class Space:
+    name: str
+    role: str  # input, space, output
+    shape: Shape
+    written: bool = False
+
+
+@dataclass
+class Machine:
+    """One machine being drawn: its parameters, spaces and body lines."""
+
+    name: str
+    rng: random.Random
+    time: str | None = None
+    params: dict[str, int] = field(default_factory=dict)
+    spaces: list[Space] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    names: Names = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.names = Names(self.rng)
+        if self.time:
+            self.names.taken.add(self.time)
+
+    # -- numbers -------------------------------------------------------------------
+
+    def num(self, value: int) -> str:
+        """An integer expression worth ``value``, sometimes written with parameters."""
+        rng = self.rng
+        for name, p in self.params.items():
+            if p == value and rng.random() < 0.6:
+                return name
+            if p and value == 2 * p and rng.random() < 0.4:
+                return f"2 * {name}"
+            if p and value % p == 0 and value // p > 1 and rng.random() < 0.2:
+                return f"{name} * {value // p}"
+        roll = rng.random()
+        if roll < 0.06:
+            return f"({value + 3} - 3)"
+        if roll < 0.1 and value >= 0:
+            return f"{2 * value + 1} // 2"
+        if roll < 0.12 and value > 0:
+            return f"-(-{value})"
+        return str(value)
+
+    def add_param(self, base: str, value: int) -> str:
+        name = self.names.fresh([base])
+        self.params[name] = value
+        return name
+
+    def header(self) -> str:
+        parts = []
+        for name, value in self.params.items():
+            parts.append(f"{name}: int = {value}")
+        if self.rng.random() < 0.15:
+            parts.append(f"{self.names.fresh(['rate', 'p'])}: float = 0.25")
+        if self.rng.random() < 0.1:
+            parts.append(f"{self.names.fresh(['flag', 'use'])}: bool = true")
+        params = f"({', '.join(parts)})" if parts else ("()" if self.rng.random() < 0.1 else "")
+        over = f" over {self.time}" if self.time else ""
+        return f"machine {self.name}{params}{over} {{"
+
+    def text(self) -> str:
+        declared = []
+        for space in self.spaces:
+            declared.append(f"    {space.role:<6} {space.name} : {self.shape_text(space.shape)}")
+        body = [*declared, "", *(_indent(line) for line in self.lines)]
+        if self.rng.random() < 0.1:
+            self.rng.shuffle(body)  # any order is fine: spaces are declared before edges resolve
+        return "\n".join([self.header(), *body, "}"])
+
+    def shape_text(self, shape: Shape) -> str:
+        if shape and shape[0] < 0:  # ids(n)
+            return f"ids({self.num(-shape[0])})"
+        if len(shape) == 1 and self.rng.random() < 0.85:
+            return self.num(shape[0])
+        return "[" + ", ".join(self.num(n) for n in shape) + "]"
+
+    def space(self, role: str, shape: Shape, name: str | None = None) -> Space:
+        space = Space(name or self.names.fresh(SPACE_NAMES), role, shape)
+        self.spaces.append(space)
+        return space
+
+    def edge_name(self) -> str:
+        return self.names.fresh(EDGE_NAMES)
+
+    def edge(self, reads: list[str], writes: list[str], pipeline: str) -> None:
+        product = " × " if self.rng.random() < 0.5 else " * "
+        arrow = " -> " if self.rng.random() < 0.9 else " → "
+        self.lines.append(
+            f"{self.edge_name()} : {product.join(reads)}{arrow}{product.join(writes)} = {pipeline}"
+        )
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    {line}" for line in text.split("\n"))
+
+
+# --- pipelines ----------------------------------------------------------------------
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def keeping_ops(rng: random.Random, shape: Shape, k: int, channels: bool = True) -> list[str]:
+    """Up to ``k`` ops that keep ``shape`` as it is (``channels``: some of them may be
+    channel-changing ops that keep the count, which must then say it with ``out=``)."""
+    ops = []
+    spatial = shape[1:]
+    for _ in range(k):
+        roll = rng.random()
+        if roll < 0.45:
+            ops.append(rng.choice(ACTIVATIONS))
+        elif roll < 0.55:
+            ops.append(rng.choice(["layernorm", "layernorm(affine=false)", "rmsnorm"]))
+        elif roll < 0.62:
+            ops.append(f"groupnorm({rng.choice(_divisors(shape[0]))})")
+        elif roll < 0.68:
+            ops.append(rng.choice(["batchnorm", "batchnorm(momentum=0.5)"]))
+        elif not channels:
+            ops.append(rng.choice(ACTIVATIONS))
+        elif spatial and roll < 0.74:
+            ops.append(
+                rng.choice(["instancenorm", "instancenorm(affine=true)", "channel_dropout(0.2)"])
+            )
+        elif spatial and roll < 0.8:
+            ops.append(rng.choice(["maxpool(3, stride=1, padding=1)", "avgpool(1)"]))
+        elif spatial and roll < 0.9:
+            k_ = rng.choice([1, 3, 5])
+            pad = rng.choice([str(k_ // 2), '"same"'])
+            if min(spatial) + 2 * (k_ // 2) >= k_:
+                ops.append(f"conv({k_}, padding={pad}, out={shape[0]})")
+        elif roll < 0.95 and not spatial:
+            ops.append(f'module("torch.nn.{rng.choice(TORCH_MODULES)}", shape={shape[0]})')
+        else:
+            ops.append(f"linear(out={shape[0]})")
+    return ops
+
+
+def channel_op(rng: random.Random, shape: Shape, out: int, last: bool) -> str:
+    """An op from ``shape[0]`` channels to ``out`` channels (``out=`` unless ``last``)."""
+    spatial = shape[1:]
+    extra = "" if last else f"out={out}"
+    if spatial and rng.random() < 0.6:
+        k = rng.choice([1, 3])
+        groups = [g for g in _divisors(math.gcd(shape[0], out)) if g > 1]
+        args = [str(k)]
+        if k == 3 and min(spatial) >= 1:
+            args.append("padding=1")
+        if groups and rng.random() < 0.3:
+            args.append(f"groups={rng.choice(groups)}")
+        if rng.random() < 0.2:
+            args.append("bias=false")
+        if extra:
+            args.append(extra)
+        return f"conv({', '.join(args)})"
+    if not spatial and last and rng.random() < 0.1:
+        return f'module("torch.nn.Linear", {shape[0]}, {out})'
+    args = []
+    if rng.random() < 0.2:
+        args.append("bias=false")
+    if extra:
+        args.append(extra)
+    if not args:
+        return "linear" if rng.random() < 0.8 else "linear()"
+    return f"linear({', '.join(args)})"
+
+
+def pipeline(rng: random.Random, inputs: list[Shape], outputs: list[Shape]) -> str | None:
+    """A pipeline from the product of ``inputs`` to the product of ``outputs``, or None."""
+    s_in, s_out = inputs[0][1:], outputs[0][1:]
+    if any(s[1:] != s_in for s in inputs) or any(s[1:] != s_out for s in outputs):
+        return None
+    c_in = sum(s[0] for s in inputs)
+    c_out = sum(s[0] for s in outputs)
+    ops: list[str] = []
+    shape: Shape = (c_in, *s_in)
+    if len(inputs) >= 2 and len(set(inputs)) == 1 and rng.random() < 0.3:
+        ops.append(rng.choice(["add", "mul"]))
+        shape = inputs[0]
+    ops += keeping_ops(rng, shape, rng.choice([0, 0, 1, 1, 2]))
+    if s_in and not s_out:  # to a vector
+        roll = rng.random()
+        if roll < 0.4:
+            ops.append(rng.choice(["global_avg_pool", "global_max_pool"]))
+            shape = (shape[0],)
+        elif roll < 0.7:
+            ops.append("flatten")
+            shape = (shape[0] * math.prod(shape[1:]),)
+        else:
+            ones = [1] * len(s_in)
+            size = "1" if rng.random() < 0.5 else str(ones)
+            ops += [f"{rng.choice(['adaptive_avg_pool', 'adaptive_max_pool'])}({size})", "flatten"]
+            shape = (shape[0],)
+    elif not s_in and s_out:  # a vector into a signal, image or volume
+        total = c_out * math.prod(s_out)
+        if shape[0] != total:
+            ops.append(f"linear(out={total})")
+        ops.append(f"reshape([{', '.join(str(n) for n in (c_out, *s_out))}])")
+        shape = (c_out, *s_out)
+    elif s_in != s_out:
+        if len(s_in) != len(s_out):
+            return None
+        if all(o == (i + 1) // 2 for i, o in zip(s_in, s_out, strict=True)) and rng.random() < 0.6:
+            ops.append(f"conv(3, stride=2, padding=1, out={c_out})")
+            shape = (c_out, *s_out)
+        elif all(o == i // 2 for i, o in zip(s_in, s_out, strict=True)) and min(s_in) >= 2:
+            ops.append(rng.choice(["maxpool(2)", "avgpool(2)", "avgpool(2, stride=2)"]))
+            shape = (shape[0], *s_out)
+        elif all(o == 2 * i for i, o in zip(s_in, s_out, strict=True)) and rng.random() < 0.7:
+            if rng.random() < 0.5:
+                modes = {1: "linear", 2: "bilinear", 3: "trilinear"}
+                mode = rng.choice(["nearest", modes[len(s_in)]])
+                ops.append(f'upsample(2, mode="{mode}")' if mode != "nearest" else "upsample(2)")
+                shape = (shape[0], *s_out)
+            else:
+                ops.append(f"conv_transpose(2, stride=2, out={c_out})")
+                shape = (c_out, *s_out)
+        else:
+            size = s_out[0] if len(set(s_out)) == 1 and rng.random() < 0.5 else list(s_out)
+            ops.append(f"adaptive_avg_pool({size})")
+            shape = (shape[0], *s_out)
+    ops += keeping_ops(rng, shape, rng.choice([0, 1, 1, 2]))
+    if shape[0] != c_out or rng.random() < 0.3:
+        ops.append(channel_op(rng, shape, c_out, last=True))
+        if rng.random() < 0.4:
+            ops += keeping_ops(rng, (c_out, *s_out), 1, channels=False)
+    ops = [op for op in ops if op]
+    if not ops:
+        ops = ["identity"]
+    return " | ".join(ops)
+
+
+# --- feed-forward machines ------------------------------------------------------------
+
+
+def _shapes(rng: random.Random) -> tuple[list[Shape], Shape | None]:
+    """A family of shapes a machine draws its spaces from, and its largest spatial shape."""
+    rank = rng.choices([0, 1, 2, 3], weights=[6, 2, 3, 1])[0]
+    if rank == 0:
+        return [(rng.randint(1, 12),) for _ in range(6)], None
+    side = [rng.randint(2, 8) for _ in range(rank)]
+    if rank >= 2 and rng.random() < 0.7:
+        side = [side[0]] * rank
+    full = tuple(side)
+    half = tuple((n + 1) // 2 for n in side)
+    floor = tuple(max(1, n // 2) for n in side)
+    spatial = [full, full, full, half, floor, ()]
+    shapes = [(rng.randint(1, 8), *rng.choice(spatial)) for _ in range(6)]
+    return shapes, full
+
+
+def feedforward(
+    rng: random.Random, name: str = "M", subs: list[tuple[str, Shape, Shape, str]] = ()
+) -> str:
+    """One machine without time; ``subs``: (call, input, output, machine) usable as edges."""
+    m = Machine(name, rng)
+    family, full = _shapes(rng)
+    if rng.random() < 0.4:  # a parameter that sizes the first input
+        m.add_param("n", family[0][0])
+    if full and rng.random() < 0.3:
+        m.add_param("size", full[0])
+    n_in = rng.choices([1, 2, 3], weights=[6, 3, 1])[0]
+    n_hidden = rng.randint(0, 4)
+    n_out = rng.choices([1, 2], weights=[4, 1])[0]
+    ins = [m.space("input", rng.choice(family[:3]) if i else family[0]) for i in range(n_in)]
+    hidden = [m.space("space", rng.choice(family)) for _ in range(n_hidden)]
+    outs = [m.space("output", rng.choice(family[3:])) for _ in range(n_out)]
+    order = [*ins, *hidden, *outs]
+    if rng.random() < 0.3 and len(ins) >= 2:  # an edge into an input space
+        a, b = ins[0], ins[1]
+        p = pipeline(rng, [a.shape], [b.shape])
+        if p:
+            m.edge([a.name], [b.name], p)
+    for k in range(n_in, len(order)):
+        target = order[k]
+        if target.written and rng.random() < 0.5:
+            continue
+        earlier = order[:k]
+        first = rng.choice(earlier)
+        reads = [first]
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            same = [s for s in earlier if s.shape[1:] == first.shape[1:]]
+            reads.append(rng.choice(same))
+        writes = [target]
+        later = [s for s in order[k + 1 :] if s.shape[1:] == target.shape[1:] and not s.written]
+        if later and rng.random() < 0.2:
+            writes.append(rng.choice(later))
+        p = _sub_call(rng, subs, reads, writes) or pipeline(
+            rng, [s.shape for s in reads], [s.shape for s in writes]
+        )
+        if p is None:
+            reads = [first]
+            p = pipeline(rng, [first.shape], [s.shape for s in writes])
+        if p is None:
+            continue
+        m.edge([s.name for s in reads], [s.name for s in writes], p)
+        for s in writes:
+            s.written = True
+        same_shape = [s for s in earlier if s.shape == target.shape]
+        if same_shape and rng.random() < 0.3:  # a residual connection: contributions add up
+            m.edge([rng.choice(same_shape).name], [target.name], "identity")
+    for target in order[n_in:]:
+        if not target.written:
+            p = pipeline(rng, [ins[0].shape], [target.shape])
+            if p is None:
+                p = pipeline(rng, [ins[0].shape], [target.shape])
+            if p is not None:
+                m.edge([ins[0].name], [target.name], p)
+    if rng.random() < 0.35:
+        _add_array(rng, m, ins[0], outs[0])
+    if rng.random() < 0.15:
+        _add_shared(rng, m)
+    return m.text()
+
+
+def _sub_call(rng, subs, reads, writes) -> str | None:
+    """A machine call that fits an edge from ``reads`` to ``writes`` (one each), if any."""
+    if len(reads) != 1 or len(writes) != 1 or not subs or rng.random() < 0.5:
+        return None
+    fits = [call for call, i, o, _ in subs if i == reads[0].shape and o == writes[0].shape]
+    return rng.choice(fits) if fits else None
+
+
+def _add_array(rng: random.Random, m: Machine, source: Space, target: Space) -> None:
+    """An array of spaces with a loop over it: a chain, dense shortcuts or a grid."""
+    count = rng.randint(0, 4)
+    depth = m.add_param("depth", count) if rng.random() < 0.7 else str(count)
+    width = rng.randint(1, 8)
+    shape: Shape = (width, *source.shape[1:])
+    spatial = bool(shape[1:])
+    h = m.names.fresh(["h", "blk", "layer", "stage"])
+    i = m.names.fresh(["i", "k", "j", "l"])
+    g = m.names.fresh(["g", "block", "cell"])
+    lo = rng.choice([0, 1, 1, 1, -1])
+    last = depth if lo == 1 else f"{depth} + {lo - 1}" if lo > 1 else f"{depth} - {1 - lo}"
+    kind = rng.choice(["chain", "dense", "grid"])
+    if kind == "chain" and count == 0:
+        kind = "dense"
+    m.lines.append(f"space {h}[{lo}..{last}] : {m.shape_text(shape)}")
+    lin = "conv(3, padding=1)" if spatial and rng.random() < 0.5 else "linear"
+    ops = keeping_ops(rng, shape, rng.choice([0, 1]), channels=False)
+    body = " | ".join([lin, *ops, rng.choice(["relu", "tanh", "gelu"])])
+    if kind == "chain":
+        m.lines.append(f"{m.edge_name()} : {source.name} -> {h}[{lo}] = {body}")
+        m.lines.append(
+            f"for {i} in {lo + 1}..{last} {{\n    {g}[{i}] : {h}[{i}-1] -> {h}[{i}] = {body}\n}}"
+        )
+        readout = f"{h}[{last}]"
+    elif kind == "dense":
+        m.lines.append(
+            f"for {i} in {lo}..{last} {{\n"
+            f"    {g}[{i}] : {source.name} × {h}[{lo}..{i}-1] -> {h}[{i}] = {body}\n}}"
+        )
+        readout = f"{h}[{lo}..{last}]"
+    else:
+        cols = rng.randint(1, 3)
+        j = m.names.fresh(["c", "col", "q"])
+        cell = m.names.fresh(["cell", "unit"])
+        row = m.names.fresh(["row", "rows"])
+        at = f"{i} * 10 + {j}"
+        m.lines.append(
+            f"for {i} in {lo}..{last} {{\n"
+            f"    for {j} in 1..{cols} {{\n"
+            f"        space {cell}[{at} .. {at}] : {m.shape_text(shape)}\n"
+            f"        {g}[{at}] : {source.name} -> {cell}[{at}] = {body}\n"
+            f"    }}\n"
+            f"    {row}[{i}] : {cell}[{i} * 10 + 1 .. {i} * 10 + {cols}] -> {h}[{i}] = {lin}\n"
+            f"}}"
+        )
+        readout = f"{h}[{lo}..{last}]"
+    if count == 0:  # an empty array: nothing to read out
+        return
+    if kind == "chain":
+        p = pipeline(rng, [shape], [target.shape])
+    elif target.shape[1:] == shape[1:]:
+        p = lin
+    elif spatial and not target.shape[1:]:
+        p = "global_avg_pool | linear"
+    else:
+        p = None
+    if p:
+        m.edge([readout], [target.name], p)
+
+
+def _add_shared(rng: random.Random, m: Machine) -> None:
+    """An edge that reuses the layers of another: ``shared(e)``, on spaces of the same shapes."""
+    for line in list(m.lines):
+        head, _, pipe = line.partition(" = ")
+        name, _, ports = head.partition(" : ")
+        if "[" in name or "[" in ports or "module(" in pipe or "shared" in pipe:
+            continue
+        if not any(op in pipe for op in ("linear", "conv", "norm")):
+            continue
+        reads, _, writes = ports.replace("→", "->").partition(" -> ")
+        m.edge([reads.strip()], [writes.strip()], f"shared({name.strip()})")
+        return
+
+
+# --- machines over time ----------------------------------------------------------------
+
+
+def overtime(
+    rng: random.Random, name: str = "M", subs: list[tuple[str, Shape, Shape, str]] = ()
+) -> str:
+    """One machine over time: recurrences (either direction), attention, ids, positions."""
+    time = rng.choice(["t", "t", "t", "step", "tau", "now"])
+    m = Machine(name, rng, time=time)
+    width = rng.choice([4, 6, 8, 12])
+    heads = rng.choice([h for h in (1, 2, 3, 4) if width % h == 0])
+    kind = rng.choices(["rnn", "transformer", "mixed"], weights=[5, 3, 2])[0]
+    attention = kind in ("transformer", "mixed")
+    if rng.random() < 0.4:
+        width_param = m.add_param("d", width)
+        del width_param
+    uses_ids = rng.random() < 0.35
+    x = m.space("input", (-rng.randint(2, 20),) if uses_ids else (rng.randint(1, 6),))
+    hidden = [m.space("space", (width,)) for _ in range(rng.randint(1, 4))]
+    out = m.space("output", (rng.randint(1, 6),))
+    order = [x, *hidden, out]
+    if uses_ids:
+        m.edge(
+            [x.name], [hidden[0].name], rng.choice(["embedding", "embedding()", "embedding | tanh"])
+        )
+        hidden[0].written = True
+    else:
+        m.edge([x.name], [hidden[0].name], pipeline(rng, [x.shape], [(width,)]) or "linear")
+        hidden[0].written = True
+    if rng.random() < 0.35:  # positions: the time index itself, embedded
+        m.edge([time], [hidden[0].name], f"embedding({rng.randint(8, 64)})")
+    direction = rng.choice([1, 1, -1]) if kind != "transformer" else 0
+    back_reads = kind == "rnn" and not uses_ids and rng.random() < 0.3
+    cyclic: set[str] = set()
+    for k in range(1, len(order)):
+        target = order[k]
+        earlier = [s for s in order[:k] if not (s.shape[0] < 0)]
+        if attention and k < len(order) - 1 and len(earlier) >= 1 and rng.random() < 0.5:
+            src = rng.choice(earlier)
+            if src.shape == (width,) and target.shape == (width,):
+                q, kk, v = (m.space("space", (width,)) for _ in range(3))
+                window = rng.choice([f"0..{time}", f"{time}-{rng.randint(1, 3)}..{time}", ".."])
+                m.edge([src.name], [q.name, kk.name, v.name], "linear")
+                for s in (q, kk, v):
+                    s.written = True
+                tail = rng.choice([" | linear", "", " | linear | relu"])
+                m.lines.append(
+                    f"{m.edge_name()} : {q.name} × {kk.name}[{window}] × {v.name}[{window}] -> "
+                    f"{target.name} = attention(heads={heads}){tail}"
+                )
+                target.written = True
+                if rng.random() < 0.5:
+                    m.edge([src.name], [target.name], "identity")
+                continue
+        if not earlier:
+            continue
+        reads = [rng.choice(earlier).name]
+        for _ in range(rng.choice([0, 1])):
+            src = rng.choice(earlier)
+            lag = rng.choice([0, 1, 1, 2])
+            sign = "-" if rng.random() < 0.7 else "+"
+            reads.append(f"{src.name}[{time}{sign}{lag}]" if lag else src.name)
+        recurrent = direction and target.name not in cyclic and rng.random() < 0.6
+        if recurrent:
+            lag = rng.choice([1, 1, 1, 2, 3])
+            sign = "-" if direction > 0 else "+"
+            if rng.random() < 0.2:
+                param = m.add_param("lag", lag)
+                reads.append(f"{target.name}[{time}{sign}{param}]")
+            else:
+                reads.append(f"{target.name}[{time}{sign}{lag}]")
+            cyclic.add(target.name)
+        if back_reads and k + 1 < len(order) and rng.random() < 0.3:
+            later = rng.choice(order[k + 1 :])
+            reads.append(f"{later.name}[{time}{'-' if direction >= 0 else '+'}1]")
+        shapes = [_shape_of(order, r) for r in reads]
+        call = None
+        if subs and len(reads) == 1 and not recurrent and rng.random() < 0.5:
+            fits = [c for c, i, o, _ in subs if i == shapes[0] and o == target.shape]
+            call = rng.choice(fits) if fits else None
+        p = call or pipeline(rng, shapes, [target.shape])
+        if p is None:
+            continue
+        if rng.random() < 0.15 and len(reads) == 2 and shapes[0] == shapes[1] == target.shape:
+            p = "mul"  # a gate, as in an LSTM's c = fg · c[t-1] + i · g
+        m.edge(reads, [target.name], p)
+        target.written = True
+    for target in order[1:]:
+        if not target.written:
+            src = hidden[0]
+            m.edge(
+                [src.name], [target.name], pipeline(rng, [src.shape], [target.shape]) or "linear"
+            )
+    if rng.random() < 0.2:
+        _add_time_array(rng, m, hidden[0], out)
+    return m.text()
+
+
+def _shape_of(order: list[Space], read: str) -> Shape:
+    name = read.split("[")[0]
+    return next(s.shape for s in order if s.name == name)
+
+
+def _add_time_array(rng: random.Random, m: Machine, source: Space, target: Space) -> None:
+    """The time machine's dense shortcuts: every block reads every block of the previous step."""
+    depth = rng.randint(1, 3)
+    d = m.add_param("depth", depth) if rng.random() < 0.5 else str(depth)
+    h = m.names.fresh(["blk", "hh", "cells"])
+    i = m.names.fresh(["i", "j"])
+    g = m.names.fresh(["g", "unit"])
+    width = rng.randint(1, 6)
+    m.lines.append(f"space {h}[1..{d}] : {width}")
+    m.lines.append(
+        f"for {i} in 1..{d} {{\n"
+        f"    {g}[{i}] : {source.name} × {h}[1..{i}-1] × {h}[1..{d}][{m.time}-1] -> {h}[{i}] = "
+        f"linear | {rng.choice(['tanh', 'relu', 'sigmoid'])}\n}}"
+    )
+    m.edge([f"{h}[{d}]"], [target.name], "linear")
+
+
+# --- files --------------------------------------------------------------------------
+
+_STD_CALLS = {
+    # import, call template, input shape, output shape (from drawn sizes a, b)
+    "blocks": [
+        ("MLP(n={a}, width={w}, out={b}, depth={k})", lambda a, b: ((a,), (b,))),
+        ("ResBlock(w={a})", lambda a, b: ((a,), (a,))),
+        ("DenseMachine(n={a}, depth={k}, width={w}, out={b})", lambda a, b: ((a,), (b,))),
+    ],
+    "conv": [
+        ("ConvBlock(c_in={a}, c_out={b}, size={s})", None),
+        ("ResConvBlock(c={a}, size={s})", None),
+    ],
+    "recurrent": [
+        ("Elman(n={a}, m={w}, dir={d})", lambda a, b: ((a,), (a,))),
+        ("LSTM(n={a}, m={b}, dir={d})", lambda a, b: ((a,), (b,))),
+        ("GRU(n={a}, m={b}, dir={d})", lambda a, b: ((a,), (b,))),
+        ("BiLSTM(n={a}, m={b})", lambda a, b: ((a,), (2 * b,))),
+        ("BiGRU(n={a}, m={b})", lambda a, b: ((a,), (2 * b,))),
+    ],
+    "attention": [
+        ("CausalBlock(d={h4}, heads={hd}, hidden={w})", None),
+        ("LocalBlock(d={h4}, heads={hd}, hidden={w}, w={k})", None),
+        ("EncoderLayer(d={h4}, heads={hd}, hidden={w})", None),
+        ("MLPBlock(d={a}, hidden={w})", lambda a, b: ((a,), (a,))),
+    ],
+}
+
+
+def std_calls(
+    rng: random.Random, module: str, sizes: list[int]
+) -> list[tuple[str, Shape, Shape, str]]:
+    """Calls of the machines of ``std.module``, mostly with sizes from ``sizes``."""
+    calls = []
+    for template, shapes in _STD_CALLS[module]:
+        a, b = (rng.choice(sizes) if rng.random() < 0.7 else rng.randint(1, 8) for _ in "ab")
+        values = {
+            "a": a,
+            "b": b,
+            "w": rng.randint(1, 16),
+            "k": rng.randint(1, 3),
+            "d": rng.choice([1, -1]),
+            "s": rng.randint(2, 8),
+            "hd": rng.choice([1, 2]),
+        }
+        values["h4"] = 4 * values["hd"]
+        call = template.format(**values)
+        if shapes is not None:
+            i, o = shapes(a, b)
+        elif module == "conv":
+            s = values["s"]
+            i, o = (a, s, s), ((b if "c_out" in template else a), s, s)
+        else:
+            i = o = (values["h4"],)
+        calls.append((call, i, o, call.split("(")[0]))
+    return calls
+
+
+def block(
+    rng: random.Random, name: str, time: str | None, sizes: list[int]
+) -> tuple[str, list[tuple[str, Shape, Shape, str]]]:
+    """A small machine to use as an edge, and the calls that fit it."""
+    w = rng.choice(sizes)
+    out = w if rng.random() < 0.5 else rng.choice(sizes)
+    over = f" over {time}" if time else ""
+    rec = f"    r : y[{time}-1] -> y = linear(bias=false)\n" if time and rng.random() < 0.5 else ""
+    text = (
+        f"machine {name}(w: int = {w}, o: int = {out}){over} {{\n"
+        f"    input  x : w\n    space  h : w\n    output y : o\n"
+        f"    f : x -> h = linear | {rng.choice(['relu', 'tanh', 'gelu'])}\n"
+        f"    g : h -> y = linear\n{rec}}}"
+    )
+    w2 = rng.choice(sizes)
+    calls = [
+        (f"{name}", (w,), (out,), name),
+        (f"{name}(w={w2}, o={w2})", (w2,), (w2,), name),
+        (f"{name}(o={w2})", (w,), (w2,), name),
+    ]
+    return text, calls
+
+
+def well_formed(rng: random.Random) -> str:
+    """A whole file: imports, helper machines, and one or more machines that use them."""
+    time = rng.random() < 0.4
+    parts: list[str] = []
+    subs: list[tuple[str, Shape, Shape, str]] = []
+    # The sizes the machines below draw from (over time: hidden widths), so that calls fit.
+    sizes = [4, 6, 8, 12] if time else list(range(1, 13))
+    if rng.random() < 0.3:
+        modules = ["recurrent", "attention", "blocks"] if time else ["blocks", "conv"]
+        module = rng.choice(modules)
+        parts.append(f"import std.{module}")
+        subs += std_calls(rng, module, sizes)
+    if rng.random() < 0.3:
+        name = rng.choice(["Block", "Cell", "Sub", "Inner"])
+        text, calls = block(rng, name, "t" if time else None, sizes)
+        parts.append(text)
+        subs += calls
+    if time and rng.random() < 0.15:  # a machine without time, used at every step
+        text, calls = block(rng, "Step", None, sizes)
+        parts.append(text)
+        subs += calls
+    count = rng.choices([1, 2], weights=[5, 1])[0]
+    used = {s[3] for s in subs}
+    for k in range(count):
+        name = rng.choice(["M", "Net", "Model", "Main", "Classifier", "Encoder"]) + (
+            str(k) if k else ""
+        )
+        if name in used:
+            name += "_"
+        draw = overtime if time else feedforward
+        parts.append(draw(rng, name, subs))
+    if rng.random() < 0.3:
+        parts.insert(rng.randint(0, len(parts)), "# a comment between machines")
+    return "\n\n".join(parts) + "\n"
