@@ -122,12 +122,14 @@ def fuzz(
     report.seconds = time.monotonic() - start
     if progress:
         progress(_progress_line(report, report.seconds))
+    if out is not None:  # the inputs as found, in case minimising is cut short
+        write(report, out)
     if minimise_seconds > 0 and report.failures:
         _minimise_all(
             report, jobs, hang_seconds, memory_mb, run_modules, minimise_seconds, progress
         )
-    if out is not None:
-        write(report, out)
+        if out is not None:
+            write(report, out)
     return report
 
 
