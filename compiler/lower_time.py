@@ -314,6 +314,8 @@ class TimeLowering(_MachineLowering):
 
     def _splits(self, edge) -> bool:
         """Whether a step edge starts with a vector linear on inputs partly known before it."""
+        if not edge.ops:
+            return False  # a machine used as an edge
         first = edge.ops[0]
         if first.kind != "linear" or len(self.structure.shapes[edge.name][0]) != 1:
             return False

@@ -163,7 +163,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, path: str) -> Diagnostic
 
 def _end_position(text: str) -> tuple[int, int]:
     """Just after the last character that is not white space."""
-    lines = text.rstrip().splitlines() or [""]
+    lines = text.rstrip().split("\n")  # as the parser counts lines: by \n alone
     return len(lines), len(lines[-1]) + 1
 
 

@@ -49,6 +49,14 @@ def check_reads(
 ) -> bool:
     """Windows only into attention, ids and the step number only into embedding."""
     ok = True
+    for port in edge.outputs:
+        if machine.space(port.space).ids is not None:
+            reporter.error(
+                Code.SEQUENCE,
+                f"edge {edge.name!r} writes the ids space {port.space!r}; no op writes ids",
+                port.span,
+            )
+            ok = False
     first = _first_op(edge)
     what = (
         f"the machine {ir.machine_call(machines[edge.machine].name, machines[edge.machine].params)}"

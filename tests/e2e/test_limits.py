@@ -310,3 +310,22 @@ def test_at_most_200_diagnostics_are_kept(tmp_path: Path) -> None:
     assert str(info.value).endswith("... and 800 more errors")
     result = machc_cli("check", "many.mach", cwd=tmp_path)
     assert result.stderr.endswith("machc: 1000 errors\n")
+
+
+def test_last_findings_of_the_fuzzer(tmp_path: Path) -> None:
+    ((code, _, line, _),) = errors("machine M {\r    x")  # lone carriage returns
+    assert (code, line) == ("E001", 1)
+    found = errors(
+        "machine M over t { input n : ids(4)\n input x : 4\n output y : 4\n"
+        " e : x -> n = identity\n o : x -> y = identity }"
+    )
+    assert [c for c, *_ in found] == ["E019"]
+    source = tmp_path / "loop.mach"
+    source.write_text(
+        "machine Block { input x : 8\n output y : 8\n e : x -> y = linear }\n"
+        "machine Net over t { input x : 3\n space z : 8\n output m : 8\n"
+        " dec : x × m[t-1] -> z = linear\n stem : z -> m = Block }\n"
+    )
+    model = machc.load(source).Net().double()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    torch.testing.assert_close(model(x), model.resolvent({"x": x})["m"])

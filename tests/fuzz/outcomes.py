@@ -17,9 +17,10 @@ with a proper diagnostic, or with a module that works); four are bugs:
   raise on random inputs of the declared shapes, the outputs have other
   shapes than ``SPACES`` says, or ``forward``'s outputs disagree with
   ``resolvent``'s (in eval mode, float64);
-- ``blow-up``: checking and compiling ran out of the memory bound, wrote a
-  module over the size bound, or accepted a space or layer too large for any
-  tensor (a size of 2^31 or more).
+- ``blow-up``: checking and compiling (or importing and running the module
+  it wrote) ran out of the memory bound, wrote a module over the size bound,
+  or accepted a space or layer too large for any tensor (a size of 2^31 or
+  more).
 
 Failures are the same when their :attr:`Result.key` is: the outcome, the
 exception type (for a miscompile, with the start of its message, numbers

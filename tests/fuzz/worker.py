@@ -178,6 +178,8 @@ class Checker:
         failure = self._run(source, checked.program)
         if failure == USER_MISTAKE:
             return Result(Outcome.OK_MODULE, seconds=seconds)
+        if failure is not None and failure[0] == "MemoryError":  # importing or running it
+            return Result(Outcome.BLOW_UP, "MemoryError", failure[1], failure[2], seconds)
         if failure is not None:
             return Result(Outcome.MISCOMPILE, failure[0], failure[1], failure[2], seconds)
         return Result(Outcome.OK_MODULE, seconds=seconds, ran=True)
@@ -243,7 +245,12 @@ class Checker:
                 if failure:
                     return failure
         except MemoryError:
-            return ("MemoryError", self.phase, traceback.format_exc())
+            return (
+                "MemoryError",
+                self.phase.split(":")[0],
+                f"{self.phase}: the module of {len(source):,} characters ran out of the memory "
+                f"bound:\n{traceback.format_exc()}",
+            )
         except Exception as exc:  # noqa: BLE001
             if _user_module_refused(exc) or self._in_user_module(exc.__traceback__):
                 return USER_MISTAKE
