@@ -9,11 +9,11 @@ diagnostic; all of a file's problems are reported together.
 from __future__ import annotations
 
 import keyword
-import re
 from collections.abc import Iterator, Mapping
 
 from . import ir
 from . import syntax as s
+from .composition import Composition, machine_identity, rename_refs
 from .diagnostics import Code, Note, Reporter, Span
 from .expressions import (
     MAX_EXPANSION,
@@ -21,93 +21,17 @@ from .expressions import (
     Problem,
     Scope,
     TooLarge,
-    as_param,
     did_you_mean,
     evaluate,
     integer,
-    names_in,
-    parse_param_text,
     range_of,
     shape_of,
 )
 from .imports import Library, Visible
-from .names import CLASS_NAME_CLASHES, Namespace
+from .names import CLASS_NAME_CLASHES
 from .ops import OPS, bind_args
+from .params import bind_params, check_param_keys
 from .ports import PortResolver, Spaces
-
-PARAM_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool}
-MAX_MACHINE_NESTING = 32  # machines used as edges of machines used as edges of ...
-
-
-class _Composition:
-    """The machines used as edges in one program: one instance per machine and parameters."""
-
-    def __init__(self, library: Library | None):
-        self.library = library
-        self.instances: dict[tuple, ir.Machine] = {}  # _identity(machine) -> instance
-        self.building: list[tuple[str, str]] = []  # (file, machine) being built, outermost first
-        self.keys = Namespace(CLASS_NAME_CLASHES)
-
-    def scope(self, file: str) -> dict[str, Visible]:
-        if self.library is None:
-            return {}
-        return self.library.scopes.get(file, {})
-
-    def instantiate(
-        self, visible: Visible, values: dict[str, ir.Value], used_at: Span, reporter: Reporter
-    ) -> ir.Machine | None:
-        """The instance of a machine with these parameter values (built once)."""
-        call = ir.machine_call(visible.decl.name, values)
-        if len(self.building) >= MAX_MACHINE_NESTING:
-            reporter.error(
-                Code.SUBMACHINE,
-                f"machines used as edges nest more than {MAX_MACHINE_NESTING} deep here ({call})",
-                used_at,
-            )
-            return None
-        note = Note(message=f"in {call}, used as an edge here", span=used_at)
-        self.building.append((visible.file, visible.decl.name))
-        try:
-            noting = _NotingReporter(reporter, note)
-            machine = _MachineBuilder(visible.decl, noting, self, visible.file).build(values)
-        finally:
-            self.building.pop()
-        if machine is None:
-            return None
-        identity = _identity(machine)
-        if identity not in self.instances:
-            self.instances[identity] = machine.model_copy(update={"key": self.key(machine)})
-        return self.instances[identity]
-
-    def key(self, machine: ir.Machine) -> str:
-        """The class name of a machine: its name, or with its parameters when that is taken."""
-        identity = repr(_identity(machine))
-        hint = machine.name
-        if not self.keys.has(identity) and self.keys.taken(machine.name):
-            values = "_".join(f"{k}{ir.format_value(v)}" for k, v in machine.params.items())
-            hint = f"{machine.name}_{values}" if values else machine.name
-        return self.keys.name(identity, hint)
-
-
-def _identity(machine: ir.Machine) -> tuple:
-    """What makes two machines one class: the defining file, the name, the parameter values."""
-    return (machine.span.file, machine.name, tuple(sorted(machine.params.items())))
-
-
-class _NotingReporter(Reporter):
-    """Reports into another reporter, adding a note to every diagnostic (where it was used)."""
-
-    def __init__(self, inner: Reporter, note: Note):
-        super().__init__()
-        self.inner = inner
-        self.note = note
-
-    def _add(self, diagnostic) -> None:
-        self.inner.add(diagnostic.model_copy(update={"notes": (*diagnostic.notes, self.note)}))
-
-    @property
-    def error_count(self) -> int:
-        return self.inner.error_count
 
 
 def build(
@@ -122,7 +46,7 @@ def build(
     ``Machine.name`` to a value: a Python value or its text (as from ``--set``).
     ``library`` holds the imported files; machines used as edges become instances.
     """
-    composition = _Composition(library)
+    composition = Composition(library, _build_machine)
     composition.keys.reserve(*(decl.name for decl in source.machines))  # roots keep their names
     machines = []
     seen: dict[str, Span] = {}
@@ -139,65 +63,19 @@ def build(
         machine = _MachineBuilder(decl, reporter, composition, source.path).build(params)
         if machine is not None:
             machines.append(machine.model_copy(update={"key": machine.name}))
-    _check_param_keys(source, params, reporter)
+    check_param_keys(source, params, reporter)
     if not source.machines:
         start = Span(file=source.path, line=1, column=1, end_line=1, end_column=1)
         reporter.error(Code.MACHINE, "the file defines no machine", start)
     # A machine of this file used as an edge with its own parameters is that machine.
-    own = {_identity(m): m.key for m in machines}
+    own = {machine_identity(m): m.key for m in machines}
     alias = {m.key: own[i] for i, m in composition.instances.items() if i in own}
     instances = [m for i, m in composition.instances.items() if i not in own]
     return ir.Program(
         file=source.path,
-        machines=tuple(_rename_refs(m, alias) for m in machines),
-        instances=tuple(_rename_refs(m, alias) for m in instances),
+        machines=tuple(rename_refs(m, alias) for m in machines),
+        instances=tuple(rename_refs(m, alias) for m in instances),
     )
-
-
-def _rename_refs(machine: ir.Machine, alias: dict[str, str]) -> ir.Machine:
-    if not any(edge.machine in alias for edge in machine.edges):
-        return machine
-    edges = tuple(
-        e.model_copy(update={"machine": alias[e.machine]}) if e.machine in alias else e
-        for e in machine.edges
-    )
-    return machine.model_copy(update={"edges": edges})
-
-
-_PARAM_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _check_param_keys(source: s.SourceFile, params: Mapping[str, object], reporter: Reporter):
-    """Every value given must bind some machine's parameter (reported at the machine names)."""
-    top = Span(file=source.path, line=1, column=1, end_line=1, end_column=1)
-    for key in params:
-        machine_name, _, name = key.rpartition(".")
-        if not _PARAM_KEY.fullmatch(key):
-            reporter.error(
-                Code.PARAMETER,
-                f"a value is set for {key!r}, which is not NAME or MACHINE.NAME",
-                source.machines[0].name_span if source.machines else top,
-            )
-            continue
-        decls = [m for m in source.machines if not machine_name or m.name == machine_name]
-        if machine_name and not decls:
-            known = ", ".join(m.name for m in source.machines) or "none"
-            reporter.error(
-                Code.PARAMETER,
-                f"a value is set for {key!r}, but this file has no machine {machine_name!r}",
-                source.machines[0].name_span if source.machines else top,
-                hint=f"the machines are: {known}",
-            )
-        elif decls and not any(p.name == name for m in decls for p in m.params):
-            where = f"machine {machine_name!r} has no" if machine_name else "no machine here has a"
-            known = sorted({p.name for m in decls for p in m.params})
-            reporter.error(
-                Code.PARAMETER,
-                f"a value is set for {key!r}, but {where} parameter {name!r}",
-                decls[0].name_span,
-                hint=did_you_mean(name, known)
-                or ("parameters: " + ", ".join(known) if known else "there are no parameters"),
-            )
 
 
 def _note(message: str, span: Span) -> Note:
@@ -207,17 +85,21 @@ def _note(message: str, span: Span) -> Note:
 # --- machines -------------------------------------------------------------------
 
 
+def _build_machine(decl, reporter, composition, file, params) -> ir.Machine | None:
+    return _MachineBuilder(decl, reporter, composition, file).build(params)
+
+
 class _MachineBuilder:
     def __init__(
         self,
         decl: s.MachineDecl,
         reporter: Reporter,
-        composition: _Composition | None = None,
+        composition: Composition | None = None,
         file: str = "",
     ):
         self.decl = decl
         self.reporter = reporter
-        self.composition = composition or _Composition(None)
+        self.composition = composition or Composition(None, _build_machine)
         self.file = file
         self.shares: dict[str, tuple[str, Span, Scope]] = {}  # edge -> (shared edge, where)
         self.spaces = Spaces()
@@ -239,7 +121,7 @@ class _MachineBuilder:
         """The machine, or None if it has errors (then the reporter has them)."""
         errors_before = self.reporter.error_count
         self._check_name()
-        env = self._bind_params(params)
+        env = bind_params(self.decl, params, self.reporter)
         if env is None:
             return None
         self.iterations = 0
@@ -304,95 +186,6 @@ class _MachineBuilder:
                 f"machine name {name!r} is the name of an op, so it could not be used as an edge",
                 self.decl.name_span,
             )
-
-    # --- parameters ---
-
-    def _bind_params(self, given: Mapping[str, object]) -> dict[str, ir.Value] | None:
-        env: dict[str, ir.Value] = {}
-        declared: set[str] = set()
-        failed: set[str] = set()
-        for param in self.decl.params:
-            if param.name == self.decl.time:
-                self.error(
-                    Code.DUPLICATE_NAME,
-                    f"parameter {param.name!r} has the name of the machine's time index",
-                    param.span,
-                )
-                failed.add(param.name)
-                continue
-            if param.name in ("true", "false"):
-                self.error(
-                    Code.PARAMETER, f"{param.name!r} is a literal, not a parameter name", param.span
-                )
-                failed.add(param.name)
-                continue
-            if param.name in declared:
-                self.error(
-                    Code.DUPLICATE_NAME, f"parameter {param.name!r} declared twice", param.span
-                )
-                failed.add(param.name)
-                continue
-            declared.add(param.name)
-            type_ = PARAM_TYPES.get(param.type)
-            if type_ is None:
-                self.error(
-                    Code.PARAMETER,
-                    f"unknown parameter type {param.type!r} (use int, float or bool)",
-                    param.type_span,
-                )
-                failed.add(param.name)
-                continue
-            value = self._param_value(param, type_, given, env, failed)
-            if value is None:
-                failed.add(param.name)
-            else:
-                env[param.name] = value
-        return None if failed else env
-
-    def _param_value(self, param, type_, given, env, failed: set[str]) -> ir.Value | None:
-        qualified = f"{self.decl.name}.{param.name}"
-        key = qualified if qualified in given else param.name if param.name in given else None
-        if key is not None:
-            raw = given[key]
-            value = parse_param_text(raw, type_) if isinstance(raw, str) else raw
-            converted = as_param(value, type_)
-            if converted is None:
-                shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:37] + "..."
-                self.error(
-                    Code.PARAMETER,
-                    f"parameter {param.name!r} of {self.decl.name} is {param.type}, "
-                    f"but {key}={shown} was given",
-                    param.span,
-                    hint="an int is at most 18 ASCII digits, a float a decimal number, a bool "
-                    "true or false"
-                    if isinstance(raw, str)
-                    else None,
-                )
-            return converted
-        if param.default is None:
-            self.error(
-                Code.PARAMETER,
-                f"parameter {param.name!r} of {self.decl.name} has no default and no value",
-                param.span,
-                hint=f"give one: machc compile --set {param.name}=VALUE, or params={{...}}",
-            )
-            return None
-        if names_in(param.default) & failed:
-            return None  # a consequence of the error reported for that parameter
-        try:
-            value = evaluate(param.default, env)
-        except Problem as exc:
-            self.problem(exc)
-            return None
-        converted = as_param(value, type_)
-        if converted is None:
-            self.error(
-                Code.PARAMETER,
-                f"default of parameter {param.name!r} must be {param.type}, "
-                f"got {ir.format_value(value)}",
-                param.default.span,
-            )
-        return converted
 
     # --- loops ---
 
