@@ -15,6 +15,7 @@ from . import ir
 from . import syntax as s
 from .composition import Composition, machine_identity, rename_refs
 from .diagnostics import Code, Note, Reporter, Span
+from .equilibrium import build_solve
 from .expressions import (
     MAX_EXPANSION,
     MAX_SIZE,
@@ -143,6 +144,12 @@ class _MachineBuilder:
         except TooLarge as exc:
             self.problem(exc.problem, scope)
             return None
+        solves = []
+        for item, scope in items:
+            if isinstance(item, s.SolveDecl):
+                solve = self._solve(item, scope)
+                if solve is not None:
+                    solves.append(solve)
         for decl in _flatten(self.unexpanded):
             if isinstance(decl, s.EdgeDecl):
                 self._check_unexpanded_edge(decl)
@@ -156,6 +163,7 @@ class _MachineBuilder:
             time=self.decl.time,
             spaces=tuple(self.spaces.by_name.values()),
             edges=tuple(self.edges.values()),
+            solves=tuple(solves),
             span=self.decl.name_span,
         )
 
@@ -370,6 +378,19 @@ class _MachineBuilder:
             machine=machine_key,
             span=decl.name_span,
         )
+
+    def _solve(self, decl: s.SolveDecl, scope: Scope) -> ir.Solve | None:
+        def known(name: str) -> bool:
+            return name in self.spaces.by_name or decl.space in self.spaces.broken
+
+        def error(code, message, span, hint=None):
+            self.error(code, message, span, scope, hint=hint)
+
+        try:
+            return build_solve(decl, scope, known, error)
+        except Problem as exc:
+            self.problem(exc, scope)
+            return None
 
     # --- machines as edges, shared parameters ---
 

@@ -12,7 +12,7 @@ import math
 
 import networkx as nx
 
-from . import ir, sequences
+from . import equilibrium, ir, sequences
 from .diagnostics import Code, Note, Reporter
 from .expressions import MAX_ELEMENTS, MAX_SIZE
 from .ops import OPS, OpError, Site, combined_shape, format_shape, infer_pipeline
@@ -54,7 +54,7 @@ def _check_machine(
     _check_shared(machine, shapes, reporter)
     _check_written(machine, reporter)
     graph = hypergraph(machine)
-    _check_cycles(machine, graph, reporter)
+    cycles = equilibrium.cycles(machine, graph, _node_key(graph), reporter, machines or {})
     if reporter.error_count > errors_before:
         return None
     # reads of earlier and later steps too (a machine not over time has none)
@@ -64,7 +64,7 @@ def _check_machine(
         stages = sequences.stages(machine, space_time, reporter, machines or {}, structures or {})
         if stages is None:
             return None
-    structure = _structure(machine, graph, space_time, shapes, stages, structures or {})
+    structure = _structure(machine, graph, space_time, shapes, stages, structures or {}, cycles)
     _warn_unused(machine, space_time, reporter)
     return structure
 
@@ -268,55 +268,69 @@ def hypergraph(machine: ir.Machine, delayed: bool = False) -> nx.DiGraph:
 
 
 def _node_key(graph: nx.DiGraph):
-    return lambda node: (node[0] == "edge", graph.nodes[node]["index"])
+    return lambda node: (node[0] != "space", graph.nodes[node]["index"])
 
 
-def _check_cycles(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter) -> None:
-    """One diagnostic per strongly connected component that holds a cycle."""
-    key = _node_key(graph)
-    components = [c for c in nx.strongly_connected_components(graph) if len(c) > 1]
-    for component in sorted(components, key=lambda c: min(map(key, c))):
-        start = min((n for n in component if n[0] == "space"), key=key)
-        cycle = [u for u, _ in nx.find_cycle(graph.subgraph(component), source=start)]
-        path = " -> ".join(name for _, name in [*cycle, cycle[0]])
-        edges = {edge.name: edge for edge in machine.edges}
-        notes = []
-        for i, (kind, name) in enumerate(cycle):
-            if kind == "edge":
-                read, wrote = cycle[i - 1][1], cycle[(i + 1) % len(cycle)][1]
-                notes.append(
-                    Note(
-                        message=f"edge {name!r} reads {read!r} and writes {wrote!r}",
-                        span=edges[name].span,
-                    )
-                )
-        reporter.error(
-            Code.CYCLE,
-            f"cycle: {path}",
-            notes[0].span,
-            notes=tuple(notes[1:]),
-            hint="a machine of finite depth has no cycles; break one of these edges"
-            if machine.time is None
-            else f"within one step a machine has no cycles; read an earlier step "
-            f"({cycle[0][1]}[{machine.time}-1]) to make this a recurrence",
-        )
+def _depths(machine: ir.Machine, graph: nx.DiGraph, cycles: tuple[ir.Cycle, ...]):
+    """The depth of every space and the level of every edge, a solved cycle counting as one
+    edge: its edges all have the level after everything they read, and its spaces that
+    depth."""
+    if cycles:
+        graph = _contracted(machine, graph, cycles)
+    depth: dict[str, int] = {}
+    level: dict[tuple[str, object], int] = {}
+    for node in nx.lexicographical_topological_sort(graph, key=_node_key(graph)):
+        kind, name = node
+        if kind == "space":
+            depth[name] = max((level[writer] for writer in graph.predecessors(node)), default=0)
+        else:
+            # an edge that reads only other steps depends on nothing in its own step; a
+            # cycle depends on what its edges read and on the edges that add to its spaces
+            preds = graph.predecessors(node)
+            before = [depth[p[1]] if p[0] == "space" else level[p] for p in preds]
+            level[node] = 1 + max(before, default=0)
+    edges = {name: k for (kind, name), k in level.items() if kind == "edge"}
+    for i, cycle in enumerate(cycles):
+        k = level[("cycle", i)]
+        edges.update((e, k) for e in cycle.edges)
+        depth.update((s, k) for s in cycle.spaces)
+    return depth, edges
+
+
+def _contracted(machine: ir.Machine, graph: nx.DiGraph, cycles: tuple[ir.Cycle, ...]):
+    """The hypergraph with each solved cycle made one node ``("cycle", i)``: acyclic."""
+    member = {}
+    for i, cycle in enumerate(cycles):
+        member.update((("space", s), ("cycle", i)) for s in cycle.spaces)
+        member.update((("edge", e), ("cycle", i)) for e in cycle.edges)
+    contracted = nx.DiGraph()
+    contracted.add_nodes_from((n, d) for n, d in graph.nodes(data=True) if n not in member)
+    for i, cycle in enumerate(cycles):
+        first = min(graph.nodes[("edge", e)]["index"] for e in cycle.edges)
+        contracted.add_node(("cycle", i), index=first)
+    for u, v in graph.edges():
+        u, v = member.get(u, u), member.get(v, v)
+        if u != v:
+            contracted.add_edge(u, v)
+    return contracted
 
 
 def _structure(
-    machine: ir.Machine, graph: nx.DiGraph, space_time: nx.DiGraph, shapes, stages, structures
+    machine: ir.Machine,
+    graph: nx.DiGraph,
+    space_time: nx.DiGraph,
+    shapes,
+    stages,
+    structures,
+    cycles: tuple[ir.Cycle, ...] = (),
 ) -> ir.Structure:
-    depth: dict[str, int] = {}
-    level: dict[str, int] = {}
-    for kind, name in nx.lexicographical_topological_sort(graph, key=_node_key(graph)):
-        if kind == "space":
-            writers = [level[e] for _, e in graph.predecessors((kind, name))]
-            depth[name] = max(writers, default=0)
-        else:
-            # an edge that reads only other steps depends on nothing in its own step
-            read = [depth[s] for _, s in graph.predecessors((kind, name))]
-            level[name] = 1 + max(read, default=0)
+    depth, level = _depths(machine, graph, cycles)
     index = {edge.name: i for i, edge in enumerate(machine.edges)}
-    order = tuple(sorted(level, key=lambda e: (level[e], index[e])))
+    group = dict(index)  # the edges of a solved cycle run together, where its first one would
+    for cycle in cycles:
+        first = min(index[e] for e in cycle.edges)
+        group.update((e, first) for e in cycle.edges)
+    order = tuple(sorted(level, key=lambda e: (level[e], group[e], index[e])))
     by_level: list[list[str]] = [[] for _ in range(max(level.values(), default=0))]
     for e in order:
         by_level[level[e] - 1].append(e)
@@ -327,6 +341,7 @@ def _structure(
             depth={space.name: depth[space.name] for space in machine.spaces},
             levels=levels,
             shapes={edge.name: shapes[edge.name] for edge in machine.edges},
+            cycles=cycles,
         )
     stages = sequences.stage_orders(machine, stages, order, space_time, _node_key(space_time))
     delays: dict[str, int] = {}

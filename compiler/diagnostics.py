@@ -57,8 +57,10 @@ class Code(enum.StrEnum):
     IMPORT = "E017"
     SUBMACHINE = "E018"
     SEQUENCE = "E019"
+    SOLVE = "E020"
     UNREACHED_OUTPUT = "W101"
     UNREAD_INPUT = "W102"
+    LINEAR_CYCLE = "W103"
 
 
 class Note(BaseModel):

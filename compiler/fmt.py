@@ -243,7 +243,7 @@ class _Printer:
                 header.node = (item, inner, close)
                 body.append(header)
             else:
-                kind = "space" if isinstance(item, s.SpaceDecl) else "edge"
+                kind = {s.SpaceDecl: "space", s.SolveDecl: "solve"}.get(type(item), "edge")
                 body.append(self._add(kind, item, depth, _start(item.span)))
         return body
 
@@ -288,6 +288,8 @@ class _Printer:
         for previous, group in zip(body, body[1:], strict=False):
             if (previous.kind == "space") != (group.kind == "space"):
                 group.forced = True  # a blank line between the spaces and the rest
+            elif group.kind == "solve" and previous.kind != "solve":
+                group.forced = True  # and before the solves
         for run in _runs(body, lambda a, b: a.kind == b.kind):
             if run[0].kind == "space":
                 self._spaces(run)
@@ -302,6 +304,12 @@ class _Printer:
                         paragraph = []
                     paragraph.append((group, width))
                 self._edges(paragraph)
+            elif run[0].kind == "solve":
+                for group in run:
+                    solve = group.node
+                    name = self._edge_name(solve)
+                    group.lines = [f"solve {name} with {self.exprs.op(solve.solver)}"]
+                    group.line_starts = [group.start]
             else:
                 for group in run:
                     loop = group.node[0]
@@ -321,10 +329,11 @@ class _Printer:
             return decl.name
         return f"{decl.name}[{self.exprs.range(decl.array)}]"
 
-    def _edge_name(self, edge: s.EdgeDecl) -> str:
+    def _edge_name(self, edge: s.EdgeDecl | s.SolveDecl) -> str:
+        name = edge.name if isinstance(edge, s.EdgeDecl) else edge.space
         if edge.index is None:
-            return edge.name
-        return f"{edge.name}[{self.exprs.expr(edge.index, True)}]"
+            return name
+        return f"{name}[{self.exprs.expr(edge.index, True)}]"
 
     def _edges(self, paragraph: list[tuple[_Group, int]]) -> None:
         edges = [group.node for group, _ in paragraph]

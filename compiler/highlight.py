@@ -49,7 +49,9 @@ class MachLexer(RegexLexer):
                 r"(import)(\s+)(" + NAME + r"(?:\." + NAME + r")*)",
                 bygroups(Keyword.Namespace, Whitespace, Name.Namespace),
             ),
-            (words(("for", "in", "over", "import"), suffix=r"\b"), Keyword),
+            # `solve z with anderson(...)`: the solver is named like an op
+            (r"(with)(\s+)(" + NAME + ")", bygroups(Keyword, Whitespace, Name.Builtin)),
+            (words(("for", "in", "over", "import", "solve"), suffix=r"\b"), Keyword),
             # An edge declaration: `name :` or `name[i] :` (spaces were taken above).
             (r"(" + NAME + r")(?=\s*(\[[^\]\n]*\])?\s*:)", Name.Function),
             # Ops: after `|`, and after the `=` of an edge (followed by `(`, `|` or a line end).

@@ -150,6 +150,19 @@ class Edge(Node):
     span: Span
 
 
+class Solve(Node):
+    """``solve z with anderson(tol=1e-5)``: how the cycle through ``space`` is solved.
+
+    ``args`` holds every argument of the solver, defaults included (``tol``,
+    ``max_iter``, ``backward`` and the solver's own).
+    """
+
+    space: str
+    solver: str
+    args: dict[str, Value]
+    span: Span
+
+
 class Machine(Node):
     """A machine with its parameters bound to concrete values.
 
@@ -163,6 +176,7 @@ class Machine(Node):
     time: str | None = None  # the time index of a machine over time
     spaces: tuple[Space, ...]
     edges: tuple[Edge, ...]
+    solves: tuple[Solve, ...] = ()
     span: Span
 
     def space(self, name: str) -> Space:
@@ -200,6 +214,19 @@ class Stage(Node):
     edges: tuple[str, ...]
 
 
+class Cycle(Node):
+    """A strongly connected part of a machine's hypergraph, solved to its fixed point.
+
+    ``spaces`` are the unknowns (declaration order); ``edges`` the edges that read and
+    write them (dependency order of the machine lists them together, in declaration
+    order); ``solve`` says how.
+    """
+
+    spaces: tuple[str, ...]
+    edges: tuple[str, ...]
+    solve: Solve
+
+
 class Structure(Node):
     """What ``check`` learns about a machine of finite depth."""
 
@@ -210,6 +237,10 @@ class Structure(Node):
     levels: tuple[tuple[str, ...], ...] = Field(description="antichains of independent edges")
     shapes: dict[str, tuple[Shape, ...]] = Field(
         description="edge name -> shape entering each op, then the shape it produces"
+    )
+    cycles: tuple[Cycle, ...] = Field(
+        default=(),
+        description="solved cycles, in dependency order; their edges are one level",
     )
     delays: dict[str, int] = Field(
         default_factory=dict,

@@ -23,9 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import __version__, ir
+from .equilibrium import solver_args, solver_text
 from .ir import format_params, machine_call
 from .names import METHOD_LOCALS, MODULE_ATTRIBUTES, MODULE_NAMES, Namespace
 from .ops import CHANNEL_DIM, OPS, REQUIRED, Site
+from .ops.spec import py_literal
 
 PIPELINE_WIDTH = 48  # a pipeline expression longer than this continues in a new statement
 
@@ -104,7 +106,9 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
         for c in program.machines
     )
     code = [layer.constructor for c in classes for layer in c.layers]
-    code += [line for c in classes for m in c.methods for line in m.body if line[:1] != "#"]
+    code += [
+        line for c in classes for m in c.methods for line in m.body if line.lstrip()[:1] != "#"
+    ]
     imports = ["import torch"]
     if any(re.search(r"\bF\.", line) for line in code):
         imports.append("import torch.nn.functional as F")
@@ -230,6 +234,8 @@ class _Plan:
     # port's folded sequence (every step at once)
     prep: list[str] | None = None
     folded: Callable[[ir.Port], str] | None = None
+    # a tensor that gives the batch size, dtype and device (where solves start from zeros)
+    like: str = ""
 
 
 class _MachineLowering:
@@ -254,6 +260,7 @@ class _MachineLowering:
                 self.writers[port.space].append(edge.name)
         self.attrs = Namespace(MODULE_ATTRIBUTES)
         self.layer_exprs: dict[tuple[str, int], str] = {}
+        self.solvers: dict[str, str] = {}  # solved space -> its runtime.Solve attribute
 
     def where(self, span) -> str:
         return f"{_file_label(span.file)}:{span.line}"
@@ -283,11 +290,21 @@ class _MachineLowering:
             inputs=_py_tuple(py_str(s.name) for s in inputs),
             outputs=_py_tuple(py_str(s.name) for s in outputs),
             layers=tuple(layers),
-            methods=(self._forward(inputs, outputs), self._f(), self._resolvent()),
+            methods=self._methods(inputs, outputs),
         )
 
+    def _methods(self, inputs, outputs) -> tuple[Method, ...]:
+        return (self._forward(inputs, outputs), self._f(), self._resolvent(), self._adjoint())
+
     def _doc_notes(self) -> list[str]:
-        return []
+        notes = []
+        for cycle in self.structure.cycles:
+            solve = cycle.solve
+            notes.append(
+                f"The cycle through {', '.join(cycle.spaces)} is solved by {solve.solver}; "
+                f"{self.solvers[solve.space]} has the iterations and residual of the last call."
+            )
+        return notes
 
     def _class_attributes(self) -> list[str]:
         return []
@@ -323,6 +340,15 @@ class _MachineLowering:
                     self.layer_exprs[(edge.name, i)] = f"self.{attr}[{k}]"
                 constructor = "nn.ModuleList([" + ", ".join(c for _, c in built) + "])"
             layers.append(Layer(attr=attr, constructor=constructor, comment=_safe(comment)))
+        for cycle in self.structure.cycles:
+            solve = cycle.solve
+            attr = self.attrs.name(f"solve/{solve.space}", f"solve_{solve.space}")
+            self.solvers[solve.space] = f"self.{attr}"
+            args = [py_literal(solve.solver)]
+            args += [f"{k}={py_literal(v)}" for k, v in solver_args(solve).items()]
+            constructor = f"runtime.Solve({', '.join(args)})"
+            comment = f"{self.where(solve.span)}  solve {solve.space}"
+            layers.append(Layer(attr=attr, constructor=constructor, comment=_safe(comment)))
         for edge in self.machine.edges:
             if edge.shares is not None:
                 for i in range(max(1, len(edge.ops))):
@@ -343,6 +369,7 @@ class _MachineLowering:
             base=lambda space: plan.var[space] if space in args_by_space else None,
             leveled=True,
             locals=names,
+            like=args[0] if args else "",
         )
         args_by_space = {s.name: a for s, a in zip(inputs, args, strict=True)}
         plan.var.update(args_by_space)
@@ -370,6 +397,7 @@ class _MachineLowering:
             base=lambda space: f"x0[{py_str(space)}]",
             leveled=True,
             locals=names,
+            like=f"x0[{py_str(self.machine.spaces[0].name)}]",
         )
         body = ["x0 = _complete(self.SPACES, x0)"]
         for space in self.machine.spaces:
@@ -404,6 +432,58 @@ class _MachineLowering:
             body=tuple(body),
         )
 
+    def _adjoint(self) -> Method:
+        """Each edge computed once at the state, on leaves, then each edge's vector-Jacobian
+        product once in reverse dependency order (a solved cycle: solved again)."""
+        names = self._method_locals()
+        plan = _Plan(
+            read=lambda port: f"x[{py_str(port.space)}]",
+            base=lambda space: None,
+            leveled=False,
+            locals=names,
+        )
+        computed = []
+        results: dict[str, str] = {}
+        for name in self.structure.order:
+            edge = self.edges[name]
+            text = edge_text(edge, self.machine.time, self.machines)
+            computed.append(f"# {self.where(edge.span)}  {_safe(text)}")
+            expr = self._edge_expr(edge, plan, computed)
+            results[name] = names.name(f"{name}/result", name)
+            computed.append(f"{results[name]} = {expr}")
+        body = ["x = runtime.leaves(_complete(self.SPACES, x))", "with torch.enable_grad():"]
+        body += ["    " + line for line in computed]
+        body.append("bar = _complete(self.SPACES, cotangent)")
+        body.append("# the adjoint machine: the edges in reverse dependency order")
+        cycle_of = {e: cycle for cycle in self.structure.cycles for e in cycle.edges}
+
+        def ports(edge_ports) -> str:
+            return _py_tuple(py_str(p.space) for p in edge_ports if not p.position)
+
+        for name in reversed(self.structure.order):
+            edge = self.edges[name]
+            cycle = cycle_of.get(name)
+            if cycle is None:
+                args = f"bar, x, {results[name]}, {ports(edge.inputs)}, {ports(edge.outputs)}"
+                body.append(f"runtime.pull({args})  # {self.where(edge.span)}  {_safe(name)}")
+            elif name == cycle.edges[-1]:
+                members = [self.edges[e] for e in cycle.edges]
+                edges = _py_tuple(
+                    f"({results[e.name]}, {ports(e.inputs)}, {ports(e.outputs)})" for e in members
+                )
+                spaces = _py_tuple(py_str(s) for s in cycle.spaces)
+                solver = self.solvers[cycle.solve.space]
+                where = f"{self.where(cycle.solve.span)}  solve {cycle.solve.space}"
+                body.append(f"runtime.pull_cycle(bar, x, {edges}, {spaces}, {solver})  # {where}")
+        body.append("return bar")
+        return Method(
+            signature="adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) "
+            "-> dict[str, Tensor]",
+            doc="The adjoint machine at the state x: the cotangent on every space, the "
+            "solution of bar = f'(x)^T bar + cotangent.",
+            body=tuple(body),
+        )
+
     def _state_dict_return(self, plan: _Plan) -> list[str]:
         items = [f"{py_str(s.name)}: {plan.var[s.name]}" for s in self.machine.spaces]
         return _dict_lines("return ", items, indent=8)
@@ -416,12 +496,22 @@ class _MachineLowering:
         running = set(order)  # a machine over time runs its edges in phases: writers of this one
         writers = {s: [w for w in ws if w in running] for s, ws in self.writers.items()}
         level_of = {e: k for k, level in enumerate(self.structure.levels, 1) for e in level}
+        # forward and the resolvent solve each cycle where its first edge would run; f (and
+        # the function a solver iterates) apply its edges once
+        cycle_of = {}
+        if plan.leveled:
+            cycle_of = {e: cycle for cycle in self.structure.cycles for e in cycle.edges}
         current_level = None
         for name in order:
             edge = self.edges[name]
             if plan.leveled and level_of[name] != current_level:
                 current_level = level_of[name]
                 lines.append(f"# level {current_level}")
+            if name in cycle_of:
+                cycle = cycle_of[name]
+                if name == cycle.edges[0]:
+                    lines += self._solve(plan, cycle, pending, writers)
+                continue
             text = edge_text(edge, self.machine.time, self.machines)
             lines.append(f"# {self.where(edge.span)}  {_safe(text)}")
             expr = self._edge_expr(edge, plan, lines)
@@ -457,6 +547,49 @@ class _MachineLowering:
                     terms = [contributions[w] for w in writers[space]]
                     terms = ([base] if base is not None else []) + terms
                     lines += _sum_lines(_target(plan, space), terms)
+        return lines
+
+    def _solve(self, plan: _Plan, cycle: ir.Cycle, pending, writers) -> list[str]:
+        """A solved cycle: the function of its spaces a solver iterates, and the solve.
+
+        What edges outside the cycle add to its spaces (and ``x0`` in the resolvent) is
+        computed before and added on every iteration.
+        """
+        solve = cycle.solve
+        edges = ", ".join(cycle.edges)
+        text = f"solve {solve.space} with {solver_text(solve)}"
+        lines = [f"# {self.where(solve.span)}  {_safe(text)}: the cycle of {_safe(edges)}"]
+        names = {s: _target(plan, s) for s in cycle.spaces}  # also the function's parameters
+        bases = {}
+        for s in cycle.spaces:
+            added = pending.pop(s, {})
+            terms = [plan.base(s)] if plan.base(s) is not None else []
+            terms += [added[w] for w in writers[s] if w in added]
+            if len(terms) > 1:
+                bases[s] = plan.locals.name(f"{s}/outside", f"{s}_in")
+                lines += _sum_lines(bases[s], terms)
+            elif terms:
+                bases[s] = terms[0]
+        function = plan.locals.name(f"{solve.space}/cycle", f"cycle_{solve.space}")
+        inner = _Plan(
+            read=lambda port: names[port.space] if port.space in names else plan.read(port),
+            base=bases.get,
+            leveled=False,
+            locals=plan.locals,
+            var={s: plan.locals.name(f"{s}/next", f"{s}_next") for s in cycle.spaces},
+        )
+        body = self._statements(inner, cycle.edges)
+        body.append("return " + _py_tuple(inner.var[s] for s in cycle.spaces))
+        params = ", ".join(f"{names[s]}: Tensor" for s in cycle.spaces)
+        lines.append(f"def {function}({params}) -> tuple[Tensor, ...]:")
+        lines += ["    " + line for line in body]
+        like = plan.like
+        starts = []
+        for s in cycle.spaces:
+            shape = ", ".join(str(n) for n in self.machine.space(s).shape)
+            starts.append(f"{like}.new_zeros(({like}.shape[0], {shape}))")
+        targets = _py_tuple(names[s] for s in cycle.spaces)
+        lines.append(f"{targets} = {self.solvers[solve.space]}({function}, {_py_tuple(starts)})")
         return lines
 
     def _edge_expr(self, edge: ir.Edge, plan: _Plan, lines: list[str]) -> str:

@@ -63,6 +63,10 @@ class TimeLowering(_MachineLowering):
     def _sub_causal(self, key: str) -> bool:
         return self.structures[key].causal
 
+    def _methods(self, inputs, outputs):
+        # no adjoint yet: a machine over time's is a machine over reversed time
+        return (self._forward(inputs, outputs), self._f(), self._resolvent())
+
     def _doc_notes(self) -> list[str]:
         t = self.machine.time
         notes = ["Tensors are [batch, time, *shape]"]

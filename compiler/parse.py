@@ -331,6 +331,12 @@ class _ToSyntax(Transformer):
             var_span=_token_span(self.path, var),
         )
 
+    def solve_decl(self, meta, children):
+        (space, index, space_span), solver = children
+        return s.SolveDecl(
+            space=space, index=index, solver=solver, span=self._span(meta), space_span=space_span
+        )
+
     def all_steps(self, meta, children):
         return s.AllSteps(span=self._span(meta))
 

@@ -158,7 +158,18 @@ class ForLoop:
     var_span: Span
 
 
-Item = SpaceDecl | EdgeDecl | ForLoop
+@dataclass(frozen=True)
+class SolveDecl:
+    """``solve z with anderson(tol=1e-5)``: the cycle through ``z`` solved to its fixed point."""
+
+    space: str
+    index: Expr | None
+    solver: OpCall
+    span: Span
+    space_span: Span
+
+
+Item = SpaceDecl | EdgeDecl | ForLoop | SolveDecl
 
 
 @dataclass(frozen=True)

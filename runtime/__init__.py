@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .adjoint import leaves, pull, pull_cycle
+from .equilibrium import SOLVERS, Solve
 from .sequences import (
     attention,
     check_lengths,
@@ -39,7 +41,12 @@ from .sequences import (
 )
 
 __all__ = [
+    "SOLVERS",
     "MachineShapeError",
+    "Solve",
+    "leaves",
+    "pull",
+    "pull_cycle",
     "attention",
     "check_lengths",
     "check_shape",

@@ -16,6 +16,7 @@ from .spec import (
     NUMS,
     REQUIRED,
     SPATIAL,
+    SPECTRAL_NORM_ARG,
     STR,
     ArgSpec,
     ArgValues,
@@ -32,6 +33,7 @@ from .spec import (
     positive,
     prod,
     py_literal,
+    spectral,
 )
 
 # --- shape helpers ---------------------------------------------------------------------
@@ -120,6 +122,7 @@ CONV_ARGS = (
         one_of("zeros", "reflect", "replicate", "circular"),
         "how padding is filled",
     ),
+    SPECTRAL_NORM_ARG,
 )
 
 
@@ -157,7 +160,7 @@ def _conv_layer(site: Site, before: Shape, after: Shape) -> str:
     names = ("stride", "padding", "dilation", "groups", "bias", "padding_mode")
     positional = [str(before[0]), str(after[0]), py_literal(args["kernel"])]
     extra = kwargs(args, CONV_ARGS, names)
-    return f"nn.Conv{len(before) - 1}d({', '.join(positional + extra)})"
+    return spectral(args, f"nn.Conv{len(before) - 1}d({', '.join(positional + extra)})")
 
 
 def _conv_params(args, before, after) -> int:

@@ -12,6 +12,7 @@ from .spec import (
     OUT_ARG,
     REQUIRED,
     SPATIAL,
+    SPECTRAL_NORM_ARG,
     STR,
     ArgSpec,
     CallFn,
@@ -28,6 +29,7 @@ from .spec import (
     probability,
     prod,
     py_literal,
+    spectral,
 )
 
 # --- linear ---------------------------------------------------------------------------------
@@ -40,8 +42,8 @@ def _linear_shape(args, before, target):
 def _linear_layer(site: Site, before: Shape, after: Shape) -> str:
     bias = "" if site.args["bias"] else ", bias=False"
     if len(before) == 1:
-        return f"nn.Linear({before[0]}, {after[0]}{bias})"
-    return f"nn.Conv{len(before) - 1}d({before[0]}, {after[0]}, 1{bias})"
+        return spectral(site.args, f"nn.Linear({before[0]}, {after[0]}{bias})")
+    return spectral(site.args, f"nn.Conv{len(before) - 1}d({before[0]}, {after[0]}, 1{bias})")
 
 
 def _linear_params(args, before, after) -> int:
@@ -58,7 +60,7 @@ LINEAR = OpSpec(
     "volumes); channel counts are inferred.",
     rule="[C, *S] -> [out, *S]",
     call="{layer}({x})",
-    args=(OUT_ARG, ArgSpec("bias", (BOOL,), True, doc="learn an additive bias")),
+    args=(OUT_ARG, ArgSpec("bias", (BOOL,), True, doc="learn an additive bias"), SPECTRAL_NORM_ARG),
     ranks=(1, 4),
     changes_channels=True,
     shape=_linear_shape,

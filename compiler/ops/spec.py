@@ -236,6 +236,21 @@ OUT_ARG = ArgSpec(
 )
 
 
+SPECTRAL_NORM_ARG = ArgSpec(
+    "spectral_norm",
+    (BOOL,),
+    False,
+    doc="divide the weight by its largest singular value (keeps a solved cycle contractive)",
+)
+
+
+def spectral(args: ArgValues, constructor: str) -> str:
+    """A layer constructor, with its weight spectrally normalised when the op asks."""
+    if args.get("spectral_norm"):
+        return f"nn.utils.parametrizations.spectral_norm({constructor})"
+    return constructor
+
+
 def channels(args: ArgValues, target) -> int:
     """The output channels of a channel-changing op: ``out=``, else the inferred target."""
     if args.get("out") is not None:
