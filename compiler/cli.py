@@ -472,6 +472,7 @@ def describe(program) -> str:
     A machine over time also gets the steps its edges read besides their own (earlier,
     later, windows) and its stages, in the order they run.
     """
+    from .equilibrium import cycle_text
     from .ir import format_params
     from .lower import source_label
     from .sequences import kind_text
@@ -500,6 +501,9 @@ def describe(program) -> str:
         lines.append("  levels of independent edges:")
         for k, level in enumerate(structure.levels, 1):
             lines.append(f"    {k}: {', '.join(level)}")
+        if structure.cycles:
+            lines.append("  solved cycles:")
+            lines += [f"    {cycle_text(cycle)}" for cycle in structure.cycles]
         if machine.time:
             lines += _describe_steps(machine, structure)
         blocks.append("\n".join(lines))

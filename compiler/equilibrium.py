@@ -129,11 +129,12 @@ def build_solve(
         return None
     positional, keyword, spans = [], [], []
     for arg in call.args:
-        env = scope.env
-        if arg.name == "backward" and isinstance(arg.value, s.Var) and arg.value.name not in env:
-            env = {**env, **{b: b for b in BACKWARDS}}  # backward=implicit: a word, not a name
+        word = arg.name == "backward" and isinstance(arg.value, s.Var)
         try:
-            value = evaluate(arg.value, env)
+            if word and arg.value.name not in scope.env:
+                value = arg.value.name  # backward=implicit: a word, not a parameter
+            else:
+                value = evaluate(arg.value, scope.env)
         except Problem as exc:
             if not exc.silent:
                 error(exc.code, exc.message, exc.span, hint=exc.hint)
@@ -175,6 +176,11 @@ def solver_text(solve: ir.Solve) -> str:
         for name, value in solver_args(solve).items()
     ]
     return f"{solve.solver}({', '.join(shown)})"
+
+
+def cycle_text(cycle: ir.Cycle) -> str:
+    """A solved cycle for reports: ``z (cell) by anderson(tol=1e-05, max_iter=50)``."""
+    return f"{', '.join(cycle.spaces)} ({', '.join(cycle.edges)}) by {solver_text(cycle.solve)}"
 
 
 # --- checking -------------------------------------------------------------------------------

@@ -65,8 +65,16 @@ CLOCK_NODE = (  # the step number of a machine over time, read by a position emb
 )
 # Arrows of reads of other steps, and what the legend says of them, by kind of read.
 PAST, FUTURE, WINDOW, CLOCK = "past", "future", "window", "clock"
-READ_COLOURS = {PAST: "#7c3aed", FUTURE: "#c2410c", WINDOW: "#0369a1", CLOCK: "#1d4ed8"}
+SOLVED = "solved"
+READ_COLOURS = {
+    PAST: "#7c3aed",
+    FUTURE: "#c2410c",
+    WINDOW: "#0369a1",
+    CLOCK: "#1d4ed8",
+    SOLVED: "#b91c1c",
+}
 LEGEND = {
+    SOLVED: "dashed solve: closes a cycle, solved to its fixed point",
     PAST: "dashed {t}-k: reads an earlier step",
     FUTURE: "dashed {t}+k: reads a later step",
     WINDOW: "bold: reads a window of steps",
@@ -197,6 +205,13 @@ class _Drawer:
             self.nodes.append(clock)
             self.clocks.add(clock)
         arrows = []
+        checked = self.machines.get(machine.key or machine.name)
+        solved = {  # (edge, space) of the reads that close a solved cycle
+            (e, s)
+            for cycle in (checked.structure.cycles if checked else ())
+            for e in cycle.edges
+            for s in cycle.spaces
+        }
         for edge in machine.edges:
             node = ids[edge.name]
             if edge.name in opened:
@@ -206,7 +221,12 @@ class _Drawer:
             self.nodes.append(node)
             for port in edge.inputs:
                 tail = clock if port.position else spaces[port.space]
-                arrows.append(self._arrow(tail, node, self._read_attrs(port, machine)))
+                if (edge.name, port.space) in solved:
+                    self.reads.add(SOLVED)
+                    attrs = _solved_attrs()
+                else:
+                    attrs = self._read_attrs(port, machine)
+                arrows.append(self._arrow(tail, node, attrs))
             for port in edge.outputs:
                 arrows.append(self._arrow(node, spaces[port.space], ""))
         lines += [f"{indent}{arrow}" for arrow in arrows]
@@ -307,8 +327,8 @@ class _Drawer:
 def _columns(nodes: list[str], arrows: list[tuple[str, str]]) -> list[list[str]]:
     """Node ids column by column: each node's column is its longest path of arrows.
 
-    The arrows (reads of other steps left out) form an acyclic graph, since a
-    checked machine has finite depth.
+    The arrows (reads of other steps and reads that close solved cycles left out) form
+    an acyclic graph.
     """
     after: dict[str, list[str]] = {node: [] for node in nodes}
     waiting = dict.fromkeys(nodes, 0)
@@ -401,6 +421,16 @@ def _read_attrs(port: ir.Port, machine: ir.Machine) -> str:
     label = _quoted(f"{t}-{port.delay}" if port.delay > 0 else f"{t}+{-port.delay}")
     return (
         f' [style="dashed" color="{colour}" fontcolor="{colour}" label={label} fontsize="10" '
+        'constraint="false"]'
+    )
+
+
+def _solved_attrs() -> str:
+    """A read that closes a solved cycle: dashed, labelled, and not ordering the columns
+    (the cycle's edges read its spaces at the fixed point)."""
+    colour = READ_COLOURS[SOLVED]
+    return (
+        f' [style="dashed" color="{colour}" fontcolor="{colour}" label="solve" fontsize="10" '
         'constraint="false"]'
     )
 

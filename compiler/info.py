@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from . import ir
+from .equilibrium import cycle_text
 from .ir import format_params
 from .lower import pipeline_text, port_text, source_label
 from .ops import OPS, format_shape
@@ -53,6 +54,7 @@ class MachineInfo:
     spaces: list[SpaceInfo]
     edges: list[EdgeInfo]
     levels: list[list[str]]
+    cycles: list[str]  # each solved cycle: "z (cell) by anderson(tol=1e-05, max_iter=50)"
     total_params: int
     total_macs: int
     exact: bool  # False when some edge's counts are not known
@@ -85,6 +87,7 @@ def machine_info(
         ],
         edges=edges,
         levels=[list(level) for level in structure.levels],
+        cycles=[cycle_text(cycle) for cycle in structure.cycles],
         total_params=sum(e.params or 0 for e in edges),
         total_macs=sum(e.macs or 0 for e in edges),
         exact=all(e.params is not None for e in edges),
@@ -172,6 +175,9 @@ def _describe_machine(info: MachineInfo) -> str:
     lines += ["", "  levels of independent edges"]
     for k, level in enumerate(info.levels, 1):
         lines.append(f"    {k}: {', '.join(level)}")
+    if info.cycles:
+        lines += ["", "  solved cycles (their edges' MACs count once per iteration)"]
+        lines += [f"    {text}" for text in info.cycles]
     bound = "" if info.exact else "at least "
     lines += [
         "",

@@ -70,6 +70,7 @@ class ModuleView:
     imports: tuple[str, ...]
     output_tuples: tuple[OutputTuple, ...]
     classes: tuple[MachineClass, ...]
+    adjoint: bool = False  # some class has adjoint(): the module defines _leaves and _pull
 
 
 def lower(program: ir.CheckedProgram) -> ModuleView:
@@ -133,6 +134,7 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
         imports=tuple(imports),
         output_tuples=tuple(tuples.values()),
         classes=classes,
+        adjoint=any(m.signature.startswith("adjoint(") for c in classes for m in c.methods),
     )
 
 
@@ -436,6 +438,7 @@ class _MachineLowering:
         """Each edge computed once at the state, on leaves, then each edge's vector-Jacobian
         product once in reverse dependency order (a solved cycle: solved again)."""
         names = self._method_locals()
+        names.reserve("x", "bar", "cotangent")  # its arguments and the cotangents
         plan = _Plan(
             read=lambda port: f"x[{py_str(port.space)}]",
             base=lambda space: None,
@@ -451,7 +454,7 @@ class _MachineLowering:
             expr = self._edge_expr(edge, plan, computed)
             results[name] = names.name(f"{name}/result", name)
             computed.append(f"{results[name]} = {expr}")
-        body = ["x = runtime.leaves(_complete(self.SPACES, x))", "with torch.enable_grad():"]
+        body = ["x = _leaves(_complete(self.SPACES, x))", "with torch.enable_grad():"]
         body += ["    " + line for line in computed]
         body.append("bar = _complete(self.SPACES, cotangent)")
         body.append("# the adjoint machine: the edges in reverse dependency order")
@@ -465,7 +468,7 @@ class _MachineLowering:
             cycle = cycle_of.get(name)
             if cycle is None:
                 args = f"bar, x, {results[name]}, {ports(edge.inputs)}, {ports(edge.outputs)}"
-                body.append(f"runtime.pull({args})  # {self.where(edge.span)}  {_safe(name)}")
+                body.append(f"_pull({args})  # {self.where(edge.span)}  {_safe(name)}")
             elif name == cycle.edges[-1]:
                 members = [self.edges[e] for e in cycle.edges]
                 edges = _py_tuple(
@@ -479,8 +482,8 @@ class _MachineLowering:
         return Method(
             signature="adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) "
             "-> dict[str, Tensor]",
-            doc="The adjoint machine at the state x: the cotangent on every space, the "
-            "solution of bar = f'(x)^T bar + cotangent.",
+            doc="The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + "
+            "cotangent at x.",
             body=tuple(body),
         )
 

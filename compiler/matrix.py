@@ -18,7 +18,9 @@ In a machine over time, a block may be filled only by reads of other steps:
 of earlier ones (``h[t-1]``, marked ``~``, hatched ``///``) or of later ones
 (``h[t+1]``, marked ``+``, hatched ``\\\\\\``); a block filled by a read of
 a window of steps (attention's ``k[0..t]``, ``k[t-8..t]``, ``k[..]``) is marked
-``=`` (cross-hatched). An ids space (``ids(n)``) is the one-hot vectors of size
+``=`` (cross-hatched). A block inside a solved cycle (``solve z with ...``; on or
+above the diagonal, since a cycle maps a space back to itself) is marked ``@``
+(circled). An ids space (``ids(n)``) is the one-hot vectors of size
 ``n``; the step number that a position embedding reads is no space, so it has
 no row or column.
 """
@@ -33,17 +35,19 @@ from . import ir
 from .ir import format_params
 
 MAX_UNITS = 200  # --units prints one row per unit: more than this is unreadable
-MARK, DELAYED, FUTURE, WINDOW, BLANK = "#", "~", "+", "=", "."
+MARK, DELAYED, FUTURE, WINDOW, SOLVED, BLANK = "#", "~", "+", "=", "@", "."
 # What each mark but MARK means, for the legends (text, then pictures).
 MEANINGS = {
     DELAYED: "reads an earlier time step",
     FUTURE: "reads a later time step",
     WINDOW: "reads a window of time steps",
+    SOLVED: "inside a cycle solved to its fixed point",
 }
 HATCHES = {  # the hatch of a block in pictures, and the legend's name for it
     DELAYED: ("///", "hatched ///"),
     FUTURE: ("\\\\\\", "hatched \\\\\\"),
     WINDOW: ("xxx", "cross-hatched"),
+    SOLVED: ("ooo", "circled"),
 }
 PALETTE = ("#ffffff", "#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed", "#0891b2")
 ROLE_WORDS = {ir.Role.INPUT: "in", ir.Role.HIDDEN: "hidden", ir.Role.OUTPUT: "out"}
@@ -80,11 +84,15 @@ class WeightPicture:
     future: frozenset[tuple[str, str]] = frozenset()
     windows: frozenset[tuple[str, str]] = frozenset()
     positions: tuple[str, ...] = ()  # edges that read the step number (no space: no column)
+    solved: frozenset[tuple[str, str]] = frozenset()  # blocks inside a solved cycle
 
     def mark(self, key: tuple[str, str]) -> str:
-        """The mark of the block ``(to, from)``: a window first, then the present step."""
+        """The mark of the block ``(to, from)``: a solved cycle, a window, then the present
+        step."""
         if key not in self.edges:
             return BLANK
+        if key in self.solved:
+            return SOLVED
         if key in self.windows:
             return WINDOW
         if key in self.delayed:
@@ -146,6 +154,13 @@ def picture(checked: ir.CheckedMachine, units: bool = False) -> WeightPicture:
         future=frozenset(key for key in edges if key not in now | windows | past),
         windows=frozenset(windows),
         positions=tuple(e.name for e in machine.edges if any(p.position for p in e.inputs)),
+        solved=frozenset(
+            (target, source)
+            for cycle in checked.structure.cycles
+            for target in cycle.spaces
+            for source in cycle.spaces
+            if (target, source) in edges
+        ),
     )
 
 
@@ -211,7 +226,12 @@ def _positions_note(pic: WeightPicture) -> str:
 
 def _special(pic: WeightPicture) -> list[tuple[str, frozenset[tuple[str, str]]]]:
     """The marks other than MARK, each with the blocks that get it, in legend order."""
-    return [(DELAYED, pic.delayed), (FUTURE, pic.future), (WINDOW, pic.windows)]
+    return [
+        (DELAYED, pic.delayed),
+        (FUTURE, pic.future),
+        (WINDOW, pic.windows),
+        (SOLVED, pic.solved),
+    ]
 
 
 def render(pictures: Sequence[WeightPicture], fmt: str) -> bytes:

@@ -40,6 +40,7 @@ MODULE_ATTRIBUTES = frozenset(
 # Names the generated module defines or imports at module level.
 MODULE_NAMES = frozenset(
     {"torch", "nn", "F", "Tensor", "NamedTuple", "annotations", "_complete", "runtime"}
+    | {"_leaves", "_pull"}
 )
 # Locals of generated methods, besides the spaces: a space never takes one, nor a builtin
 # the code calls (range, list), nor a name linters flag as ambiguous (E741: l, O, I).

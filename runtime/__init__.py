@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .adjoint import leaves, pull, pull_cycle
+from .adjoint import pull_cycle
 from .equilibrium import SOLVERS, Solve
 from .sequences import (
     attention,
@@ -44,8 +44,6 @@ __all__ = [
     "SOLVERS",
     "MachineShapeError",
     "Solve",
-    "leaves",
-    "pull",
     "pull_cycle",
     "attention",
     "check_lengths",

@@ -6,8 +6,10 @@ the vector-Jacobian products of the original edges, in the opposite direction.
 For a machine of finite depth that is one sweep, each edge's product once, in
 reverse dependency order; a solved cycle is solved again, on the cotangents,
 with its own solver. Generated ``adjoint`` methods compute every edge once at
-``x`` (each on its own copy of its inputs) and call :func:`pull` and
-:func:`pull_cycle` here, in reverse order.
+``x`` (on leaves: new tensors that record what reads them), then pull each
+edge's cotangent back in reverse order, with their module's own ``_pull``
+(so that machines with no cycle need no runtime), and a solved cycle with
+:func:`pull_cycle` here.
 """
 
 from __future__ import annotations
@@ -18,11 +20,6 @@ import torch
 from torch import Tensor
 
 Contribution = tuple[Tensor | tuple[Tensor, ...], Sequence[str], Sequence[str]]
-
-
-def leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Every space of ``state`` as a new leaf tensor that records the graph of what reads it."""
-    return {name: value.detach().requires_grad_() for name, value in state.items()}
 
 
 def _cotangents(out, bar: dict[str, Tensor], outputs: Sequence[str]) -> tuple[Tensor, ...]:
@@ -45,19 +42,6 @@ def _vjp(out, x, inputs, cotangents, retain: bool) -> dict[str, Tensor]:
         outs, [x[name] for name in names], cotangents, retain_graph=retain, allow_unused=True
     )
     return {name: g for name, g in zip(names, grads, strict=True) if g is not None}
-
-
-def pull(
-    bar: dict[str, Tensor],
-    x: dict[str, Tensor],
-    out: Tensor | tuple[Tensor, ...],
-    inputs: Sequence[str],
-    outputs: Sequence[str],
-) -> None:
-    """One edge of the adjoint machine: adds ``(∂ edge / ∂ inputs)ᵀ bar[outputs]`` to
-    ``bar[inputs]``. ``out`` is the edge computed at the leaves ``x``."""
-    for name, g in _vjp(out, x, inputs, _cotangents(out, bar, outputs), retain=False).items():
-        bar[name] = bar[name] + g
 
 
 def pull_cycle(

@@ -50,7 +50,7 @@ def test_defaults_may_use_earlier_parameters_and_floats_bools() -> None:
     checked = machine(text)
     assert checked.machine.params == {"n": 3, "m": 7, "p": 0.25, "b": False}
     op_linear, op_dropout = checked.machine.edges[0].ops
-    assert op_linear.args == {"bias": False}
+    assert op_linear.args == {"bias": False, "spectral_norm": False}
     assert op_dropout.args == {"p": 0.25}
 
 
@@ -189,7 +189,7 @@ def test_names_from_source_cannot_break_generated_code() -> None:
     assert "\r" not in source
     (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Evil"]
     methods = [n.name for n in cls.body if isinstance(n, ast.FunctionDef)]
-    assert methods == ["__init__", "forward", "f", "resolvent"]
+    assert methods == ["__init__", "forward", "f", "resolvent", "adjoint"]
 
 
 def test_generated_modules_are_valid_python() -> None:

@@ -22,6 +22,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class AutoEncoder(nn.Module):
     """The machine AutoEncoder from autoencoder.mach:2.
 
@@ -85,3 +110,23 @@ class AutoEncoder(nn.Module):
         # autoencoder.mach:12  dec2 : d -> y = linear
         y = x0["y"] + self.dec2(d)
         return {"x": x, "e": e, "z": z, "d": d, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # autoencoder.mach:9  enc1 : x -> e = linear | tanh
+            enc1 = torch.tanh(self.enc1(x["x"]))
+            # autoencoder.mach:10  enc2 : e -> z = linear | tanh
+            enc2 = torch.tanh(self.enc2(x["e"]))
+            # autoencoder.mach:11  dec1 : z -> d = linear | tanh
+            dec1 = torch.tanh(self.dec1(x["z"]))
+            # autoencoder.mach:12  dec2 : d -> y = linear
+            dec2 = self.dec2(x["d"])
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, dec2, ("d",), ("y",))  # autoencoder.mach:12  dec2
+        _pull(bar, x, dec1, ("z",), ("d",))  # autoencoder.mach:11  dec1
+        _pull(bar, x, enc2, ("e",), ("z",))  # autoencoder.mach:10  enc2
+        _pull(bar, x, enc1, ("x",), ("e",))  # autoencoder.mach:9  enc1
+        return bar

@@ -23,6 +23,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class ResBlock(nn.Module):
     """The machine ResBlock from blocks.mach:2.
 
@@ -79,3 +104,20 @@ class ResBlock(nn.Module):
         y_g = self.g(h)
         y = x0["y"] + y_g + y_skip
         return {"x": x, "h": h, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # blocks.mach:7  f : x -> h = linear | relu
+            f = torch.relu(self.f_(x["x"]))
+            # blocks.mach:9  skip : x -> y = identity
+            skip = x["x"]
+            # blocks.mach:8  g : h -> y = linear
+            g = self.g(x["h"])
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, g, ("h",), ("y",))  # blocks.mach:8  g
+        _pull(bar, x, skip, ("x",), ("y",))  # blocks.mach:9  skip
+        _pull(bar, x, f, ("x",), ("h",))  # blocks.mach:7  f
+        return bar

@@ -23,6 +23,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class ConvMachine(nn.Module):
     """The machine ConvMachine from conv.mach:2.
 
@@ -111,3 +136,26 @@ class ConvMachine(nn.Module):
         # conv.mach:10  head : h[4] -> logits = global_avg_pool | linear
         logits = x0["logits"] + self.head(h_4.mean(dim=(2, 3)))
         return {"img": img, "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "h[4]": h_4, "logits": logits}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # conv.mach:8  g[1] : img -> h[1] = conv(3, padding=1) | relu
+            g_1 = torch.relu(self.g_1(x["img"]))
+            # conv.mach:8  g[2] : img × h[1] -> h[2] = conv(3, padding=1) | relu
+            g_2 = torch.relu(self.g_2(torch.cat([x["img"], x["h[1]"]], dim=1)))
+            # conv.mach:8  g[3] : img × h[1] × h[2] -> h[3] = conv(3, padding=1) | relu
+            g_3 = torch.relu(self.g_3(torch.cat([x["img"], x["h[1]"], x["h[2]"]], dim=1)))
+            # conv.mach:8  g[4] : img × h[1] × h[2] × h[3] -> h[4] = conv(3, padding=1) | relu
+            g_4 = torch.relu(self.g_4(torch.cat([x["img"], x["h[1]"], x["h[2]"], x["h[3]"]], dim=1)))
+            # conv.mach:10  head : h[4] -> logits = global_avg_pool | linear
+            head = self.head(x["h[4]"].mean(dim=(2, 3)))
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, head, ("h[4]",), ("logits",))  # conv.mach:10  head
+        _pull(bar, x, g_4, ("img", "h[1]", "h[2]", "h[3]"), ("h[4]",))  # conv.mach:8  g[4]
+        _pull(bar, x, g_3, ("img", "h[1]", "h[2]"), ("h[3]",))  # conv.mach:8  g[3]
+        _pull(bar, x, g_2, ("img", "h[1]"), ("h[2]",))  # conv.mach:8  g[2]
+        _pull(bar, x, g_1, ("img",), ("h[1]",))  # conv.mach:8  g[1]
+        return bar

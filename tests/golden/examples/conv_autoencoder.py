@@ -23,6 +23,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class ConvAutoEncoder(nn.Module):
     """The machine ConvAutoEncoder from conv_autoencoder.mach:3.
 
@@ -122,3 +147,29 @@ class ConvAutoEncoder(nn.Module):
         # conv_autoencoder.mach:17  dec1 : d1 -> y = conv_transpose(3, stride=2, padding=1, output_padding=1) | sigmoid
         y = x0["y"] + torch.sigmoid(self.dec1(d1))
         return {"x": x, "e1": e1, "e2": e2, "z": z, "d2": d2, "d1": d1, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # conv_autoencoder.mach:12  enc1 : x -> e1 = conv(3, stride=2, padding=1) | relu
+            enc1 = torch.relu(self.enc1(x["x"]))
+            # conv_autoencoder.mach:13  enc2 : e1 -> e2 = conv(3, stride=2, padding=1) | relu
+            enc2 = torch.relu(self.enc2(x["e1"]))
+            # conv_autoencoder.mach:14  enc3 : e2 -> z = flatten | linear
+            enc3 = self.enc3(x["e2"].flatten(1))
+            # conv_autoencoder.mach:15  dec3 : z -> d2 = linear(out=1568) | reshape([32, 7, 7]) | relu
+            dec3 = torch.relu(self.dec3(x["z"]).unflatten(1, (32, 7, 7)))
+            # conv_autoencoder.mach:16  dec2 : d2 -> d1 = conv_transpose(3, stride=2, padding=1, output_padding=1) | relu
+            dec2 = torch.relu(self.dec2(x["d2"]))
+            # conv_autoencoder.mach:17  dec1 : d1 -> y = conv_transpose(3, stride=2, padding=1, output_padding=1) | sigmoid
+            dec1 = torch.sigmoid(self.dec1(x["d1"]))
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, dec1, ("d1",), ("y",))  # conv_autoencoder.mach:17  dec1
+        _pull(bar, x, dec2, ("d2",), ("d1",))  # conv_autoencoder.mach:16  dec2
+        _pull(bar, x, dec3, ("z",), ("d2",))  # conv_autoencoder.mach:15  dec3
+        _pull(bar, x, enc3, ("e2",), ("z",))  # conv_autoencoder.mach:14  enc3
+        _pull(bar, x, enc2, ("e1",), ("e2",))  # conv_autoencoder.mach:13  enc2
+        _pull(bar, x, enc1, ("x",), ("e1",))  # conv_autoencoder.mach:12  enc1
+        return bar

@@ -23,6 +23,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class DenseMachine(nn.Module):
     """The machine DenseMachine from dense.mach:2.
 
@@ -111,3 +136,26 @@ class DenseMachine(nn.Module):
         # dense.mach:10  head : h[4] -> y = linear
         y = x0["y"] + self.head(h_4)
         return {"x": x, "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "h[4]": h_4, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # dense.mach:8  g[1] : x -> h[1] = linear | relu
+            g_1 = torch.relu(self.g_1(x["x"]))
+            # dense.mach:8  g[2] : x × h[1] -> h[2] = linear | relu
+            g_2 = torch.relu(self.g_2(torch.cat([x["x"], x["h[1]"]], dim=1)))
+            # dense.mach:8  g[3] : x × h[1] × h[2] -> h[3] = linear | relu
+            g_3 = torch.relu(self.g_3(torch.cat([x["x"], x["h[1]"], x["h[2]"]], dim=1)))
+            # dense.mach:8  g[4] : x × h[1] × h[2] × h[3] -> h[4] = linear | relu
+            g_4 = torch.relu(self.g_4(torch.cat([x["x"], x["h[1]"], x["h[2]"], x["h[3]"]], dim=1)))
+            # dense.mach:10  head : h[4] -> y = linear
+            head = self.head(x["h[4]"])
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, head, ("h[4]",), ("y",))  # dense.mach:10  head
+        _pull(bar, x, g_4, ("x", "h[1]", "h[2]", "h[3]"), ("h[4]",))  # dense.mach:8  g[4]
+        _pull(bar, x, g_3, ("x", "h[1]", "h[2]"), ("h[3]",))  # dense.mach:8  g[3]
+        _pull(bar, x, g_2, ("x", "h[1]"), ("h[2]",))  # dense.mach:8  g[2]
+        _pull(bar, x, g_1, ("x",), ("h[1]",))  # dense.mach:8  g[1]
+        return bar

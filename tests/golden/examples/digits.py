@@ -24,6 +24,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class DigitNet(nn.Module):
     """The machine DigitNet from digits.mach:3.
 
@@ -108,3 +133,26 @@ class DigitNet(nn.Module):
         # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
         logits = x0["logits"] + self.head(torch.cat([h_1, h_2, h_3], dim=1))
         return {"pixels": pixels, "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "logits": logits}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # digits.mach:9  block[1] : pixels -> h[1] = linear | layernorm | gelu | dropout(p=0.1)
+            block_1 = F.gelu(self.block_1[1](self.block_1[0](x["pixels"])))
+            block_1_ = F.dropout(block_1, p=0.1, training=self.training)
+            # digits.mach:9  block[2] : pixels × h[1] -> h[2] = linear | layernorm | gelu | dropout(p=0.1)
+            block_2 = self.block_2[0](torch.cat([x["pixels"], x["h[1]"]], dim=1))
+            block_2_ = F.dropout(F.gelu(self.block_2[1](block_2)), p=0.1, training=self.training)
+            # digits.mach:9  block[3] : pixels × h[1] × h[2] -> h[3] = linear | layernorm | gelu | dropout(p=0.1)
+            block_3 = self.block_3[0](torch.cat([x["pixels"], x["h[1]"], x["h[2]"]], dim=1))
+            block_3_ = F.dropout(F.gelu(self.block_3[1](block_3)), p=0.1, training=self.training)
+            # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
+            head = self.head(torch.cat([x["h[1]"], x["h[2]"], x["h[3]"]], dim=1))
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, head, ("h[1]", "h[2]", "h[3]"), ("logits",))  # digits.mach:11  head
+        _pull(bar, x, block_3_, ("pixels", "h[1]", "h[2]"), ("h[3]",))  # digits.mach:9  block[3]
+        _pull(bar, x, block_2_, ("pixels", "h[1]"), ("h[2]",))  # digits.mach:9  block[2]
+        _pull(bar, x, block_1_, ("pixels",), ("h[1]",))  # digits.mach:9  block[1]
+        return bar

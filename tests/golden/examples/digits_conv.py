@@ -23,6 +23,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class DigitConvNet(nn.Module):
     """The machine DigitConvNet from digits_conv.mach:3.
 
@@ -124,3 +149,28 @@ class DigitConvNet(nn.Module):
             "down": down,
             "logits": logits,
         }
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # digits_conv.mach:10  g[1] : image -> h[1] = conv(3, padding=1) | batchnorm | relu
+            g_1 = torch.relu(self.g_1[1](self.g_1[0](x["image"])))
+            # digits_conv.mach:10  g[2] : image × h[1] -> h[2] = conv(3, padding=1) | batchnorm | relu
+            g_2 = self.g_2[0](torch.cat([x["image"], x["h[1]"]], dim=1))
+            g_2_ = torch.relu(self.g_2[1](g_2))
+            # digits_conv.mach:10  g[3] : image × h[1] × h[2] -> h[3] = conv(3, padding=1) | batchnorm | relu
+            g_3 = self.g_3[0](torch.cat([x["image"], x["h[1]"], x["h[2]"]], dim=1))
+            g_3_ = torch.relu(self.g_3[1](g_3))
+            # digits_conv.mach:12  pool : h[1] × h[2] × h[3] -> down = conv(3, stride=2, padding=1) | relu
+            pool = torch.relu(self.pool(torch.cat([x["h[1]"], x["h[2]"], x["h[3]"]], dim=1)))
+            # digits_conv.mach:13  head : down -> logits = global_avg_pool | linear
+            head = self.head(x["down"].mean(dim=(2, 3)))
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, head, ("down",), ("logits",))  # digits_conv.mach:13  head
+        _pull(bar, x, pool, ("h[1]", "h[2]", "h[3]"), ("down",))  # digits_conv.mach:12  pool
+        _pull(bar, x, g_3_, ("image", "h[1]", "h[2]"), ("h[3]",))  # digits_conv.mach:10  g[3]
+        _pull(bar, x, g_2_, ("image", "h[1]"), ("h[2]",))  # digits_conv.mach:10  g[2]
+        _pull(bar, x, g_1, ("image",), ("h[1]",))  # digits_conv.mach:10  g[1]
+        return bar

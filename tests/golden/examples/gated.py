@@ -22,6 +22,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class Gated(nn.Module):
     """The machine Gated from gated.mach:2.
 
@@ -73,3 +98,20 @@ class Gated(nn.Module):
         # gated.mach:10  gate : a × b -> y = mul
         y = x0["y"] + a * b
         return {"x": x, "a": a, "b": b, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # gated.mach:8  fa : x -> a = linear | sigmoid
+            fa = torch.sigmoid(self.fa(x["x"]))
+            # gated.mach:9  fb : x -> b = linear | tanh
+            fb = torch.tanh(self.fb(x["x"]))
+            # gated.mach:10  gate : a × b -> y = mul
+            gate = x["a"] * x["b"]
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, gate, ("a", "b"), ("y",))  # gated.mach:10  gate
+        _pull(bar, x, fb, ("x",), ("b",))  # gated.mach:9  fb
+        _pull(bar, x, fa, ("x",), ("a",))  # gated.mach:8  fa
+        return bar

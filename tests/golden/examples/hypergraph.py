@@ -29,6 +29,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class Hypergraph(nn.Module):
     """The machine Hypergraph from hypergraph.mach:2.
 
@@ -123,3 +148,26 @@ class Hypergraph(nn.Module):
         # hypergraph.mach:16  f5 : X6 -> X8 = linear | tanh
         X8 = x0["X8"] + torch.tanh(self.f5(X6))
         return {"X1": X1, "X2": X2, "X3": X3, "X4": X4, "X5": X5, "X6": X6, "X7": X7, "X8": X8}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # hypergraph.mach:12  f1 : X1 × X2 -> X3 = linear | tanh
+            f1 = torch.tanh(self.f1(torch.cat([x["X1"], x["X2"]], dim=1)))
+            # hypergraph.mach:13  f2 : X1 -> X5 = linear
+            f2 = self.f2(x["X1"])
+            # hypergraph.mach:14  f3 : X3 -> X4 = linear | tanh
+            f3 = torch.tanh(self.f3(x["X3"]))
+            # hypergraph.mach:15  f4 : X4 -> X5 × X6 × X7 = linear
+            f4 = self.f4(x["X4"])
+            # hypergraph.mach:16  f5 : X6 -> X8 = linear | tanh
+            f5 = torch.tanh(self.f5(x["X6"]))
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, f5, ("X6",), ("X8",))  # hypergraph.mach:16  f5
+        _pull(bar, x, f4, ("X4",), ("X5", "X6", "X7"))  # hypergraph.mach:15  f4
+        _pull(bar, x, f3, ("X3",), ("X4",))  # hypergraph.mach:14  f3
+        _pull(bar, x, f2, ("X1",), ("X5",))  # hypergraph.mach:13  f2
+        _pull(bar, x, f1, ("X1", "X2"), ("X3",))  # hypergraph.mach:12  f1
+        return bar

@@ -23,6 +23,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class ResBlock(nn.Module):
     """The machine ResBlock from blocks.mach:2.
 
@@ -79,6 +104,23 @@ class ResBlock(nn.Module):
         y_g = self.g(h)
         y = x0["y"] + y_g + y_skip
         return {"x": x, "h": h, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # blocks.mach:7  f : x -> h = linear | relu
+            f = torch.relu(self.f_(x["x"]))
+            # blocks.mach:9  skip : x -> y = identity
+            skip = x["x"]
+            # blocks.mach:8  g : h -> y = linear
+            g = self.g(x["h"])
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, g, ("h",), ("y",))  # blocks.mach:8  g
+        _pull(bar, x, skip, ("x",), ("y",))  # blocks.mach:9  skip
+        _pull(bar, x, f, ("x",), ("h",))  # blocks.mach:7  f
+        return bar
 
 
 class Net(nn.Module):
@@ -161,3 +203,26 @@ class Net(nn.Module):
         # net.mach:16  head : c2 -> y = linear
         y = x0["y"] + self.head(c2)
         return {"x": x, "a": a, "b": b, "c": c, "c2": c2, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # net.mach:12  stem : x -> a = linear | relu
+            stem = torch.relu(self.stem(x["x"]))
+            # net.mach:13  blk1 : a -> b = ResBlock(w=32)
+            blk1 = self.blk1(x["a"])
+            # net.mach:14  blk2 : b -> c = ResBlock(w=32)
+            blk2 = self.blk2(x["b"])
+            # net.mach:15  tied : c -> c2 = shared(blk2)
+            tied = self.blk2(x["c"])
+            # net.mach:16  head : c2 -> y = linear
+            head = self.head(x["c2"])
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, head, ("c2",), ("y",))  # net.mach:16  head
+        _pull(bar, x, tied, ("c",), ("c2",))  # net.mach:15  tied
+        _pull(bar, x, blk2, ("b",), ("c",))  # net.mach:14  blk2
+        _pull(bar, x, blk1, ("a",), ("b",))  # net.mach:13  blk1
+        _pull(bar, x, stem, ("x",), ("a",))  # net.mach:12  stem
+        return bar

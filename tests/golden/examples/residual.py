@@ -22,6 +22,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class Residual(nn.Module):
     """The machine Residual from residual.mach:2.
 
@@ -95,3 +120,26 @@ class Residual(nn.Module):
         y_out = self.out(u)
         y = x0["y"] + y_skip + y_out
         return {"x": x, "h": h, "u": u, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # residual.mach:8  f : x -> h = linear | relu
+            f = torch.relu(self.f_(x["x"]))
+            # residual.mach:10  proj : x -> u = linear(bias=false)
+            proj = self.proj(x["x"])
+            # residual.mach:9  g : h -> u = linear | relu
+            g = torch.relu(self.g(x["h"]))
+            # residual.mach:11  skip : u -> y = identity
+            skip = x["u"]
+            # residual.mach:12  out : u -> y = linear
+            out = self.out(x["u"])
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, out, ("u",), ("y",))  # residual.mach:12  out
+        _pull(bar, x, skip, ("u",), ("y",))  # residual.mach:11  skip
+        _pull(bar, x, g, ("h",), ("u",))  # residual.mach:9  g
+        _pull(bar, x, proj, ("x",), ("u",))  # residual.mach:10  proj
+        _pull(bar, x, f, ("x",), ("h",))  # residual.mach:8  f
+        return bar

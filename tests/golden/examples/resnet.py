@@ -23,6 +23,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class ResNet(nn.Module):
     """The machine ResNet from resnet.mach:5.
 
@@ -189,3 +214,47 @@ class ResNet(nn.Module):
             "s3": s3,
             "logits": logits,
         }
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # resnet.mach:20  stem : img -> s0 = conv(3, padding=1, bias=false) | batchnorm | relu
+            stem = torch.relu(self.stem[1](self.stem[0](x["img"])))
+            # resnet.mach:22  body1 : s0 -> r1 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+            body1 = torch.relu(self.body1[1](self.body1[0](x["s0"])))
+            body1_ = self.body1[3](self.body1[2](body1))
+            # resnet.mach:24  short1 : s0 -> r1 = identity
+            short1 = x["s0"]
+            # resnet.mach:25  act1 : r1 -> s1 = relu
+            act1 = torch.relu(x["r1"])
+            # resnet.mach:27  body2 : s1 -> r2 = conv(3, stride=2, padding=1, bias=false, out=32) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+            body2 = torch.relu(self.body2[1](self.body2[0](x["s1"])))
+            body2_ = self.body2[3](self.body2[2](body2))
+            # resnet.mach:29  short2 : s1 -> r2 = conv(1, stride=2, bias=false) | batchnorm
+            short2 = self.short2[1](self.short2[0](x["s1"]))
+            # resnet.mach:30  act2 : r2 -> s2 = relu
+            act2 = torch.relu(x["r2"])
+            # resnet.mach:32  body3 : s2 -> r3 = conv(3, stride=2, padding=1, bias=false, out=64) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+            body3 = torch.relu(self.body3[1](self.body3[0](x["s2"])))
+            body3_ = self.body3[3](self.body3[2](body3))
+            # resnet.mach:34  short3 : s2 -> r3 = conv(1, stride=2, bias=false) | batchnorm
+            short3 = self.short3[1](self.short3[0](x["s2"]))
+            # resnet.mach:35  act3 : r3 -> s3 = relu
+            act3 = torch.relu(x["r3"])
+            # resnet.mach:37  head : s3 -> logits = global_avg_pool | linear
+            head = self.head(x["s3"].mean(dim=(2, 3)))
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, head, ("s3",), ("logits",))  # resnet.mach:37  head
+        _pull(bar, x, act3, ("r3",), ("s3",))  # resnet.mach:35  act3
+        _pull(bar, x, short3, ("s2",), ("r3",))  # resnet.mach:34  short3
+        _pull(bar, x, body3_, ("s2",), ("r3",))  # resnet.mach:32  body3
+        _pull(bar, x, act2, ("r2",), ("s2",))  # resnet.mach:30  act2
+        _pull(bar, x, short2, ("s1",), ("r2",))  # resnet.mach:29  short2
+        _pull(bar, x, body2_, ("s1",), ("r2",))  # resnet.mach:27  body2
+        _pull(bar, x, act1, ("r1",), ("s1",))  # resnet.mach:25  act1
+        _pull(bar, x, short1, ("s0",), ("r1",))  # resnet.mach:24  short1
+        _pull(bar, x, body1_, ("s0",), ("r1",))  # resnet.mach:22  body1
+        _pull(bar, x, stem, ("img",), ("s0",))  # resnet.mach:20  stem
+        return bar

@@ -26,6 +26,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class MLP(nn.Module):
     """The machine MLP from std/blocks.mach:7.
 
@@ -82,6 +107,23 @@ class MLP(nn.Module):
         # std/blocks.mach:16  head : h[2] -> y = linear
         y = x0["y"] + self.head(h_2)
         return {"x": x, "h[1]": h_1, "h[2]": h_2, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # std/blocks.mach:12  first : x -> h[1] = linear | relu
+            first = torch.relu(self.first(x["x"]))
+            # std/blocks.mach:14  layer[2] : h[1] -> h[2] = linear | relu
+            layer_2 = torch.relu(self.layer_2(x["h[1]"]))
+            # std/blocks.mach:16  head : h[2] -> y = linear
+            head = self.head(x["h[2]"])
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, head, ("h[2]",), ("y",))  # std/blocks.mach:16  head
+        _pull(bar, x, layer_2, ("h[1]",), ("h[2]",))  # std/blocks.mach:14  layer[2]
+        _pull(bar, x, first, ("x",), ("h[1]",))  # std/blocks.mach:12  first
+        return bar
 
 
 class ResBlock(nn.Module):
@@ -140,6 +182,23 @@ class ResBlock(nn.Module):
         y_g = self.g(h)
         y = x0["y"] + y_g + y_skip
         return {"x": x, "h": h, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # std/blocks.mach:25  f : x -> h = linear | relu
+            f = torch.relu(self.f_(x["x"]))
+            # std/blocks.mach:27  skip : x -> y = identity
+            skip = x["x"]
+            # std/blocks.mach:26  g : h -> y = linear
+            g = self.g(x["h"])
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, g, ("h",), ("y",))  # std/blocks.mach:26  g
+        _pull(bar, x, skip, ("x",), ("y",))  # std/blocks.mach:27  skip
+        _pull(bar, x, f, ("x",), ("h",))  # std/blocks.mach:25  f
+        return bar
 
 
 class DenseMachine(nn.Module):
@@ -214,6 +273,26 @@ class DenseMachine(nn.Module):
         y = x0["y"] + self.head(h_3)
         return {"x": x, "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "y": y}
 
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # std/blocks.mach:37  g[1] : x -> h[1] = linear | relu
+            g_1 = torch.relu(self.g_1(x["x"]))
+            # std/blocks.mach:37  g[2] : x × h[1] -> h[2] = linear | relu
+            g_2 = torch.relu(self.g_2(torch.cat([x["x"], x["h[1]"]], dim=1)))
+            # std/blocks.mach:37  g[3] : x × h[1] × h[2] -> h[3] = linear | relu
+            g_3 = torch.relu(self.g_3(torch.cat([x["x"], x["h[1]"], x["h[2]"]], dim=1)))
+            # std/blocks.mach:39  head : h[3] -> y = linear
+            head = self.head(x["h[3]"])
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, head, ("h[3]",), ("y",))  # std/blocks.mach:39  head
+        _pull(bar, x, g_3, ("x", "h[1]", "h[2]"), ("h[3]",))  # std/blocks.mach:37  g[3]
+        _pull(bar, x, g_2, ("x", "h[1]"), ("h[2]",))  # std/blocks.mach:37  g[2]
+        _pull(bar, x, g_1, ("x",), ("h[1]",))  # std/blocks.mach:37  g[1]
+        return bar
+
 
 class ConvBlock(nn.Module):
     """The machine ConvBlock from std/conv.mach:7.
@@ -253,6 +332,17 @@ class ConvBlock(nn.Module):
         # std/conv.mach:11  conv : x -> y = conv(3, padding=1, bias=false) | batchnorm | relu
         y = x0["y"] + torch.relu(self.conv[1](self.conv[0](x)))
         return {"x": x, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # std/conv.mach:11  conv : x -> y = conv(3, padding=1, bias=false) | batchnorm | relu
+            conv = torch.relu(self.conv[1](self.conv[0](x["x"])))
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, conv, ("x",), ("y",))  # std/conv.mach:11  conv
+        return bar
 
 
 class ResConvBlock(nn.Module):
@@ -313,6 +403,24 @@ class ResConvBlock(nn.Module):
         # std/conv.mach:23  act : r -> y = relu
         y = x0["y"] + torch.relu(r)
         return {"x": x, "r": r, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # std/conv.mach:20  body : x -> r = conv(3, padding=1, bias=false, out=8) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+            body = self.body[2](torch.relu(self.body[1](self.body[0](x["x"]))))
+            body_ = self.body[3](body)
+            # std/conv.mach:22  skip : x -> r = identity
+            skip = x["x"]
+            # std/conv.mach:23  act : r -> y = relu
+            act = torch.relu(x["r"])
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, act, ("r",), ("y",))  # std/conv.mach:23  act
+        _pull(bar, x, skip, ("x",), ("r",))  # std/conv.mach:22  skip
+        _pull(bar, x, body_, ("x",), ("r",))  # std/conv.mach:20  body
+        return bar
 
 
 class ConvMachine(nn.Module):
@@ -392,6 +500,26 @@ class ConvMachine(nn.Module):
         # std/conv.mach:36  head : h[3] -> y = global_avg_pool | linear
         y = x0["y"] + self.head(h_3.mean(dim=(2, 3)))
         return {"img": img, "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # std/conv.mach:34  g[1] : img -> h[1] = conv(3, padding=1) | relu
+            g_1 = torch.relu(self.g_1(x["img"]))
+            # std/conv.mach:34  g[2] : img × h[1] -> h[2] = conv(3, padding=1) | relu
+            g_2 = torch.relu(self.g_2(torch.cat([x["img"], x["h[1]"]], dim=1)))
+            # std/conv.mach:34  g[3] : img × h[1] × h[2] -> h[3] = conv(3, padding=1) | relu
+            g_3 = torch.relu(self.g_3(torch.cat([x["img"], x["h[1]"], x["h[2]"]], dim=1)))
+            # std/conv.mach:36  head : h[3] -> y = global_avg_pool | linear
+            head = self.head(x["h[3]"].mean(dim=(2, 3)))
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, head, ("h[3]",), ("y",))  # std/conv.mach:36  head
+        _pull(bar, x, g_3, ("img", "h[1]", "h[2]"), ("h[3]",))  # std/conv.mach:34  g[3]
+        _pull(bar, x, g_2, ("img", "h[1]"), ("h[2]",))  # std/conv.mach:34  g[2]
+        _pull(bar, x, g_1, ("img",), ("h[1]",))  # std/conv.mach:34  g[1]
+        return bar
 
 
 class Elman(nn.Module):
@@ -1019,6 +1147,23 @@ class VectorNet(nn.Module):
         y = x0["y"] + self.head(b)
         return {"x": x, "a": a, "b": b, "y": y}
 
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # std_tour.mach:13  stem : x -> a = MLP(n=16, width=64, out=32, depth=2)
+            stem = self.stem(x["x"])
+            # std_tour.mach:14  res : a -> b = ResBlock(w=32)
+            res = self.res(x["a"])
+            # std_tour.mach:15  head : b -> y = DenseMachine(n=32, depth=3, width=16, out=10)
+            head = self.head(x["b"])
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, head, ("b",), ("y",))  # std_tour.mach:15  head
+        _pull(bar, x, res, ("a",), ("b",))  # std_tour.mach:14  res
+        _pull(bar, x, stem, ("x",), ("a",))  # std_tour.mach:13  stem
+        return bar
+
 
 class ImageNet(nn.Module):
     """The machine ImageNet from std_tour.mach:19.
@@ -1079,6 +1224,23 @@ class ImageNet(nn.Module):
         # std_tour.mach:27  head : f2 -> y = ConvMachine(c_in=8, size=16, blocks=3, c=8, out=10)
         y = x0["y"] + self.head(f2)
         return {"img": img, "f1": f1, "f2": f2, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # std_tour.mach:25  stem : img -> f1 = ConvBlock(c_in=3, c_out=8, size=16)
+            stem = self.stem(x["img"])
+            # std_tour.mach:26  res : f1 -> f2 = ResConvBlock(c=8, size=16)
+            res = self.res(x["f1"])
+            # std_tour.mach:27  head : f2 -> y = ConvMachine(c_in=8, size=16, blocks=3, c=8, out=10)
+            head = self.head(x["f2"])
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, head, ("f2",), ("y",))  # std_tour.mach:27  head
+        _pull(bar, x, res, ("f1",), ("f2",))  # std_tour.mach:26  res
+        _pull(bar, x, stem, ("img",), ("f1",))  # std_tour.mach:25  stem
+        return bar
 
 
 class SequenceNet(nn.Module):

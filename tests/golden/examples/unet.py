@@ -23,6 +23,31 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
+    return {name: value.detach().requires_grad_() for name, value in state.items()}
+
+
+def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) -> None:
+    """One edge of the adjoint machine: adds its vector-Jacobian product to bar[inputs].
+
+    out is the edge computed at the leaves x: a tuple (a machine used as an edge), or one
+    tensor (split into the outputs along the channel axis when there are several).
+    """
+    outs = out if isinstance(out, tuple) else (out,)
+    if isinstance(out, tuple) or len(outputs) == 1:
+        cotangents = [bar[name] for name in outputs]
+    else:
+        cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
+    names = list(dict.fromkeys(inputs))
+    if not any(o.requires_grad for o in outs):
+        return
+    grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            bar[name] = bar[name] + grad
+
+
 class TinyUNet(nn.Module):
     """The machine TinyUNet from unet.mach:2.
 
@@ -103,3 +128,27 @@ class TinyUNet(nn.Module):
         # unet.mach:14  head : up × e1 -> y = conv(1)
         y = x0["y"] + self.head(torch.cat([up, e1], dim=1))
         return {"x": x, "e1": e1, "e2": e2, "mid": mid, "up": up, "y": y}
+
+    def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
+        x = _leaves(_complete(self.SPACES, x))
+        with torch.enable_grad():
+            # unet.mach:10  enc1 : x -> e1 = conv(3, padding=1) | batchnorm | relu
+            enc1 = torch.relu(self.enc1[1](self.enc1[0](x["x"])))
+            # unet.mach:11  enc2 : e1 -> e2 = maxpool(2) | conv(3, padding=1) | relu
+            enc2 = torch.relu(self.enc2(F.max_pool2d(x["e1"], 2)))
+            # unet.mach:12  bott : e2 -> mid = conv(3, padding=1) | relu
+            bott = torch.relu(self.bott(x["e2"]))
+            # unet.mach:13  dec : mid -> up = upsample(2) | conv(3, padding=1) | relu
+            dec = self.dec(F.interpolate(x["mid"], scale_factor=2))
+            dec_ = torch.relu(dec)
+            # unet.mach:14  head : up × e1 -> y = conv(1)
+            head = self.head(torch.cat([x["up"], x["e1"]], dim=1))
+        bar = _complete(self.SPACES, cotangent)
+        # the adjoint machine: the edges in reverse dependency order
+        _pull(bar, x, head, ("up", "e1"), ("y",))  # unet.mach:14  head
+        _pull(bar, x, dec_, ("mid",), ("up",))  # unet.mach:13  dec
+        _pull(bar, x, bott, ("e2",), ("mid",))  # unet.mach:12  bott
+        _pull(bar, x, enc2, ("e1",), ("e2",))  # unet.mach:11  enc2
+        _pull(bar, x, enc1, ("x",), ("e1",))  # unet.mach:10  enc1
+        return bar
