@@ -303,8 +303,8 @@ class _MachineLowering:
         for cycle in self.structure.cycles:
             solve = cycle.solve
             notes.append(
-                f"The cycle through {', '.join(cycle.spaces)} is solved by {solve.solver}; "
-                f"{self.solvers[solve.space]} has the iterations and residual of the last call."
+                f"Cycle {', '.join(cycle.spaces)}: solved by {solve.solver}; the last call's "
+                f"iterations and residual are on {self.solvers[solve.space]}."
             )
         return notes
 
