@@ -568,7 +568,9 @@ class _MachineLowering:
             added = pending.pop(s, {})
             terms = [plan.base(s)] if plan.base(s) is not None else []
             terms += [added[w] for w in writers[s] if w in added]
-            if len(terms) > 1:
+            # NOTE: an input on the cycle is its own base, under the name the function's
+            # parameter takes; it gets a name of its own
+            if len(terms) > 1 or (terms and terms[0] in names.values()):
                 bases[s] = plan.locals.name(f"{s}/outside", f"{s}_in")
                 lines += _sum_lines(bases[s], terms)
             elif terms:

@@ -1,6 +1,7 @@
 """Train a deep equilibrium model (examples/deq.mach) on the digits, watching its solver.
 
     python examples/deq_digits.py [--epochs 12] [--batch-size 64] [--lr 3e-3] [--width 64]
+    python examples/deq_digits.py --threads 2
     python examples/deq_digits.py --seed 1 --quiet
 
 It compiles examples/deq.mach (DEQ: z is the fixed point of z = tanh(W z + U x + b),
@@ -15,7 +16,7 @@ forward solve ("res", the largest per-sample residual of a batch), backward
 (adjoint) iterations ("bwd it") and how many forward solves reached the
 tolerance ("conv"). The last line is the held-out accuracy (about 0.97 with the
 defaults, in well under a minute on two CPU cores). --quiet prints only that
-line. Runs are deterministic for a given --seed and number of threads.
+line. Runs are deterministic for a given --seed and --threads.
 """
 
 from __future__ import annotations
@@ -82,11 +83,21 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate")
     parser.add_argument("--width", type=int, default=64, help="features of z (deq.mach's w)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: the tensors are tiny, more threads add "
+        "overhead, a lot on a busy CPU)",
+    )
     parser.add_argument("--out", type=Path, default=HERE.parent / "build")
     parser.add_argument("--quiet", action="store_true", help="print only the final accuracy")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be positive")
     say = (lambda *a, **k: None) if args.quiet else print
 
+    torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     module = compile_machine(args.out, SOURCE, {"w": args.width}, quiet=args.quiet)
     model = module.DEQ()

@@ -305,26 +305,18 @@ class Solve(nn.Module):
         """The fixed point ``z = fn(*z)`` from ``init``. ``fn`` takes the tensors of ``z``
         as positional arguments and returns a tuple of tensors of the same shapes.
 
-        Parametrized weights (``spectral_norm``) are computed once per call, not once
-        per iteration.
+        Parametrized weights (``spectral_norm``) are computed once per solve, not once
+        per iteration; the application of ``fn`` that autograd records computes them
+        again, with their graph (a weight cached without autograd would get no gradient).
         """
-        with parametrize.cached():
-            return self._forward(fn, init)
-
-    def fixed_point(self, fn: Callable, init: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """The fixed point of ``fn`` from ``init`` by this solver, with no autograd machinery
-        (``adjoint()`` solves the adjoint of a cycle so); its statistics are the backward's."""
-        init = _as_tuple(init)
-        return _unflat(self._solve(_flat_fn(fn, init), _flat(init), backward=True).fx, init)
-
-    def _forward(self, fn: Callable, init: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         init = _as_tuple(init)
         if not init or len({t.shape[0] if t.dim() else None for t in init}) != 1:
             raise ValueError("Solve: init must be tensors that share dimension 0 (the batch)")
         f = _flat_fn(fn, init)
         if self.backward == "unrolled":
-            return _unflat(self._solve(f, _flat(init)).fx, init)
-        with torch.no_grad():
+            with parametrize.cached():
+                return _unflat(self._solve(f, _flat(init)).fx, init)
+        with torch.no_grad(), parametrize.cached():
             result = self._solve(f, _flat(init))
         z_star = _unflat(result.x, init)
         if not torch.is_grad_enabled():
@@ -333,6 +325,12 @@ class Solve(nn.Module):
         if not any(t.requires_grad for t in z_out):
             return z_out
         return _Adjoint.apply(self, fn, z_star, *z_out)
+
+    def fixed_point(self, fn: Callable, init: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The fixed point of ``fn`` from ``init`` by this solver, with no autograd machinery
+        (``adjoint()`` solves the adjoint of a cycle so); its statistics are the backward's."""
+        init = _as_tuple(init)
+        return _unflat(self._solve(_flat_fn(fn, init), _flat(init), backward=True).fx, init)
 
     def _solve(self, f: Callable, x0: Tensor, backward: bool = False) -> _Result:
         propose = _proposer(self.solver, self.options, self.max_iter)

@@ -23,7 +23,14 @@ written here from the drawn spec, never from generated code, then checks:
   longest path of the unrolled space-time hypergraph, forward and backward in time alike.
   ``forward``'s state (``DELAYS``, ``WINDOWS``, the step count), chunks with ``state=``
   of causal machines (``CAUSAL``; the others refuse ``state=``), ``steps=`` and
-  ``lengths=`` (each sequence alone, zero padded outputs and gradients).
+  ``lengths=`` (each sequence alone, zero padded outputs and gradients);
+- machines with solved cycles (``solve z with anderson(...)``): random contractive cycles
+  of one to three spaces (their weights rescaled so that each cycle's map halves
+  distances), several per machine, written from outside and read after; the naive
+  iteration then runs until it settles, and the solvers' Solve modules are checked;
+- ``adjoint(x, ybar)`` at ``x = resolvent(x0)`` (machines not over time), against
+  autograd of the naive iteration and of ``resolvent`` with ``x0`` on every space;
+- ``backward=implicit`` against ``backward=unrolled`` on the same cyclic machines.
 
 Everything runs in float64 with tight tolerances, in eval mode. The bundled
 examples go through the same oracle with hand-written specs.
@@ -45,7 +52,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
+from machc import runtime
 from torch import nn
+from torch.nn.utils import parametrize
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -55,6 +64,10 @@ ATOL = 1e-11
 # Over time, products of a space with its own past (h[t-1] * h[t-1] -> h) square the
 # values and double their relative rounding error at every step.
 RTOL_TIME = 1e-7
+# Solved cycles stop at a relative residual of 1e-10 .. 1e-12; the distance to the fixed
+# point is at most twice that (every cycle here halves distances).
+RTOL_CYCLE = 1e-7
+ATOL_CYCLE = 1e-9
 
 
 # --- the spec of a machine ---------------------------------------------------------
@@ -68,13 +81,15 @@ LAYER_KINDS = ("linear", "layernorm", "conv", "groupnorm", "batchnorm", "machine
 class Op:
     """One op of a pipeline, as the .mach source writes it and as the oracle applies it."""
 
-    kind: str  # LAYER_KINDS, identity, dropout, add, mul, attention, a pooling, an activation
+    kind: str  # LAYER_KINDS, identity, dropout, add, mul, scale, attention, pooling, activation
     text: str = ""  # the op in .mach syntax (only needed to render random machines)
     out: int | None = None  # the channels a linear / conv makes (None: the edge's outputs)
     bias: bool = True  # linear(bias=...), conv(bias=...)
+    spectral_norm: bool = False  # linear(spectral_norm=true): the weight over its largest
+    # singular value (as estimated by the layer's power iteration)
     eps: float = 1e-5  # layernorm, groupnorm, batchnorm (eps=...)
     affine: bool = True  # layernorm(affine=...)
-    arg: float | None = None  # leaky_relu's slope, elu's alpha, dropout's p
+    arg: float | None = None  # leaky_relu's slope, elu's alpha, dropout's p, scale's factor
     kernel: int = 1  # conv, maxpool, avgpool: the window
     stride: int = 1  # conv(stride=...)
     padding: int | str = 0  # conv(padding=...): a number or "same"
@@ -174,6 +189,34 @@ class Space:
 
 
 @dataclass(frozen=True)
+class SolveItem:
+    """``solve SPACE with SOLVER(...)``: the cycle through the space solved to its fixed point."""
+
+    space: str
+    solver: str  # fixed_point, anderson, broyden
+    tol: float
+    max_iter: int
+    options: tuple[tuple[str, float | int], ...] = ()  # the solver's own: m, damping, lam
+    backward: str = "implicit"
+    say_backward: bool = False  # write backward=implicit (the default) too
+    positional: bool = False  # tol and max_iter by position: anderson(1e-10, 300)
+
+    @property
+    def option_dict(self) -> dict[str, float | int]:
+        return dict(self.options)
+
+    def render(self) -> str:
+        if self.positional:
+            args = [f"{self.tol:g}", str(self.max_iter)]
+        else:
+            args = [f"tol={self.tol:g}", f"max_iter={self.max_iter}"]
+        if self.say_backward or self.backward != "implicit":
+            args.append(f"backward={self.backward}")
+        args += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.options]
+        return f"solve {self.space} with {self.solver}({', '.join(args)})"
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     spaces: tuple[Space, ...]  # declaration order
@@ -181,6 +224,7 @@ class Spec:
     declarations: tuple[str, ...] = ()  # space lines of the rendered source
     over: str = ""  # the time variable of a machine over time
     params: str = ""  # the rendered parameter list, "(w: int = 2)"
+    solves: tuple[SolveItem, ...] = ()  # one per cycle (machines not over time)
 
     @property
     def shape(self) -> dict[str, tuple[int, ...]]:
@@ -210,7 +254,9 @@ class Spec:
 
     def depth(self) -> int:
         """The length of the longest path of the hypergraph (any order of edges); over
-        time, of the hypergraph within one step (delayed reads count as sources)."""
+        time, of the hypergraph within one step (delayed reads count as sources). Not for
+        machines with solved cycles, whose paths go round."""
+        assert not self.solves
         depth = {s.name: 0 for s in self.spaces}
         for _ in self.spaces:  # an acyclic graph settles within one pass per space
             for edge in self.edges:
@@ -221,7 +267,10 @@ class Spec:
 
     def render(self) -> str:
         over = f" over {self.over}" if self.over else ""
-        lines = [f"# a random machine of depth {self.depth()}"]
+        if self.solves:
+            lines = [f"# a random machine with {len(self.solves)} solved cycles"]
+        else:
+            lines = [f"# a random machine of depth {self.depth()}"]
         lines += [f"machine {self.name}{self.params}{over} {{"]
         lines += [f"    {line}" for line in self.declarations]
         for e in self.edges:
@@ -229,6 +278,7 @@ class Spec:
             writes = f" {e.product} ".join(e.writes)
             ops = e.text or " | ".join(op.text for op in e.ops)
             lines.append(f"    {e.name} : {reads} {e.arrow} {writes} = {ops}")
+        lines += [f"    {solve.render()}" for solve in self.solves]
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -321,6 +371,8 @@ def apply_pipeline(model: nn.Module, spec: Spec, edge: Edge, x: torch.Tensor) ->
             x = x.reshape(x.shape[0], *op.shape)
         elif op.kind == "embedding":  # ids [N] -> [N, out]: a row of the weight per id
             x = next(layers).weight[x]
+        elif op.kind == "scale":
+            x = x * op.arg
         elif op.kind in ("identity", "dropout", "add", "mul", "attention"):  # dropout: eval
             pass  # add and mul: done by combine(); attention: by reference_attention()
         else:
@@ -478,8 +530,11 @@ def sweeps(spec: Spec, steps: int | None) -> int:
 
 
 def naive_resolvent(model: nn.Module, spec: Spec, x0: dict) -> dict:
-    """The definition: enough sweeps of x <- f(x) + x0, starting from x0 (see sweeps())."""
+    """The definition: enough sweeps of x <- f(x) + x0, starting from x0 (see sweeps());
+    with solved cycles, until it settles (see settled_resolvent())."""
     x0 = complete(spec, x0)
+    if spec.solves:
+        return settled_resolvent(model, spec, x0)
     x = dict(x0)
     steps = next(iter(x0.values())).shape[1] if spec.over else None
     for _ in range(sweeps(spec, steps)):
@@ -488,15 +543,44 @@ def naive_resolvent(model: nn.Module, spec: Spec, x0: dict) -> dict:
     return x
 
 
-def assert_states_close(actual: dict, expected: dict, what: str, rtol: float = RTOL) -> None:
+# The naive iteration of a machine with solved cycles converges geometrically (each cycle
+# halves distances): it stops SETTLED_SWEEPS sweeps after no number moved by more than
+# SETTLED of the largest (or of 1), so that derivatives through it settle too.
+SETTLED = 1e-13
+SETTLED_SWEEPS = 10
+MAX_SWEEPS = 3000
+
+
+def settled_resolvent(model: nn.Module, spec: Spec, x0: dict) -> dict:
+    """Sweeps of x <- f(x) + x0 from x0 (complete) until they settle, under autograd if on."""
+    x = dict(x0)
+    stop = None
+    for sweep in range(MAX_SWEEPS):
+        fx = reference_f(model, spec, x)
+        new = {name: fx[name] + x0[name] for name in x0}
+        change = max(float((new[name] - x[name]).detach().abs().max()) for name in x0)
+        largest = max(float(new[name].detach().abs().max()) for name in x0)
+        x = new
+        if stop is None and change <= SETTLED * max(largest, 1.0):
+            stop = sweep + SETTLED_SWEEPS
+        if stop is not None and sweep >= stop:
+            return x
+    raise AssertionError(f"the naive iteration did not settle in {MAX_SWEEPS} sweeps")
+
+
+def assert_states_close(
+    actual: dict, expected: dict, what: str, rtol: float = RTOL, atol: float = ATOL
+) -> None:
     assert list(actual) == list(expected), what  # every space, in declaration order
     for name, tensor in expected.items():
         torch.testing.assert_close(
-            actual[name], tensor, rtol=rtol, atol=ATOL, msg=lambda m, n=name: f"{what} {n}: {m}"
+            actual[name], tensor, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{what} {n}: {m}"
         )
 
 
-def assert_grads_close(actual, expected, names, what: str, rtol: float = RTOL) -> None:
+def assert_grads_close(
+    actual, expected, names, what: str, rtol: float = RTOL, atol: float = ATOL
+) -> None:
     for name, a, e in zip(names, actual, expected, strict=True):
         if a is None and e is None:
             continue
@@ -505,7 +589,7 @@ def assert_grads_close(actual, expected, names, what: str, rtol: float = RTOL) -
         if e is None:
             e = torch.zeros_like(a)
         torch.testing.assert_close(
-            a, e, rtol=rtol, atol=ATOL, msg=lambda m, n=name: f"{what}, gradient of {n}: {m}"
+            a, e, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{what}, gradient of {n}: {m}"
         )
 
 
@@ -536,7 +620,13 @@ def check_op(op: Op, layer: nn.Module | None, shape: tuple, out_shape: tuple, ed
         return (channels,)
     if op.kind == "linear" and d == 0:
         channels = op.out if op.out is not None else out_shape[0]
-        assert type(layer) is nn.Linear, what
+        if op.spectral_norm:  # PyTorch's parametrized subclass, its weight over sigma
+            assert parametrize.is_parametrized(layer, "weight"), what
+            (norm,) = layer.parametrizations.weight
+            assert type(norm).__name__ == "_SpectralNorm", what
+            assert type(layer).__bases__ == (nn.Linear,), what
+        else:
+            assert type(layer) is nn.Linear, what
         assert (layer.in_features, layer.out_features) == (shape[0], channels), what
         assert (layer.bias is not None) == op.bias, what
         return (channels,)
@@ -576,10 +666,13 @@ def check_op(op: Op, layer: nn.Module | None, shape: tuple, out_shape: tuple, ed
 
 
 def check_layers(model: nn.Module, spec: Spec) -> None:
-    """One attribute per edge with layers; its layers are built for the shapes they meet."""
+    """One attribute per edge with layers; its layers are built for the shapes they meet;
+    one runtime.Solve per solved cycle, with the solver and arguments the source gives."""
     shapes = spec.shape
     with_layers = {e.layer_attr for e in spec.edges if any(op.has_layer for op in e.ops)}
-    assert {name for name, _ in model.named_children()} == with_layers
+    layers = {n for n, m in model.named_children() if not isinstance(m, runtime.Solve)}
+    assert layers == with_layers
+    check_solvers(model, spec)
     for edge in spec.edges:
         if not any(op.has_layer for op in edge.ops):
             assert not isinstance(getattr(model, edge.layer_attr, None), nn.Module), edge.name
@@ -619,12 +712,15 @@ def check_against_definition(
     model = cls().double().eval()
     check_layers(model, spec)
     randomize(model, gen)
+    if spec.solves:
+        contract(model, spec)
     names = [s.name for s in spec.spaces]
     ids = spec.ids
     assert dict(getattr(cls, "IDS", {})) == ids
     assert not set(ids) - set(given), "ids have no zero: x0 must give them"
     lead = (batch,) if steps is None else (batch, steps)
     rtol = RTOL if steps is None else RTOL_TIME
+    rtol, atol = (RTOL_CYCLE, ATOL_CYCLE) if spec.solves else (rtol, ATOL)
 
     def rand(name: str) -> torch.Tensor:
         if name in ids:
@@ -641,11 +737,11 @@ def check_against_definition(
     # The resolvent is the definition, and solves the machine equation.
     x0 = {name: rand(name) for name in given}
     x = model.resolvent(x0)
-    assert_states_close(x, naive_resolvent(model, spec, x0), "resolvent(x0)", rtol=rtol)
+    assert_states_close(x, naive_resolvent(model, spec, x0), "resolvent(x0)", rtol=rtol, atol=atol)
     full = complete(spec, x0)
     fx = model.f(x)
     fixed_point = {name: fx[name] + full[name] for name in names}
-    assert_states_close(x, fixed_point, "resolvent(x0) vs f(x) + x0", rtol=rtol)
+    assert_states_close(x, fixed_point, "resolvent(x0) vs f(x) + x0", rtol=rtol, atol=atol)
 
     # forward is the resolvent of x0 on the inputs, read on the outputs.
     inputs = [rand(name) for name in spec.inputs]
@@ -662,6 +758,7 @@ def check_against_definition(
         {name: expected[name] for name in spec.outputs},
         "forward(*inputs)",
         rtol=rtol,
+        atol=atol,
     )
     resolved = model.resolvent(dict(zip(spec.inputs, inputs, strict=True)))
     assert_states_close(
@@ -669,6 +766,7 @@ def check_against_definition(
         {name: resolved[name] for name in spec.outputs},
         "forward(*inputs) vs resolvent on the inputs",
         rtol=rtol,
+        atol=atol,
     )
 
     # Gradients: through resolvent and forward, as autograd through the naive iteration.
@@ -690,7 +788,7 @@ def check_against_definition(
     labels = [*params, *(f"x0[{name}]" for name in leaves if name not in ids)]
     got = grad(loss(model.resolvent(leaves), names), wrt)
     want = grad(loss(naive_resolvent(model, spec, leaves), names), wrt)
-    assert_grads_close(got, want, labels, "resolvent", rtol=rtol)
+    assert_grads_close(got, want, labels, "resolvent", rtol=rtol, atol=atol)
 
     ins = [
         t if name in ids else t.clone().requires_grad_()
@@ -704,10 +802,34 @@ def check_against_definition(
     got = grad(loss(as_outputs(spec, model(*ins)), spec.outputs), wrt)
     naive = naive_resolvent(model, spec, dict(zip(spec.inputs, ins, strict=True)))
     want = grad(loss(naive, spec.outputs), wrt)
-    assert_grads_close(got, want, labels, "forward", rtol=rtol)
+    assert_grads_close(got, want, labels, "forward", rtol=rtol, atol=atol)
     if spec.over:
         check_time(model, spec, inputs, random.Random(seed))
+    else:
+        everywhere = {name: rand(name) for name in names}
+        ybar = {name: rand(name) for name in names}
+        check_adjoint(model, spec, everywhere, ybar, rtol, atol)
     return model
+
+
+def check_adjoint(
+    model: nn.Module, spec: Spec, x0: dict, ybar: dict, rtol: float, atol: float
+) -> None:
+    """adjoint(x, ybar) at x = resolvent(x0), x0 and ybar on every space, is the cotangent of
+    x0 under <resolvent(x0), ybar>: autograd through the naive iteration, and through
+    resolvent (its implicit backward, where cycles are solved)."""
+    leaves = {name: t.clone().requires_grad_() for name, t in x0.items()}
+
+    def cotangents(resolvent) -> dict:
+        state = resolvent(leaves)
+        pairing = sum((state[name] * ybar[name]).sum() for name in x0)
+        return dict(zip(x0, torch.autograd.grad(pairing, list(leaves.values())), strict=True))
+
+    want = cotangents(lambda given: naive_resolvent(model, spec, given))
+    bar = model.adjoint(model.resolvent(x0), ybar)
+    assert_states_close(bar, want, "adjoint(resolvent(x0), ybar)", rtol=rtol, atol=atol)
+    got = cotangents(model.resolvent)
+    assert_states_close(got, want, "autograd of resolvent, x0 on every space", rtol, atol)
 
 
 def as_outputs(spec: Spec, result) -> dict:
@@ -2294,3 +2416,375 @@ def test_random_machines_with_sub_machines_follow_the_machine_equation(case) -> 
     extra = sum(p.numel() for e in shared for p in getattr(variant, e.name).parameters())
     count = sum(p.numel() for p in model.parameters())
     assert count == sum(p.numel() for p in variant.parameters()) - extra
+
+
+# --- machines with solved cycles -----------------------------------------------------------
+
+# Names generated code gives what belongs to a cycle through z: the function a solver
+# iterates (cycle_z), the next iterate (z_next), what edges outside the cycle add (z_in)
+# and the solver's attribute (solve_z). As names of spaces and of edges here.
+CYCLE_NAMES = ("z_next", "z_in", "cycle_z", "solve_z", "h_next", "h_in", "cycle_h", "solve_h")
+SOLVER_NAMES = ("fixed_point", "anderson", "broyden")
+# Upper bounds of the slopes (Lipschitz constants) of the ops edges of cycles use.
+SLOPES = {
+    "tanh": 1.0,
+    "relu": 1.0,
+    "sigmoid": 0.25,
+    "softplus": 1.0,
+    "elu": 1.0,  # alpha <= 1
+    "leaky_relu": 1.0,  # |slope| <= 1
+    "silu": 1.1,
+    "gelu": 1.13,
+    "softmax": 1.0,
+    "identity": 1.0,
+    "dropout": 1.0,  # eval mode
+}
+CONTRACTION = 0.5  # every cycle's map, on the cycle's spaces, at least halves distances
+POWER_ITERATIONS = 100  # for the largest singular value of a spectral_norm weight
+
+
+def solved_cycles(spec: Spec) -> list[tuple[set[str], set[str]]]:
+    """The cycles of a machine: the spaces and the edges of each strongly connected part."""
+    parts = [p for p in nx.strongly_connected_components(space_time_graph(spec)) if len(p) > 1]
+    return [({n for k, n in p if k == "space"}, {n for k, n in p if k == "edge"}) for p in parts]
+
+
+def check_solvers(model: nn.Module, spec: Spec) -> None:
+    """One runtime.Solve per solve item, built with its solver, tol, max_iter, backward and
+    options (the others at the runtime's defaults)."""
+
+    def described(solver, tol, max_iter, backward, options) -> str:
+        return repr((solver, tol, max_iter, backward, sorted(options.items())))
+
+    built = [
+        described(m.solver, m.tol, m.max_iter, m.backward, m.options)
+        for m in model.children()
+        if isinstance(m, runtime.Solve)
+    ]
+    want = [
+        described(
+            s.solver, s.tol, s.max_iter, s.backward, {**runtime.SOLVERS[s.solver], **s.option_dict}
+        )
+        for s in spec.solves
+    ]
+    assert sorted(built) == sorted(want)
+
+
+def edge_slope(model: nn.Module, edge: Edge, inside: set[str]) -> float:
+    """A Lipschitz constant of an edge in the spaces of its cycle (the others held fixed):
+    its reads of them concatenated (a space read twice counts twice), then its ops."""
+    slope = math.sqrt(sum(r in inside for r in edge.reads))
+    layers = iter(edge_layers(model, edge))
+    for op in edge.ops:
+        if op.kind == "linear":
+            slope *= float(torch.linalg.matrix_norm(next(layers).weight.detach(), 2))
+        elif op.kind == "scale":
+            slope *= abs(op.arg)
+        else:
+            slope *= SLOPES[op.kind]
+    return slope
+
+
+def contract(model: nn.Module, spec: Spec) -> None:
+    """Make every solved cycle a contraction by CONTRACTION (after randomize): spectral_norm
+    weights get their largest singular value by power iteration; edges with a plain linear
+    layer share what edges without one (a normalised weight and a small scale, or a scale
+    alone) leave of the bound, their first plain layer rescaled to fit. The cycle's map then
+    has a Lipschitz constant of at most the sum of its edges'."""
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            module.train()  # a power iteration whenever the weight is computed
+            with torch.no_grad():
+                for _ in range(POWER_ITERATIONS):
+                    module.weight  # noqa: B018
+            module.eval()
+    for spaces, names in solved_cycles(spec):
+        edges = [e for e in spec.edges if e.name in names]
+        plain = [
+            e for e in edges if any(op.kind == "linear" and not op.spectral_norm for op in e.ops)
+        ]
+        fixed = sum(edge_slope(model, e, spaces) for e in edges if e not in plain)
+        assert fixed < CONTRACTION, f"the strategy drew too steep a cycle: {sorted(spaces)}"
+        budget = (CONTRACTION - fixed) / max(len(plain), 1)
+        for edge in plain:
+            slope = edge_slope(model, edge, spaces)
+            if slope > budget:
+                layers = iter(edge_layers(model, edge))
+                layer = next(
+                    layer
+                    for op in edge.ops
+                    if op.has_layer
+                    for layer in [next(layers)]
+                    if not op.spectral_norm
+                )
+                with torch.no_grad():
+                    layer.weight.mul_(budget / slope)
+        bound = sum(edge_slope(model, e, spaces) for e in edges)
+        assert bound <= CONTRACTION * (1 + 1e-9), (sorted(spaces), bound)
+
+
+def cycle_pipelines(n_in: int, n_out: int, k: int, small: Op) -> list[tuple[Op, ...]]:
+    """Pipelines for edges of a cycle, n_in features to n_out, k an inner size: Lipschitz
+    (no layernorm, no mul), either with a plain linear layer (rescaled by contract()) or
+    with a small scale after a normalised weight or none."""
+
+    def act(kind, text=None, arg=None):
+        return Op(kind, text or kind, arg=arg)
+
+    spectral = Op("linear", "linear(spectral_norm=true)", spectral_norm=True)
+    spectral_no_bias = Op(
+        "linear", "linear(bias=false, spectral_norm=true)", bias=False, spectral_norm=True
+    )
+    choices = [
+        (linear(), act("tanh")),
+        (linear(),),
+        (linear(bias=False), act("relu")),
+        (linear(out=k), act("tanh"), linear()),
+        (act("tanh"), linear()),
+        (linear(), act("sigmoid")),
+        (linear(), act("leaky_relu", "leaky_relu(0.2)", 0.2)),
+        (linear(), act("gelu"), Op("dropout", "dropout(0.2)", arg=0.2)),
+        (act("softplus"), linear(out=k), act("elu", "elu(alpha=0.5)", 0.5), linear()),
+        (linear(), act("softmax")),
+        (spectral, act("tanh"), small),
+        (spectral_no_bias, small),
+    ]
+    if n_in == n_out:
+        choices += [
+            (act("tanh"), small),
+            (small,),
+            (act("silu"), small, Op("identity", "identity")),
+        ]
+    return choices
+
+
+@st.composite
+def solve_items(draw, space: str) -> SolveItem:
+    """A solve of the cycle through ``space`` by a random solver, to a tight tolerance."""
+    solver = draw(st.sampled_from(SOLVER_NAMES))
+    options: list[tuple[str, float | int]] = []
+    if solver == "anderson":
+        if draw(st.booleans()):
+            options.append(("m", draw(st.integers(1, 6))))
+        if draw(st.integers(0, 3)) == 0:
+            options.append(("damping", 0.9))
+        if draw(st.integers(0, 3)) == 0:
+            options.append(("lam", 1e-8))
+    elif solver == "fixed_point" and draw(st.integers(0, 2)) == 0:
+        options.append(("damping", 0.8))
+    elif solver == "broyden" and draw(st.booleans()):
+        options.append(("m", draw(st.integers(2, 10))))
+    event(f"solver {solver}")
+    return SolveItem(
+        space=space,
+        solver=solver,
+        tol=draw(st.sampled_from([1e-10, 1e-11, 1e-12])),
+        max_iter=draw(st.sampled_from([300, 500, 1000])),
+        options=tuple(draw(st.permutations(options))),
+        say_backward=draw(st.booleans()),
+        positional=draw(st.booleans()),
+    )
+
+
+@st.composite
+def cyclic_machines(draw, machine: str = "M") -> Spec:
+    """Random vector machines with solved cycles: blocks of spaces in dependency order, each
+    one space (written by an edge of earlier blocks) or a cycle of 1..3 spaces (a ring of
+    edges through them, a self edge for one, now and then one more edge among them; edges of
+    a cycle also read earlier spaces and write only the cycle's spaces), 1..3 cycles each
+    solved by a random solver. Edges outside a cycle write its spaces from earlier blocks (a
+    constant on every iteration); later spaces and cycles read it. Now and then a cycle
+    passes through an input, or is an array blk[1..k]."""
+    n_blocks = draw(st.integers(2, 6))
+    kinds = ["one"] + draw(
+        st.lists(st.sampled_from(["one", "cycle"]), min_size=n_blocks - 1, max_size=n_blocks - 1)
+    )
+    if "cycle" not in kinds:
+        kinds[draw(st.integers(1, n_blocks - 1))] = "cycle"
+    for b in [b for b, kind in enumerate(kinds) if kind == "cycle"][3:]:
+        kinds[b] = "one"
+    blocks: list[list[int]] = []
+    for kind in kinds:
+        start = sum(map(len, blocks))
+        blocks.append(list(range(start, start + (1 if kind == "one" else draw(st.integers(1, 3))))))
+    n = sum(map(len, blocks))
+    block_of = [b for b, positions in enumerate(blocks) for _ in positions]
+    pool = SHARED_NAMES + SPACE_ONLY_NAMES + CYCLE_NAMES
+    names = draw(st.lists(st.sampled_from(pool), min_size=n, max_size=n, unique=True))
+    sizes = draw(st.lists(st.integers(1, 4), min_size=n, max_size=n))
+    role = st.integers(0, 9).map(lambda k: "input" if k < 3 else "space" if k < 8 else "output")
+    on_cycle = st.integers(0, 9).map(lambda k: "input" if k < 1 else "space" if k < 7 else "output")
+    roles = ["input"] + [
+        draw(on_cycle if kinds[block_of[j]] == "cycle" else role) for j in range(1, n)
+    ]
+    roles[draw(st.integers(1, n - 1))] = "output"
+    family: list[int] = []  # blk[1], blk[2], ...: the spaces of one cycle
+    multi = [b for b, kind in enumerate(kinds) if kind == "cycle" and len(blocks[b]) > 1]
+    if multi and draw(st.integers(0, 2)) == 0:
+        family = blocks[draw(st.sampled_from(multi))]
+        others = [roles[j] for j in range(n) if j not in family]
+        shared_role = draw(st.sampled_from(["space", "output"]))
+        if "output" not in others:
+            shared_role = "output"
+        for i, j in enumerate(family):
+            names[j], sizes[j], roles[j] = f"{FAMILY}[{i + 1}]", sizes[family[0]], shared_role
+        event("a cycle of an array of spaces")
+    units = [[j] for j in range(n) if j not in family] + ([family] if family else [])
+    units = draw(st.permutations(units))
+    declared = [j for unit in units for j in unit]  # an array's elements one after another
+    declarations = tuple(
+        f"{roles[unit[0]]:<6} {FAMILY}[1..{len(unit)}] : {sizes[unit[0]]}"
+        if len(unit) > 1
+        else f"{roles[unit[0]]:<6} {names[unit[0]]} : {sizes[unit[0]]}"
+        for unit in units
+    )
+
+    edge_pool = [n for n in draw(st.permutations(SHARED_NAMES + CYCLE_NAMES)) if n not in names]
+    edge_pool += [f"g{i}" for i in range(40)]
+    edges: list[Edge] = []
+    small = draw(
+        st.sampled_from(
+            [
+                Op("scale", "scale(0.05)", arg=0.05),
+                Op("scale", "scale(-0.05)", arg=-0.05),
+                Op("scale", "scale(factor=0.04)", arg=0.04),
+            ]
+        )
+    )
+
+    def add(reads: list[int], writes: list[int], choices: list[tuple[Op, ...]]) -> None:
+        edges.append(
+            Edge(
+                name=edge_pool[len(edges)],
+                reads=tuple(names[j] for j in draw(st.permutations(reads))),
+                writes=tuple(names[j] for j in draw(st.permutations(writes))),
+                ops=draw(st.sampled_from(choices)),
+                product=draw(st.sampled_from(["×", "*"])),
+                arrow=draw(st.sampled_from(["->", "->", "→"])),
+            )
+        )
+
+    def n_of(positions: list[int]) -> int:
+        return sum(sizes[j] for j in positions)
+
+    def outside(b: int, targets: list[int]) -> None:
+        """An edge from spaces of earlier blocks into targets (block b) and maybe a later one."""
+        earlier = [j for j in range(n) if block_of[j] < b]
+        reads = draw(st.lists(st.sampled_from(earlier), min_size=1, max_size=3, unique=True))
+        previous = blocks[b - 1]
+        if not set(reads) & set(previous) and draw(st.booleans()):  # chains: deep machines
+            reads.append(draw(st.sampled_from(previous)))
+        later = [j for j in range(n) if block_of[j] > b]
+        writes = targets + (draw(st.lists(st.sampled_from(later), max_size=1)) if later else [])
+        inner = draw(st.integers(1, 6))
+        add(reads, writes, pipelines(n_of(reads), n_of(writes), inner))
+
+    def others(cycle: list[int], j: int):
+        """Maybe one more space of the cycle."""
+        rest = [i for i in cycle if i != j]
+        return st.lists(st.sampled_from(rest), max_size=1) if rest else st.just([])
+
+    solves: list[SolveItem] = []
+    for b in range(1, n_blocks):
+        earlier = [j for j in range(n) if block_of[j] < b]
+        if kinds[b] == "one":
+            if roles[blocks[b][0]] != "input" or draw(st.booleans()):
+                outside(b, blocks[b])
+            continue
+        cycle = blocks[b]
+        ring = draw(st.permutations(cycle))
+        steps = [(ring[i], ring[(i + 1) % len(ring)]) for i in range(len(ring))]
+        if draw(st.integers(0, 2)) == 0:  # one more edge among the cycle's spaces
+            steps.append((draw(st.sampled_from(cycle)), draw(st.sampled_from(cycle))))
+            event("a cycle with one more edge")
+        for source, target in steps:
+            reads = [source] + draw(others(cycle, source))
+            reads += draw(st.lists(st.sampled_from(earlier), max_size=2, unique=True))
+            if draw(st.integers(0, 7)) == 0:
+                reads.append(source)  # read twice
+                event("a cycle's edge reads a space twice")
+            writes = [target] + draw(others(cycle, target))
+            inner = draw(st.integers(1, 6))
+            add(reads, writes, cycle_pipelines(n_of(reads), n_of(writes), inner, small))
+        if draw(st.booleans()):  # written from outside: a constant on every iteration
+            outside(b, draw(st.lists(st.sampled_from(cycle), min_size=1, max_size=2, unique=True)))
+            event("an edge outside a cycle writes its spaces")
+        solves.append(draw(solve_items(names[draw(st.sampled_from(cycle))])))
+        event(f"a cycle of {len(cycle)} spaces")
+    for target in draw(st.lists(st.integers(1, n - 1), max_size=3)):  # more edges
+        outside(block_of[target], [target])
+    spec = Spec(
+        name=machine,
+        spaces=tuple(Space(names[j], sizes[j], roles[j]) for j in declared),
+        edges=tuple(draw(st.permutations(edges))),
+        declarations=declarations,
+        solves=tuple(draw(st.permutations(solves))),
+    )
+    cycles = solved_cycles(spec)
+    assert sorted(sorted(spaces) for spaces, _ in cycles) == sorted(
+        sorted(names[j] for j in blocks[b]) for b in range(n_blocks) if kinds[b] == "cycle"
+    )
+    event(f"{len(solves)} solved cycles")
+    on_cycles = {name for spaces, _ in cycles for name in spaces}
+    cycle_edges = {name for _, es in cycles for name in es}
+    if any(roles[j] == "input" for j in range(n) if names[j] in on_cycles):
+        event("a cycle through an input")
+    if any(set(e.reads) & on_cycles for e in spec.edges if e.name not in cycle_edges):
+        event("an edge outside a cycle reads it")
+    if any(
+        set(e.reads) & (on_cycles - spaces)
+        for spaces, es in cycles
+        for e in spec.edges
+        if e.name in es
+    ):
+        event("a cycle reads another cycle")
+    if any(op.spectral_norm for e in spec.edges for op in e.ops):
+        event("linear(spectral_norm=true)")
+    return spec
+
+
+@st.composite
+def cyclic_cases(draw):
+    """A machine with solved cycles, the spaces x0 is given on (often every space), a seed
+    and a batch size."""
+    spec = draw(cyclic_machines())
+    names = [s.name for s in spec.spaces]
+    support = draw(
+        st.one_of(
+            st.just(names),
+            st.just(list(spec.inputs)),
+            st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True),
+        )
+    )
+    return spec, support, draw(st.integers(0, 2**32 - 1)), draw(st.integers(1, 3))
+
+
+def solver_statistics(model: nn.Module) -> list[tuple]:
+    return [
+        (m.iterations, m.residual, m.backward_iterations, m.backward_residual)
+        for m in model.children()
+        if isinstance(m, runtime.Solve)
+    ]
+
+
+@settings(
+    max_examples=40,
+    derandomize=True,  # solvers to 1e-10: the same machines every run
+    deadline=None,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(case=cyclic_cases())
+def test_random_machines_with_solved_cycles_follow_the_machine_equation(case) -> None:
+    """Cycles solved by each solver: f, the resolvent (x0 also on the cycles' spaces) against
+    the naive iteration run until it settles, the machine equation, forward, gradients of
+    parameters and x0 (implicit backward), the adjoint machine; every solve converges."""
+    spec, support, seed, batch = case
+    source = spec.render()
+    note(source)
+    note(f"x0 given on {support}, seed {seed}, batch {batch}")
+    cls = load_classes(source, "random_cycles.mach")[spec.name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a solve that did not converge
+        model = check_against_definition(cls, spec, seed, batch, support)
+    note(f"iterations and residuals of the last solves: {solver_statistics(model)}")

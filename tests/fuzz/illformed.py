@@ -43,6 +43,7 @@ GENERATED_NAMES = sorted(
         dict tuple str int float bool object isinstance zip min max sum any all getattr iter
         next type linear relu conv embedding attention shared ids std M Net past seen
         h_steps h_past y_e y_ cell_x x_at e_w_h tok None True False class def lambda
+        adjoint bar cotangent _leaves _pull cycle_z solve_z z_next z_in solve with
         """.split()
     )
 )

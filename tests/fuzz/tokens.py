@@ -27,6 +27,7 @@ _TOKEN = re.compile(
 # Words of the grammar: never renamed by a mutation that renames identifiers.
 KEYWORDS = frozenset(
     {"machine", "input", "space", "output", "for", "in", "over", "import", "true", "false"}
+    | {"solve", "with"}
 )
 
 

@@ -390,7 +390,42 @@ def feedforward(
         _add_array(rng, m, ins[0], outs[0])
     if rng.random() < 0.15:
         _add_shared(rng, m)
+    if rng.random() < 0.2:
+        _add_solved_cycle(rng, m, order[n_in:])
     return m.text()
+
+
+SOLVERS = ("fixed_point", "anderson", "broyden")
+
+
+def _add_solved_cycle(rng: random.Random, m: Machine, targets: list[Space]) -> None:
+    """A cycle through a written space, and the solve that finds its fixed point.
+
+    Usually contractive (a normalised, scaled linear map then tanh); sometimes any
+    pipeline, which need not converge (the solver then warns: not a failure)."""
+    written = [s for s in targets if s.written and len(s.shape) <= 2]
+    if not written:
+        return
+    z = rng.choice(written)
+    others = [s for s in m.spaces if s is not z and s.shape[1:] == z.shape[1:]]
+    reads = [z] + ([rng.choice(others)] if others and rng.random() < 0.5 else [])
+    if rng.random() < 0.7:
+        args = [] if len(z.shape) == 1 or rng.random() < 0.5 else ["3", "padding=1"]
+        if rng.random() < 0.8:
+            args.append("spectral_norm=true")
+        op = "conv" if args[:1] == ["3"] else "linear"
+        p = f"{op}({', '.join(args)}) | scale(0.5) | tanh"
+    else:
+        p = pipeline(rng, [s.shape for s in reads], [z.shape])
+        if p is None:
+            return
+    reads = [s.name for s in reads]
+    m.edge(reads, [z.name], p)
+    solver = rng.choice(SOLVERS)
+    args = rng.choice(["", "()", "(tol=1e-4)", f"(max_iter={rng.randint(1, 30)})"])
+    if rng.random() < 0.2:
+        args = "(backward=unrolled, max_iter=8)"
+    m.lines.append(f"solve {z.name} with {solver}{args}")
 
 
 def _sub_call(rng, subs, reads, writes) -> str | None:

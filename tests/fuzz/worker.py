@@ -330,6 +330,14 @@ class Checker:
                     "forward/resolvent",
                     f"{where}: forward's {name!r} differs from resolvent's by up to {worst:g}",
                 )
+        if hasattr(model, "adjoint"):  # machines not over time: the backward pass as a machine
+            self.phase = f"class {cls.__name__}: adjoint"
+            cotangent = {name: torch.ones_like(state[name]) for name in cls.OUTPUTS}
+            bar = model.adjoint(state, cotangent)
+            for name in cls.SPACES:
+                if name not in bar or tuple(bar[name].shape) != tuple(state[name].shape):
+                    got = tuple(bar[name].shape) if name in bar else "nothing"
+                    return ("AdjointShape", "adjoint", f"{where}: adjoint[{name!r}] is {got}")
         return None
 
 
