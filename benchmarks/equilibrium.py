@@ -11,15 +11,18 @@ does; the example itself is not changed). Two parts, in one run:
   ``solve z with fixed_point(tol=1e-12, max_iter=K, backward=...)`` for K = 10,
   30 and 100 (default): the tolerance is out of reach in float32, so the forward
   solve, and the implicit backward's adjoint solve, run exactly K iterations (the
-  script checks it). Per K: the time of one forward+backward iteration
-  (``zero_grad``, forward, ``loss = out.square().mean()``, ``backward``; the
-  iteration of ``dense.py``), the two variants interleaved across repeats as in
-  ``recurrent.py`` (medians, and the median of the per-repeat ratios unrolled /
-  implicit, the ratio of the medians beside it), and the activations saved for
-  backward: the bytes of the distinct storages of the tensors autograd packs
-  through ``torch.autograd.graph.saved_tensors_hooks`` during one forward
-  (parameters excluded; the hook keeps every packed tensor alive until the count
-  is taken, so no storage is counted twice or missed through a reused address).
+  script checks it). Before any timing, both modes must give the same outputs and
+  parameter gradients at K = 200 (converged); at each K the script also prints how
+  far apart their gradients are (both truncate at K, at different points). Per K:
+  the time of one forward+backward iteration (``zero_grad``, forward, ``loss =
+  out.square().mean()``, ``backward``; the iteration of ``dense.py``), the two
+  variants interleaved across repeats as in ``recurrent.py`` (medians, and the
+  median of the per-repeat ratios unrolled / implicit, the ratio of the medians
+  beside it), and the activations saved for backward, as in ``conv.py``: the
+  bytes of the distinct storages of the tensors autograd packs through
+  ``torch.autograd.graph.saved_tensors_hooks`` during one forward and loss
+  (parameters excluded), and of those still held when the forward ends (see
+  ``saved_bytes``).
 - ``solvers``: iterations to reach ``tol`` (1e-4 and 1e-6 by default) for
   ``fixed_point``, ``anderson`` and ``broyden`` (each with its default options,
   ``max_iter=500``), over a few batches of random inputs, in eval mode: the mean
@@ -78,6 +81,11 @@ SOLVERS = ("fixed_point", "anderson", "broyden")
 SPECTRA = ("symmetric", "orthogonal")
 BACKWARDS = ("implicit", "unrolled")
 UNREACHABLE_TOL = 1e-12  # float32 residuals stop near 1e-7: every iteration runs
+# Before timing, both backward modes must agree once the solve has converged (200
+# iterations of the contraction: to the float32 floor at the default and quick sizes).
+AGREEMENT_ITERATIONS = 200
+AGREEMENT_ATOL = 1e-5  # outputs, absolute
+AGREEMENT_RTOL = 1e-4  # gradients, relative to the largest unrolled gradient of each parameter
 
 DEFAULTS = {
     "batch": 64,
@@ -218,10 +226,17 @@ def saved_bytes(module: nn.Module, x: Tensor) -> dict[str, int]:
     return figures
 
 
-def check_iterations(variants: dict[str, nn.Module], x: Tensor, max_iter: int) -> None:
-    """Fail loudly unless every solve of one forward+backward ran exactly max_iter."""
+def compare(variants: dict[str, nn.Module], x: Tensor, max_iter: int) -> dict[str, float]:
+    """One forward+backward of each mode; fail loudly unless every solve ran exactly
+    ``max_iter`` iterations. Returns how far apart the modes are: the largest absolute
+    difference of the outputs, and over the parameters the largest difference of the
+    gradients relative to the largest unrolled gradient (both modes truncate at
+    ``max_iter``, at different points, so they differ until both have converged)."""
+    results = {}
     for name, module in variants.items():
-        step(module, x)
+        module.zero_grad(set_to_none=True)
+        out = module(x)
+        out.square().mean().backward()
         solve = module.solve_z
         counts = [solve.iterations]
         if name == "implicit":
@@ -230,6 +245,40 @@ def check_iterations(variants: dict[str, nn.Module], x: Tensor, max_iter: int) -
             raise AssertionError(
                 f"{name} backward at max_iter={max_iter}: the solves ran {counts} iterations"
             )
+        grads = {k: p.grad for k, p in module.named_parameters()}
+        missing = sorted(k for k, g in grads.items() if g is None)
+        if missing:
+            raise AssertionError(f"{name} backward gave no gradient for {missing}")
+        results[name] = (out.detach(), grads)
+        module.zero_grad(set_to_none=True)
+    (out, grads), (ref_out, ref_grads) = results["implicit"], results["unrolled"]
+    return {
+        "output": (out - ref_out).abs().max().item(),
+        "gradients": max(
+            ((grads[k] - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+            for k, ref in ref_grads.items()
+        ),
+    }
+
+
+def check_agreement(state: dict[str, Tensor], width: int, x: Tensor) -> dict[str, float]:
+    """Fail loudly unless both modes give the same outputs and gradients once the solve
+    has converged (``AGREEMENT_ITERATIONS`` iterations, to the float32 floor)."""
+    variants = {
+        backward: build(
+            solve_line("fixed_point", UNREACHABLE_TOL, AGREEMENT_ITERATIONS, backward),
+            state,
+            width,
+        )
+        for backward in BACKWARDS
+    }
+    diffs = compare(variants, x, AGREEMENT_ITERATIONS)
+    if diffs["output"] > AGREEMENT_ATOL or diffs["gradients"] > AGREEMENT_RTOL:
+        raise AssertionError(
+            f"implicit and unrolled backward disagree at max_iter={AGREEMENT_ITERATIONS}: "
+            f"outputs by {diffs['output']:.2e}, gradients by {diffs['gradients']:.2e} (relative)"
+        )
+    return diffs
 
 
 def ratio_figures(samples: dict[str, list[float]], over: str, under: str) -> dict[str, object]:
@@ -258,6 +307,7 @@ def run_backward(args: argparse.Namespace, report: dict) -> None:
         f"backward: implicit vs unrolled, fixed_point(tol={UNREACHABLE_TOL:g}, max_iter=K), "
         f"batch={args.batch} width={args.width}, symmetric weights (radius {args.radius})"
     )
+    agreement = check_agreement(state, args.width, x)
     rows = []
     noisy = False
     for max_iter in args.max_iters:
@@ -267,7 +317,7 @@ def run_backward(args: argparse.Namespace, report: dict) -> None:
             )
             for backward in BACKWARDS
         }
-        check_iterations(variants, x, max_iter)
+        gap = compare(variants, x, max_iter)
         saved = {name: saved_bytes(module, x) for name, module in variants.items()}
         fns: dict[str, Callable[[], object]] = {
             name: lambda module=module: step(module, x) for name, module in variants.items()
@@ -279,6 +329,7 @@ def run_backward(args: argparse.Namespace, report: dict) -> None:
         rows.append(
             {
                 "max_iter": max_iter,
+                "difference": gap,
                 "saved_bytes": saved,
                 "saved_unrolled_over_implicit": {
                     kind: saved["unrolled"][kind] / saved["implicit"][kind]
@@ -287,16 +338,26 @@ def run_backward(args: argparse.Namespace, report: dict) -> None:
                 **figures,
             }
         )
+    print(
+        f"outputs and gradients of the two modes agree at K={AGREEMENT_ITERATIONS} (checked "
+        f"before timing; max abs diff {agreement['output']:.1e} outputs, "
+        f"{agreement['gradients']:.1e} gradients relative to the largest)"
+    )
     print("every solve ran exactly K iterations (forward, and the implicit adjoint solve)")
-    print("ms per forward+backward iteration, median (min); unrolled / implicit per repeat")
-    print("(of the medians in brackets)")
-    print(f"{'K':>5} {'implicit':>18} {'unrolled':>18} {'unrolled / implicit':>20}")
+    print(
+        "ms per forward+backward iteration, median (min); unrolled / implicit per repeat "
+        "(of the medians in brackets); grad diff: the modes' gradients apart at K (relative)"
+    )
+    print(
+        f"{'K':>5} {'implicit':>18} {'unrolled':>18} {'unrolled / implicit':>20} {'grad diff':>10}"
+    )
     for row in rows:
         med, low = row["median_ms"], row["min_ms"]
         implicit = f"{med['implicit']:.2f} ({low['implicit']:.2f})"
         unrolled = f"{med['unrolled']:.2f} ({low['unrolled']:.2f})"
         ratio = f"{row['ratio']:.2f} ({row['ratio_of_medians']:.2f})"
-        print(f"{row['max_iter']:>5} {implicit:>18} {unrolled:>18} {ratio:>20}")
+        gap = row["difference"]["gradients"]
+        print(f"{row['max_iter']:>5} {implicit:>18} {unrolled:>18} {ratio:>20} {gap:>10.1e}")
     print(
         "saved activations, KiB: packed for backward during one forward (held at its end, "
         "after the solve's own temporaries are freed)"
@@ -317,6 +378,7 @@ def run_backward(args: argparse.Namespace, report: dict) -> None:
         "radius": args.radius,
         "spectrum": "symmetric",
         "tol": UNREACHABLE_TOL,
+        "agreement": {"max_iter": AGREEMENT_ITERATIONS, "max_abs_diff": agreement},
         "rows": rows,
     }
 

@@ -144,6 +144,47 @@ def _residual(x: Tensor, fx: Tensor) -> Tensor:
 # --- solvers: each proposes the next iterate from z and fn(z) ----------------------
 
 
+class _History:
+    """Columns ``[batch, N, k]``: the last ``size`` vectors ``[batch, N]`` (``ring``), or
+    the vectors since the last restart (every ``size`` vectors, when not ``ring``).
+
+    Without autograd the columns are written in place into one buffer, in any order
+    (stacking the whole history on every step made Broyden's steps ever slower);
+    vectors that record a graph (``backward="unrolled"``) are joined by ``cat``.
+    """
+
+    def __init__(self, size: int, ring: bool):
+        self.size, self.ring = size, ring
+        self.buffer: Tensor | None = None
+        self.count = 0  # vectors appended since the last restart
+        self.tracking = False  # the vectors record a graph
+
+    def append(self, column: Tensor) -> None:
+        if self.count == self.size and not self.ring:  # a restart
+            self.count = 0
+            if self.tracking:
+                self.buffer = None
+        if column.requires_grad or self.tracking:
+            self.tracking = True
+            kept = self.buffer if self.count else None
+            if kept is not None and self.count == self.size:  # full: drop the oldest
+                kept = kept[..., 1:]
+            new = column[..., None]
+            self.buffer = new if kept is None else torch.cat([kept, new], 2)
+            self.count = min(self.count + 1, self.size)
+            return
+        if self.buffer is None:
+            self.buffer = column.new_empty((*column.shape, self.size))
+        self.buffer[..., self.count % self.size] = column
+        self.count += 1
+
+    def columns(self) -> Tensor:
+        return self.buffer if self.tracking else self.buffer[..., : len(self)]
+
+    def __len__(self) -> int:
+        return min(self.count, self.size)
+
+
 class _FixedPoint:
     def __init__(self, damping: float):
         self.damping = damping
@@ -161,21 +202,20 @@ class _Anderson:
     """
 
     def __init__(self, m: int, damping: float, lam: float):
-        self.m, self.damping, self.lam = m, damping, lam
-        self.dx: list[Tensor] = []
-        self.dg: list[Tensor] = []
+        self.damping, self.lam = damping, lam
+        self.dx, self.dg = _History(m, ring=True), _History(m, ring=True)
         self.last: tuple[Tensor, Tensor] | None = None
 
     def __call__(self, x: Tensor, fx: Tensor) -> Tensor:
         g, d = fx - x, self.damping
         if self.last is not None:
-            self.dx = [*self.dx, x - self.last[0]][-self.m :]
-            self.dg = [*self.dg, g - self.last[1]][-self.m :]
+            self.dx.append(x - self.last[0])
+            self.dg.append(g - self.last[1])
         self.last = (x, g)
         step = x + d * g
-        if not self.dx:
+        if not len(self.dx):
             return step
-        dx, dg = torch.stack(self.dx, 2), torch.stack(self.dg, 2)  # [batch, N, k]
+        dx, dg = self.dx.columns(), self.dg.columns()  # [batch, N, k]
         gram = dg.transpose(1, 2) @ dg
         scale = gram.diagonal(dim1=1, dim2=2).mean(1)
         finfo = torch.finfo(gram.dtype)
@@ -191,16 +231,14 @@ class _Broyden:
     ``-I + U V^T`` (``m`` updates, then a restart); the step is ``z - H g``."""
 
     def __init__(self, m: int):
-        self.m = m
-        self.u: list[Tensor] = []
-        self.v: list[Tensor] = []
+        self.u, self.v = _History(m, ring=False), _History(m, ring=False)
         self.last: tuple[Tensor, Tensor] | None = None
 
     def _h(self, y: Tensor, transpose: bool = False) -> Tensor:
         """``H y`` (or ``H^T y``) per sample."""
-        if not self.u:
+        if not len(self.u):
             return -y
-        u, v = torch.stack(self.u, 2), torch.stack(self.v, 2)
+        u, v = self.u.columns(), self.v.columns()
         if transpose:
             u, v = v, u
         return -y + (u @ (v.transpose(1, 2) @ y[..., None]))[..., 0]
@@ -215,9 +253,8 @@ class _Broyden:
             scale = torch.linalg.vector_norm(s, dim=1) * torch.linalg.vector_norm(hy, dim=1)
             ok = den.abs() > finfo.eps * scale + finfo.tiny  # else no update for that sample
             u = (s - hy) / torch.where(ok, den, torch.ones_like(den))[:, None] * ok[:, None]
-            if len(self.u) >= self.m:
-                self.u, self.v = [], []
-            self.u, self.v = [*self.u, u], [*self.v, hts]
+            self.u.append(u)
+            self.v.append(hts)
         self.last = (x, g)
         return x - self._h(g)
 
@@ -245,7 +282,8 @@ def _iterate(f: Callable, x: Tensor, propose: Callable, tol: float, max_iter: in
     best_x = best_fx = best = None
     for k in range(1, max_iter + 1):
         fx = f(x)
-        res = _residual(x, fx)
+        with torch.no_grad():  # it only picks iterates: no graph (backward="unrolled")
+            res = _residual(x, fx)
         if best is None:
             best_x, best_fx, best = x, fx, res
         else:

@@ -18,8 +18,9 @@ def test_equilibrium_benchmark_runs_and_prints_its_tables(
     )
     printed = capsys.readouterr().out
     assert "backward: implicit vs unrolled, fixed_point(tol=1e-12, max_iter=K)" in printed
+    assert "outputs and gradients of the two modes agree at K=200" in printed
     assert "every solve ran exactly K iterations" in printed
-    assert f"{'K':>5} {'implicit':>18} {'unrolled':>18} {'unrolled / implicit':>20}" in printed
+    assert "    K           implicit           unrolled  unrolled / implicit  grad diff" in printed
     assert "saved activations, KiB" in printed
     assert "solvers: iterations to reach tol, max_iter=500" in printed
     assert "weights     rho(J)    tol solver" in printed
@@ -29,6 +30,8 @@ def test_equilibrium_benchmark_runs_and_prints_its_tables(
 
     report = json.loads(out.read_text())
     assert report["benchmark"] == "equilibrium" and report["threads"] == 1
+    agreement = report["backward"]["agreement"]["max_abs_diff"]
+    assert agreement["gradients"] <= 1e-4 and agreement["output"] <= 1e-5
 
     # Implicit: the same activations at every K, all of them kept for backward.
     # Unrolled: more than implicit, and growing with K.
@@ -42,6 +45,9 @@ def test_equilibrium_benchmark_runs_and_prints_its_tables(
         assert unrolled[0][kind] > implicit[0][kind]
         assert unrolled[0][kind] < unrolled[1][kind] < unrolled[2][kind]
     assert all(saved["held"] < saved["packed"] for saved in unrolled)
+    # Truncated at K, the two modes' gradients differ, less with every K.
+    gaps = [row["difference"]["gradients"] for row in rows]
+    assert gaps[0] > gaps[1] > gaps[2] > agreement["gradients"]
     for row in rows:
         assert len(row["samples_ms"]["implicit"]) == len(row["samples_ms"]["unrolled"]) == 2
         assert row["ratio"] > 0 and row["median_ms"]["implicit"] > 0
@@ -95,3 +101,22 @@ def test_the_solve_line_is_replaced(benchmark_script) -> None:
         30,
         "unrolled",
     )
+
+
+@pytest.mark.filterwarnings("ignore:Solve.*did not converge:RuntimeWarning")
+def test_a_wrong_gradient_would_be_seen(benchmark_script) -> None:
+    """``compare`` measures the modes apart: a changed weight in one of them shows."""
+    script = benchmark_script("equilibrium")
+    state = script.weights(8, 0.9, "symmetric", seed=0)
+    torch.manual_seed(1)
+    x = torch.randn(3, 64)
+    variants = {
+        backward: script.build(script.solve_line("fixed_point", 1e-12, 200, backward), state, 8)
+        for backward in script.BACKWARDS
+    }
+    assert script.compare(variants, x, 200)["gradients"] <= script.AGREEMENT_RTOL
+    with torch.no_grad():
+        variants["implicit"].cell.bias.add_(0.5)
+    assert script.compare(variants, x, 200)["gradients"] > 100 * script.AGREEMENT_RTOL
+    with pytest.raises(AssertionError, match="the solves ran"):
+        script.compare(variants, x, 100)
