@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-import linecache
 import os
-import sys
 import types
 import warnings
 from collections.abc import Mapping, Sequence
@@ -123,9 +120,6 @@ def read_source(path: str | os.PathLike) -> str:
         raise CompileError([diagnostic], {str(path): data.decode("utf-8", "replace")}) from None
 
 
-_loaded = itertools.count()
-
-
 def load(
     path: str | os.PathLike,
     params: Mapping[str, object] | None = None,
@@ -134,17 +128,14 @@ def load(
     """Compile a .mach file and import the result as a module (no file is written).
 
     The generated source is registered with ``linecache``, so tracebacks and
-    debuggers show its lines.
+    debuggers show its lines. The module's name holds a hash of the generated code, so
+    loading the same machine again gives the same module; its models pickle with the
+    code (``torch.save(model)``, multiprocessing), and unpickle in any process that
+    has ``machc`` installed.
     """
     source = _compile(read_source(path), str(path), params, search_path, stacklevel=3)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    name = f"machc_generated_{sanitize(stem)}_{next(_loaded)}"
-    filename = f"<machc:{os.fspath(path)}>"
-    module = types.ModuleType(name)
-    module.__file__ = filename
-    # NOTE: registered so that pickle (and torch.save of a whole model) finds the classes,
-    # within this process; state_dict() is the portable way to save weights.
-    sys.modules[name] = module
-    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated code
-    return module
+    from machc.runtime import loading  # torch: only here, where the module runs anyway
+
+    stem = sanitize(os.path.splitext(os.path.basename(path))[0])
+    name = loading.module_name(stem, source)
+    return loading.module_from_source(name, f"<machc:{os.fspath(path)}>", source)

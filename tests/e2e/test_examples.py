@@ -193,3 +193,26 @@ def test_loaded_models_pickle_within_the_process() -> None:
     copy = torch.load(buffer, weights_only=False)
     x = torch.randn(2, 16)
     torch.testing.assert_close(copy(x), model(x))
+
+
+def test_loaded_models_unpickle_in_another_process(tmp_path: Path) -> None:
+    # torch.save of a whole model from machc.load carries the generated code: a fresh
+    # process rebuilds the module (machc installed, nothing compiled) and gets the model.
+    model = machc.load(ROOT / "examples" / "resnet.mach").ResNet().eval()
+    x = torch.randn(2, *model.SPACES["img"])
+    torch.save({"model": model, "x": x, "y": model(x)}, tmp_path / "whole.pt")
+    code = (
+        "import sys, torch\n"
+        f"saved = torch.load({str(tmp_path / 'whole.pt')!r}, weights_only=False)\n"
+        "torch.testing.assert_close(saved['model'](saved['x']), saved['y'])\n"
+        "assert 'machc.driver' not in sys.modules, 'unpickling compiled something'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=tmp_path)
+
+
+def test_loading_twice_gives_one_module() -> None:
+    first = machc.load(ROOT / "examples" / "residual.mach")
+    assert machc.load(ROOT / "examples" / "residual.mach") is first
+    other = machc.load(ROOT / "examples" / "dense.mach", params={"depth": 2})
+    again = machc.load(ROOT / "examples" / "dense.mach", params={"depth": 3})
+    assert other is not again and other.__name__ != again.__name__
