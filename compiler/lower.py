@@ -342,6 +342,21 @@ class _MachineLowering:
                     self.layer_exprs[(edge.name, i)] = f"self.{attr}[{k}]"
                 constructor = "nn.ModuleList([" + ", ".join(c for _, c in built) + "])"
             layers.append(Layer(attr=attr, constructor=constructor, comment=_safe(comment)))
+        # NOTE: named after every edge's layers, so that no parameter's name depends on them
+        for edge in self.machine.edges:
+            if edge.shares is not None:
+                continue
+            shapes = self.structure.shapes[edge.name]
+            for i, op in enumerate(edge.ops):
+                module = OPS[op.kind].module
+                if module is None:
+                    continue
+                hint = edge.name if not edge.name.startswith("_") else "edge" + edge.name
+                attr = self.attrs.name(f"{edge.name}/{i}", f"{hint}_{op.kind}")
+                self.layer_exprs[(edge.name, i)] = f"self.{attr}"
+                constructor = module(self._site(edge, op), shapes[i], shapes[i + 1])
+                comment = _safe(f"{self.where(op.span)}  {edge.name}")
+                layers.append(Layer(attr=attr, constructor=constructor, comment=comment))
         for cycle in self.structure.cycles:
             solve = cycle.solve
             attr = self.attrs.name(f"solve/{solve.space}", f"solve_{solve.space}")

@@ -165,26 +165,32 @@ ACTIVATIONS = (
 # --- dropout --------------------------------------------------------------------------------
 
 
-def _dropout_call(site: Site, x: str, layer, before: Shape, after: Shape) -> str:
-    p = py_literal(site.args["p"])
-    return f"F.dropout{len(before) - 1}d({x}, p={p}, training=self.training)"
+def _dropout_module(site: Site, before: Shape, after: Shape) -> str:
+    return f"nn.Dropout(p={py_literal(site.args['p'])})"
+
+
+def _channel_dropout_module(site: Site, before: Shape, after: Shape) -> str:
+    return f"nn.Dropout{len(before) - 1}d(p={py_literal(site.args['p'])})"
 
 
 DROPOUTS = (
     OpSpec(
         name="dropout",
         doc="Zeroes elements with probability p while training (scaling the rest); identity "
-        "in eval mode.",
+        "in eval mode. An nn.Dropout of its own (edge_dropout), so no parameter name moves.",
         rule="[C, *S] -> [C, *S]",
-        call="F.dropout({x}, p={p}, training=self.training)",
+        call="{layer}({x})",
         args=(ArgSpec("p", (FLOAT,), 0.5, probability, "probability of zeroing an element"),),
+        module=_dropout_module,
     ),
     OpSpec(
         name="channel_dropout",
-        doc="Zeroes whole channels with probability p while training (nn.Dropout1d/2d/3d).",
+        doc="Zeroes whole channels with probability p while training; an nn.Dropout1d/2d/3d "
+        "of its own (edge_channel_dropout).",
         rule="[C, *S] -> [C, *S]",
-        call=_dropout_call,
+        call="{layer}({x})",
         args=(ArgSpec("p", (FLOAT,), 0.5, probability, "probability of zeroing a channel"),),
+        module=_channel_dropout_module,
         ranks=SPATIAL,
     ),
 )

@@ -110,6 +110,10 @@ class OpSpec:
     shape: ShapeFn = _same
     check: CheckFn = _no_check  # channel conditions, checked once the shapes are known
     layer: LayerFn | None = None  # layer constructor source
+    # a module with no parameters or buffers that the op calls (nn.Dropout): an attribute of
+    # its own, beside the edge's layers, so that tools find it by type and no state_dict
+    # key moves; ``call`` applies it as ``{layer}``
+    module: LayerFn | None = None
     params: CountFn = _zero  # learned parameters
     macs: CountFn = _zero  # multiply-accumulates per sample
 

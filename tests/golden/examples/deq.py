@@ -57,7 +57,7 @@ class DEQ(nn.Module):
 
     forward(x [64]) -> y [10]
 
-    The cycle through z is solved by anderson; self.solve_z has the iterations and residual of the last call.
+    Cycle z: solved by anderson; the last call's iterations and residual are on self.solve_z.
     """
 
     SPACES: dict[str, tuple[int, ...]] = {"x": (64,), "u": (128,), "z": (128,), "y": (10,)}

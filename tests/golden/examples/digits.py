@@ -73,20 +73,23 @@ class DigitNet(nn.Module):
         self.block_2 = nn.ModuleList([nn.Linear(112, 48), nn.LayerNorm(48)])  # digits.mach:9  block[2]
         self.block_3 = nn.ModuleList([nn.Linear(160, 48), nn.LayerNorm(48)])  # digits.mach:9  block[3]
         self.head = nn.Linear(144, 10)  # digits.mach:11  head
+        self.block_1_dropout = nn.Dropout(p=0.1)  # digits.mach:9  block[1]
+        self.block_2_dropout = nn.Dropout(p=0.1)  # digits.mach:9  block[2]
+        self.block_3_dropout = nn.Dropout(p=0.1)  # digits.mach:9  block[3]
 
     def forward(self, pixels: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""
         # level 1
         # digits.mach:9  block[1] : pixels -> h[1] = linear | layernorm | gelu | dropout(p=0.1)
-        h_1 = F.dropout(F.gelu(self.block_1[1](self.block_1[0](pixels))), p=0.1, training=self.training)
+        h_1 = self.block_1_dropout(F.gelu(self.block_1[1](self.block_1[0](pixels))))
         # level 2
         # digits.mach:9  block[2] : pixels × h[1] -> h[2] = linear | layernorm | gelu | dropout(p=0.1)
         block_2 = self.block_2[1](self.block_2[0](torch.cat([pixels, h_1], dim=1)))
-        h_2 = F.dropout(F.gelu(block_2), p=0.1, training=self.training)
+        h_2 = self.block_2_dropout(F.gelu(block_2))
         # level 3
         # digits.mach:9  block[3] : pixels × h[1] × h[2] -> h[3] = linear | layernorm | gelu | dropout(p=0.1)
         block_3 = self.block_3[0](torch.cat([pixels, h_1, h_2], dim=1))
-        h_3 = F.dropout(F.gelu(self.block_3[1](block_3)), p=0.1, training=self.training)
+        h_3 = self.block_3_dropout(F.gelu(self.block_3[1](block_3)))
         # level 4
         # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
         logits = self.head(torch.cat([h_1, h_2, h_3], dim=1))
@@ -97,13 +100,13 @@ class DigitNet(nn.Module):
         state = _complete(self.SPACES, state)
         # digits.mach:9  block[1] : pixels -> h[1] = linear | layernorm | gelu | dropout(p=0.1)
         block_1 = self.block_1[1](self.block_1[0](state["pixels"]))
-        h_1 = F.dropout(F.gelu(block_1), p=0.1, training=self.training)
+        h_1 = self.block_1_dropout(F.gelu(block_1))
         # digits.mach:9  block[2] : pixels × h[1] -> h[2] = linear | layernorm | gelu | dropout(p=0.1)
         block_2 = self.block_2[0](torch.cat([state["pixels"], state["h[1]"]], dim=1))
-        h_2 = F.dropout(F.gelu(self.block_2[1](block_2)), p=0.1, training=self.training)
+        h_2 = self.block_2_dropout(F.gelu(self.block_2[1](block_2)))
         # digits.mach:9  block[3] : pixels × h[1] × h[2] -> h[3] = linear | layernorm | gelu | dropout(p=0.1)
         block_3 = self.block_3[0](torch.cat([state["pixels"], state["h[1]"], state["h[2]"]], dim=1))
-        h_3 = F.dropout(F.gelu(self.block_3[1](block_3)), p=0.1, training=self.training)
+        h_3 = self.block_3_dropout(F.gelu(self.block_3[1](block_3)))
         # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
         logits = self.head(torch.cat([state["h[1]"], state["h[2]"], state["h[3]"]], dim=1))
         return {
@@ -120,15 +123,15 @@ class DigitNet(nn.Module):
         pixels = x0["pixels"]
         # level 1
         # digits.mach:9  block[1] : pixels -> h[1] = linear | layernorm | gelu | dropout(p=0.1)
-        h_1 = x0["h[1]"] + F.dropout(F.gelu(self.block_1[1](self.block_1[0](pixels))), p=0.1, training=self.training)
+        h_1 = x0["h[1]"] + self.block_1_dropout(F.gelu(self.block_1[1](self.block_1[0](pixels))))
         # level 2
         # digits.mach:9  block[2] : pixels × h[1] -> h[2] = linear | layernorm | gelu | dropout(p=0.1)
         block_2 = self.block_2[1](self.block_2[0](torch.cat([pixels, h_1], dim=1)))
-        h_2 = x0["h[2]"] + F.dropout(F.gelu(block_2), p=0.1, training=self.training)
+        h_2 = x0["h[2]"] + self.block_2_dropout(F.gelu(block_2))
         # level 3
         # digits.mach:9  block[3] : pixels × h[1] × h[2] -> h[3] = linear | layernorm | gelu | dropout(p=0.1)
         block_3 = self.block_3[0](torch.cat([pixels, h_1, h_2], dim=1))
-        h_3 = x0["h[3]"] + F.dropout(F.gelu(self.block_3[1](block_3)), p=0.1, training=self.training)
+        h_3 = x0["h[3]"] + self.block_3_dropout(F.gelu(self.block_3[1](block_3)))
         # level 4
         # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
         logits = x0["logits"] + self.head(torch.cat([h_1, h_2, h_3], dim=1))
@@ -140,13 +143,13 @@ class DigitNet(nn.Module):
         with torch.enable_grad():
             # digits.mach:9  block[1] : pixels -> h[1] = linear | layernorm | gelu | dropout(p=0.1)
             block_1 = F.gelu(self.block_1[1](self.block_1[0](x["pixels"])))
-            block_1_ = F.dropout(block_1, p=0.1, training=self.training)
+            block_1_ = self.block_1_dropout(block_1)
             # digits.mach:9  block[2] : pixels × h[1] -> h[2] = linear | layernorm | gelu | dropout(p=0.1)
             block_2 = self.block_2[0](torch.cat([x["pixels"], x["h[1]"]], dim=1))
-            block_2_ = F.dropout(F.gelu(self.block_2[1](block_2)), p=0.1, training=self.training)
+            block_2_ = self.block_2_dropout(F.gelu(self.block_2[1](block_2)))
             # digits.mach:9  block[3] : pixels × h[1] × h[2] -> h[3] = linear | layernorm | gelu | dropout(p=0.1)
             block_3 = self.block_3[0](torch.cat([x["pixels"], x["h[1]"], x["h[2]"]], dim=1))
-            block_3_ = F.dropout(F.gelu(self.block_3[1](block_3)), p=0.1, training=self.training)
+            block_3_ = self.block_3_dropout(F.gelu(self.block_3[1](block_3)))
             # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
             head = self.head(torch.cat([x["h[1]"], x["h[2]"], x["h[3]"]], dim=1))
         bar = _complete(self.SPACES, cotangent)
