@@ -44,6 +44,7 @@ class Method:
     signature: str
     doc: str
     body: tuple[str, ...]
+    decorator: str = ""
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,63 @@ class _MachineLowering:
         )
 
     def _methods(self, inputs, outputs) -> tuple[Method, ...]:
-        return (self._forward(inputs, outputs), self._f(), self._resolvent(), self._adjoint())
+        return (
+            self._forward(inputs, outputs),
+            self._f(),
+            self._resolvent(),
+            self._adjoint(),
+            *self._tool_methods(inputs),
+        )
+
+    def _spectral_layers(self) -> list[tuple[str, int]]:
+        """The layers whose weight spectral_norm parametrizes (theirs is reset apart)."""
+        return [
+            (edge.name, i)
+            for edge in self.machine.edges
+            if edge.shares is None
+            for i, op in enumerate(edge.ops)
+            if op.args.get("spectral_norm")
+        ]
+
+    def _tool_methods(self, inputs) -> tuple[Method, ...]:
+        """What tools ask a module for: example inputs, and fresh parameters."""
+        over_time = self.machine.time is not None
+        steps = ", steps: int = 8" if over_time else ""
+        lead = "batch, steps" if over_time else "batch"
+        made = []
+        for space in inputs:
+            if space.ids is not None:
+                made.append(f"torch.randint(0, {space.ids}, ({lead}), device=like.device)")
+            else:
+                shape = ", ".join(str(n) for n in space.shape)
+                made.append(f"torch.randn({lead}, {shape}, dtype=like.dtype, device=like.device)")
+        examples = Method(
+            signature=f"example_inputs(self, batch: int = 2{steps}) -> tuple[Tensor, ...]",
+            doc="Random inputs for forward as INPUTS say, where the parameters are (for "
+            "summaries, tracing, export).",
+            body=("like = _like(self)", f"return {_py_tuple(made)}"),
+        )
+        lightning = Method(
+            signature="example_input_array(self) -> tuple[Tensor, ...]",
+            doc="example_inputs(), under the name Lightning's summaries read.",
+            body=("return self.example_inputs()",),
+            decorator="property",
+        )
+        reset = Method(
+            signature="reset_parameters(self) -> None",
+            doc="Every layer initialised afresh, as when constructed (after to_empty(), for one).",
+            body=(
+                "for module in self.modules():",
+                "    # machines used as edges are modules of this one: their layers are here",
+                '    if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):',
+                "        module.reset_parameters()",
+                *(
+                    f"runtime.reset_spectral_norm({self.layer_exprs[key]})"
+                    for key in self._spectral_layers()
+                ),
+            ),
+        )
+        return (examples, lightning, reset)
 
     def _doc_notes(self) -> list[str]:
         notes = []

@@ -65,7 +65,12 @@ class TimeLowering(_MachineLowering):
 
     def _methods(self, inputs, outputs):
         # no adjoint yet: a machine over time's is a machine over reversed time
-        return (self._forward(inputs, outputs), self._f(), self._resolvent())
+        return (
+            self._forward(inputs, outputs),
+            self._f(),
+            self._resolvent(),
+            *self._tool_methods(inputs),
+        )
 
     def _doc_notes(self) -> list[str]:
         t = self.machine.time

@@ -22,7 +22,8 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # tests/e2e checks this list against dir(nn.Module) of the installed torch.
 MODULE_ATTRIBUTES = frozenset(
     """
-    T_destination call_super_init dump_patches training forward f resolvent
+    T_destination call_super_init dump_patches training forward f resolvent adjoint
+    example_inputs example_input_array reset_parameters
     SPACES INPUTS OUTPUTS DELAYS WINDOWS IDS STATEFUL_EDGES CAUSAL
     add_module apply bfloat16 buffers children compile cpu cuda double eval extra_repr
     float get_buffer get_extra_state get_parameter get_submodule half ipu load_state_dict
@@ -40,7 +41,7 @@ MODULE_ATTRIBUTES = frozenset(
 # Names the generated module defines or imports at module level.
 MODULE_NAMES = frozenset(
     {"torch", "nn", "F", "Tensor", "NamedTuple", "annotations", "_complete", "runtime"}
-    | {"_leaves", "_pull"}
+    | {"_leaves", "_pull", "_like"}
 )
 # Locals of generated methods, besides the spaces: a space never takes one, nor a builtin
 # the code calls (range, list), nor a name linters flag as ambiguous (E741: l, O, I).

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .adjoint import pull_cycle
-from .equilibrium import SOLVERS, Solve
+from .equilibrium import SOLVERS, Solve, reset_spectral_norm
 from .sequences import (
     attention,
     check_lengths,
@@ -45,6 +45,7 @@ __all__ = [
     "MachineShapeError",
     "Solve",
     "pull_cycle",
+    "reset_spectral_norm",
     "attention",
     "check_lengths",
     "check_shape",

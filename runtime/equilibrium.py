@@ -37,11 +37,13 @@ The pieces:
 from __future__ import annotations
 
 import math
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
@@ -425,3 +427,23 @@ class _Adjoint(torch.autograd.Function):
 
         result = ctx.solve._solve(adjoint, g, backward=True)
         return (None, None, None, *_unflat(result.fx, z_star))
+
+
+def reset_spectral_norm(layer: nn.Module) -> None:
+    """A layer whose weight ``spectral_norm`` parametrizes, initialised afresh: its weight
+    and bias as the layer's own ``reset_parameters`` makes them, then the power
+    iteration's vectors as ``spectral_norm`` makes them (random, then 15 iterations).
+
+    ``layer.reset_parameters()`` alone would initialise a computed copy of the weight and
+    leave the parameter as it was (after ``to_empty()``: uninitialised memory).
+    """
+    original = layer.parametrizations.weight.original
+    norm = layer.parametrizations.weight[0]
+    with torch.no_grad():
+        # the layer's reset_parameters, reading the original weight where it reads .weight
+        type(layer).reset_parameters(types.SimpleNamespace(weight=original, bias=layer.bias))
+        if original.ndim > 1:
+            for vector in (norm._u, norm._v):
+                vector.normal_(0, 1)
+                vector.copy_(F.normalize(vector, dim=0, eps=norm.eps))
+            norm._power_method(norm._reshape_weight_to_matrix(original), 15)

@@ -189,7 +189,16 @@ def test_names_from_source_cannot_break_generated_code() -> None:
     assert "\r" not in source
     (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Evil"]
     methods = [n.name for n in cls.body if isinstance(n, ast.FunctionDef)]
-    assert methods == ["__init__", "forward", "f", "resolvent", "adjoint"]
+    assert methods == [
+        "__init__",
+        "forward",
+        "f",
+        "resolvent",
+        "adjoint",
+        "example_inputs",
+        "example_input_array",
+        "reset_parameters",
+    ]
 
 
 def test_generated_modules_are_valid_python() -> None:

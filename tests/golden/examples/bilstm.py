@@ -26,6 +26,15 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+
+def _like(module: nn.Module) -> Tensor:
+    """The module's first floating parameter or buffer (a float32 CPU tensor if none)."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point():
+            return tensor
+    return torch.empty(0)
+
+
 class LSTM(nn.Module):
     """The machine LSTM over t from std/recurrent.mach:21.
 
@@ -204,6 +213,23 @@ class LSTM(nn.Module):
             "h": h.unflatten(0, (batch, steps)),
         }
 
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 8, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class LSTM_n8_m16_dirm1(nn.Module):
     """The machine LSTM over t from std/recurrent.mach:21.
@@ -378,6 +404,23 @@ class LSTM_n8_m16_dirm1(nn.Module):
             "h": h.unflatten(0, (batch, steps)),
         }
 
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 8, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class BiLSTM(nn.Module):
     """The machine BiLSTM over t from std/recurrent.mach:63.
@@ -460,6 +503,23 @@ class BiLSTM(nn.Module):
             "hb": hb.unflatten(0, (batch, steps)),
             "y": y.unflatten(0, (batch, steps)),
         }
+
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 8, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
 
 class LSTM_n32_m16_dir1(nn.Module):
@@ -640,6 +700,23 @@ class LSTM_n32_m16_dir1(nn.Module):
             "h": h.unflatten(0, (batch, steps)),
         }
 
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 32, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class LSTM_n32_m16_dirm1(nn.Module):
     """The machine LSTM over t from std/recurrent.mach:21.
@@ -814,6 +891,23 @@ class LSTM_n32_m16_dirm1(nn.Module):
             "h": h.unflatten(0, (batch, steps)),
         }
 
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 32, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class BiLSTM_n32_m16(nn.Module):
     """The machine BiLSTM over t from std/recurrent.mach:63.
@@ -897,6 +991,23 @@ class BiLSTM_n32_m16(nn.Module):
             "y": y.unflatten(0, (batch, steps)),
         }
 
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 32, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class Tagger(nn.Module):
     """The machine Tagger over t from bilstm.mach:6.
@@ -977,3 +1088,20 @@ class Tagger(nn.Module):
             "h2": h2.unflatten(0, (batch, steps)),
             "y": y.unflatten(0, (batch, steps)),
         }
+
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 8, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()

@@ -26,6 +26,15 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+
+def _like(module: nn.Module) -> Tensor:
+    """The module's first floating parameter or buffer (a float32 CPU tensor if none)."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point():
+            return tensor
+    return torch.empty(0)
+
+
 class Block(nn.Module):
     """The machine Block over t from gpt.mach:5.
 
@@ -175,6 +184,23 @@ class Block(nn.Module):
             "y": y.unflatten(0, (batch, steps)),
         }
 
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 64, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class GPT(nn.Module):
     """The machine GPT over t from gpt.mach:26.
@@ -305,3 +331,20 @@ class GPT(nn.Module):
             "z": z.unflatten(0, (batch, steps)),
             "logits": logits.unflatten(0, (batch, steps)),
         }
+
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randint(0, 256, (batch, steps), device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()

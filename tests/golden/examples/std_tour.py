@@ -26,6 +26,15 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+
+def _like(module: nn.Module) -> Tensor:
+    """The module's first floating parameter or buffer (a float32 CPU tensor if none)."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point():
+            return tensor
+    return torch.empty(0)
+
+
 def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
     return {name: value.detach().requires_grad_() for name, value in state.items()}
@@ -125,6 +134,23 @@ class MLP(nn.Module):
         _pull(bar, x, first, ("x",), ("h[1]",))  # std/blocks.mach:12  first
         return bar
 
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, 16, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class ResBlock(nn.Module):
     """The machine ResBlock from std/blocks.mach:20.
@@ -199,6 +225,23 @@ class ResBlock(nn.Module):
         _pull(bar, x, skip, ("x",), ("y",))  # std/blocks.mach:27  skip
         _pull(bar, x, f, ("x",), ("h",))  # std/blocks.mach:25  f
         return bar
+
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, 32, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
 
 class DenseMachine(nn.Module):
@@ -293,6 +336,23 @@ class DenseMachine(nn.Module):
         _pull(bar, x, g_1, ("x",), ("h[1]",))  # std/blocks.mach:37  g[1]
         return bar
 
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, 32, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class ConvBlock(nn.Module):
     """The machine ConvBlock from std/conv.mach:7.
@@ -343,6 +403,23 @@ class ConvBlock(nn.Module):
         # the adjoint machine: the edges in reverse dependency order
         _pull(bar, x, conv, ("x",), ("y",))  # std/conv.mach:11  conv
         return bar
+
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, 3, 16, 16, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
 
 class ResConvBlock(nn.Module):
@@ -421,6 +498,23 @@ class ResConvBlock(nn.Module):
         _pull(bar, x, skip, ("x",), ("r",))  # std/conv.mach:22  skip
         _pull(bar, x, body_, ("x",), ("r",))  # std/conv.mach:20  body
         return bar
+
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, 8, 16, 16, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
 
 class ConvMachine(nn.Module):
@@ -521,6 +615,23 @@ class ConvMachine(nn.Module):
         _pull(bar, x, g_1, ("img",), ("h[1]",))  # std/conv.mach:34  g[1]
         return bar
 
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, 8, 16, 16, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class Elman(nn.Module):
     """The machine Elman over t from std/recurrent.mach:11.
@@ -615,6 +726,23 @@ class Elman(nn.Module):
             "h": h.unflatten(0, (batch, steps)),
             "y": y.unflatten(0, (batch, steps)),
         }
+
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 4, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
 
 class LSTM(nn.Module):
@@ -795,6 +923,23 @@ class LSTM(nn.Module):
             "h": h.unflatten(0, (batch, steps)),
         }
 
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 4, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class GRU(nn.Module):
     """The machine GRU over t from std/recurrent.mach:42.
@@ -970,6 +1115,23 @@ class GRU(nn.Module):
             "h": h.unflatten(0, (batch, steps)),
         }
 
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 4, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class TimeMachine(nn.Module):
     """The machine TimeMachine over t from std/recurrent.mach:87.
@@ -1091,6 +1253,23 @@ class TimeMachine(nn.Module):
             "y": y.unflatten(0, (batch, steps)),
         }
 
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 4, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class VectorNet(nn.Module):
     """The machine VectorNet from std_tour.mach:7.
@@ -1163,6 +1342,23 @@ class VectorNet(nn.Module):
         _pull(bar, x, res, ("a",), ("b",))  # std_tour.mach:14  res
         _pull(bar, x, stem, ("x",), ("a",))  # std_tour.mach:13  stem
         return bar
+
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, 16, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
 
 class ImageNet(nn.Module):
@@ -1241,6 +1437,23 @@ class ImageNet(nn.Module):
         _pull(bar, x, res, ("f1",), ("f2",))  # std_tour.mach:26  res
         _pull(bar, x, stem, ("img",), ("f1",))  # std_tour.mach:25  stem
         return bar
+
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, 3, 16, 16, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
 
 class SequenceNet(nn.Module):
@@ -1358,3 +1571,20 @@ class SequenceNet(nn.Module):
             "g": g.unflatten(0, (batch, steps)),
             "y": y.unflatten(0, (batch, steps)),
         }
+
+    def example_inputs(self, batch: int = 2, steps: int = 8) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, steps, 4, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()

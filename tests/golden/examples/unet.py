@@ -23,6 +23,15 @@ def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> d
     }
 
 
+
+def _like(module: nn.Module) -> Tensor:
+    """The module's first floating parameter or buffer (a float32 CPU tensor if none)."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point():
+            return tensor
+    return torch.empty(0)
+
+
 def _leaves(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Every space as a new leaf tensor that records the graph of what reads it (adjoint)."""
     return {name: value.detach().requires_grad_() for name, value in state.items()}
@@ -152,3 +161,20 @@ class TinyUNet(nn.Module):
         _pull(bar, x, enc2, ("e1",), ("e2",))  # unet.mach:11  enc2
         _pull(bar, x, enc1, ("x",), ("e1",))  # unet.mach:10  enc1
         return bar
+
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
+        """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
+        like = _like(self)
+        return (torch.randn(batch, 3, 32, 32, dtype=like.dtype, device=like.device),)
+
+    @property
+    def example_input_array(self) -> tuple[Tensor, ...]:
+        """example_inputs(), under the name Lightning's summaries read."""
+        return self.example_inputs()
+
+    def reset_parameters(self) -> None:
+        """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
+        for module in self.modules():
+            # machines used as edges are modules of this one: their layers are here
+            if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
