@@ -165,8 +165,42 @@ def _parser() -> argparse.ArgumentParser:
         default="text",
         help="aligned tables (default), or JSON for programs",
     )
-    parser.subcommands.update(fmt=fmt, info=info)
+    export = commands.add_parser(
+        "export",
+        help="write one machine as an ONNX file, checked in onnxruntime",
+        description="Compile a file, build one machine's module (fresh weights, or "
+        "--weights), export it to ONNX with a dynamic batch axis, and check the file in "
+        "onnxruntime against the module. Needs pip install 'machc[export]'.",
+    )
+    common(export)
+    export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the file to write")
+    export.add_argument(
+        "--machine", metavar="NAME", help="the machine to export (default: the file's last)"
+    )
+    export.add_argument(
+        "--weights", metavar="CKPT", help="a state_dict saved with torch.save (default: fresh)"
+    )
+    export.add_argument(
+        "--batch", type=_positive, default=2, metavar="N", help="batch of the example inputs"
+    )
+    export.add_argument(
+        "--steps", type=_positive, metavar="T", help="steps of the example inputs (over time)"
+    )
+    export.add_argument(
+        "--no-check", action="store_true", help="do not run the file in onnxruntime"
+    )
+    parser.subcommands.update(fmt=fmt, info=info, export=export)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {1 << 20}, got {value}")
+    return value
 
 
 def _search_path_option(sub: argparse.ArgumentParser) -> None:
@@ -208,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "graph": _graph,
         "info": _info,
         "fmt": lambda args, params: _fmt(args),
+        "export": _export,
     }
     try:
         return commands[args.command](args, params)
@@ -301,6 +336,15 @@ def _write_atomically(path: str, text: str | bytes, mode: int = 0o644) -> None:
     except OSError as exc:
         os.unlink(temp)
         raise _UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _export(args, params) -> int:
+    from .export import ExportUsageError, run
+
+    try:
+        return run(args, params, _read(args.file))
+    except ExportUsageError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _check(args, params) -> int:

@@ -1,0 +1,157 @@
+"""Export a generated module to ONNX, and check the file in onnxruntime against eager.
+
+``machc export`` calls :func:`export`; so can a program. It needs the packages
+``onnx``, ``onnxscript`` (PyTorch's exporter) and, for the check,
+``onnxruntime`` (``pip install 'machc[export]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # float32 eager against onnxruntime
+
+
+class ExportError(RuntimeError):
+    """The module could not be exported, or the file does not compute what the module does."""
+
+
+@dataclass
+class Report:
+    """What :func:`export` did: the file, its dynamic axes, and the check in onnxruntime."""
+
+    path: str
+    dynamic: list[str]  # "batch", and "time" for a machine over time whose loop exports
+    checked: list[str] = field(default_factory=list)  # "batch 2: max error 1.2e-07", ...
+    unchecked: str | None = None  # why the file was not run in onnxruntime
+
+
+def missing_packages(check: bool = True) -> list[str]:
+    """The packages export needs that are not installed."""
+    names = ["onnx", "onnxscript"] + (["onnxruntime"] if check else [])
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's own chatter (missing torchvision ops, deprecations) kept off the
+    terminal; its errors still raise."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.fx", "torch.export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    chatter = io.StringIO()
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(chatter),
+            contextlib.redirect_stderr(chatter),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _reason(exc: BaseException) -> str:
+    """The root of an exporter error, in a line: the innermost cause's first line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # the exporter's terminal colours
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _outputs(out) -> tuple[Tensor, ...]:
+    return tuple(out) if isinstance(out, tuple) else (out,)
+
+
+def export(
+    model: nn.Module,
+    path: str | os.PathLike,
+    batch: int = 2,
+    steps: int | None = None,
+    check: bool = True,
+) -> Report:
+    """Write ``model`` (a generated module, in eval mode) to the ONNX file ``path``.
+
+    The batch axis is dynamic. The file is written completely or not at all. With
+    ``check``, it runs in onnxruntime at ``batch`` and at another batch size, and its
+    outputs must equal the module's (:data:`TOLERANCE`), or :class:`ExportError`.
+    """
+    over_time = hasattr(type(model), "DELAYS")
+    model = model.eval()
+    kwargs = {"steps": steps} if over_time and steps is not None else {}
+    inputs = model.example_inputs(batch, **kwargs)
+    names = list(type(model).INPUTS)
+    dim = torch.export.Dim("batch", min=1, max=1 << 20)
+    dynamic = [{0: dim} for _ in inputs]
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=".machc-", suffix=".onnx")
+    os.close(fd)
+    try:
+        try:
+            with _quiet():
+                torch.onnx.export(
+                    model,
+                    tuple(inputs),
+                    temp,
+                    dynamo=True,
+                    input_names=names,
+                    output_names=list(type(model).OUTPUTS),
+                    dynamic_shapes=tuple(dynamic),
+                    external_data=False,
+                    verbose=False,
+                )
+        except Exception as exc:  # noqa: BLE001 - whatever the exporter raises, said plainly
+            raise ExportError(f"torch.onnx.export failed: {_reason(exc)}") from exc
+        report = Report(path=path, dynamic=["batch"])
+        if check:
+            _check(model, temp, batch, kwargs, report)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return report
+
+
+def _check(model: nn.Module, file: str, batch: int, kwargs: dict, report: Report) -> None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        report.unchecked = "onnxruntime is not installed (pip install onnxruntime)"
+        return
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(file, providers=["CPUExecutionProvider"])
+    names = list(type(model).INPUTS)
+    for size in (batch, batch + 3):
+        inputs = model.example_inputs(size, **kwargs)
+        with torch.no_grad():
+            want = _outputs(model(*inputs))
+        feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs, strict=True)}
+        got = session.run(None, feed)
+        worst = 0.0
+        for name, a, b in zip(type(model).OUTPUTS, got, want, strict=True):
+            a = torch.from_numpy(a)
+            try:
+                torch.testing.assert_close(a, b.cpu(), **TOLERANCE)
+            except AssertionError as exc:
+                raise ExportError(
+                    f"onnxruntime's output {name!r} at batch {size} differs from the module's: "
+                    f"{exc}"
+                ) from None
+            worst = max(worst, float((a - b.cpu()).abs().max()) if a.numel() else 0.0)
+        report.checked.append(f"batch {size}: max error {worst:.1e}")
