@@ -44,7 +44,7 @@ def test_equilibrium_benchmark_runs_and_prints_its_tables(
     for kind in ("packed", "held"):
         assert unrolled[0][kind] > implicit[0][kind]
         assert unrolled[0][kind] < unrolled[1][kind] < unrolled[2][kind]
-    assert all(saved["held"] < saved["packed"] for saved in unrolled)
+    assert all(saved["held"] <= saved["packed"] for saved in unrolled)
     # Truncated at K, the two modes' gradients differ, less with every K.
     gaps = [row["difference"]["gradients"] for row in rows]
     assert gaps[0] > gaps[1] > gaps[2] > agreement["gradients"]

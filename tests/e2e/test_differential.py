@@ -672,11 +672,18 @@ def check_op(op: Op, layer: nn.Module | None, shape: tuple, out_shape: tuple, ed
 
 def check_layers(model: nn.Module, spec: Spec) -> None:
     """One attribute per edge with layers; its layers are built for the shapes they meet;
-    one runtime.Solve per solved cycle, with the solver and arguments the source gives."""
+    an nn.Dropout of its own per dropout op (edge_dropout; a shared edge uses the
+    original's); one runtime.Solve per solved cycle, with the solver and arguments the
+    source gives."""
     shapes = spec.shape
     with_layers = {e.layer_attr for e in spec.edges if any(op.has_layer for op in e.ops)}
-    layers = {n for n, m in model.named_children() if not isinstance(m, runtime.Solve)}
-    assert layers == with_layers
+    children = dict(model.named_children())
+    dropouts = {name: m for name, m in children.items() if type(m) is nn.Dropout}
+    assert all(name.endswith("_dropout") for name in dropouts), sorted(dropouts)
+    ps = [op.arg for e in spec.edges if not e.text for op in e.ops if op.kind == "dropout"]
+    assert sorted(m.p for m in dropouts.values()) == sorted(ps)
+    solvers = {name for name, m in children.items() if isinstance(m, runtime.Solve)}
+    assert set(children) - set(dropouts) - solvers == with_layers
     check_solvers(model, spec)
     for edge in spec.edges:
         if not any(op.has_layer for op in edge.ops):
