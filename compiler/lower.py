@@ -297,63 +297,15 @@ class _MachineLowering:
         )
 
     def _methods(self, inputs, outputs) -> tuple[Method, ...]:
+        from .lower_methods import adjoint_method, tool_methods  # they use what is defined here
+
         return (
             self._forward(inputs, outputs),
             self._f(),
             self._resolvent(),
-            self._adjoint(),
-            *self._tool_methods(inputs),
+            adjoint_method(self),
+            *tool_methods(self, inputs),
         )
-
-    def _spectral_layers(self) -> list[tuple[str, int]]:
-        """The layers whose weight spectral_norm parametrizes (theirs is reset apart)."""
-        return [
-            (edge.name, i)
-            for edge in self.machine.edges
-            if edge.shares is None
-            for i, op in enumerate(edge.ops)
-            if op.args.get("spectral_norm")
-        ]
-
-    def _tool_methods(self, inputs) -> tuple[Method, ...]:
-        """What tools ask a module for: example inputs, and fresh parameters."""
-        over_time = self.machine.time is not None
-        steps = ", steps: int = 8" if over_time else ""
-        lead = "batch, steps" if over_time else "batch"
-        made = []
-        for space in inputs:
-            if space.ids is not None:
-                made.append(f"torch.randint(0, {space.ids}, ({lead}), device=like.device)")
-            else:
-                shape = ", ".join(str(n) for n in space.shape)
-                made.append(f"torch.randn({lead}, {shape}, dtype=like.dtype, device=like.device)")
-        examples = Method(
-            signature=f"example_inputs(self, batch: int = 2{steps}) -> tuple[Tensor, ...]",
-            doc="Random inputs for forward as INPUTS say, where the parameters are (for "
-            "summaries, tracing, export).",
-            body=("like = _like(self)", f"return {_py_tuple(made)}"),
-        )
-        lightning = Method(
-            signature="example_input_array(self) -> tuple[Tensor, ...]",
-            doc="example_inputs(), under the name Lightning's summaries read.",
-            body=("return self.example_inputs()",),
-            decorator="property",
-        )
-        reset = Method(
-            signature="reset_parameters(self) -> None",
-            doc="Every layer initialised afresh, as when constructed (after to_empty(), for one).",
-            body=(
-                "for module in self.modules():",
-                "    # machines used as edges are modules of this one: their layers are here",
-                '    if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):',
-                "        module.reset_parameters()",
-                *(
-                    f"runtime.reset_spectral_norm({self.layer_exprs[key]})"
-                    for key in self._spectral_layers()
-                ),
-            ),
-        )
-        return (examples, lightning, reset)
 
     def _doc_notes(self) -> list[str]:
         notes = []
@@ -503,59 +455,6 @@ class _MachineLowering:
         return Method(
             signature="f(self, state: dict[str, Tensor]) -> dict[str, Tensor]",
             doc="The global endofunction: the sum of all edges applied to state (missing: zero).",
-            body=tuple(body),
-        )
-
-    def _adjoint(self) -> Method:
-        """Each edge computed once at the state, on leaves, then each edge's vector-Jacobian
-        product once in reverse dependency order (a solved cycle: solved again)."""
-        names = self._method_locals()
-        names.reserve("x", "bar", "cotangent")  # its arguments and the cotangents
-        plan = _Plan(
-            read=lambda port: f"x[{py_str(port.space)}]",
-            base=lambda space: None,
-            leveled=False,
-            locals=names,
-        )
-        computed = []
-        results: dict[str, str] = {}
-        for name in self.structure.order:
-            edge = self.edges[name]
-            text = edge_text(edge, self.machine.time, self.machines)
-            computed.append(f"# {self.where(edge.span)}  {_safe(text)}")
-            expr = self._edge_expr(edge, plan, computed)
-            results[name] = names.name(f"{name}/result", name)
-            computed.append(f"{results[name]} = {expr}")
-        body = ["x = _leaves(_complete(self.SPACES, x))", "with torch.enable_grad():"]
-        body += ["    " + line for line in computed]
-        body.append("bar = _complete(self.SPACES, cotangent)")
-        body.append("# the adjoint machine: the edges in reverse dependency order")
-        cycle_of = {e: cycle for cycle in self.structure.cycles for e in cycle.edges}
-
-        def ports(edge_ports) -> str:
-            return _py_tuple(py_str(p.space) for p in edge_ports if not p.position)
-
-        for name in reversed(self.structure.order):
-            edge = self.edges[name]
-            cycle = cycle_of.get(name)
-            if cycle is None:
-                args = f"bar, x, {results[name]}, {ports(edge.inputs)}, {ports(edge.outputs)}"
-                body.append(f"_pull({args})  # {self.where(edge.span)}  {_safe(name)}")
-            elif name == cycle.edges[-1]:
-                members = [self.edges[e] for e in cycle.edges]
-                edges = _py_tuple(
-                    f"({results[e.name]}, {ports(e.inputs)}, {ports(e.outputs)})" for e in members
-                )
-                spaces = _py_tuple(py_str(s) for s in cycle.spaces)
-                solver = self.solvers[cycle.solve.space]
-                where = f"{self.where(cycle.solve.span)}  solve {cycle.solve.space}"
-                body.append(f"runtime.pull_cycle(bar, x, {edges}, {spaces}, {solver})  # {where}")
-        body.append("return bar")
-        return Method(
-            signature="adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) "
-            "-> dict[str, Tensor]",
-            doc="The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + "
-            "cotangent at x.",
             body=tuple(body),
         )
 

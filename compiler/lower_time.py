@@ -64,12 +64,11 @@ class TimeLowering(_MachineLowering):
         return self.structures[key].causal
 
     def _methods(self, inputs, outputs):
+        from .lower_methods import tool_methods
+
         # no adjoint yet: a machine over time's is a machine over reversed time
-        return (
-            self._forward(inputs, outputs),
-            self._f(),
-            self._resolvent(),
-            *self._tool_methods(inputs),
+        return (self._forward(inputs, outputs), self._f(), self._resolvent()) + tool_methods(
+            self, inputs
         )
 
     def _doc_notes(self) -> list[str]:
