@@ -509,8 +509,12 @@ class _MachineLowering:
                 lines.append(f"{', '.join(targets)} = {expr}")
             else:
                 sizes = [self.machine.space(p.space).shape[0] for p in edge.outputs]
+                # NOTE: equal parts by their size, not a list of sizes: torch 2.13's inductor
+                # overwrites a saved tensor that list-split views of it still need, in the
+                # backward of a loop (wrong LSTM gradients; docs/integration.md)
+                size = sizes[0] if len(set(sizes)) == 1 else sizes
                 lines.append(
-                    f"{', '.join(targets)} = torch.split({expr}, {sizes}, dim={CHANNEL_DIM})"
+                    f"{', '.join(targets)} = torch.split({expr}, {size}, dim={CHANNEL_DIM})"
                 )
             for port in edge.outputs:
                 space = port.space

@@ -42,6 +42,12 @@ def _affine_params(args, before, after) -> int:
 def _groupnorm_check(args, before, after) -> None:
     if before[0] % args["groups"]:
         raise OpError(f"groups={args['groups']} does not divide the {before[0]} channels")
+    if before[0] // args["groups"] * prod(before[1:]) == 1:
+        raise OpError(
+            f"groupnorm(groups={args['groups']}) normalises each group of channels over its "
+            f"values, but a group of {format_shape(before)} holds one value",
+            hint="use fewer groups, or normalise before the spatial axes are pooled away",
+        )
 
 
 def _instancenorm_check(args, before, after) -> None:

@@ -710,6 +710,8 @@ def test_wrong_rank_after_other_ops() -> None:
         ("[6, 8, 8]", "[6, 8, 8]", "groupnorm(4)", "groups=4 does not divide the 6 channels",
          "groupnorm(4)"),
         ("[6]", "[6]", "groupnorm(5)", "groups=5 does not divide the 6 channels", "groupnorm(5)"),
+        ("[4, 1, 1]", "[4, 1, 1]", "groupnorm(4)", "a group of [4, 1, 1] holds one value",
+         "groupnorm(4)"),
         ("[4, 7, 7]", "[2, 15, 15]", "conv_transpose(3, stride=2, output_padding=2)",
          "output_padding 2 must be smaller than the stride 2 or the dilation 1",
          "conv_transpose(3, stride=2, output_padding=2)"),

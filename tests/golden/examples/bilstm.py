@@ -93,7 +93,7 @@ class LSTM(nn.Module):
         cand_w_h = self.cand.weight[:, 8:]
         for t in range(steps):
             # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [16, 16, 16], dim=1)
+            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
             # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
             g = torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
@@ -120,7 +120,7 @@ class LSTM(nn.Module):
         """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0 and after the last step: zero)."""
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-        i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1))), [16, 16, 16], dim=1)
+        i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1))), 16, dim=1)
         # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
         g = torch.tanh(self.cand(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1)))
         # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
@@ -173,7 +173,7 @@ class LSTM(nn.Module):
         h_at = runtime.unfold_steps(x0["h"], batch, steps)
         for t in range(steps):
             # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [16, 16, 16], dim=1)
+            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
             i = i_at[t] + i_gates
             fg = fg_at[t] + fg_gates
             o = o_at[t] + o_gates
@@ -289,7 +289,7 @@ class LSTM_n8_m16_dirm1(nn.Module):
         cand_w_h = self.cand.weight[:, 8:]
         for t in range(steps - 1, -1, -1):
             # std/recurrent.mach:31  gates : x × h[t+1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [16, 16, 16], dim=1)
+            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
             # std/recurrent.mach:32  cand : x × h[t+1] -> g = linear | tanh
             g = torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t+1] -> c = mul
@@ -313,7 +313,7 @@ class LSTM_n8_m16_dirm1(nn.Module):
         """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0 and after the last step: zero)."""
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # std/recurrent.mach:31  gates : x × h[t+1] -> i × fg × o = linear | sigmoid
-        i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], -1, None, batch, steps)], dim=1))), [16, 16, 16], dim=1)
+        i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], -1, None, batch, steps)], dim=1))), 16, dim=1)
         # std/recurrent.mach:32  cand : x × h[t+1] -> g = linear | tanh
         g = torch.tanh(self.cand(torch.cat([state["x"], runtime.delayed(state["h"], -1, None, batch, steps)], dim=1)))
         # std/recurrent.mach:33  keep : fg × c[t+1] -> c = mul
@@ -364,7 +364,7 @@ class LSTM_n8_m16_dirm1(nn.Module):
         h_at = runtime.unfold_steps(x0["h"], batch, steps)
         for t in range(steps - 1, -1, -1):
             # std/recurrent.mach:31  gates : x × h[t+1] -> i × fg × o = linear | sigmoid
-            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [16, 16, 16], dim=1)
+            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
             i = i_at[t] + i_gates
             fg = fg_at[t] + fg_gates
             o = o_at[t] + o_gates
@@ -580,7 +580,7 @@ class LSTM_n32_m16_dir1(nn.Module):
         cand_w_h = self.cand.weight[:, 32:]
         for t in range(steps):
             # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [16, 16, 16], dim=1)
+            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
             # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
             g = torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
@@ -607,7 +607,7 @@ class LSTM_n32_m16_dir1(nn.Module):
         """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0 and after the last step: zero)."""
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-        i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1))), [16, 16, 16], dim=1)
+        i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1))), 16, dim=1)
         # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
         g = torch.tanh(self.cand(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1)))
         # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
@@ -660,7 +660,7 @@ class LSTM_n32_m16_dir1(nn.Module):
         h_at = runtime.unfold_steps(x0["h"], batch, steps)
         for t in range(steps):
             # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [16, 16, 16], dim=1)
+            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
             i = i_at[t] + i_gates
             fg = fg_at[t] + fg_gates
             o = o_at[t] + o_gates
@@ -776,7 +776,7 @@ class LSTM_n32_m16_dirm1(nn.Module):
         cand_w_h = self.cand.weight[:, 32:]
         for t in range(steps - 1, -1, -1):
             # std/recurrent.mach:31  gates : x × h[t+1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [16, 16, 16], dim=1)
+            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
             # std/recurrent.mach:32  cand : x × h[t+1] -> g = linear | tanh
             g = torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t+1] -> c = mul
@@ -800,7 +800,7 @@ class LSTM_n32_m16_dirm1(nn.Module):
         """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0 and after the last step: zero)."""
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # std/recurrent.mach:31  gates : x × h[t+1] -> i × fg × o = linear | sigmoid
-        i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], -1, None, batch, steps)], dim=1))), [16, 16, 16], dim=1)
+        i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], -1, None, batch, steps)], dim=1))), 16, dim=1)
         # std/recurrent.mach:32  cand : x × h[t+1] -> g = linear | tanh
         g = torch.tanh(self.cand(torch.cat([state["x"], runtime.delayed(state["h"], -1, None, batch, steps)], dim=1)))
         # std/recurrent.mach:33  keep : fg × c[t+1] -> c = mul
@@ -851,7 +851,7 @@ class LSTM_n32_m16_dirm1(nn.Module):
         h_at = runtime.unfold_steps(x0["h"], batch, steps)
         for t in range(steps - 1, -1, -1):
             # std/recurrent.mach:31  gates : x × h[t+1] -> i × fg × o = linear | sigmoid
-            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [16, 16, 16], dim=1)
+            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
             i = i_at[t] + i_gates
             fg = fg_at[t] + fg_gates
             o = o_at[t] + o_gates

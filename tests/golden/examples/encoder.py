@@ -87,7 +87,7 @@ class Encoder(nn.Module):
         runtime.no_chunks("Encoder", state, return_state)
         # every step at once
         # encoder.mach:16  proj : x -> q × k × v = linear
-        q, k, v = torch.split(self.proj(x), [64, 64, 64], dim=1)
+        q, k, v = torch.split(self.proj(x), 64, dim=1)
         # encoder.mach:17  attn : q × k[..] × v[..] -> u = attention(heads=4) | linear
         u_attn = self.attn(runtime.attention(q, k, v, 4, batch, steps, lengths=lengths))
         # encoder.mach:18  skip1 : x -> u = identity
@@ -111,7 +111,7 @@ class Encoder(nn.Module):
         """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0 and after the last step: zero)."""
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # encoder.mach:16  proj : x -> q × k × v = linear
-        q, k, v = torch.split(self.proj(state["x"]), [64, 64, 64], dim=1)
+        q, k, v = torch.split(self.proj(state["x"]), 64, dim=1)
         # encoder.mach:17  attn : q × k[..] × v[..] -> u = attention(heads=4) | linear
         u_attn = self.attn(runtime.attention(state["q"], state["k"], state["v"], 4, batch, steps))
         # encoder.mach:18  skip1 : x -> u = identity
@@ -145,7 +145,7 @@ class Encoder(nn.Module):
         batch, steps, x0 = runtime.fold_state(self.SPACES, x0)
         # every step at once
         # encoder.mach:16  proj : x -> q × k × v = linear
-        q_proj, k_proj, v_proj = torch.split(self.proj(x0["x"]), [64, 64, 64], dim=1)
+        q_proj, k_proj, v_proj = torch.split(self.proj(x0["x"]), 64, dim=1)
         q = x0["q"] + q_proj
         k = x0["k"] + k_proj
         v = x0["v"] + v_proj

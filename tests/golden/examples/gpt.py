@@ -91,7 +91,7 @@ class Block(nn.Module):
         # gpt.mach:16  norm1 : x -> a = layernorm
         a = self.norm1(x)
         # gpt.mach:17  qkv : a -> q × k × v = linear
-        q, k, v = torch.split(self.qkv(a), [64, 64, 64], dim=1)
+        q, k, v = torch.split(self.qkv(a), 64, dim=1)
         # gpt.mach:18  attn : q × k[0..t] × v[0..t] -> u = attention(heads=4) | linear
         u_attn = self.attn(runtime.attention(q, k, v, 4, batch, steps, causal=True, past=(k_seen, v_seen), lengths=lengths))
         # gpt.mach:19  skip1 : x -> u = identity
@@ -120,7 +120,7 @@ class Block(nn.Module):
         # gpt.mach:16  norm1 : x -> a = layernorm
         a = self.norm1(state["x"])
         # gpt.mach:17  qkv : a -> q × k × v = linear
-        q, k, v = torch.split(self.qkv(state["a"]), [64, 64, 64], dim=1)
+        q, k, v = torch.split(self.qkv(state["a"]), 64, dim=1)
         # gpt.mach:18  attn : q × k[0..t] × v[0..t] -> u = attention(heads=4) | linear
         u_attn = self.attn(runtime.attention(state["q"], state["k"], state["v"], 4, batch, steps, causal=True))
         # gpt.mach:19  skip1 : x -> u = identity
@@ -154,7 +154,7 @@ class Block(nn.Module):
         # gpt.mach:16  norm1 : x -> a = layernorm
         a = x0["a"] + self.norm1(x0["x"])
         # gpt.mach:17  qkv : a -> q × k × v = linear
-        q_qkv, k_qkv, v_qkv = torch.split(self.qkv(a), [64, 64, 64], dim=1)
+        q_qkv, k_qkv, v_qkv = torch.split(self.qkv(a), 64, dim=1)
         q = x0["q"] + q_qkv
         k = x0["k"] + k_qkv
         v = x0["v"] + v_qkv

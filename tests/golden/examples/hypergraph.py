@@ -102,7 +102,7 @@ class Hypergraph(nn.Module):
         X4 = torch.tanh(self.f3(X3))
         # level 3
         # hypergraph.mach:15  f4 : X4 -> X5 × X6 × X7 = linear
-        X5_f4, X6, X7 = torch.split(self.f4(X4), [3, 3, 3], dim=1)
+        X5_f4, X6, X7 = torch.split(self.f4(X4), 3, dim=1)
         X5 = X5_f2 + X5_f4
         # level 4
         # hypergraph.mach:16  f5 : X6 -> X8 = linear | tanh
@@ -119,7 +119,7 @@ class Hypergraph(nn.Module):
         # hypergraph.mach:14  f3 : X3 -> X4 = linear | tanh
         X4 = torch.tanh(self.f3(state["X3"]))
         # hypergraph.mach:15  f4 : X4 -> X5 × X6 × X7 = linear
-        X5_f4, X6, X7 = torch.split(self.f4(state["X4"]), [3, 3, 3], dim=1)
+        X5_f4, X6, X7 = torch.split(self.f4(state["X4"]), 3, dim=1)
         X5 = X5_f2 + X5_f4
         # hypergraph.mach:16  f5 : X6 -> X8 = linear | tanh
         X8 = torch.tanh(self.f5(state["X6"]))
@@ -149,7 +149,7 @@ class Hypergraph(nn.Module):
         X4 = x0["X4"] + torch.tanh(self.f3(X3))
         # level 3
         # hypergraph.mach:15  f4 : X4 -> X5 × X6 × X7 = linear
-        X5_f4, X6_f4, X7_f4 = torch.split(self.f4(X4), [3, 3, 3], dim=1)
+        X5_f4, X6_f4, X7_f4 = torch.split(self.f4(X4), 3, dim=1)
         X5 = x0["X5"] + X5_f2 + X5_f4
         X6 = x0["X6"] + X6_f4
         X7 = x0["X7"] + X7_f4

@@ -91,7 +91,7 @@ class LocalBlock(nn.Module):
         # std/attention.mach:44  norm1 : x -> a = layernorm
         a = self.norm1(x)
         # std/attention.mach:45  qkv : a -> q × k × v = linear
-        q, k, v = torch.split(self.qkv(a), [32, 32, 32], dim=1)
+        q, k, v = torch.split(self.qkv(a), 32, dim=1)
         # std/attention.mach:46  attn : q × k[t-8..t] × v[t-8..t] -> u = attention(heads=4) | linear
         u_attn = self.attn(runtime.attention(q, k, v, 4, batch, steps, causal=True, size=8, past=(k_seen, v_seen), lengths=lengths))
         # std/attention.mach:47  skip1 : x -> u = identity
@@ -120,7 +120,7 @@ class LocalBlock(nn.Module):
         # std/attention.mach:44  norm1 : x -> a = layernorm
         a = self.norm1(state["x"])
         # std/attention.mach:45  qkv : a -> q × k × v = linear
-        q, k, v = torch.split(self.qkv(state["a"]), [32, 32, 32], dim=1)
+        q, k, v = torch.split(self.qkv(state["a"]), 32, dim=1)
         # std/attention.mach:46  attn : q × k[t-8..t] × v[t-8..t] -> u = attention(heads=4) | linear
         u_attn = self.attn(runtime.attention(state["q"], state["k"], state["v"], 4, batch, steps, causal=True, size=8))
         # std/attention.mach:47  skip1 : x -> u = identity
@@ -154,7 +154,7 @@ class LocalBlock(nn.Module):
         # std/attention.mach:44  norm1 : x -> a = layernorm
         a = x0["a"] + self.norm1(x0["x"])
         # std/attention.mach:45  qkv : a -> q × k × v = linear
-        q_qkv, k_qkv, v_qkv = torch.split(self.qkv(a), [32, 32, 32], dim=1)
+        q_qkv, k_qkv, v_qkv = torch.split(self.qkv(a), 32, dim=1)
         q = x0["q"] + q_qkv
         k = x0["k"] + k_qkv
         v = x0["v"] + v_qkv

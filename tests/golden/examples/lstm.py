@@ -93,7 +93,7 @@ class LSTM(nn.Module):
         cand_w_h = self.cand.weight[:, 8:]
         for t in range(steps):
             # lstm.mach:12  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [16, 16, 16], dim=1)
+            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
             # lstm.mach:13  cand : x × h[t-1] -> g = linear | tanh
             g = torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
             # lstm.mach:14  keep : fg × c[t-1] -> c = mul
@@ -120,7 +120,7 @@ class LSTM(nn.Module):
         """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0 and after the last step: zero)."""
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # lstm.mach:12  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-        i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1))), [16, 16, 16], dim=1)
+        i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1))), 16, dim=1)
         # lstm.mach:13  cand : x × h[t-1] -> g = linear | tanh
         g = torch.tanh(self.cand(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1)))
         # lstm.mach:14  keep : fg × c[t-1] -> c = mul
@@ -173,7 +173,7 @@ class LSTM(nn.Module):
         h_at = runtime.unfold_steps(x0["h"], batch, steps)
         for t in range(steps):
             # lstm.mach:12  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [16, 16, 16], dim=1)
+            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
             i = i_at[t] + i_gates
             fg = fg_at[t] + fg_gates
             o = o_at[t] + o_gates

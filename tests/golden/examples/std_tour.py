@@ -803,7 +803,7 @@ class LSTM(nn.Module):
         cand_w_h = self.cand.weight[:, 4:]
         for t in range(steps):
             # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [8, 8, 8], dim=1)
+            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 8, dim=1)
             # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
             g = torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
@@ -830,7 +830,7 @@ class LSTM(nn.Module):
         """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0 and after the last step: zero)."""
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-        i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1))), [8, 8, 8], dim=1)
+        i, fg, o = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1))), 8, dim=1)
         # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
         g = torch.tanh(self.cand(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1)))
         # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
@@ -883,7 +883,7 @@ class LSTM(nn.Module):
         h_at = runtime.unfold_steps(x0["h"], batch, steps)
         for t in range(steps):
             # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [8, 8, 8], dim=1)
+            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 8, dim=1)
             i = i_at[t] + i_gates
             fg = fg_at[t] + fg_gates
             o = o_at[t] + o_gates
@@ -997,7 +997,7 @@ class GRU(nn.Module):
         a_at = runtime.unfold_steps(a, batch, steps)
         for t in range(steps):
             # std/recurrent.mach:51  gates : x × h[t-1] -> r × z = linear | sigmoid
-            r, z = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [8, 8], dim=1)
+            r, z = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 8, dim=1)
             # std/recurrent.mach:52  recall : h[t-1] -> u = linear
             u = self.recall(h_steps[-1])
             # std/recurrent.mach:54  reset : r × u -> a = mul
@@ -1024,7 +1024,7 @@ class GRU(nn.Module):
         """The global endofunction over space-time: the sum of all edges applied to state ([batch, time, *shape] per space, missing: zero; before step 0 and after the last step: zero)."""
         batch, steps, state = runtime.fold_state(self.SPACES, state)
         # std/recurrent.mach:51  gates : x × h[t-1] -> r × z = linear | sigmoid
-        r, z = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1))), [8, 8], dim=1)
+        r, z = torch.split(torch.sigmoid(self.gates(torch.cat([state["x"], runtime.delayed(state["h"], 1, None, batch, steps)], dim=1))), 8, dim=1)
         # std/recurrent.mach:52  recall : h[t-1] -> u = linear
         u = self.recall(runtime.delayed(state["h"], 1, None, batch, steps))
         # std/recurrent.mach:53  read : x -> a = linear
@@ -1077,7 +1077,7 @@ class GRU(nn.Module):
         h_at = runtime.unfold_steps(x0["h"], batch, steps)
         for t in range(steps):
             # std/recurrent.mach:51  gates : x × h[t-1] -> r × z = linear | sigmoid
-            r_gates, z_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), [8, 8], dim=1)
+            r_gates, z_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 8, dim=1)
             r = r_at[t] + r_gates
             z = z_at[t] + z_gates
             # std/recurrent.mach:52  recall : h[t-1] -> u = linear
