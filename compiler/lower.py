@@ -44,7 +44,6 @@ class Method:
     signature: str
     doc: str
     body: tuple[str, ...]
-    decorator: str = ""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``adjoint`` (the backward pass as a machine: each edge's vector-Jacobian product
 once, in reverse dependency order; a solved cycle solved again) and what tools ask
-for: ``example_inputs``, ``example_input_array``, ``reset_parameters``. Each is
+for: ``example_inputs`` and ``reset_parameters``. Each is
 written from a :class:`lower._MachineLowering` whose layers are made.
 """
 
@@ -102,12 +102,6 @@ def tool_methods(lowering: _MachineLowering, inputs) -> tuple[Method, ...]:
         "summaries, tracing, export).",
         body=("like = _like(self)", f"return {_py_tuple(made)}"),
     )
-    lightning = Method(
-        signature="example_input_array(self) -> tuple[Tensor, ...]",
-        doc="example_inputs(), under the name Lightning's summaries read.",
-        body=("return self.example_inputs()",),
-        decorator="property",
-    )
     reset = Method(
         signature="reset_parameters(self) -> None",
         doc="Every layer initialised afresh, as when constructed (after to_empty(), for one).",
@@ -122,4 +116,4 @@ def tool_methods(lowering: _MachineLowering, inputs) -> tuple[Method, ...]:
             ),
         ),
     )
-    return (examples, lightning, reset)
+    return (examples, reset)

@@ -278,7 +278,10 @@ def _upsample_shape(args, before, target):
 
 def _upsample_call(site: Site, x: str, layer, before: Shape, after: Shape) -> str:
     args = site.args
-    parts = [x, f"scale_factor={py_literal(args['scale'])}"]
+    # floats, as F.interpolate declares them (TorchScript refuses an int)
+    scale = args["scale"]
+    scale = tuple(float(s) for s in scale) if isinstance(scale, tuple) else float(scale)
+    parts = [x, f"scale_factor={py_literal(scale)}"]
     if args["mode"] != "nearest":
         parts.append(f"mode={py_literal(args['mode'])}")
     if args.get("align_corners") is not None:

@@ -1,6 +1,6 @@
 """What tools of a training stack ask of a generated module, on every example.
 
-Example inputs (``example_inputs()``, Lightning's ``example_input_array``), fresh
+Example inputs (``example_inputs()``), fresh
 parameters (``reset_parameters()``, after building on the meta device and
 ``to_empty()``), dropout as modules, ``deepcopy`` and ``state_dict`` round trips.
 """
@@ -55,8 +55,8 @@ def test_example_inputs_fit_forward(cls) -> None:
     with torch.no_grad():
         outs = _outputs(model(*inputs))
     assert len(outs) == len(cls.OUTPUTS)
-    # Lightning's summaries read example_input_array; it follows the parameters' dtype
-    floats = [t for t in model.double().example_input_array if t.is_floating_point()]
+    # they follow the parameters' dtype
+    floats = [t for t in model.double().example_inputs() if t.is_floating_point()]
     assert all(t.dtype == torch.float64 for t in floats)
 
 
@@ -139,3 +139,28 @@ def test_spectral_norm_layers_are_reset_as_spectral_norm_makes_them() -> None:
     sigma = torch.linalg.matrix_norm(weight.detach(), ord=2)
     estimate = norm._u @ weight.detach() @ norm._v
     assert abs(estimate.item() - sigma.item()) < 0.05 * sigma.item()
+
+
+SCRIPTABLE = [
+    pytest.param(p.values[0], id=p.id)
+    for p in CLASSES
+    if not hasattr(p.values[0], "DELAYS")  # over time: keyword-only steps=, state= (below)
+    and "runtime.Solve" not in (machc.compile_file(ROOT / "examples" / f"{p.id.split(':')[0]}"))
+]
+
+
+@pytest.mark.parametrize("cls", SCRIPTABLE)
+def test_torchscript_of_machines_not_over_time(cls) -> None:
+    # TorchScript is deprecated in PyTorch 2, but deployed models still use it. Machines over
+    # time (keyword-only arguments) and solved cycles (a local function) do not script.
+    import warnings
+
+    torch.manual_seed(0)
+    model = cls().eval()
+    inputs = model.example_inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(model)
+    with torch.no_grad():
+        for a, b in zip(_outputs(scripted(*inputs)), _outputs(model(*inputs)), strict=True):
+            torch.testing.assert_close(a, b)

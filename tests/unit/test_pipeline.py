@@ -196,7 +196,6 @@ def test_names_from_source_cannot_break_generated_code() -> None:
         "resolvent",
         "adjoint",
         "example_inputs",
-        "example_input_array",
         "reset_parameters",
     ]
 

@@ -218,11 +218,6 @@ class LSTM(nn.Module):
         like = _like(self)
         return (torch.randn(batch, steps, 8, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -409,11 +404,6 @@ class LSTM_n8_m16_dirm1(nn.Module):
         like = _like(self)
         return (torch.randn(batch, steps, 8, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -508,11 +498,6 @@ class BiLSTM(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randn(batch, steps, 8, dtype=like.dtype, device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
@@ -705,11 +690,6 @@ class LSTM_n32_m16_dir1(nn.Module):
         like = _like(self)
         return (torch.randn(batch, steps, 32, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -896,11 +876,6 @@ class LSTM_n32_m16_dirm1(nn.Module):
         like = _like(self)
         return (torch.randn(batch, steps, 32, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -996,11 +971,6 @@ class BiLSTM_n32_m16(nn.Module):
         like = _like(self)
         return (torch.randn(batch, steps, 32, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -1093,11 +1063,6 @@ class Tagger(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randn(batch, steps, 8, dtype=like.dtype, device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""

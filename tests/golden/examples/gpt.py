@@ -189,11 +189,6 @@ class Block(nn.Module):
         like = _like(self)
         return (torch.randn(batch, steps, 64, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -336,11 +331,6 @@ class GPT(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randint(0, 256, (batch, steps), device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""

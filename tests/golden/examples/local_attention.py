@@ -189,11 +189,6 @@ class LocalBlock(nn.Module):
         like = _like(self)
         return (torch.randn(batch, steps, 32, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -322,11 +317,6 @@ class LocalLM(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randint(0, 128, (batch, steps), device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""

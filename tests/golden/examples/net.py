@@ -136,11 +136,6 @@ class ResBlock(nn.Module):
         like = _like(self)
         return (torch.randn(batch, 32, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -257,11 +252,6 @@ class Net(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randn(batch, 8, dtype=like.dtype, device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""

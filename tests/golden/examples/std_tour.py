@@ -139,11 +139,6 @@ class MLP(nn.Module):
         like = _like(self)
         return (torch.randn(batch, 16, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -230,11 +225,6 @@ class ResBlock(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randn(batch, 32, dtype=like.dtype, device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
@@ -341,11 +331,6 @@ class DenseMachine(nn.Module):
         like = _like(self)
         return (torch.randn(batch, 32, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -408,11 +393,6 @@ class ConvBlock(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randn(batch, 3, 16, 16, dtype=like.dtype, device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
@@ -503,11 +483,6 @@ class ResConvBlock(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randn(batch, 8, 16, 16, dtype=like.dtype, device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
@@ -620,11 +595,6 @@ class ConvMachine(nn.Module):
         like = _like(self)
         return (torch.randn(batch, 8, 16, 16, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -731,11 +701,6 @@ class Elman(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randn(batch, steps, 4, dtype=like.dtype, device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
@@ -928,11 +893,6 @@ class LSTM(nn.Module):
         like = _like(self)
         return (torch.randn(batch, steps, 4, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -1120,11 +1080,6 @@ class GRU(nn.Module):
         like = _like(self)
         return (torch.randn(batch, steps, 4, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -1258,11 +1213,6 @@ class TimeMachine(nn.Module):
         like = _like(self)
         return (torch.randn(batch, steps, 4, dtype=like.dtype, device=like.device),)
 
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
-
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
         for module in self.modules():
@@ -1347,11 +1297,6 @@ class VectorNet(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randn(batch, 16, dtype=like.dtype, device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
@@ -1442,11 +1387,6 @@ class ImageNet(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randn(batch, 3, 16, 16, dtype=like.dtype, device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
@@ -1576,11 +1516,6 @@ class SequenceNet(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randn(batch, steps, 4, dtype=like.dtype, device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""

@@ -95,7 +95,7 @@ class TinyUNet(nn.Module):
         mid = torch.relu(self.bott(e2))
         # level 4
         # unet.mach:13  dec : mid -> up = upsample(2) | conv(3, padding=1) | relu
-        up = torch.relu(self.dec(F.interpolate(mid, scale_factor=2)))
+        up = torch.relu(self.dec(F.interpolate(mid, scale_factor=2.0)))
         # level 5
         # unet.mach:14  head : up × e1 -> y = conv(1)
         y = self.head(torch.cat([up, e1], dim=1))
@@ -111,7 +111,7 @@ class TinyUNet(nn.Module):
         # unet.mach:12  bott : e2 -> mid = conv(3, padding=1) | relu
         mid = torch.relu(self.bott(state["e2"]))
         # unet.mach:13  dec : mid -> up = upsample(2) | conv(3, padding=1) | relu
-        dec = self.dec(F.interpolate(state["mid"], scale_factor=2))
+        dec = self.dec(F.interpolate(state["mid"], scale_factor=2.0))
         up = torch.relu(dec)
         # unet.mach:14  head : up × e1 -> y = conv(1)
         y = self.head(torch.cat([state["up"], state["e1"]], dim=1))
@@ -132,7 +132,7 @@ class TinyUNet(nn.Module):
         mid = x0["mid"] + torch.relu(self.bott(e2))
         # level 4
         # unet.mach:13  dec : mid -> up = upsample(2) | conv(3, padding=1) | relu
-        up = x0["up"] + torch.relu(self.dec(F.interpolate(mid, scale_factor=2)))
+        up = x0["up"] + torch.relu(self.dec(F.interpolate(mid, scale_factor=2.0)))
         # level 5
         # unet.mach:14  head : up × e1 -> y = conv(1)
         y = x0["y"] + self.head(torch.cat([up, e1], dim=1))
@@ -149,7 +149,7 @@ class TinyUNet(nn.Module):
             # unet.mach:12  bott : e2 -> mid = conv(3, padding=1) | relu
             bott = torch.relu(self.bott(x["e2"]))
             # unet.mach:13  dec : mid -> up = upsample(2) | conv(3, padding=1) | relu
-            dec = self.dec(F.interpolate(x["mid"], scale_factor=2))
+            dec = self.dec(F.interpolate(x["mid"], scale_factor=2.0))
             dec_ = torch.relu(dec)
             # unet.mach:14  head : up × e1 -> y = conv(1)
             head = self.head(torch.cat([x["up"], x["e1"]], dim=1))
@@ -166,11 +166,6 @@ class TinyUNet(nn.Module):
         """Random inputs for forward as INPUTS say, where the parameters are (for summaries, tracing, export)."""
         like = _like(self)
         return (torch.randn(batch, 3, 32, 32, dtype=like.dtype, device=like.device),)
-
-    @property
-    def example_input_array(self) -> tuple[Tensor, ...]:
-        """example_inputs(), under the name Lightning's summaries read."""
-        return self.example_inputs()
 
     def reset_parameters(self) -> None:
         """Every layer initialised afresh, as when constructed (after to_empty(), for one)."""
