@@ -138,4 +138,4 @@ def load(
 
     stem = sanitize(os.path.splitext(os.path.basename(path))[0])
     name = loading.module_name(stem, source)
-    return loading.module_from_source(name, f"<machc:{os.fspath(path)}>", source)
+    return loading.module_from_source(name, loading.file_label(os.fspath(path), name), source)

@@ -46,9 +46,9 @@ def run(args, params, source_text: str) -> int:
         )
     code = emit(lower(checked.program))
     stem = sanitize(os.path.splitext(os.path.basename(args.file))[0])
-    module = loading.module_from_source(
-        loading.module_name(stem, code), f"<machc:{args.file}>", code
-    )
+    module_name = loading.module_name(stem, code)
+    label = loading.file_label(args.file, module_name)
+    module = loading.module_from_source(module_name, label, code)
     model = getattr(module, name)()
     if args.weights:
         _load_weights(model, args.weights)

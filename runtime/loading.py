@@ -26,6 +26,13 @@ def module_name(stem: str, source: str) -> str:
     return f"machc_generated_{stem}_{digest}"
 
 
+def file_label(path: str, name: str) -> str:
+    """The file name tracebacks, debuggers and TorchScript read a module's source under:
+    ``<machc:PATH#HASH>``, one per generated code (two parameter sets of one file are two
+    sources; sharing a name, TorchScript would compile one's forward for the other)."""
+    return f"<machc:{path}#{name.rsplit('_', 1)[-1]}>"
+
+
 def module_from_source(name: str, filename: str, source: str) -> types.ModuleType:
     """The module ``name``: this process's, or ``source`` executed as it (and registered,
     so that tracebacks show its lines and its models pickle)."""
