@@ -772,3 +772,20 @@ def test_a_deq_runs_in_float32_and_float64(dtype: torch.dtype) -> None:
         model.head.weight.grad,
     ):
         assert grad.dtype == dtype and torch.isfinite(grad).all()
+
+
+def test_the_compiler_and_the_runtime_agree_on_solver_defaults() -> None:
+    # Generated code passes only tol, max_iter and the arguments not at their default, so
+    # the compiler's table (machc.equilibrium) must give the runtime's defaults.
+    import inspect
+
+    from machc.equilibrium import SOLVERS as COMPILED
+    from machc.runtime.equilibrium import SOLVERS as RUNTIME
+
+    assert set(COMPILED) == set(RUNTIME)
+    common = inspect.signature(Solve.__init__).parameters
+    for name, spec in COMPILED.items():
+        defaults = {a.name: a.default for a in spec.args}
+        for arg in ("tol", "max_iter", "backward"):
+            assert defaults.pop(arg) == common[arg].default, (name, arg)
+        assert defaults == RUNTIME[name], name

@@ -22,6 +22,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from machc.equilibrium import SOLVERS
+
 Shape = tuple[int, ...]  # per sample, channels first
 
 SPACE_NAMES = "x y z h a b c d u v w s r p q m n o e f g k l i j".split()
@@ -395,9 +397,6 @@ def feedforward(
     return m.text()
 
 
-SOLVERS = ("fixed_point", "anderson", "broyden")
-
-
 def _add_solved_cycle(rng: random.Random, m: Machine, targets: list[Space]) -> None:
     """A cycle through a written space, and the solve that finds its fixed point.
 
@@ -421,7 +420,7 @@ def _add_solved_cycle(rng: random.Random, m: Machine, targets: list[Space]) -> N
             return
     reads = [s.name for s in reads]
     m.edge(reads, [z.name], p)
-    solver = rng.choice(SOLVERS)
+    solver = rng.choice(sorted(SOLVERS))
     args = rng.choice(["", "()", "(tol=1e-4)", f"(max_iter={rng.randint(1, 30)})"])
     if rng.random() < 0.2:
         args = "(backward=unrolled, max_iter=8)"
