@@ -1,23 +1,24 @@
 """Build stage: syntax tree → hypergraph IR.
 
 Binds machine parameters (defaults, ``--set`` / ``params=`` values), expands
-``for`` loops and space arrays, evaluates every expression, resolves space
-names, and binds op arguments against the op table. Every problem becomes a
+``for`` loops and decides ``if``s (:mod:`expand`), expands space arrays,
+evaluates every expression, resolves space names, and binds op arguments
+against the op table. Every problem becomes a
 diagnostic; all of a file's problems are reported together.
 """
 
 from __future__ import annotations
 
 import keyword
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 from . import ir
 from . import syntax as s
 from .composition import Composition, machine_identity, rename_refs
 from .diagnostics import Code, Note, Reporter, Span
 from .equilibrium import build_solve
+from .expand import Expansion, flatten
 from .expressions import (
-    MAX_EXPANSION,
     MAX_SIZE,
     Problem,
     Scope,
@@ -107,7 +108,6 @@ class _MachineBuilder:
         self.port_resolver = PortResolver(decl, self.spaces)
         self.edges: dict[str, ir.Edge] = {}
         self.edge_families: dict[str, Span] = {}
-        self.unexpanded: list[tuple[s.Item, ...]] = []  # bodies of loops with no iteration
 
     def error(self, code: Code, message: str, span: Span, scope: Scope | None = None, **extra):
         context = scope.context() if scope else ""
@@ -125,16 +125,16 @@ class _MachineBuilder:
         env = bind_params(self.decl, params, self.reporter)
         if env is None:
             return None
-        self.iterations = 0
+        expansion = Expansion(self.decl, self.problem)
         try:
-            items = list(self._expand(self.decl.body, Scope(env=dict(env))))
+            items = list(expansion.items(self.decl.body, Scope(env=dict(env))))
         except Problem as exc:  # too many iterations in all: expanding stops there
             self.problem(exc)
             return None
         for item, scope in items:
             if isinstance(item, s.SpaceDecl):
                 self._declare_space(item, scope)
-        for decl in _flatten(self.unexpanded):
+        for decl in flatten(expansion.unexpanded):
             if isinstance(decl, s.SpaceDecl) and decl.array is not None:
                 self.spaces.arrays.setdefault(decl.name, [])  # an array with no elements
         try:
@@ -150,7 +150,7 @@ class _MachineBuilder:
                 solve = self._solve(item, scope)
                 if solve is not None:
                     solves.append(solve)
-        for decl in _flatten(self.unexpanded):
+        for decl in flatten(expansion.unexpanded):
             if isinstance(decl, s.EdgeDecl):
                 self._check_unexpanded_edge(decl)
         self._resolve_shares()
@@ -194,48 +194,6 @@ class _MachineBuilder:
                 f"machine name {name!r} is the name of an op, so it could not be used as an edge",
                 self.decl.name_span,
             )
-
-    # --- loops ---
-
-    def _expand(self, items, scope: Scope) -> Iterator[tuple[s.Item, Scope]]:
-        for item in items:
-            if not isinstance(item, s.ForLoop):
-                yield item, scope
-                continue
-            if item.var in scope.env or item.var == self.decl.time:
-                what = (
-                    "time index"
-                    if item.var == self.decl.time
-                    else "loop variable"
-                    if item.var in scope.loops
-                    else "parameter"
-                )
-                self.error(
-                    Code.DUPLICATE_NAME,
-                    f"loop variable {item.var!r} hides the {what} of that name",
-                    item.var_span,
-                    scope,
-                )
-                continue
-            try:
-                values = range_of(item.range, scope.env)
-            except Problem as exc:
-                self.problem(exc, scope)
-                continue
-            if not values:
-                self.unexpanded.append(item.body)
-            for value in values:
-                self.iterations += 1
-                if self.iterations > MAX_EXPANSION:
-                    raise Problem(
-                        Code.EXPRESSION,
-                        f"machine {self.decl.name} runs its loops more than "
-                        f"{MAX_EXPANSION:,} times in all",
-                        item.var_span,
-                        hint="a machine this large is surely a mistake; use fewer or shorter loops",
-                    )
-                inner = Scope(env={**scope.env, item.var: value}, loops=(*scope.loops, item.var))
-                yield from self._expand(item.body, inner)
 
     # --- spaces ---
 
@@ -628,13 +586,3 @@ class _MachineBuilder:
                     f"{family!r} names both a space and an edge; give them different names",
                     span,
                 )
-
-
-def _flatten(bodies) -> Iterator[s.Item]:
-    """Every declaration in some loop bodies, nested loops included."""
-    for body in bodies:
-        for item in body:
-            if isinstance(item, s.ForLoop):
-                yield from _flatten([item.body])
-            else:
-                yield item

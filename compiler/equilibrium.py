@@ -96,7 +96,7 @@ SOLVERS: dict[str, OpSpec] = {
 # spectral radius of its map is below one, which nothing ensures without normalisation)
 LINEAR_OPS = frozenset({"linear", "conv", "conv_transpose", "identity", "add", "scale"})
 LINEAR_OPS |= {"avgpool", "global_avg_pool", "adaptive_avg_pool", "flatten", "reshape", "upsample"}
-LINEAR_OPS |= {"dropout", "channel_dropout"}
+LINEAR_OPS |= {"dropout", "channel_dropout", "pad", "crop", "permute", "transpose"}
 
 
 # --- building -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,12 @@ MAX_ELEMENTS = 2**31 - 1  # the most numbers one sample of a space holds
 MAX_EXPANSION = 50_000  # loop iterations of one machine, all loops together (a module of 50,000
 # edges takes about 1.2 GB and 20 s to import: beyond that generated code would not load)
 MAX_PORTS = 1_000_000  # spaces named by one machine's edges, ranges counted out
+MAX_DIGITS = 100  # digits of an integer, written in a source or computed (Python prints at
+# most 4300, and 2 ** 10 ** 9 would take minutes and gigabytes)
+_TOO_LARGE = 10**MAX_DIGITS
+FUNCTIONS = ("min", "max")  # the functions an expression may call
+# Words that expressions give a meaning to: never the name of a parameter or loop variable.
+WORDS = frozenset({"true", "false", "and", "or", "not", "if", "else"})
 
 
 class Problem(Exception):
@@ -69,7 +76,10 @@ def did_you_mean(name: str, candidates) -> str | None:
 
 
 def evaluate(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Value:
-    """The value of ``expr``; raises :class:`Problem` on an unknown name or a bad operation."""
+    """The value of ``expr``; raises :class:`Problem` on an unknown name or a bad operation.
+
+    Recursive: the parser refuses expressions nested more than ``MAX_NESTING`` deep.
+    """
     match expr:
         case s.Literal(value=value):
             if isinstance(value, float) and not math.isfinite(value):
@@ -88,38 +98,182 @@ def evaluate(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Value:
             values = []
             for item in items:
                 value = evaluate(item, env)
-                if isinstance(value, tuple):
-                    raise Problem(Code.EXPRESSION, "lists cannot be nested", item.span)
+                # NOTE: one level, for per-side op arguments ([[4, 0], 1]); shapes, parameters
+                # and the other op arguments refuse lists of lists where they check kinds
+                if isinstance(value, tuple) and any(isinstance(v, tuple) for v in value):
+                    raise Problem(
+                        Code.EXPRESSION,
+                        "lists nest one deep at most (a list of pairs: [[4, 0], [1, 1]])",
+                        item.span,
+                    )
                 values.append(value)
             return tuple(values)
         case s.Neg(operand=operand):
             value = evaluate(operand, env)
             need_number(value, "-", operand.span)
             return -value
+        case s.Not(operand=operand):
+            return not _boolean(evaluate(operand, env), "not", operand.span)
+        case s.BinOp(op="and" | "or" as op, left=left, right=right):
+            first = _boolean(evaluate(left, env), op, left.span)
+            if first == (op == "or"):  # decided by the left side, as in Python
+                return first
+            return _boolean(evaluate(right, env), op, right.span)
         case s.BinOp(op=op, left=left, right=right):
-            a, b = evaluate(left, env), evaluate(right, env)
-            need_number(a, op, left.span)
-            need_number(b, op, right.span)
-            if op in ("//", "/") and b == 0:
-                raise Problem(Code.EXPRESSION, "division by zero", expr.span)
-            if op == "//":
-                if not (isinstance(a, int) and isinstance(b, int)):
-                    raise Problem(
-                        Code.EXPRESSION,
-                        f"'//' needs integers, got {ir.format_value(a)} and {ir.format_value(b)}",
-                        expr.span,
-                    )
-                return a // b
-            result = {"+": a + b, "-": a - b, "*": a * b}.get(op) if op != "/" else a / b
-            if isinstance(result, float) and not math.isfinite(result):
-                raise Problem(Code.EXPRESSION, "the result is too large", expr.span)
-            return result
+            return _arithmetic(op, evaluate(left, env), evaluate(right, env), expr)
+        case s.Compare(operands=operands, ops=ops):
+            a = evaluate(operands[0], env)
+            for op, left, right in zip(ops, operands, operands[1:], strict=False):
+                b = evaluate(right, env)
+                if not _compare(op, a, b, left.span, right.span):
+                    return False  # the rest of a chain is not evaluated, as in Python
+                a = b
+            return True
+        case s.Call():
+            return _call(expr, env)
     raise AssertionError(f"unknown expression {expr!r}")  # pragma: no cover
+
+
+def condition(expr: s.Expr, env: Mapping[str, ir.Value]) -> bool:
+    """The value of an ``if``'s condition: true or false."""
+    value = evaluate(expr, env)
+    if not isinstance(value, bool):
+        raise Problem(
+            Code.EXPRESSION,
+            # NOTE: the type, not the value, so that a loop reports it once
+            f"a condition must be true or false, not {_a_kind(value)}",
+            expr.span,
+            hint="compare it (n > 1, stride != 1) or combine comparisons with and, or, not",
+        )
+    return value
+
+
+_ARITHMETIC = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "//": operator.floordiv,
+    "%": operator.mod,
+    "**": operator.pow,
+}
+_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+def _arithmetic(op: str, a: ir.Value, b: ir.Value, expr: s.BinOp) -> ir.Value:
+    need_number(a, op, expr.left.span)
+    need_number(b, op, expr.right.span)
+    if op in ("//", "/", "%") and b == 0:
+        raise Problem(
+            Code.EXPRESSION, "modulo by zero" if op == "%" else "division by zero", expr.span
+        )
+    if op == "//" and not (isinstance(a, int) and isinstance(b, int)):
+        raise Problem(
+            Code.EXPRESSION,
+            f"'//' needs integers, got {ir.format_value(a)} and {ir.format_value(b)}",
+            expr.span,
+        )
+    if op == "**":
+        _check_power(a, b, expr.span)
+    try:
+        result = _ARITHMETIC[op](a, b)
+    except OverflowError:  # a float out of range, or an integer too large for a float
+        raise Problem(Code.EXPRESSION, "the result is too large", expr.span) from None
+    if isinstance(result, float) and not math.isfinite(result):
+        raise Problem(Code.EXPRESSION, "the result is too large", expr.span)
+    if isinstance(result, int) and abs(result) >= _TOO_LARGE:
+        raise Problem(Code.EXPRESSION, _TOO_MANY_DIGITS, expr.span)
+    return result
+
+
+_TOO_MANY_DIGITS = f"the result is too large (an integer has at most {MAX_DIGITS} digits)"
+
+
+def _check_power(a: int | float, b: int | float, span: Span) -> None:
+    """Refuse what Python's ``a ** b`` would fail on, make complex, or take too long for."""
+    if a == 0 and b < 0:
+        raise Problem(Code.EXPRESSION, "zero to a negative power (division by zero)", span)
+    if a < 0 and isinstance(b, float) and not b.is_integer():
+        raise Problem(
+            Code.EXPRESSION,
+            "a negative number to a fractional power has no real value "
+            f"({ir.format_value(a)} to the power {ir.format_value(b)})",
+            span,
+        )
+    # NOTE: estimated before computing, so that 10 ** 10 ** 9 is refused at once
+    # (|a| >= 2 gives at least b / 4 digits, and a huge b would not convert to a float).
+    if (
+        isinstance(a, int)
+        and isinstance(b, int)
+        and abs(a) > 1
+        and (b > 4 * MAX_DIGITS or b * math.log10(abs(a)) > MAX_DIGITS + 1)
+    ):
+        raise Problem(Code.EXPRESSION, _TOO_MANY_DIGITS, span)
+
+
+def _a_kind(value: ir.Value) -> str:
+    if isinstance(value, int):
+        return "an integer"
+    return {float: "a number", str: "a string"}.get(type(value), "a list")
+
+
+def _kind(value: ir.Value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return "string" if isinstance(value, str) else "list"
+
+
+def _compare(op: str, a: ir.Value, b: ir.Value, left: Span, right: Span) -> bool:
+    if op in _ORDER:
+        need_number(a, op, left)
+        need_number(b, op, right)
+        return _ORDER[op](a, b)
+    if _kind(a) != _kind(b) or _kind(a) == "list":
+        raise Problem(
+            Code.EXPRESSION,
+            f"{op!r} compares two numbers, two booleans or two strings, "
+            f"got {ir.format_value(a)} and {ir.format_value(b)}",
+            _join(left, right),
+        )
+    return (a == b) == (op == "==")
+
+
+def _join(first: Span, last: Span) -> Span:
+    return first.model_copy(update={"end_line": last.end_line, "end_column": last.end_column})
+
+
+def _call(call: s.Call, env: Mapping[str, ir.Value]) -> ir.Value:
+    if call.name not in FUNCTIONS:
+        hint = did_you_mean(call.name, FUNCTIONS) or "the functions are min and max"
+        if call.name == "ids":
+            hint = "ids(n) is a kind of space: the whole shape of an input, input tok : ids(n)"
+        raise Problem(Code.UNKNOWN_NAME, f"unknown function {call.name!r}", call.name_span, hint)
+    if len(call.args) < 2:
+        raise Problem(
+            Code.EXPRESSION,
+            f"{call.name} takes two or more numbers, got {len(call.args)}",
+            call.span,
+        )
+    values = []
+    for arg in call.args:
+        values.append(evaluate(arg, env))
+        need_number(values[-1], call.name, arg.span)
+    return min(values) if call.name == "min" else max(values)
 
 
 def need_number(value: ir.Value, op: str, span: Span) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Problem(Code.EXPRESSION, f"{op!r} needs numbers, got {ir.format_value(value)}", span)
+
+
+def _boolean(value: ir.Value, op: str, span: Span) -> bool:
+    if not isinstance(value, bool):
+        raise Problem(
+            Code.EXPRESSION, f"{op!r} needs true or false, got {ir.format_value(value)}", span
+        )
+    return value
 
 
 def integer(expr: s.Expr, env: Mapping[str, ir.Value], what: str) -> int:
@@ -196,14 +350,19 @@ def parse_param_text(text: str, type_: type) -> ir.Value | None:
 
 def names_in(expr: s.Expr) -> set[str]:
     """The parameter and loop-variable names an expression uses."""
-    match expr:
-        case s.Var(name=name):
-            return {name}
-        case s.BinOp(left=left, right=right):
-            return names_in(left) | names_in(right)
-        case s.Neg(operand=operand):
-            return names_in(operand)
-    return set()
+    names: set[str] = set()
+    stack = [expr]
+    while stack:
+        match stack.pop():
+            case s.Var(name=name):
+                names.add(name)
+            case s.BinOp(left=left, right=right):
+                stack += [left, right]
+            case s.Neg(operand=operand) | s.Not(operand=operand):
+                stack.append(operand)
+            case s.Compare(operands=items) | s.Call(args=items) | s.ListExpr(items=items):
+                stack.extend(items)
+    return names
 
 
 def as_param(value: object, type_: type) -> ir.Value | None:

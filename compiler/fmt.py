@@ -4,7 +4,8 @@ The text is parsed into the :mod:`syntax` tree and printed back from it; the
 comments, which the grammar discards, are read from the token stream and put
 back by position. The canonical layout (documented in docs/cli.md):
 
-- four spaces of indentation per machine or loop body; one item per line;
+- four spaces of indentation per machine, loop or ``if`` body; one item per line;
+  ``} else if c {`` and ``} else {`` on lines of their own;
 - the role keyword padded to six columns, so that names start in one column;
 - the ``:`` after names lined up across a run of declarations of one kind
   (spaces, or edges), blank lines and comments included, except where a name
@@ -18,7 +19,8 @@ back by position. The canonical layout (documented in docs/cli.md):
   ``h[t+1]``, ``k[0..t]``, ``k[t-w..t]``, ``k[..]``; a kind of space as a call:
   ``ids(vocab)``;
 - expressions with a space around binary operators (``2 * c``), except in
-  indices and ranges (``h[1..i-1]``, ``for i in 2..n+1``); minimal parentheses;
+  indices and ranges (``h[1..i-1]``, ``for i in 2..n+1``), where only ``and``
+  and ``or`` keep theirs; minimal parentheses;
 - pipeline lines broken where the user broke them, and before an op that would
   end past column 100, each continuation starting with ``|`` under the ``=``;
 - one blank line between the space declarations and what follows them and
@@ -55,14 +57,16 @@ def format_source(text: str, path: str = "<string>") -> str:
 
 # --- expressions ---------------------------------------------------------------
 
-_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2, "/": 2}
-_UNARY, _ATOM = 3, 4
+# Python's precedence, loosest first: or, and, not, comparisons, + -, * / // %, unary -, **.
+_PRECEDENCE = {"or": 1, "and": 2, "+": 5, "-": 5, "*": 6, "//": 6, "/": 6, "%": 6, "**": 8}
+_NOT, _COMPARE, _UNARY, _ATOM = 3, 4, 7, 9
+_WORDS = frozenset({"and", "or"})  # operators spaced even where expressions are tight
 
 
 def _precedence(expr: s.Expr) -> int:
     if isinstance(expr, s.BinOp):
         return _PRECEDENCE[expr.op]
-    return _UNARY if isinstance(expr, s.Neg) else _ATOM
+    return {s.Neg: _UNARY, s.Not: _NOT, s.Compare: _COMPARE}.get(type(expr), _ATOM)
 
 
 class _Expressions:
@@ -85,20 +89,35 @@ class _Expressions:
             return expr.name
         if isinstance(expr, s.ListExpr):
             return "[" + ", ".join(self.expr(item, tight) for item in expr.items) + "]"
+        if isinstance(expr, s.Call):
+            return f"{expr.name}(" + ", ".join(self.expr(a, tight) for a in expr.args) + ")"
         if isinstance(expr, s.Neg):
-            return "-" + self._operand(expr.operand, _UNARY, tight, right=False)
+            return "-" + self._operand(expr.operand, _UNARY, tight)
+        if isinstance(expr, s.Not):
+            return "not " + self._operand(expr.operand, _NOT, tight)
+        if isinstance(expr, s.Compare):
+            # an operand that is itself a comparison would join the chain
+            texts = [self._operand(item, _COMPARE + 1, tight) for item in expr.operands]
+            return texts[0] + "".join(
+                self._infix(op, tight) + text for op, text in zip(expr.ops, texts[1:], strict=True)
+            )
         precedence = _PRECEDENCE[expr.op]
-        left = self._operand(expr.left, precedence, tight, right=False)
-        right = self._operand(expr.right, precedence, tight, right=True)
-        return f"{left}{expr.op}{right}" if tight else f"{left} {expr.op} {right}"
+        if expr.op == "**":  # right-associative; its right side may be a unary minus: 2 ** -1
+            left = self._operand(expr.left, _ATOM, tight)
+            right = self._operand(expr.right, _UNARY, tight)
+        else:  # NOTE: left-associative, so `a - (b - c)` keeps its parentheses
+            left = self._operand(expr.left, precedence, tight)
+            right = self._operand(expr.right, precedence + 1, tight)
+        return left + self._infix(expr.op, tight) + right
 
-    def _operand(self, expr: s.Expr, precedence: int, tight: bool, right: bool) -> str:
+    def _operand(self, expr: s.Expr, least: int, tight: bool) -> str:
+        """``expr`` in parentheses unless it binds at least as tightly as ``least``."""
         text = self.expr(expr, tight)
-        inner = _precedence(expr)
-        # NOTE: the operators are left-associative, so `a - (b - c)` keeps its parentheses.
-        if inner < precedence or (right and inner == precedence):
-            return f"({text})"
-        return text
+        return f"({text})" if _precedence(expr) < least else text
+
+    @staticmethod
+    def _infix(op: str, tight: bool) -> str:
+        return op if tight and op not in _WORDS else f" {op} "
 
     def range(self, range_: s.Range) -> str:
         return f"{self.expr(range_.lo, True)}..{self.expr(range_.hi, True)}"
@@ -146,7 +165,7 @@ class _Comment:
 class _Group:
     """What prints as one unit: an item, a machine or loop header, or a closing brace."""
 
-    kind: str  # "space", "edge", "machine", "loop", "close"
+    kind: str  # "space", "edge", "solve", "machine", "loop", "if", "else", "close", "import"
     node: object
     depth: int
     start: Pos  # where its first token starts
@@ -224,6 +243,10 @@ class _Printer:
                 group.line_starts = [group.start]
             elif group.kind == "close":
                 group.lines, group.line_starts = ["}"], [group.start]
+            elif group.kind == "else":
+                cond = group.node.cond
+                line = "} else {" if cond is None else f"}} else if {self.exprs.expr(cond)} {{"
+                group.lines, group.line_starts = [line], [group.start]
         return self._render()
 
     def _add(self, kind: str, node, depth: int, start: Pos) -> _Group:
@@ -238,10 +261,19 @@ class _Printer:
                 header = self._add("loop", item, depth, _start(item.span))
                 inner = self._items(item.body, depth + 1, blocks)
                 blocks.append(inner)
-                end = (item.span.end_line, item.span.end_column - 1)
-                close = self._add("close", item, depth, end)
+                close = self._add("close", item, depth, _closing_brace(item.span))
                 header.node = (item, inner, close)
                 body.append(header)
+            elif isinstance(item, s.IfBlock):
+                # `if c {`, then `} else if d {` and `} else {` lines (each starting at the
+                # brace that closes the branch before it), then the last `}`
+                body.append(self._add("if", item, depth, _start(item.span)))
+                for k, branch in enumerate(item.branches):
+                    if k:
+                        before = item.branches[k - 1].span
+                        self._add("else", branch, depth, _closing_brace(before))
+                    blocks.append(self._items(branch.body, depth + 1, blocks))
+                self._add("close", item, depth, _closing_brace(item.branches[-1].span))
             else:
                 kind = {s.SpaceDecl: "space", s.SolveDecl: "solve"}.get(type(item), "edge")
                 body.append(self._add(kind, item, depth, _start(item.span)))
@@ -309,6 +341,10 @@ class _Printer:
                     solve = group.node
                     name = self._edge_name(solve)
                     group.lines = [f"solve {name} with {self.exprs.op(solve.solver)}"]
+                    group.line_starts = [group.start]
+            elif run[0].kind == "if":
+                for group in run:
+                    group.lines = [f"if {self.exprs.expr(group.node.branches[0].cond)} {{"]
                     group.line_starts = [group.start]
             else:
                 for group in run:
@@ -398,10 +434,11 @@ class _Printer:
 
         for group in self.groups:
             trailing = self._trailing(group)
-            comment_depth = group.depth + 1 if group.kind == "close" else group.depth
+            closing = group.kind in ("close", "else")  # its comments are inside the block
+            comment_depth = group.depth + 1 if closing else group.depth
             for i, comment in enumerate(group.comments):
                 emit(comment_depth, comment.text, comment.blank_before or (i == 0 and group.forced))
-            if group.kind == "close":
+            if closing:
                 blank = False
             elif group.comments:
                 blank = group.blank_before
@@ -410,7 +447,7 @@ class _Printer:
             for i, line in enumerate(group.lines):
                 text = line + (f"  {trailing[i]}" if i in trailing else "")
                 emit(group.depth, text, blank and i == 0)
-            after_open = group.kind in ("machine", "loop")
+            after_open = group.kind in ("machine", "loop", "if", "else")
         for comment in self.footer:
             emit(0, comment.text, comment.blank_before)
         return "\n".join(out) + "\n" if out else ""
@@ -439,6 +476,10 @@ class _Printer:
             else:
                 group.comments.append(_Comment(text))
         return result
+
+
+def _closing_brace(span) -> Pos:
+    return (span.end_line, span.end_column - 1)
 
 
 def _blank(previous_end: Pos | None, token: Token) -> bool:

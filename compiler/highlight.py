@@ -51,7 +51,7 @@ class MachLexer(RegexLexer):
             ),
             # `solve z with anderson(...)`: the solver is named like an op
             (r"(with)(\s+)(" + NAME + ")", bygroups(Keyword, Whitespace, Name.Builtin)),
-            (words(("for", "in", "over", "import", "solve"), suffix=r"\b"), Keyword),
+            (words(("for", "in", "if", "else", "over", "import", "solve"), suffix=r"\b"), Keyword),
             # An edge declaration: `name :` or `name[i] :` (spaces were taken above).
             (r"(" + NAME + r")(?=\s*(\[[^\]\n]*\])?\s*:)", Name.Function),
             # Ops: after `|`, and after the `=` of an edge (followed by `(`, `|` or a line end).
@@ -79,10 +79,12 @@ class MachLexer(RegexLexer):
         ],
         "expression": [
             (words(("true", "false"), suffix=r"\b"), Keyword.Constant),
+            (words(("and", "or", "not"), suffix=r"\b"), Operator.Word),
+            (r"\b(min|max)(?=\s*\()", Name.Builtin),
             (r'"([^"\\\n]|\\[^\n])*"', String.Double),
             (r"[0-9]+\.[0-9]+([eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+", Number.Float),
             (r"[0-9]+", Number.Integer),
-            (r"->|→|\.\.|//|[×*|=+\-/]", Operator),
+            (r"->|→|\.\.|//|\*\*|==|!=|<=|>=|[×*|=+\-/%<>]", Operator),
             (r"[()\[\],:]", Punctuation),
             (NAME, Name),
         ],

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from .diagnostics import Span
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
-Value = Scalar | tuple[Scalar, ...]  # a tuple is a list written in the source: [3, 5]
+# a tuple is a list written in the source: [3, 5]; op arguments may hold pairs: [[4, 0], 1]
+Value = Scalar | tuple[Scalar | tuple[Scalar, ...], ...]
 Shape = tuple[int, ...]
 
 

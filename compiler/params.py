@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from . import ir
 from . import syntax as s
 from .diagnostics import Code, Reporter, Span
-from .expressions import Problem, as_param, did_you_mean, evaluate, names_in, parse_param_text
+from .expressions import (
+    WORDS,
+    Problem,
+    as_param,
+    did_you_mean,
+    evaluate,
+    names_in,
+    parse_param_text,
+)
 
 PARAM_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool}
 
@@ -70,9 +78,10 @@ def bind_params(
             )
             failed.add(param.name)
             continue
-        if param.name in ("true", "false"):
+        if param.name in WORDS:
+            what = "a literal" if param.name in ("true", "false") else "a keyword"
             reporter.error(
-                Code.PARAMETER, f"{param.name!r} is a literal, not a parameter name", param.span
+                Code.PARAMETER, f"{param.name!r} is {what}, not a parameter name", param.span
             )
             failed.add(param.name)
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import warnings
 
@@ -19,6 +20,8 @@ from machc.grammar import GRAMMAR_PATH
 
 from . import syntax as s
 from .diagnostics import Code, CompileError, Diagnostic, Severity, Span
+from .expressions import FUNCTIONS, MAX_DIGITS
+from .parser_cache import load_parser
 
 # How terminals are named in "expected ..." messages.
 _TERMINAL_WORDS = {
@@ -30,13 +33,16 @@ _TERMINAL_WORDS = {
 }
 # Tokens that can start an expression; when these may come next we just say "an expression".
 _EXPRESSION_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "MINUS", "TRUE", "FALSE"}
+_EXPRESSION_START |= {"NOT"}
 _EXPRESSION_SIGNS = {"NAME", "INT", "LPAR", "MINUS"}
+# After an expression every operator may come next: they are named together.
+_OPERATORS = {"+", "-", "*", "/", "//", "%", "**", "==", "!=", "<", "<=", ">", ">=", "and", "or"}
 
 
 @functools.cache
 def _parser() -> Lark:
-    return Lark.open(
-        str(GRAMMAR_PATH), parser="lalr", propagate_positions=True, maybe_placeholders=True
+    return load_parser(
+        GRAMMAR_PATH, parser="lalr", propagate_positions=True, maybe_placeholders=True
     )
 
 
@@ -65,42 +71,58 @@ def parse(text: str, path: str) -> s.SourceFile:
         raise
 
 
-MAX_DIGITS = 100  # digits of an integer literal (Python reads at most 4300)
 MAX_NESTING = 100  # operators, parentheses and lists inside one another, in one expression
+MAX_BLOCK_NESTING = 50  # loops and ifs inside one another
 _EXPRESSION_RULES = frozenset(
-    {"add", "sub", "mul", "floordiv", "truediv", "neg", "list", "range", "space_kind"}
+    {"add", "sub", "mul", "floordiv", "truediv", "mod", "pow", "neg", "not_", "and_", "or_"}
+    | {"compare", "call", "list", "range"}
 )
+_BLOCK_RULES = frozenset({"for_loop", "if_block"})
 
 
 def _too_deep(tree, path: str) -> Diagnostic | None:
-    """An error for an expression nested deeper than :data:`MAX_NESTING`, found without
-    recursion (the later stages walk expressions recursively)."""
-    stack = [(tree, 0)]
+    """An error for an expression nested deeper than :data:`MAX_NESTING`, or loops and ifs
+    nested deeper than :data:`MAX_BLOCK_NESTING`, found without recursion (the transformer
+    and the later stages walk the tree recursively)."""
+    stack = [(tree, 0, 0)]
     while stack:
-        node, depth = stack.pop()
+        node, depth, blocks = stack.pop()
         if not hasattr(node, "data"):
             continue
         if node.data in _EXPRESSION_RULES:
             depth += 1
             if depth > MAX_NESTING:
-                meta = node.meta
-                span = Span(
-                    file=path,
-                    line=meta.line,
-                    column=meta.column,
-                    end_line=meta.line,
-                    end_column=meta.column + 1,
-                )
-                return Diagnostic(
-                    severity=Severity.ERROR,
-                    code=Code.EXPRESSION,
-                    message=f"this expression is nested more than {MAX_NESTING} levels deep "
+                return _nesting_error(
+                    node.meta,
+                    path,
+                    f"this expression is nested more than {MAX_NESTING} levels deep "
                     "(operators, parentheses and lists inside one another)",
-                    span=span,
-                    hint="compute the value outside and pass it as a parameter",
+                    "compute the value outside and pass it as a parameter",
                 )
-        stack.extend((child, depth) for child in node.children)
+        if node.data in _BLOCK_RULES:
+            blocks += 1
+            if blocks > MAX_BLOCK_NESTING:
+                return _nesting_error(
+                    node.meta,
+                    path,
+                    f"loops and ifs are nested more than {MAX_BLOCK_NESTING} levels deep",
+                    "a machine this deep is surely a mistake; nest fewer blocks",
+                )
+        stack.extend((child, depth, blocks) for child in node.children)
     return None
+
+
+def _nesting_error(meta, path: str, message: str, hint: str) -> Diagnostic:
+    span = Span(
+        file=path,
+        line=meta.line,
+        column=meta.column,
+        end_line=meta.line,
+        end_column=meta.column + 1,
+    )
+    return Diagnostic(
+        severity=Severity.ERROR, code=Code.EXPRESSION, message=message, span=span, hint=hint
+    )
 
 
 class _BadLiteral(Exception):
@@ -126,6 +148,8 @@ def _describe_expected(names: set[str]) -> str:
             words.append(name)
             continue
         words.append(repr(pattern.value) if isinstance(pattern, PatternStr) else name.lower())
+    if "'=='" in words:
+        words = [w for w in words if w[1:-1] not in _OPERATORS] + ["an operator"]
     words = sorted(set(words), key=lambda w: (not w.startswith("'"), w))
     if not words:
         return ""
@@ -255,6 +279,11 @@ class _ToSyntax(Transformer):
 
     def space_decl(self, meta, children):
         role, name, array, shape = children
+        if isinstance(shape, s.Call) and shape.name not in FUNCTIONS and len(shape.args) == 1:
+            # `ids(vocab)`: a kind of space with its size (build checks the kind)
+            shape = s.SpaceKind(
+                kind=shape.name, size=shape.args[0], span=shape.span, kind_span=shape.name_span
+            )
         return s.SpaceDecl(
             role=role,
             name=str(name),
@@ -262,15 +291,6 @@ class _ToSyntax(Transformer):
             shape=shape,
             span=self._span(meta),
             name_span=_token_span(self.path, name),
-        )
-
-    def space_kind(self, meta, children):
-        kind, size = children
-        return s.SpaceKind(
-            kind=str(kind),
-            size=size,
-            span=self._span(meta),
-            kind_span=_token_span(self.path, kind),
         )
 
     def array_range(self, meta, children):
@@ -331,6 +351,19 @@ class _ToSyntax(Transformer):
             var_span=_token_span(self.path, var),
         )
 
+    def if_block(self, meta, children):
+        *pairs, last = children
+        branches = [
+            dataclasses.replace(block, cond=cond)
+            for cond, block in zip(pairs[::2], pairs[1::2], strict=True)
+        ]
+        if last is not None:
+            branches.append(last)
+        return s.IfBlock(branches=tuple(branches), span=self._span(meta))
+
+    def block(self, meta, items):
+        return s.Branch(cond=None, body=tuple(items), span=self._span(meta))
+
     def solve_decl(self, meta, children):
         (space, index, space_span), solver = children
         return s.SolveDecl(
@@ -358,9 +391,33 @@ class _ToSyntax(Transformer):
     mul = _binop("*")
     floordiv = _binop("//")
     truediv = _binop("/")
+    mod = _binop("%")
+    pow = _binop("**")
+    and_ = _binop("and")
+    or_ = _binop("or")
 
     def neg(self, meta, children):
         return s.Neg(operand=children[0], span=self._span(meta))
+
+    def not_(self, meta, children):
+        return s.Not(operand=children[0], span=self._span(meta))
+
+    def compare(self, meta, children):
+        return s.Compare(
+            operands=tuple(children[::2]), ops=tuple(children[1::2]), span=self._span(meta)
+        )
+
+    def comp_op(self, meta, children):
+        return str(children[0])
+
+    def call(self, meta, children):
+        name, *args = children
+        return s.Call(
+            name=str(name),
+            args=tuple(a for a in args if a is not None),
+            span=self._span(meta),
+            name_span=_token_span(self.path, name),
+        )
 
     def int(self, meta, children):
         text = str(children[0])

@@ -31,7 +31,7 @@ class Var:
 
 @dataclass(frozen=True)
 class BinOp:
-    """An arithmetic operation: one of ``+ - * // /``."""
+    """A binary operation: arithmetic (``+ - * / // % **``) or logic (``and``, ``or``)."""
 
     op: str
     left: Expr
@@ -48,6 +48,36 @@ class Neg:
 
 
 @dataclass(frozen=True)
+class Not:
+    """``not a``."""
+
+    operand: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Compare:
+    """A comparison or a chain of them, as in Python: ``a < b <= c`` is ``a < b and b <= c``.
+
+    ``ops[i]`` compares ``operands[i]`` with ``operands[i + 1]``.
+    """
+
+    operands: tuple[Expr, ...]
+    ops: tuple[str, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Call:
+    """A call of a function of expressions: ``min(a, b)``, ``max(a, b, c)``."""
+
+    name: str
+    args: tuple[Expr, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
 class ListExpr:
     """A list ``[a, b, c]``: a shape, or a per-axis op argument such as a kernel size."""
 
@@ -55,7 +85,7 @@ class ListExpr:
     span: Span
 
 
-Expr = Literal | Var | BinOp | Neg | ListExpr
+Expr = Literal | Var | BinOp | Neg | Not | Compare | Call | ListExpr
 
 
 @dataclass(frozen=True)
@@ -159,6 +189,27 @@ class ForLoop:
 
 
 @dataclass(frozen=True)
+class Branch:
+    """One branch of an ``if``: its condition (None for the final ``else``) and its items.
+
+    ``span`` runs from the opening brace to the closing one.
+    """
+
+    cond: Expr | None
+    body: tuple[Item, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class IfBlock:
+    """``if c { ... } else if d { ... } else { ... }``: the items of the first branch whose
+    condition is true, decided when the machine is built (as loops are expanded)."""
+
+    branches: tuple[Branch, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
 class SolveDecl:
     """``solve z with anderson(tol=1e-5)``: the cycle through ``z`` solved to its fixed point."""
 
@@ -169,7 +220,7 @@ class SolveDecl:
     space_span: Span
 
 
-Item = SpaceDecl | EdgeDecl | ForLoop | SolveDecl
+Item = SpaceDecl | EdgeDecl | ForLoop | IfBlock | SolveDecl
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 
 from ..ir import Shape, format_value
+from .layout import Sides, check_pad_mode, has_pairs, pad_call, sides, symmetric
 from .spec import (
     BOOL,
     INT,
     INTS,
     NUMS,
+    PAIRS,
     REQUIRED,
     SPATIAL,
     SPECTRAL_NORM_ARG,
@@ -30,6 +32,7 @@ from .spec import (
     kwargs,
     non_negative,
     one_of,
+    per_axis,
     positive,
     prod,
     py_literal,
@@ -45,57 +48,79 @@ def _padding(value) -> str | None:
     return each(non_negative)(value)
 
 
-def _per_axis(args: ArgValues, name: str, before: Shape, default=None) -> tuple:
-    """An argument with one value per spatial axis: a single value applies to every axis."""
-    value = args.get(name, default)
-    d = len(before) - 1
-    if isinstance(value, tuple):
-        if len(value) != d:
-            raise OpError(
-                f"{name}={format_value(value)} has {len(value)} values, but the input "
-                f"{format_shape(before)} has {d} spatial axes"
-            )
-        return value
-    return (value,) * d
-
-
 def _window(before: Shape, args: ArgValues, *, pooling: bool) -> Shape:
     """Spatial sizes after a sliding window (convolution or pooling), PyTorch's formula."""
-    kernel = _per_axis(args, "kernel", before)
-    stride = _per_axis(args, "stride", before, 1) if not pooling else _pool_stride(args, before)
-    dilation = _per_axis(args, "dilation", before, 1)
+    kernel = per_axis(args, "kernel", before)
+    stride = per_axis(args, "stride", before, 1) if not pooling else _pool_stride(args, before)
+    dilation = per_axis(args, "dilation", before, 1)
     padding = args.get("padding", 0)
     ceil_mode = args.get("ceil_mode", False)
     if padding == "same":
         if any(s != 1 for s in stride):
             raise OpError('padding="same" needs stride 1 (PyTorch has no "same" for strides)')
         return before
-    pads = (0,) * len(kernel) if padding == "valid" else _per_axis(args, "padding", before, 0)
+    pads = tuple((0, 0) for _ in kernel) if padding == "valid" else sides(args, "padding", before)
+    padded_first = pooling and _pool_pads_first(args, before)
+    if padded_first and ceil_mode:
+        raise OpError(
+            "ceil_mode=true needs padding that PyTorch's pooling takes itself: the same on both "
+            "sides of an axis and at most half the kernel",
+            hint="pad the input so that the windows fit instead",
+        )
     sizes = []
-    for axis, (n, k, s, p, dl) in enumerate(
+    for axis, (n, k, s, (lo, hi), dl) in enumerate(
         zip(before[1:], kernel, stride, pads, dilation, strict=True), 1
     ):
-        if pooling and p > k // 2:
-            raise OpError(f"padding {p} is more than half the kernel {k} (PyTorch's limit)")
+        if pooling and max(lo, hi) >= k:
+            raise OpError(
+                f"padding {max(lo, hi)} is not smaller than the kernel {k}: some windows would "
+                "hold padding only",
+                hint="pad by less than the kernel on each side",
+            )
         span = dl * (k - 1) + 1
-        room = n + 2 * p - span
+        room = n + lo + hi - span
         out = (-(-room // s) if ceil_mode else room // s) + 1
-        if ceil_mode and (out - 1) * s >= n + p:
+        if ceil_mode and (out - 1) * s >= n + lo:
             out -= 1  # PyTorch: the last window must start inside the input or left padding
         if out < 1:  # with ceil_mode, PyTorch lets one window hang over the end
             what = f"kernel {k}" + (f" (spanning {span} with dilation {dl})" if dl != 1 else "")
             raise OpError(
                 f"{what} is larger than the input's axis {axis} "
-                f"({n}{f' padded to {n + 2 * p}' if p else ''}) of {format_shape(before)}"
+                f"({n}{f' padded to {n + lo + hi}' if lo or hi else ''}) of "
+                f"{format_shape(before)}"
             )
         sizes.append(out)
     return (before[0], *sizes)
 
 
+def _layer_padding(args: ArgValues, before: Shape) -> object:
+    """The padding a convolution or pooling layer takes itself: the argument, symmetric pairs
+    as single sizes, or None when the pairs differ (``F.pad`` pads first, the layer not)."""
+    padding = args.get("padding", 0)
+    if isinstance(padding, str) or not has_pairs(padding):
+        return padding
+    pairs = sides(args, "padding", before)
+    if not symmetric(pairs):
+        return None
+    sizes = tuple(lo for lo, _ in pairs)
+    return sizes[0] if len(set(sizes)) == 1 else sizes
+
+
+def _pool_pads_first(args: ArgValues, before: Shape) -> bool:
+    """Whether a pooling pads with ``F.pad`` first: PyTorch pools pad the same on both sides
+    of an axis, by at most half the kernel."""
+    padding = _layer_padding(args, before)
+    if padding is None:
+        return True
+    kernel = per_axis(args, "kernel", before)
+    pads = padding if isinstance(padding, tuple) else (padding,) * len(kernel)
+    return any(p > k // 2 for p, k in zip(pads, kernel, strict=True))
+
+
 def _pool_stride(args: ArgValues, before: Shape) -> tuple:
     if args.get("stride") is None:
-        return _per_axis(args, "kernel", before)
-    return _per_axis(args, "stride", before)
+        return per_axis(args, "kernel", before)
+    return per_axis(args, "stride", before)
 
 
 def _groups_divide(args: ArgValues, before: Shape, after: Shape) -> None:
@@ -110,7 +135,14 @@ def _groups_divide(args: ArgValues, before: Shape, after: Shape) -> None:
 CONV_ARGS = (
     ArgSpec("kernel", (INTS,), REQUIRED, each(positive), "kernel size"),
     ArgSpec("stride", (INTS,), 1, each(positive), "step between windows"),
-    ArgSpec("padding", (INTS, STR), 0, _padding, 'zeros added on each side, or "same" / "valid"'),
+    ArgSpec(
+        "padding",
+        (PAIRS, STR),
+        0,
+        _padding,
+        "added on each side (padding_mode): one size, one per axis, or [before, after] per "
+        'axis; or "same" / "valid"',
+    ),
     ArgSpec("dilation", (INTS,), 1, each(positive), "spacing of kernel taps"),
     ArgSpec("groups", (INT,), 1, positive, "blocked connections; divides in and out channels"),
     ArgSpec("bias", (BOOL,), True, doc="learn an additive bias"),
@@ -134,30 +166,36 @@ def _conv_shape(args, before, target):
 def _check_padding_mode(args: ArgValues, before: Shape) -> None:
     """PyTorch pads by reflection only by less than the axis, circularly by at most the axis."""
     mode = args.get("padding_mode", "zeros")
-    if mode not in ("reflect", "circular"):
-        return
     padding = args.get("padding", 0)
-    if padding == "valid":
+    if mode not in ("reflect", "circular") or padding == "valid":
         return
     if padding == "same":  # the larger side of dilation·(kernel-1), split in two
-        kernel = _per_axis(args, "kernel", before)
-        dilation = _per_axis(args, "dilation", before, 1)
+        kernel = per_axis(args, "kernel", before)
+        dilation = per_axis(args, "dilation", before, 1)
         spans = [dl * (k - 1) for k, dl in zip(kernel, dilation, strict=True)]
-        pads = tuple(span - span // 2 for span in spans)
+        pairs: Sides = tuple((span - span // 2,) * 2 for span in spans)
     else:
-        pads = _per_axis(args, "padding", before, 0)
-    for axis, (n, p) in enumerate(zip(before[1:], pads, strict=True), 1):
-        if p > n or (mode == "reflect" and p == n):
-            limit = "smaller than" if mode == "reflect" else "at most"
-            raise OpError(
-                f'padding {p} with padding_mode="{mode}" must be {limit} the input\'s axis '
-                f"{axis} ({n}) of {format_shape(before)}"
-            )
+        pairs = sides(args, "padding", before)
+    check_pad_mode(mode, pairs, before, "padding_mode")
+
+
+def _conv_call(site: Site, x: str, layer, before: Shape, after: Shape) -> str:
+    """The layer on its input; with [before, after] pairs that differ, on the padded input
+    (the layer itself pads nothing, so its parameters are those of any other padding)."""
+    if _layer_padding(site.args, before) is not None:
+        return f"{layer}({x})"
+    mode = site.args.get("padding_mode", "zeros")
+    return f"{layer}({pad_call(x, sides(site.args, 'padding', before), mode)})"
 
 
 def _conv_layer(site: Site, before: Shape, after: Shape) -> str:
     args = site.args
     names = ("stride", "padding", "dilation", "groups", "bias", "padding_mode")
+    padding = _layer_padding(args, before)
+    if padding is None:  # F.pad pads first (_conv_call)
+        args = {**args, "padding": 0, "padding_mode": "zeros"}
+    else:
+        args = {**args, "padding": padding}
     positional = [str(before[0]), str(after[0]), py_literal(args["kernel"])]
     extra = kwargs(args, CONV_ARGS, names)
     return spectral(args, f"nn.Conv{len(before) - 1}d({', '.join(positional + extra)})")
@@ -165,13 +203,13 @@ def _conv_layer(site: Site, before: Shape, after: Shape) -> str:
 
 def _conv_params(args, before, after) -> int:
     """Weights [out, in / groups, *kernel] (transposed: [in, out / groups, *kernel]), bias."""
-    kernel = _per_axis(args, "kernel", before)
+    kernel = per_axis(args, "kernel", before)
     weight = after[0] * (before[0] // args["groups"]) * prod(kernel)
     return weight + (after[0] if args["bias"] else 0)
 
 
 def _conv_macs(args, before, after) -> int:
-    kernel = _per_axis(args, "kernel", before)
+    kernel = per_axis(args, "kernel", before)
     return after[0] * (before[0] // args["groups"]) * prod(kernel) * prod(after[1:])
 
 
@@ -188,11 +226,11 @@ TRANSPOSE_ARGS = (
 
 
 def _transpose_shape(args, before, target):
-    kernel = _per_axis(args, "kernel", before)
-    stride = _per_axis(args, "stride", before, 1)
-    padding = _per_axis(args, "padding", before, 0)
-    output_padding = _per_axis(args, "output_padding", before, 0)
-    dilation = _per_axis(args, "dilation", before, 1)
+    kernel = per_axis(args, "kernel", before)
+    stride = per_axis(args, "stride", before, 1)
+    padding = per_axis(args, "padding", before, 0)
+    output_padding = per_axis(args, "output_padding", before, 0)
+    dilation = per_axis(args, "dilation", before, 1)
     sizes = []
     for n, k, s, p, op, dl in zip(
         before[1:], kernel, stride, padding, output_padding, dilation, strict=True
@@ -217,7 +255,7 @@ def _transpose_layer(site: Site, before: Shape, after: Shape) -> str:
 
 
 def _transpose_macs(args, before, after) -> int:
-    kernel = _per_axis(args, "kernel", before)
+    kernel = per_axis(args, "kernel", before)
     return before[0] * (after[0] // args["groups"]) * prod(kernel) * prod(before[1:])
 
 
@@ -226,7 +264,14 @@ def _transpose_macs(args, before, after) -> int:
 POOL_ARGS = (
     ArgSpec("kernel", (INTS,), REQUIRED, each(positive), "window size"),
     ArgSpec("stride", (INTS,), None, each(positive), "step between windows (default: kernel)"),
-    ArgSpec("padding", (INTS,), 0, each(non_negative), "padding on each side"),
+    ArgSpec(
+        "padding",
+        (PAIRS,),
+        0,
+        each(non_negative),
+        "added on each side (-inf for maxpool, zeros for avgpool): one size, one per axis, "
+        "or [before, after] per axis; smaller than the kernel",
+    ),
     ArgSpec("ceil_mode", (BOOL,), False, doc="round output sizes up instead of down"),
 )
 
@@ -235,9 +280,18 @@ def _pool_shape(args, before, target):
     return _window(before, args, pooling=True)
 
 
-def _pool_call(function: str) -> CallFn:
+def _pool_call(function: str, fill: float) -> CallFn:
+    """The pooling function; padding it does not take itself is ``F.pad`` with ``fill`` first
+    (-inf for the maximum: as PyTorch's own padding, never chosen; zeros for the mean,
+    counted as PyTorch's own padding is)."""
+
     def call(site: Site, x: str, layer, before: Shape, after: Shape) -> str:
         args = site.args
+        if _pool_pads_first(args, before):
+            x = pad_call(x, sides(args, "padding", before), value=fill)
+            args = {**args, "padding": 0}
+        else:
+            args = {**args, "padding": _layer_padding(args, before)}
         parts = [x, py_literal(args["kernel"])]
         if args.get("stride") is not None and args["stride"] != args["kernel"]:
             parts.append(f"stride={py_literal(args['stride'])}")
@@ -252,11 +306,11 @@ def _global_shape(args, before, target):
 
 
 def _adaptive_shape(args, before, target):
-    return (before[0], *_per_axis(args, "size", before))
+    return (before[0], *per_axis(args, "size", before))
 
 
 def _upsample_shape(args, before, target):
-    scale = _per_axis(args, "scale", before)
+    scale = per_axis(args, "scale", before)
     mode = args["mode"]
     d = len(before) - 1
     allowed = {"linear": 1, "bilinear": 2, "bicubic": 2, "trilinear": 3}.get(mode)
@@ -298,7 +352,7 @@ CONVOLUTIONS = (
         name="conv",
         doc="A convolution, 1-, 2- or 3-d after the input's spatial axes; like nn.Conv2d.",
         rule="[C, *S] -> [out, *S'], S' by PyTorch's formula",
-        call="{layer}({x})",
+        call=_conv_call,
         args=CONV_ARGS,
         ranks=SPATIAL,
         changes_channels=True,
@@ -328,9 +382,10 @@ CONVOLUTIONS = (
 POOLING = (
     OpSpec(
         name="maxpool",
-        doc="Maximum over sliding windows (F.max_pool1d/2d/3d).",
+        doc="Maximum over sliding windows (F.max_pool1d/2d/3d; padding is -inf, never the "
+        "maximum).",
         rule="[C, *S] -> [C, *S'], S' by PyTorch's formula",
-        call=_pool_call("max_pool"),
+        call=_pool_call("max_pool", float("-inf")),
         args=POOL_ARGS,
         ranks=SPATIAL,
         shape=_pool_shape,
@@ -339,7 +394,7 @@ POOLING = (
         name="avgpool",
         doc="Mean over sliding windows (F.avg_pool1d/2d/3d; padding counts as zeros).",
         rule="[C, *S] -> [C, *S'], S' by PyTorch's formula",
-        call=_pool_call("avg_pool"),
+        call=_pool_call("avg_pool", 0.0),
         args=POOL_ARGS,
         ranks=SPATIAL,
         shape=_pool_shape,

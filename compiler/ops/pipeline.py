@@ -11,12 +11,14 @@ from .spec import (
     INT,
     INTS,
     NUMS,
+    PAIRS,
     PY_KEYWORDS,
     REQUIRED,
     STR,
     OpError,
     OpSpec,
     format_shape,
+    scalars,
 )
 from .table import OPS
 
@@ -94,8 +96,7 @@ MAX_ARGUMENT = 2**24  # the largest integer an op argument takes (a size, a stri
 
 def _too_large(value: Value) -> str | None:
     """A complaint about an integer (or one in a list) beyond :data:`MAX_ARGUMENT`."""
-    items = value if isinstance(value, tuple) else (value,)
-    for item in items:
+    for item in scalars(value):
         if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_ARGUMENT:
             return f"must be at most {MAX_ARGUMENT:,} in size, got {item:,}"
         if isinstance(item, float) and abs(item) > MAX_ARGUMENT:
@@ -127,12 +128,29 @@ def _convert_one(value: Value, kind: str) -> Value | None:
         return float(value) if number else None
     if kind == STR:
         return value if isinstance(value, str) else None
+    if kind == PAIRS:
+        return _pairs(value)
     if isinstance(value, tuple):
+        if any(isinstance(item, tuple) for item in value):
+            return None  # a list of lists: only PAIRS takes one
         items = [_convert_one(item, INT if kind == INTS else NUMS) for item in value]
         return tuple(items) if items and None not in items else None
     if kind == INTS:
         return value if integer else None
     return value if number else None  # NUMS
+
+
+def _pairs(value: Value) -> Value | None:
+    """An integer, or a non-empty list of integers and [before, after] pairs of integers."""
+    if not isinstance(value, tuple):
+        return _convert_one(value, INT)
+    for item in value:
+        pair = item if isinstance(item, tuple) else None
+        if pair is not None and len(pair) != 2:
+            return None
+        if any(_convert_one(x, INT) is None for x in pair or (item,)):
+            return None
+    return value or None
 
 
 # --- shapes through a pipeline ---------------------------------------------------------

@@ -22,6 +22,9 @@ REQUIRED = object()  # default of an argument that must be given
 INT, FLOAT, BOOL, STR = "int", "float", "bool", "str"
 INTS = "ints"  # an integer, or a list of integers with one per spatial axis
 NUMS = "nums"  # a number, or a list of numbers with one per spatial axis
+# an integer, or a list with one item per spatial axis: an integer (both sides) or a
+# [before, after] pair of integers (per-side padding and cropping)
+PAIRS = "pairs"
 
 _KIND_WORDS = {
     INT: "an integer",
@@ -30,6 +33,7 @@ _KIND_WORDS = {
     STR: "a string",
     INTS: "an integer or a list of integers",
     NUMS: "a number or a list of numbers",
+    PAIRS: "an integer or a list of integers and [before, after] pairs",
 }
 
 CHANNEL_DIM = 1  # tensors at run time are [batch, channels, *spatial]
@@ -185,12 +189,18 @@ def format_shape(shape: Shape) -> str:
 # --- argument checks -------------------------------------------------------------
 
 
+def scalars(value: Value) -> tuple:
+    """The numbers (or strings) of a value: itself, the items of a list, of a list of pairs."""
+    if not isinstance(value, tuple):
+        return (value,)
+    return tuple(x for item in value for x in (item if isinstance(item, tuple) else (item,)))
+
+
 def each(check: Callable[[Value], str | None]) -> Callable[[Value], str | None]:
-    """A check applied to a value, or to every item of a list."""
+    """A check applied to a value, or to every item of a list (and of its pairs)."""
 
     def checked(value: Value) -> str | None:
-        items = value if isinstance(value, tuple) else (value,)
-        for item in items:
+        for item in scalars(value):
             complaint = check(item)
             if complaint:
                 return complaint
@@ -275,3 +285,18 @@ def kwargs(args: ArgValues, spec_args: tuple[ArgSpec, ...], names: tuple[str, ..
 
 def prod(values) -> int:
     return math.prod(values)
+
+
+def per_axis(args: ArgValues, name: str, before: Shape, default=None, hint=None) -> tuple:
+    """An argument with one value per spatial axis: a single value applies to every axis."""
+    value = args.get(name, default)
+    d = len(before) - 1
+    if isinstance(value, tuple):
+        if len(value) != d:
+            raise OpError(
+                f"{name}={format_value(value)} has {len(value)} values, but the input "
+                f"{format_shape(before)} has {d} spatial axes",
+                hint=hint,
+            )
+        return value
+    return (value,) * d

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .conv import CONVOLUTIONS, POOLING
 from .dense import ACTIVATIONS, DROPOUTS, LINEAR, PASSING, RESHAPING
+from .layout import LAYOUT
 from .module import MODULE
 from .norm import NORMS, RMSNORM
 from .sequence import SEQUENCE_OPS
@@ -23,6 +24,7 @@ _OP_LIST = (
     # mean" hints follow) stays as it was.
     RMSNORM,
     *SEQUENCE_OPS,
+    *LAYOUT,
 )
 
 OPS: dict[str, OpSpec] = {spec.name: spec for spec in _OP_LIST}

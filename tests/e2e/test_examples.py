@@ -104,6 +104,27 @@ def test_state_dict_keys_live_under_edge_names() -> None:
     assert dense.g_2.in_features == 16 + 32
 
 
+def test_one_block_machine_takes_a_branch_per_use() -> None:
+    # resblocks.mach: one ResBlock whose `if` gives a projection shortcut only to the blocks
+    # that change the channels or the resolution.
+    net = machc.load(ROOT / "examples" / "resblocks.mach").SmallResNet().eval()
+    blocks = {
+        name: sorted({k.split(".")[1] for k in net.state_dict() if k.startswith(name)})
+        for name in ("block1", "block2", "block3")
+    }
+    assert blocks == {"block1": ["body"], "block2": ["body", "proj"], "block3": ["body", "proj"]}
+
+    def body(block, x):
+        b = block.body
+        return b[3](b[2](torch.relu(b[1](b[0](x)))))
+
+    x = torch.randn(2, 8, 32, 32)
+    torch.testing.assert_close(net.block1(x), torch.relu(body(net.block1, x) + x))
+    shortcut = net.block2.proj[1](net.block2.proj[0](x))
+    torch.testing.assert_close(net.block2(x), torch.relu(body(net.block2, x) + shortcut))
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_several_parametrised_ops_in_one_edge() -> None:
     model = machc.load(ROOT / "examples" / "digits.mach", params={"depth": 1}).DigitNet()
     assert isinstance(model.block_1, nn.ModuleList)

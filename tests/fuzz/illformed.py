@@ -278,7 +278,9 @@ DEPTHS = [10, 50, 99, 100, 101, 150, 300, 500, 1000, 3000]
 def deep_expression(rng: random.Random) -> str:
     """An expression nested ``n`` deep, worth a small positive integer where it can be."""
     n = rng.choice(DEPTHS)
-    kind = rng.choice(["sum", "sub", "neg", "parens", "list", "product", "mixed"])
+    kind = rng.choice(
+        ["sum", "sub", "neg", "parens", "list", "product", "mixed", "power", "logic", "call"]
+    )
     if kind == "sum":
         return " + ".join(["1"] * n)
     if kind == "sub":
@@ -291,6 +293,12 @@ def deep_expression(rng: random.Random) -> str:
         return "[" * n + "4" + "]" * n
     if kind == "product":
         return " * ".join(["1"] * n) + " * 4"
+    if kind == "power":  # right-associative, and huge unless the base is 1
+        return " ** ".join([rng.choice(["1", "2", "10"])] * n)
+    if kind == "logic":  # a bool where a number is wanted: an error either way
+        return " or ".join(["not false"] * n) if n < 600 else "not " * n + "true"
+    if kind == "call":
+        return "max(" * n + "4" + ", 1)" * n
     return "".join(rng.choice(["(", "-(", "1 + ("]) for _ in range(n)) + "4" + ")" * n
 
 
@@ -335,8 +343,31 @@ machine M { input x : 4
 machine M { input x : [3, 8, 8]
   output y : [3, 8, 8]
   e : x -> y = conv({e}, padding="same") }
+
+machine M { input x : 4
+  output y : 4
+  if {e} == 4 { e : x -> y = linear } else { f : x -> y = relu } }
 """
 )
+
+
+def deep_blocks(rng: random.Random) -> str:
+    """Loops and ifs nested ``n`` deep around one edge."""
+    n = rng.choice(DEPTHS)
+    body = "e : x -> y = linear"
+    for k in range(n):
+        kind = rng.choice(["if", "for", "else"])
+        if kind == "if":
+            body = f"if {k} >= 0 {{ {body} }}"
+        elif kind == "else":
+            body = f"if {k} < 0 {{ }} else if true {{ {body} }} else {{ }}"
+        else:
+            body = f"for i{k} in 1..1 {{ {body} }}"
+    return f"machine M {{ input x : 4\n  output y : 4\n  {body} }}\n"
+
+
+def _h_deep_blocks(rng: random.Random) -> tuple[str, Params]:
+    return deep_blocks(rng), {}
 
 
 def _h_deep(rng: random.Random) -> tuple[str, Params]:
@@ -697,6 +728,7 @@ def _h_time(rng: random.Random) -> tuple[str, Params]:
 
 
 _HOSTILE = [
+    _h_deep_blocks,
     _h_deep,
     _h_deep,
     _h_huge_number,

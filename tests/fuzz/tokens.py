@@ -17,7 +17,7 @@ _TOKEN = re.compile(
   | (?P<float>[0-9]+\.[0-9]+(?:[eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+)
   | (?P<int>[0-9]+)
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<punct>->|→|×|\.\.|//|[-+*/:=|,()\[\]{}.])
+  | (?P<punct>->|→|×|\.\.|//|\*\*|==|!=|<=|>=|[-+*/%<>:=|,()\[\]{}.])
   | (?P<space>\s+)
   | (?P<other>.)
     """,
@@ -27,7 +27,7 @@ _TOKEN = re.compile(
 # Words of the grammar: never renamed by a mutation that renames identifiers.
 KEYWORDS = frozenset(
     {"machine", "input", "space", "output", "for", "in", "over", "import", "true", "false"}
-    | {"solve", "with"}
+    | {"solve", "with", "if", "else", "and", "or", "not"}
 )
 
 

@@ -167,9 +167,21 @@ class Machine:
     def edge(self, reads: list[str], writes: list[str], pipeline: str) -> None:
         product = " × " if self.rng.random() < 0.5 else " * "
         arrow = " -> " if self.rng.random() < 0.9 else " → "
-        self.lines.append(
+        line = (
             f"{self.edge_name()} : {product.join(reads)}{arrow}{product.join(writes)} = {pipeline}"
         )
+        roll = self.rng.random()
+        if roll < 0.05:  # a condition that holds: the edge is kept
+            cond = self.rng.choice(
+                [f"{self.num(3)} > 2", "true", f"not {self.num(1)} == 0 or false"]
+                + [f"min({self.num(2)}, 5) % 2 == 0 and 2 ** {self.num(2)} >= 4"]
+            )
+            line = f"if {cond} {{\n    {line}\n}}"
+        elif roll < 0.08:  # the edge in the else branch; the other is never checked
+            line = f"if {self.num(1)} != 1 {{ no_edge : nowhere -> y = no_op(1 // 0) }}\n" + (
+                f"else {{\n    {line}\n}}"
+            )
+        self.lines.append(line)
 
 
 def _indent(text: str) -> str:
@@ -204,8 +216,12 @@ def keeping_ops(rng: random.Random, shape: Shape, k: int, channels: bool = True)
             ops.append(
                 rng.choice(["instancenorm", "instancenorm(affine=true)", "channel_dropout(0.2)"])
             )
-        elif spatial and roll < 0.8:
+        elif spatial and roll < 0.77:
             ops.append(rng.choice(["maxpool(3, stride=1, padding=1)", "avgpool(1)"]))
+        elif spatial and roll < 0.8:
+            ops += rng.choice(
+                [["pad(1)", "crop(1)"], ['layernorm(axes="channels")'], ["transpose(1, 1)"]]
+            )
         elif spatial and roll < 0.9:
             k_ = rng.choice([1, 3, 5])
             pad = rng.choice([str(k_ // 2), '"same"'])
@@ -499,6 +515,8 @@ def _add_array(rng: random.Random, m: Machine, source: Space, target: Space) -> 
 def _add_shared(rng: random.Random, m: Machine) -> None:
     """An edge that reuses the layers of another: ``shared(e)``, on spaces of the same shapes."""
     for line in list(m.lines):
+        if line.startswith("if "):
+            continue  # an edge inside an if
         head, _, pipe = line.partition(" = ")
         name, _, ports = head.partition(" : ")
         if "[" in name or "[" in ports or "module(" in pipe or "shared" in pipe:

@@ -114,7 +114,7 @@ def test_generated_code_is_the_same_but_for_line_numbers(path: Path) -> None:
     assert code(format_source(text)) == code(text)
 
 
-UNCHANGED = ["autoencoder", "conv", "dense", "digits", "residual", "resnet"]
+UNCHANGED = ["autoencoder", "conv", "dense", "digits", "residual", "resblocks", "resnet"]
 
 
 @pytest.mark.parametrize("name", UNCHANGED)
@@ -353,11 +353,15 @@ def machine_tokens(draw, index: int) -> list[str]:
         edges.append([f"e{k}", ":", *factors, arrow, name, "=", *pipeline()])
         readable.append(name)
     if loop:
-        edges.append(
-            ["for", "i", "in", "1", "..", "n", "{", "g", "[", "i", "]", ":", "x", product]
+        edge = (
+            ["g", "[", "i", "]", ":", "x", product]
             + ["h", "[", "1", "..", "i", "-", "1", "]", arrow, "h", "[", "i", "]", "="]
-            + [*pipeline(), "}"]
+            + pipeline()
         )
+        if draw(st.booleans()):  # the same edge in every branch of an if
+            cond = draw(st.sampled_from(CONDITIONS))
+            edge = ["if", *cond, "{", *edge, "}", "else", "{", *edge, "}"]
+        edges.append(["for", "i", "in", "1", "..", "n", "{", *edge, "}"])
         readable.append("h[n]")
     inputs = [readable[-1], *draw(st.lists(st.sampled_from(readable), max_size=2))]
     factors = [t for i, n in enumerate(inputs) for t in ([product] if i else []) + [n]]
@@ -366,6 +370,14 @@ def machine_tokens(draw, index: int) -> list[str]:
     order = draw(st.permutations(range(len(body))))
     items = [body[i] for i in order] + edges
     return tokens + [t for item in items for t in item] + ["}"]
+
+
+CONDITIONS = [
+    ["i", "%", "2", "==", "0"],
+    ["i", "<", "2", "or", "not", "(", "w", ">", "1", ")"],
+    ["(", "i", "**", "2", ">=", "w", ")", "and", "true"],
+    ["min", "(", "i", ",", "w", ")", "!=", "1"],
+]
 
 
 def _split_index(factor: str) -> list[str]:

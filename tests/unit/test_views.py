@@ -467,3 +467,24 @@ def test_expanded_reads_of_earlier_steps_stay_dashed_and_marked_in_the_matrix() 
     pic = picture(select(program, "Loop")[0])
     assert pic.edges == {("h", "x"): ("step",), ("h", "h"): ("step",), ("y", "h"): ("out",)}
     assert pic.delayed == {("h", "h")}
+
+
+def test_lexer_knows_ifs_and_the_operators_of_conditions() -> None:
+    pytest.importorskip("pygments")
+    from machc.highlight import MachLexer
+    from pygments.token import Error, Keyword, Name, Operator
+
+    text = (
+        "machine B(s: int = 1) {\n"
+        "  if s != 1 or not (s == 2 and s % 2 <= s ** 2) { p : x -> y = conv(1) }\n"
+        "  else if max(s, 1) >= min(s, 2) > 0 { q : x -> y = identity } else { }\n}\n"
+    )
+    tokens = [(t, v) for t, v in MachLexer().get_tokens(text) if v.strip()]
+    assert not [v for t, v in tokens if t in Error]
+    assert tokens.count((Keyword, "if")) == 2 and tokens.count((Keyword, "else")) == 2
+    for word in ("or", "not", "and"):
+        assert (Operator.Word, word) in tokens
+    for op in ("!=", "==", "%", "<=", "**", ">=", ">"):
+        assert (Operator, op) in tokens
+    assert (Name.Builtin, "max") in tokens and (Name.Builtin, "min") in tokens
+    assert (Name.Function, "p") in tokens and (Name.Builtin, "conv") in tokens
