@@ -64,7 +64,7 @@ def run(args, params, source_text: str) -> int:
         return EXIT_NOT_EXPORTED
     weights = f"weights from {args.weights}" if args.weights else "freshly initialised weights"
     lines = [f"machc: wrote {report.path}: machine {name}, {weights}"]
-    fixed = "" if "time" in report.dynamic or not over_time else "; time is fixed"
+    fixed = f"; {report.fixed_time}" if report.fixed_time else ""
     lines.append(f"  dynamic axes: {', '.join(report.dynamic)}{fixed}")
     if report.checked:
         lines.append(f"  onnxruntime equals eager: {'; '.join(report.checked)}")

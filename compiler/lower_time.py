@@ -4,25 +4,18 @@ A machine over time runs in the stages ``check`` found (:class:`ir.Stage`):
 on every step at once, with time folded into the batch (``[batch * steps,
 *shape]``, so every op works as in a feed-forward machine, and attention runs
 over the time axis), or step by step in a loop, forward or backward in time,
-on ``[batch, *shape]`` tensors. Per-step values are kept in lists and stacked
-once, never sliced out of a growing tensor, so autograd stays linear in the
-number of steps.
+on ``[batch, *shape]`` tensors: a function of one step that ``runtime.recur``
+runs (a Python loop in eager mode, PyTorch's ``scan`` when traced). Inputs are
+cut into steps once and per-step values stacked once, never sliced out of a
+growing tensor, so autograd stays linear in the number of steps. The methods
+(``forward``, ``resolvent``, ``f``) are written in :mod:`.lower_time_methods`.
 """
 
 from __future__ import annotations
 
-import re
-
 from .ir import Port, StageKind, WindowKind
-from .lower import (
-    Method,
-    _dict_lines,
-    _MachineLowering,
-    _Plan,
-    _py_tuple,
-    _sanitize_key,
-    py_str,
-)
+from .lower import _dict_lines, _MachineLowering, _Plan, _py_tuple, _sanitize_key, py_str
+from .lower_time_methods import TimeMethods
 from .names import METHOD_LOCALS, TIME_LOCALS, Namespace
 from .ops import OPS, py_literal
 
@@ -33,7 +26,12 @@ _STAGE_WORDS = {
 }
 
 
-class TimeLowering(_MachineLowering):
+def _unpack(names: list[str]) -> str:
+    """The target of a tuple assignment: ``(a,)`` or ``a, b``."""
+    return f"({names[0]},)" if len(names) == 1 else ", ".join(names)
+
+
+class TimeLowering(TimeMethods, _MachineLowering):
     """A machine over time: tensors are ``[batch, time, *shape]``."""
 
     def __init__(self, *args):
@@ -118,14 +116,10 @@ class TimeLowering(_MachineLowering):
         pasts: dict[str, str],
         wanted: set[str],
         lines: list[str],
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        """Statements computing every space from folded starting values ``start``.
-
-        Returns the variables holding each space's folded sequence, and the lists of
-        per-step values of spaces computed in forward loops (for the state at the end).
-        """
+    ) -> dict[str, str]:
+        """Statements computing every space from folded starting values ``start``; returns
+        the variables holding each space's folded sequence."""
         values = dict(start)
-        steps_of: dict[str, str] = {}
         for index, stage in enumerate(self.stages):
             if stage.kind is StageKind.ALL:
                 plan = self._folded_plan(names, values, pasts)
@@ -139,9 +133,8 @@ class TimeLowering(_MachineLowering):
                 for name in later
                 for port in (*self.edges[name].inputs, *self.edges[name].outputs)
             }
-            lists = self._loop(names, stage, values, pasts, wanted | touched_later, lines)
-            steps_of.update(lists)
-        return values, steps_of
+            self._loop(names, stage, values, pasts, wanted | touched_later, lines)
+        return values
 
     def _delayed(self, pasts: dict[str, str], port: Port, var: str) -> str:
         """The folded sequence ``var`` read at ``port``'s other step."""
@@ -184,33 +177,77 @@ class TimeLowering(_MachineLowering):
         pasts: dict[str, str],
         needed: set[str],
         lines: list[str],
-    ) -> dict[str, str]:
-        """One step loop; returns the lists of per-step values of its spaces."""
-        time = names.name("/time", self.machine.time)
+    ) -> None:
+        """One step loop: a function of one step that ``runtime.recur`` runs at every step
+        (a Python loop in eager mode, one ``scan`` when compiled or exported); or, where a
+        sub-machine's state goes from step to step, a Python ``for`` loop."""
         forward = stage.kind is StageKind.FORWARD
-        members = set(stage.edges)
         loop_spaces = {p.space for e in stage.edges for p in self.edges[e].outputs}
-        per_step: dict[tuple[str, int], str] = {}  # (space, delay) -> per-step values
+        self._loop_spaces = loop_spaces
+        # sub-machines whose state goes from step to step: a Python loop
+        self._loop_stateful = [e for e in stage.edges if e in self.state_vars]
+        plain = bool(self._loop_stateful)
+        time = names.name("/time", self.machine.time)
         prep: list[str] = []
-        steps_of: dict[str, str] = {}
+        per_step: dict[str, str] = {}  # key -> the variable holding its value at a step
+        xs: list[tuple[str, str]] = []  # (folded sequence, its per-step variable), for recur
 
-        def unfold(port_space: str, delay: int) -> str:
-            key = (port_space, delay)
+        def step_input(key: str, folded: str, hint: str) -> str:
+            """A folded sequence computed before the loop, read at the loop's step."""
             if key not in per_step:
-                label = "" if not delay else f"_tm{delay}" if delay > 0 else f"_tp{-delay}"
-                per_step[key] = names.name(f"{port_space}/{delay}/steps", f"{port_space}{label}_at")
-                port = Port(space=port_space, delay=delay, span=self.machine.span)
-                source = (
-                    self._delayed(pasts, port, values[port_space]) if delay else values[port_space]
-                )
-                prep.append(f"{per_step[key]} = runtime.unfold_steps({source}, batch, steps)")
-            return f"{per_step[key]}[{time}]"
+                if plain:
+                    at = names.name(f"{key}/at", f"{hint}_at")
+                    prep.append(f"{at} = runtime.unfold_steps({folded}, batch, steps)")
+                    per_step[key] = f"{at}[{time}]"
+                else:
+                    per_step[key] = names.name(f"{key}/t", f"{hint}_t")
+                    xs.append((folded, per_step[key]))
+            return per_step[key]
+
+        def unfold(space: str, delay: int) -> str:
+            key = f"{space}/{delay}/steps"
+            if key in per_step:
+                return per_step[key]
+            label = "" if not delay else f"_tm{delay}" if delay > 0 else f"_tp{-delay}"
+            folded = values[space]
+            if delay:
+                port = Port(space=space, delay=delay, span=self.machine.span)
+                folded = names.name(f"{space}/{delay}/seq", f"{space}{label}")
+                prep.append(f"{folded} = {self._delayed(pasts, port, values[space])}")
+            return step_input(key, folded, f"{space}{label}")
+
+        self._step_input = step_input
+        read_across = {  # read at another step by this loop: carried from step to step
+            p.space for e in stage.edges for p in self.edges[e].inputs if p.delay
+        } & loop_spaces
+        reach = {
+            space: max(
+                abs(p.delay)
+                for e in stage.edges
+                for p in self.edges[e].inputs
+                if p.space == space and p.delay
+            )
+            for space in read_across
+        }
+        kept = needed & loop_spaces
+        if forward and self.method == "forward" and self.causal:
+            kept |= {s for s in loop_spaces if s in self.delays}  # for the state at the end
+        carried = sorted(read_across, key=self._space_index)
+        kept_order = sorted(kept, key=self._space_index)
+        sign = "m" if forward else "p"
+        carry = {  # space -> its values k, ..., 1 steps before (after) the current one
+            space: [
+                names.name(f"{space}/carry/{k}", f"{space}_t{sign}{k}")
+                for k in range(reach[space], 0, -1)
+            ]
+            for space in carried
+        }
 
         def read(port: Port) -> str:
             if port.space not in loop_spaces:
                 return unfold(port.space, port.delay)
             if port.delay:
-                return f"{steps_of[port.space]}[-{abs(port.delay)}]"
+                return carry[port.space][-abs(port.delay)]
             return loop.var[port.space]
 
         loop = _Plan(
@@ -223,55 +260,90 @@ class TimeLowering(_MachineLowering):
                 self._delayed(pasts, port, values[port.space]) if port.delay else values[port.space]
             ),
         )
-        self._loop_spaces = loop_spaces
-        read_across = {  # read at another step by this loop
-            p.space for e in stage.edges for p in self.edges[e].inputs if p.delay
-        } & loop_spaces
-        kept = needed & loop_spaces  # stacked after the loop
-        remembered = {s for s in loop_spaces if s in self.delays}  # for the state
-        listed = sorted(kept | remembered | read_across, key=self._space_index)
-        depth = {}  # steps before the first computed one at the start of each list
-        for space in listed:
-            steps_of[space] = names.name(f"{space}/list", f"{space}_steps")
+        body = self._statements(loop, list(stage.edges))
+        masked = not forward and self.method == "forward"
+        if masked and read_across:
+            valid = names.name("/valid", "valid")
+            prep.append(f"{valid} = runtime.valid_steps(lengths, batch, steps)")
+            valid_t = step_input("/valid", valid, valid)
+            for space in carried:
+                value = loop.var[space]
+                body.append(f"{value} = runtime.keep_valid({value}, {valid_t})")
+        init = []
+        for space in carried:
             if forward and space in self.delays:
-                start_list = f"list({pasts[space]})"
-                depth[space] = self.delays[space]
+                init += [f"{pasts[space]}[-{k}]" for k in range(reach[space], 0, -1)]
             else:
-                reach = max(
-                    (
-                        abs(p.delay)
-                        for e in stage.edges
-                        for p in self.edges[e].inputs
-                        if p.space == space and p.delay
-                    ),
-                    default=0,
-                )
-                start_list = f"[{self._zero(space)}] * {reach}" if reach else "[]"
-                depth[space] = reach
-            prep.append(f"{steps_of[space]} = {start_list}")
-        body = self._statements(loop, [e for e in stage.edges if e in members])
-        for space in listed:
-            value = loop.var[space]
-            if not forward and space in read_across and self.method == "forward":
-                body.append(f"{value} = runtime.mask_step({value}, lengths, {time})")
-            body.append(f"{steps_of[space]}.append({value})")
+                init += [self._zero(space)] * reach[space]
         lines.append(f"# {_STAGE_WORDS[stage.kind]}")
         lines += prep
+        now = {space: loop.var[space] for space in loop_spaces}
+        outs = {space: names.name(space) for space in kept_order}
+        frame = (forward, carried, carry, init, now, kept_order, outs, body)
+        if plain:
+            self._plain_loop(names, *frame, lines)
+        else:
+            self._recur(names, stage, *frame, xs, lines)
+        values.update(outs)
+
+    def _recur(
+        self, names, stage, forward, carried, carry, init, now, kept, outs, body, xs, lines
+    ) -> None:
+        """``def step(carry, inputs): ...`` and the ``runtime.recur`` call that runs it."""
+        loops = [s for s in self.stages if s.kind is not StageKind.ALL]
+        hint = "step" if len(loops) == 1 else f"step_{loops.index(stage) + 1}"
+        step = names.name(f"/step/{stage.edges[0]}", hint)
+        carry_arg = names.name("/carry", "carry")
+        inputs_arg = names.name("/inputs", "inputs")
+        head = ["", f"def {step}({carry_arg}, {inputs_arg}):"]
+        carry_vars = [var for space in carried for var in carry[space]]
+        t = self.machine.time
+        sign = "-" if forward else "+"
+        reads = [f"{s}[{t}{sign}{k}]" for s in carried for k in range(len(carry[s]), 0, -1)]
+        head.append(f"    {_unpack(carry_vars)} = {carry_arg}  # {', '.join(reads)}")
+        if xs:
+            head.append(f"    {_unpack([v for _, v in xs])} = {inputs_arg}")
+        new_carry = [var for space in carried for var in carry[space][1:] + [now[space]]]
+        ys = [now[space] for space in kept]
+        tail = [f"    return {_py_tuple(new_carry)}, {_py_tuple(ys)}"]
+        lines += head + ["    " + line for line in body] + tail + [""]
+        args = [step, _py_tuple(init), _py_tuple(v for v, _ in xs), "batch", "steps"]
+        if not forward:
+            args.append("reverse=True")
+        results = _py_tuple(outs[space] for space in kept)
+        lines.append(f"_, {results} = runtime.recur({', '.join(args)})")
+
+    def _plain_loop(
+        self, names, forward, carried, carry, init, now, kept, outs, body, lines
+    ) -> None:
+        """A Python ``for`` loop (a sub-machine's state goes from step to step): the values
+        of each step in lists, stacked after the loop."""
+        time = names.name("/time", self.machine.time)
+        stateful = ", ".join(self._loop_stateful)
+        lines.append(
+            f"# a Python loop: the state of {stateful} goes from step to step "
+            "(torch.compile unrolls it)"
+        )
+        lists = {}
+        k = 0
+        for space in sorted(set(carried) | set(kept), key=self._space_index):
+            lists[space] = names.name(f"{space}/list", f"{space}_steps")
+            depth = len(carry.get(space, ()))
+            lines.append(f"{lists[space]} = [{', '.join(init[k : k + depth])}]")
+            k += depth
+        for space in carried:  # a delayed read is the list's item k steps back
+            for j, var in enumerate(reversed(carry[space]), 1):
+                body.insert(0, f"{var} = {lists[space]}[-{j}]")
+        body += [f"{lists[space]}.append({now[space]})" for space in lists]
         steps_range = "range(steps)" if forward else "range(steps - 1, -1, -1)"
         lines.append(f"for {time} in {steps_range}:")
         lines += ["    " + line for line in body]
-        for space in listed:
-            if space not in kept:
-                continue
-            k = depth[space]
-            computed = f"{steps_of[space]}[{k}:]" if k else steps_of[space]
+        for space in kept:
+            depth = len(carry.get(space, ()))
+            computed = f"{lists[space]}[{depth}:]" if depth else lists[space]
             if not forward:
                 computed += "[::-1]"
-            values[space] = names.name(space)
-            lines.append(f"{values[space]} = torch.stack({computed}, 1).flatten(0, 1)")
-        # the lists of spaces not stacked, for the state (a stacked one has its final value)
-        result = {space: steps_of[space] for space in listed if forward and space not in kept}
-        return result
+            lines.append(f"{outs[space]} = torch.stack({computed}, 1).flatten(0, 1)")
 
     def _zero(self, space: str) -> str:
         shape = ", ".join(map(str, self.machine.space(space).shape))
@@ -342,7 +414,6 @@ class TimeLowering(_MachineLowering):
             else:
                 runs.append((known, [i]))
         bias = f"{layer}.bias" if edge.ops[0].args["bias"] else None
-        time = names.name("/time", self.machine.time)
         terms: list[str] = []
         known_terms: list[str] = []
         weights: list[str] = []  # column slices of the weight for the per-step part
@@ -359,20 +430,21 @@ class TimeLowering(_MachineLowering):
                 x = reads[0] if len(reads) == 1 else f"torch.cat([{', '.join(reads)}], dim=1)"
                 label = "_".join(_sanitize_key(port.space) for port in ports[:1])
                 weight = names.name(f"{edge.name}/w/{indices[0]}", f"{edge.name}_w_{label}")
-                weights.append(f"{weight} = {columns}")
+                # a copy: a loop body traced as scan may not close over two views of one
+                # tensor (torch refuses inputs that alias)
+                weights.append(f"{weight} = {columns}.clone()")
                 terms.append(f"F.linear({x}, {weight})")
         known = [edge.inputs[i].space for is_known, run in runs if is_known for i in run]
         label = _sanitize_key(known[0])
         projected = names.name(f"{edge.name}/in", f"{edge.name}_{label}")
-        steps_of = names.name(f"{edge.name}/in/steps", f"{projected}_at")
         if bias:
             known_terms[0] = known_terms[0][:-1] + f", {bias})"
         where = self.where(edge.span)
         plan.prep.append(f"# {where}  {edge.name}: its linear on {', '.join(known)}, every step")
         plan.prep.append(f"{projected} = {' + '.join(known_terms)}")
-        plan.prep.append(f"{steps_of} = runtime.unfold_steps({projected}, batch, steps)")
         plan.prep.extend(weights)
-        expr = " + ".join([f"{steps_of}[{time}]", *terms])
+        now = self._step_input(f"{edge.name}/in", projected, projected)
+        expr = " + ".join([now, *terms])
         return self._apply_ops(edge, plan, lines, expr, 1)
 
     def _time_call(self, edge, plan: _Plan, lines: list[str]) -> str:
@@ -400,224 +472,3 @@ class TimeLowering(_MachineLowering):
             "return_state=return_state), return_state)"
         )
         return f"runtime.folded({out})"
-
-    # --- methods ---
-
-    def _state_vars(self, names: Namespace, body: list[str], state: str | None) -> None:
-        """A variable per stateful edge: its sub-machine's state, carried through the method
-        (in ``resolvent``, only through loops: on every step at once a call starts afresh)."""
-        self.state_vars = {}
-        in_loops = {e for s in self.stages if s.kind is not StageKind.ALL for e in s.edges}
-        for edge in self.stateful:
-            if state is None and edge not in in_loops:
-                continue
-            var = self.state_vars[edge] = names.name(f"{edge}/state", f"{edge}_state")
-            start = (
-                "None"
-                if state is None
-                else f"None if {state} is None else {state}.get({py_str(edge)})"
-            )
-            body.append(f"{var} = {start}")
-
-    def _pasts(self, names: Namespace, state: str, like: str) -> tuple[list[str], dict[str, str]]:
-        """``space_past = runtime.past(...)`` for every space read at an earlier step, and
-        ``space_seen = runtime.history(...)`` for every space a window reads."""
-        lines, pasts = [], {}
-        self.histories = {}
-        if self.method == "forward" and self.causal:
-            for space in self.windows:
-                self.histories[space] = names.name(f"{space}/seen", f"{space}_seen")
-                shape = tuple(self.machine.space(space).shape)
-                lines.append(
-                    f"{self.histories[space]} = runtime.history({state}, {py_str(space)}, "
-                    f"{shape!r}, batch, {like})"
-                )
-        for space, k in self.delays.items():
-            pasts[space] = names.name(f"{space}/past", f"{space}_past")
-            shape = tuple(self.machine.space(space).shape)
-            if space in self.histories:  # read through a window too: its history has its past
-                lines.append(
-                    f"{pasts[space]} = runtime.recent({self.histories[space]}, {k}, batch, {like})"
-                )
-                continue
-            lines.append(
-                f"{pasts[space]} = runtime.past({state}, {py_str(space)}, {shape!r}, {k}, "
-                f"batch, {like})"
-            )
-        return lines, pasts
-
-    def _forward(self, inputs, outputs) -> Method:
-        self.method = "forward"
-        names = self._method_locals()
-        args = [names.name(s.name) for s in inputs]
-        given = ", ".join(f"{py_str(s.name)}: {a}" for s, a in zip(inputs, args, strict=True))
-        ids = ", self.IDS" if self.ids else ""
-        body = [
-            f"batch, steps, {_py_tuple(args)} = "
-            f"runtime.fold_inputs(self.SPACES, {{{given}}}, steps{ids})",
-            "lengths = runtime.check_lengths(lengths, batch, steps)",
-        ]
-        self._like = self._float_like(inputs, args, names, body)
-        time = self.machine.time
-        if not self.causal:
-            body.append(f"runtime.no_chunks({py_str(self.machine.name)}, state, return_state)")
-        else:
-            known = ["self.DELAYS", "state"]
-            if self.stateful:
-                known.append("stateful=self.STATEFUL_EDGES")
-            if self.windows:
-                known.append("windows=self.WINDOWS")
-            if self.positions:
-                known.append(f"clock={py_str(time)}")
-            body.append(f"runtime.check_state({', '.join(known)})")
-            if self.windows or self.positions:
-                body.append("runtime.no_lengths_in_chunks(lengths, state, return_state)")
-        if self.positions:
-            body.append(f"offset = runtime.offset(state, {py_str(time)})")
-        past_lines, pasts = self._pasts(names, "state", self._like)
-        body += past_lines
-        self._state_vars(names, body, "state")
-        start = {s.name: a for s, a in zip(inputs, args, strict=True)}
-        wanted = {s.name for s in outputs}
-        values, steps_of = self._run_stages(names, start, pasts, wanted, body)
-        for s in outputs:
-            var = values[s.name]
-            body.append(f"{var} = runtime.mask_steps({var}, lengths, batch, steps)")
-        unfold = lambda space: f"{values[space]}.unflatten(0, (batch, steps))"  # noqa: E731
-        if self.output_tuple is None:
-            returns, result = "Tensor", unfold(outputs[0].name)
-        else:
-            fields = ", ".join(
-                f"{fld}={unfold(s.name)}"
-                for fld, s in zip(self.output_tuple.fields, outputs, strict=True)
-            )
-            returns, result = self.output_tuple.name, f"{self.output_tuple.name}({fields})"
-        if self.causal:
-            items = []
-            for space, k in self.delays.items():
-                if space in self.keeps:
-                    continue  # its history holds its past
-                if space in steps_of:
-                    items.append(
-                        f"{py_str(space)}: runtime.end_steps({steps_of[space]}, {k}, steps, "
-                        "lengths)"
-                    )
-                else:
-                    items.append(
-                        f"{py_str(space)}: runtime.last_steps({values[space]}, {k}, "
-                        f"{pasts[space]}, batch, steps, lengths)"
-                    )
-            for space, keep in self.keeps.items():
-                items.append(
-                    f"{py_str(space)}: runtime.extend_history({self.histories[space]}, "
-                    f"{values[space]}, {keep!r}, batch, steps)"
-                )
-            if self.positions:
-                items.append(f"{py_str(time)}: torch.tensor(offset + steps)")
-            items += [f"{py_str(e)}: {self.state_vars[e]}" for e in self.stateful]
-            body.append("if return_state:")
-            body += ["    " + line for line in _dict_lines(f"return {result}, ", items, indent=12)]
-        body.append(f"return {result}")
-        body = self._drop_unused_like(body)
-        indent = "\n        "
-        params = [
-            "self",
-            *(f"{a}: Tensor" for a in args),
-            "*",
-            "steps: int | None = None",
-            "state: dict[str, Tensor] | None = None",
-            "return_state: bool = False",
-            "lengths: Tensor | None = None",
-        ]
-        returns = f"{returns} | tuple[{returns}, dict[str, Tensor]]"
-        return Method(
-            signature=f"forward({indent}{f',{indent}'.join(params)},\n    ) -> {returns}",
-            doc="The machine over the inputs' steps; steps= runs on with zero input, "
-            "state= resumes, lengths= masks padded steps.",
-            body=tuple(body),
-        )
-
-    def _drop_unused_like(self, body: list[str]) -> list[str]:
-        """Without the ``like = runtime.float_like(...)`` line if nothing uses it."""
-        definition = f"{self._like} = runtime.float_like("
-        pattern = re.compile(rf"\b{re.escape(self._like)}\b")
-        if not any(line.startswith(definition) for line in body):
-            return body
-        if sum(1 for line in body if pattern.search(line)) > 1:
-            return body
-        return [line for line in body if not line.startswith(definition)]
-
-    def _float_like(self, inputs, args, names: Namespace, body: list[str]) -> str:
-        """A tensor whose dtype and device new tensors take: a non-ids input, if any."""
-        for s, a in zip(inputs, args, strict=True):
-            if s.ids is None:
-                return a
-        like = names.name("/like", "like")
-        body.append(f"{like} = runtime.float_like(self, {args[0]})")
-        return like
-
-    def _resolvent(self) -> Method:
-        self.method = "resolvent"
-        names = self._method_locals()
-        ids = ", self.IDS, self" if self.ids else ""
-        body = [f"batch, steps, x0 = runtime.fold_state(self.SPACES, x0{ids})"]
-        self._like = f"x0[{py_str(self._float_space())}]"
-        past_lines, pasts = self._pasts(names, "None", self._like)
-        body += past_lines
-        self._state_vars(names, body, None)
-        start = {s.name: f"x0[{py_str(s.name)}]" for s in self.machine.spaces}
-        wanted = {s.name for s in self.machine.spaces}
-        values, _ = self._run_stages(names, start, pasts, wanted, body)
-        items = [
-            f"{py_str(s.name)}: {values[s.name]}.unflatten(0, (batch, steps))"
-            for s in self.machine.spaces
-        ]
-        body += _dict_lines("return ", items, indent=8)
-        return Method(
-            signature="resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]",
-            doc="The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] "
-            "tensors on any spaces (the rest are zero); before the first step and after the "
-            "last, every space is zero.",
-            body=tuple(body),
-        )
-
-    def _float_space(self) -> str:
-        return next(s.name for s in self.machine.spaces if s.ids is None)
-
-    def _f(self) -> Method:
-        self.method = "f"
-        names = self._method_locals()
-        plan = _Plan(
-            read=lambda port: (
-                f"runtime.delayed(state[{py_str(port.space)}], {port.delay}, None, batch, steps)"
-                if port.delay
-                else f"state[{py_str(port.space)}]"
-            ),
-            base=lambda space: None,
-            leveled=False,
-            locals=names,
-        )
-        ids = ", self.IDS, self" if self.ids else ""
-        body = [f"batch, steps, state = runtime.fold_state(self.SPACES, state{ids})"]
-        self._like = f"state[{py_str(self._float_space())}]"
-        self.state_vars = {}  # f maps whole sequences: sub-machines start from a zero past
-        self.histories = {}
-        body += self._statements(plan, [e.name for e in self.machine.edges])
-        out = {}
-        for space in self.machine.spaces:
-            if not self.writers[space.name]:
-                out[space.name] = f"torch.zeros_like(state[{py_str(space.name)}])"
-            else:
-                out[space.name] = plan.var[space.name]
-        items = [
-            f"{py_str(s.name)}: {out[s.name]}.unflatten(0, (batch, steps))"
-            for s in self.machine.spaces
-        ]
-        body += _dict_lines("return ", items, indent=8)
-        return Method(
-            signature="f(self, state: dict[str, Tensor]) -> dict[str, Tensor]",
-            doc="The global endofunction over space-time: the sum of all edges applied to "
-            "state ([batch, time, *shape] per space, missing: zero; before step 0 and after "
-            "the last step: zero).",
-            body=tuple(body),
-        )

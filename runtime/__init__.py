@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .adjoint import pull_cycle
 from .equilibrium import SOLVERS, Solve, reset_spectral_norm
+from .loops import keep_valid, recur, valid_steps
 from .sequences import (
     attention,
     check_lengths,
@@ -59,6 +60,7 @@ __all__ = [
     "fold_state",
     "folded",
     "history",
+    "keep_valid",
     "last_steps",
     "mask_step",
     "mask_steps",
@@ -68,8 +70,10 @@ __all__ = [
     "past",
     "positions",
     "recent",
+    "recur",
     "step_of",
     "unfold_steps",
+    "valid_steps",
     "with_state",
 ]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import io
 import logging
 import os
@@ -35,6 +36,7 @@ class Report:
     dynamic: list[str]  # "batch", and "time" for a machine over time whose loop exports
     checked: list[str] = field(default_factory=list)  # "batch 2: max error 1.2e-07", ...
     unchecked: str | None = None  # why the file was not run in onnxruntime
+    fixed_time: str | None = None  # "time is fixed at N steps: why", if it is
 
 
 def missing_packages(check: bool = True) -> list[str]:
@@ -97,29 +99,34 @@ def export(
     kwargs = {"steps": steps} if over_time and steps is not None else {}
     inputs = model.example_inputs(batch, **kwargs)
     names = list(type(model).INPUTS)
-    dim = torch.export.Dim("batch", min=1, max=1 << 20)
-    dynamic = [{0: dim} for _ in inputs]
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(dir=directory, prefix=".machc-", suffix=".onnx")
     os.close(fd)
     try:
-        try:
-            with _quiet():
-                torch.onnx.export(
-                    model,
-                    tuple(inputs),
-                    temp,
-                    dynamo=True,
-                    input_names=names,
-                    output_names=list(type(model).OUTPUTS),
-                    dynamic_shapes=tuple(dynamic),
-                    external_data=False,
-                    verbose=False,
-                )
-        except Exception as exc:  # noqa: BLE001 - whatever the exporter raises, said plainly
-            raise ExportError(f"torch.onnx.export failed: {_reason(exc)}") from exc
-        report = Report(path=path, dynamic=["batch"])
+        # a machine over time: a dynamic time axis too, where its loops export as loops
+        tries = [["batch", "time"], ["batch"]] if over_time else [["batch"]]
+        fixed_time = None
+        length = inputs[0].shape[1] if over_time else None
+        for axes in tries:
+            try:
+                _export(model, inputs, names, temp, axes)
+            except Exception as exc:  # noqa: BLE001 - whatever the exporter raises, said plainly
+                failure = f"torch.onnx.export failed: {_reason(exc)}"
+                if axes is tries[-1]:
+                    raise ExportError(failure) from exc
+                fixed_time = f"time is fixed at {length} steps ({failure} with a dynamic time)"
+                continue
+            if _dynamic_axes(temp, axes) == axes:
+                break
+            # the exporter may fix an axis it could not keep dynamic, and say nothing
+            fixed_time = (
+                f"time is fixed at {length} steps: a step loop is a Python loop (it carries a "
+                "sub-machine's state from step to step), which the exporter unrolls"
+            )
+            axes = _dynamic_axes(temp, axes)
+            break
+        report = Report(path=path, dynamic=axes, fixed_time=fixed_time)
         if check:
             _check(model, temp, batch, kwargs, report)
         os.replace(temp, path)
@@ -127,6 +134,38 @@ def export(
         if os.path.exists(temp):
             os.unlink(temp)
     return report
+
+
+def _export(model: nn.Module, inputs, names: list[str], file: str, axes: list[str]) -> None:
+    dims = {"batch": torch.export.Dim("batch", min=1, max=1 << 20)}
+    if "time" in axes:
+        dims["time"] = torch.export.Dim("time", min=1, max=1 << 20)
+    dynamic = [{i: dims[axis] for i, axis in enumerate(axes)} for _ in inputs]
+    with _quiet():
+        torch.onnx.export(
+            model,
+            tuple(inputs),
+            file,
+            dynamo=True,
+            input_names=names,
+            output_names=list(type(model).OUTPUTS),
+            dynamic_shapes=tuple(dynamic),
+            external_data=False,
+            verbose=False,
+        )
+
+
+def _dynamic_axes(file: str, axes: list[str]) -> list[str]:
+    """Those of ``axes`` that are dynamic in every input of the ONNX file."""
+    import onnx
+
+    graph = onnx.load(file, load_external_data=False).graph
+    kept = []
+    for index, axis in enumerate(axes):
+        dims = [value.type.tensor_type.shape.dim[index] for value in graph.input]
+        if all(not dim.HasField("dim_value") for dim in dims):
+            kept.append(axis)
+    return kept
 
 
 def _check(model: nn.Module, file: str, batch: int, kwargs: dict, report: Report) -> None:
@@ -137,21 +176,31 @@ def _check(model: nn.Module, file: str, batch: int, kwargs: dict, report: Report
 
     session = onnxruntime.InferenceSession(file, providers=["CPUExecutionProvider"])
     names = list(type(model).INPUTS)
-    for size in (batch, batch + 3):
-        inputs = model.example_inputs(size, **kwargs)
+    over_time = hasattr(type(model), "DELAYS")
+    steps = None
+    if over_time:
+        steps = (
+            kwargs.get("steps")
+            or inspect.signature(model.example_inputs).parameters["steps"].default
+        )
+    # another batch size, and another length where time is dynamic
+    runs = [(batch, steps), (batch + 3, steps + 5 if "time" in report.dynamic else steps)]
+    for size, length in runs:
+        over = {"steps": length} if over_time else {}
+        inputs = model.example_inputs(size, **over)
         with torch.no_grad():
             want = _outputs(model(*inputs))
         feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs, strict=True)}
         got = session.run(None, feed)
         worst = 0.0
+        where = f"batch {size}" + (f", {length} steps" if over else "")
         for name, a, b in zip(type(model).OUTPUTS, got, want, strict=True):
             a = torch.from_numpy(a)
             try:
                 torch.testing.assert_close(a, b.cpu(), **TOLERANCE)
             except AssertionError as exc:
                 raise ExportError(
-                    f"onnxruntime's output {name!r} at batch {size} differs from the module's: "
-                    f"{exc}"
+                    f"onnxruntime's output {name!r} at {where} differs from the module's: {exc}"
                 ) from None
             worst = max(worst, float((a - b.cpu()).abs().max()) if a.numel() else 0.0)
-        report.checked.append(f"batch {size}: max error {worst:.1e}")
+        report.checked.append(f"{where}: max error {worst:.1e}")

@@ -11,11 +11,13 @@ raises, so that the test notices when it starts working (or fails another way):
 
 * LSTM under inductor: wrong gradients (a bug of torch's inductor, reproduced below in
   plain PyTorch: ``_inductor_split_reuse_bug``); ``inplace_buffers=False`` avoids it.
-* GPT (ids inputs): ``runtime._check_ids`` reads the ids' values (``x.min() < 0``) in
-  Python, which neither ``torch.compile(fullgraph=True)`` nor ``torch.export`` can trace.
-* A dynamic time dimension in ``torch.export``: ``runtime.fold_inputs`` requires
-  ``isinstance(steps, int)``, which a symbolic length is not; past that, a machine with
-  a step loop (Elman) unrolls it, so its length specialises anyway.
+* Two or more step loops in one graph under inductor: wrong gradients (a bug of torch's
+  inductor, pytorch#153679, reproduced below in plain PyTorch:
+  ``test_inductor_scan_donation_bug_in_plain_pytorch``); ``runtime.recur`` turns off the
+  donated buffers it needs, and ``test_two_loops_compile_to_right_gradients`` holds it.
+
+Machines over time with a recurrence run their loop through ``runtime.recur``: one
+``scan`` when traced, so one compiled graph and one exported program serve every length.
 
 Compiling is the slow part (a few seconds of C++ per model): the models are small.
 """
@@ -36,7 +38,6 @@ import torch
 import torch._inductor.config
 import torch.nn.functional as F
 from torch import nn
-from torch._dynamo.exc import UserError
 from torch.export import Dim
 
 # inductor itself calls torch.jit.script_method (torch 2.13): not this file's concern
@@ -63,6 +64,8 @@ RESNET = ("resnet.mach", {"c": 4}, "ResNet")
 TOUR = ("std_tour.mach", None, "VectorNet")  # machines of the standard library as edges
 ELMAN = ("elman.mach", {"n": 4, "m": 8}, "Elman")
 LSTM = ("lstm.mach", None, "LSTM")
+BIELMAN = ("bielman.mach", {"n": 4, "m": 8}, "BiElman")
+STACKED = ("stacked_rnn.mach", None, "StackedRNN")
 ENCODER = ("encoder.mach", {"d": 16, "heads": 2}, "Encoder")
 GPT = ("gpt.mach", {"vocab": 32, "d": 16, "heads": 2, "layers": 1, "ctx": 16}, "GPT")
 
@@ -177,8 +180,9 @@ def test_inductor_bug_in_plain_pytorch(fresh_dynamo) -> None:
     torch.manual_seed(0)
     x, w = torch.randn(2, 4), torch.randn(8, 4, requires_grad=True)
     (want,) = torch.autograd.grad(_inductor_split_reuse_bug(x, w).sum(), w)
-    compiled = torch.compile(_inductor_split_reuse_bug, fullgraph=True)
-    (got,) = torch.autograd.grad(compiled(x, w).sum(), w)
+    with torch._functorch.config.patch(donated_buffer=True):  # machc's loops turn it off
+        compiled = torch.compile(_inductor_split_reuse_bug, fullgraph=True)
+        (got,) = torch.autograd.grad(compiled(x, w).sum(), w)
     torch.testing.assert_close(got, want, rtol=GRAD_RTOL, atol=GRAD_ATOL)  # error ~0.11 of 0.19
 
 
@@ -239,34 +243,126 @@ def test_export_over_time_at_a_fixed_length(spec) -> None:
         torch.testing.assert_close(program.module()(*other), model(*other), **OUT_TOL)
 
 
-STEP_LOOP = (
-    "the step loop of a recurrence is a Python loop, which torch.export unrolls at one "
-    "length (a scan loop is future work: docs/integration.md)"
-)
-
-
 @pytest.mark.parametrize(
     "spec",
     [
-        # Elman's step loop unrolls (range(steps)), so export reports 'Constraints violated
-        # (time)! ... specialized it to be a constant'. Encoder has no step loop.
-        pytest.param(
-            ELMAN,
-            id="elman",
-            marks=pytest.mark.xfail(strict=True, raises=UserError, reason=STEP_LOOP),
-        ),
-        pytest.param(ENCODER, id="encoder"),
+        pytest.param(ELMAN, id="elman"),
+        pytest.param(LSTM, id="lstm"),
+        pytest.param(BIELMAN, id="bielman"),  # forward and backward in time
+        pytest.param(STACKED, id="stacked_rnn"),
+        pytest.param(ENCODER, id="encoder"),  # no step loop at all
     ],
 )
-def test_export_with_a_dynamic_time(spec) -> None:
+def test_export_with_a_dynamic_time(spec, fresh_dynamo) -> None:
+    # fresh_dynamo: torch 2.13's non-strict export traces a scan through a Dynamo cache
+    # that an earlier export at a fixed length would pin to that length
     model = load(spec).eval()
     args = inputs(model, batch=2)
-    time_ = Dim("time", min=2, max=64)
-    program = torch.export.export(model, args, dynamic_shapes=({1: time_},))
-    torch.manual_seed(4)
-    other = model.example_inputs(2, STEPS + 4)
-    with torch.no_grad():
-        torch.testing.assert_close(program.module()(*other), model(*other), **OUT_TOL)
+    batch, time_ = Dim("batch", min=1), Dim("time", min=1, max=4096)
+    program = torch.export.export(
+        model, args, dynamic_shapes=tuple({0: batch, 1: time_} for _ in args)
+    )
+    for size, steps in ((2, STEPS + 4), (3, 1), (1, 40)):
+        torch.manual_seed(steps)
+        other = model.example_inputs(size, steps)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(*other), model(*other), **OUT_TOL)
+
+
+def _step_kwargs(model: nn.Module, steps: int, seed: int) -> dict:
+    """lengths= (one sequence of every length class), and state= / return_state= where the
+    machine can resume."""
+    g = torch.Generator().manual_seed(seed)
+    kwargs = {"lengths": torch.tensor([steps, 1, max(1, steps - 2)])}
+    if model.CAUSAL:
+        kwargs["return_state"] = True
+        kwargs["state"] = {
+            space: torch.randn(3, depth, *model.SPACES[space], generator=g)
+            for space, depth in model.DELAYS.items()
+        }
+    return kwargs
+
+
+@pytest.mark.parametrize(
+    "spec", [pytest.param(LSTM, id="lstm"), pytest.param(BIELMAN, id="bielman")]
+)
+def test_one_compiled_graph_serves_every_length(spec, fresh_dynamo) -> None:
+    # the length is dynamic from the start: every length after runs the same graph, with
+    # lengths=, state= and return_state=, outputs and gradients equal to eager
+    model = load(spec)
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    leaves = torch.utils._pytree.tree_leaves
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for steps in (5, 9, 17):
+        torch.manual_seed(steps)
+        args = model.example_inputs(3, steps)
+        kwargs = _step_kwargs(model, steps, steps)
+
+        def run(forward, args=args, kwargs=kwargs):
+            return tuple(leaves(forward(*args, **kwargs)))
+
+        want, want_grads, weights = forward_backward(model, lambda: run(model), ())
+        got, got_grads, _ = forward_backward(model, lambda: run(compiled), (), weights)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, **OUT_TOL)
+        assert_grads_close(got_grads, want_grads)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
+
+
+def test_two_loops_compile_to_right_gradients(fresh_dynamo) -> None:
+    # BiElman: a loop forward and one backward in time, in one graph, at a static length
+    # (the layout of pytorch#153679 that runtime.recur works around)
+    model = load(BIELMAN)
+    args = inputs(model)
+    want, want_grads, weights = forward_backward(model, model, args)
+    compiled = torch.compile(model, fullgraph=True)
+    got, got_grads, _ = forward_backward(model, compiled, args, weights)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **OUT_TOL)
+    assert_grads_close(got_grads, want_grads)
+
+
+SCAN_BUG = (
+    "torch 2.13 inductor (CPU) bug, not machc: with two scans in one graph, the backward's "
+    "donated buffers are applied to a loop body's own inputs, which are then overwritten "
+    "(pytorch/pytorch#153679, fixed upstream by #193960); gradients off by ~0.5"
+)
+
+
+def _two_scans(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    from torch._higher_order_ops.scan import scan
+
+    def loop(w):
+        def body(h, x_t):
+            h = torch.tanh(x_t + F.linear(h, w))
+            return h.clone(), h.clone()
+
+        return scan(body, x.new_zeros(x.shape[0], w.shape[0]), x, dim=1)[1]
+
+    return torch.cat([loop(w1), loop(w2)], -1)
+
+
+def _two_loops(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    out = []
+    for w in (w1, w2):
+        h, ys = x.new_zeros(x.shape[0], w.shape[0]), []
+        for t in range(x.shape[1]):
+            h = torch.tanh(x[:, t] + F.linear(h, w))
+            ys.append(h)
+        out.append(torch.stack(ys, 1))
+    return torch.cat(out, -1)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=SCAN_BUG)
+def test_inductor_scan_donation_bug_in_plain_pytorch(fresh_dynamo) -> None:
+    torch.manual_seed(0)
+    x, weights = torch.randn(2, 3, 4), [torch.randn(4, 4, requires_grad=True) for _ in "ab"]
+    want = torch.autograd.grad(_two_loops(x, *weights).sum(), weights)
+    with torch._functorch.config.patch(donated_buffer=True):  # as torch has it by default
+        compiled = torch.compile(_two_scans, fullgraph=True)
+        got = torch.autograd.grad(compiled(x, *weights).sum(), weights)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=GRAD_RTOL, atol=GRAD_ATOL)
 
 
 # --- DistributedDataParallel ----------------------------------------------------------

@@ -61,11 +61,52 @@ def test_export_with_weights_computes_what_the_trained_module_does(tmp_path: Pat
         torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-5)
 
 
-def test_a_machine_over_time_exports_at_its_length(tmp_path: Path) -> None:
-    out = tmp_path / "elman.onnx"
-    run = machc_cli("export", ROOT / "examples" / "elman.mach", "--onnx", out, "--steps", "5")
+@pytest.mark.parametrize(
+    ("name", "cls"), [("lstm.mach", "LSTM"), ("bielman.mach", "BiElman"), ("gpt.mach", "GPT")]
+)
+def test_a_machine_over_time_exports_with_a_dynamic_time(tmp_path: Path, name, cls) -> None:
+    # a recurrence (forward and backward in time) is an ONNX Scan; attention needs no loop
+    out = tmp_path / "model.onnx"
+    run = machc_cli("export", ROOT / "examples" / name, "--onnx", out, "--steps", "5")
     assert run.returncode == 0, run.stderr
-    assert "onnxruntime equals eager" in run.stdout
+    assert "dynamic axes: batch, time\n" in run.stdout
+    assert "onnxruntime equals eager: batch 2, 5 steps" in run.stdout
+    assert "batch 5, 10 steps" in run.stdout
+    torch.manual_seed(0)
+    model = getattr(machc.load(ROOT / "examples" / name), cls)().eval()
+    # the file's weights are fresh ones: check the shapes at lengths it never saw
+    for steps in (1, 31):
+        inputs = dict(zip(model.INPUTS, model.example_inputs(3, steps), strict=True))
+        (got,) = run_onnx(out, inputs)
+        assert got.shape[:2] == (3, steps)
+
+
+STATEFUL_STEP = """
+machine Cell over t {
+    input  x : 4
+    output h : 4
+    c : x × h[t-1] -> h = linear | tanh
+}
+machine Outer over t {
+    input  x : 4
+    space  a : 4
+    output y : 4
+    e    : x × y[t-1] -> a = linear
+    cell : a -> y = Cell
+}
+"""
+
+
+def test_a_step_loop_that_carries_a_state_exports_at_one_length(tmp_path: Path) -> None:
+    source = tmp_path / "outer.mach"
+    source.write_text(STATEFUL_STEP)
+    out = tmp_path / "outer.onnx"
+    run = machc_cli("export", source, "--onnx", out, "--machine", "Outer", "--steps", "6")
+    assert run.returncode == 0, run.stderr
+    assert "dynamic axes: batch; time is fixed at 6 steps: a step loop is a Python loop" in (
+        run.stdout
+    )
+    assert "batch 5, 6 steps" in run.stdout
 
 
 def test_what_cannot_be_exported_is_said_and_nothing_is_written(tmp_path: Path) -> None:

@@ -667,17 +667,19 @@ def test_machines_without_recurrence_have_no_step_loop(name: str, classes: list[
     source = machc.compile_file(EXAMPLES / name)
     for cls in classes:
         assert "for t in" not in forward_of(source, cls), cls
+        assert "runtime.recur" not in forward_of(source, cls), cls
 
 
 def test_bielman_runs_one_loop_forward_and_one_backward() -> None:
     forward = forward_of(machc.compile_file(EXAMPLES / "bielman.mach"), "BiElman")
-    assert forward.count("for t in") == 2
-    assert "for t in range(steps):" in forward
-    assert "for t in range(steps - 1, -1, -1):" in forward
+    assert forward.count("runtime.recur(") == 2
+    assert forward.count(", reverse=True)") == 1
     # the forward loop holds fwd only, the backward loop bwd only
-    ahead = forward[forward.index("for t in range(steps):") :]
-    ahead = ahead[: ahead.index("for t in range(steps - 1")]
-    assert "hf[t-1]" in ahead and "hb[t+1]" not in ahead
+    ahead = forward[forward.index("def step_1(") :]
+    ahead = ahead[: ahead.index("reverse=True")]
+    first, second = ahead.split("def step_2(")
+    assert "hf[t-1]" in first and "hb[t+1]" not in first
+    assert "hb[t+1]" in second and "hf[t-1]" not in second
 
 
 # --- 8. dropout in attention -----------------------------------------------------------

@@ -110,11 +110,12 @@ def test_state_and_inputs_are_checked() -> None:
 def test_only_the_recurrence_runs_step_by_step() -> None:
     source = machc.compile_file(EXAMPLES / "elman.mach")
     loop = source[source.index("def forward") : source.index("def f(")]
-    start = loop.index("for t in range(steps):")
-    body = loop[start : loop.index("# every step at once", start)]
+    start = loop.index("def step(carry, inputs):")
+    body = loop[start : loop.index("runtime.recur(step", start)]
     assert "self.read" not in body  # the readout runs once, on every step
-    assert "F.linear(x" in loop[: loop.index("for t in")]  # the input projection too
-    assert "[:, t]" not in source  # per-step values come from unbind, not indexing
+    assert "F.linear(x" in loop[:start]  # the input projection too
+    assert "F.linear(h_tm1, cell_w_h)" in body  # the step: only the recurrent part
+    assert "# every step at once" in loop[loop.index("runtime.recur(step") :]
 
 
 def test_gradients_flow_through_time() -> None:
