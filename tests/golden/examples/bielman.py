@@ -73,28 +73,33 @@ class BiElman(nn.Module):
         runtime.no_chunks("BiElman", state, return_state)
         hf_past = runtime.past(state, "hf", (16,), 1, batch, x)
         # step by step, forward in time
-        hf_steps = list(hf_past)
         # bielman.mach:9  fwd: its linear on x, every step
         fwd_x = F.linear(x, self.fwd.weight[:, :8], self.fwd.bias)
-        fwd_x_at = runtime.unfold_steps(fwd_x, batch, steps)
-        fwd_w_hf = self.fwd.weight[:, 8:]
-        for t in range(steps):
+        fwd_w_hf = self.fwd.weight[:, 8:].clone()
+
+        def step_1(carry, inputs):
+            (hf_tm1,) = carry  # hf[t-1]
+            (fwd_x_t,) = inputs
             # bielman.mach:9  fwd : x × hf[t-1] -> hf = linear | tanh
-            hf = torch.tanh(fwd_x_at[t] + F.linear(hf_steps[-1], fwd_w_hf))
-            hf_steps.append(hf)
-        hf = torch.stack(hf_steps[1:], 1).flatten(0, 1)
+            hf = torch.tanh(fwd_x_t + F.linear(hf_tm1, fwd_w_hf))
+            return (hf,), (hf,)
+
+        _, (hf,) = runtime.recur(step_1, (hf_past[-1],), (fwd_x,), batch, steps)
         # step by step, backward in time
-        hb_steps = [x.new_zeros((batch, 16))] * 1
         # bielman.mach:10  bwd: its linear on x, every step
         bwd_x = F.linear(x, self.bwd.weight[:, :8], self.bwd.bias)
-        bwd_x_at = runtime.unfold_steps(bwd_x, batch, steps)
-        bwd_w_hb = self.bwd.weight[:, 8:]
-        for t in range(steps - 1, -1, -1):
+        bwd_w_hb = self.bwd.weight[:, 8:].clone()
+        valid = runtime.valid_steps(lengths, batch, steps)
+
+        def step_2(carry, inputs):
+            (hb_tp1,) = carry  # hb[t+1]
+            bwd_x_t, valid_t = inputs
             # bielman.mach:10  bwd : x × hb[t+1] -> hb = linear | tanh
-            hb = torch.tanh(bwd_x_at[t] + F.linear(hb_steps[-1], bwd_w_hb))
-            hb = runtime.mask_step(hb, lengths, t)
-            hb_steps.append(hb)
-        hb = torch.stack(hb_steps[1:][::-1], 1).flatten(0, 1)
+            hb = torch.tanh(bwd_x_t + F.linear(hb_tp1, bwd_w_hb))
+            hb = runtime.keep_valid(hb, valid_t)
+            return (hb,), (hb,)
+
+        _, (hb,) = runtime.recur(step_2, (x.new_zeros((batch, 16)),), (bwd_x, valid), batch, steps, reverse=True)
         # every step at once
         # bielman.mach:11  join : hf × hb -> y = identity
         y = torch.cat([hf, hb], dim=1)
@@ -122,29 +127,31 @@ class BiElman(nn.Module):
         batch, steps, x0 = runtime.fold_state(self.SPACES, x0)
         hf_past = runtime.past(None, "hf", (16,), 1, batch, x0["x"])
         # step by step, forward in time
-        hf_steps = list(hf_past)
         # bielman.mach:9  fwd: its linear on x, every step
         fwd_x = F.linear(x0["x"], self.fwd.weight[:, :8], self.fwd.bias)
-        fwd_x_at = runtime.unfold_steps(fwd_x, batch, steps)
-        fwd_w_hf = self.fwd.weight[:, 8:]
-        hf_at = runtime.unfold_steps(x0["hf"], batch, steps)
-        for t in range(steps):
+        fwd_w_hf = self.fwd.weight[:, 8:].clone()
+
+        def step_1(carry, inputs):
+            (hf_tm1,) = carry  # hf[t-1]
+            fwd_x_t, hf_t = inputs
             # bielman.mach:9  fwd : x × hf[t-1] -> hf = linear | tanh
-            hf = hf_at[t] + torch.tanh(fwd_x_at[t] + F.linear(hf_steps[-1], fwd_w_hf))
-            hf_steps.append(hf)
-        hf = torch.stack(hf_steps[1:], 1).flatten(0, 1)
+            hf = hf_t + torch.tanh(fwd_x_t + F.linear(hf_tm1, fwd_w_hf))
+            return (hf,), (hf,)
+
+        _, (hf,) = runtime.recur(step_1, (hf_past[-1],), (fwd_x, x0["hf"]), batch, steps)
         # step by step, backward in time
-        hb_steps = [x0["x"].new_zeros((batch, 16))] * 1
         # bielman.mach:10  bwd: its linear on x, every step
         bwd_x = F.linear(x0["x"], self.bwd.weight[:, :8], self.bwd.bias)
-        bwd_x_at = runtime.unfold_steps(bwd_x, batch, steps)
-        bwd_w_hb = self.bwd.weight[:, 8:]
-        hb_at = runtime.unfold_steps(x0["hb"], batch, steps)
-        for t in range(steps - 1, -1, -1):
+        bwd_w_hb = self.bwd.weight[:, 8:].clone()
+
+        def step_2(carry, inputs):
+            (hb_tp1,) = carry  # hb[t+1]
+            bwd_x_t, hb_t = inputs
             # bielman.mach:10  bwd : x × hb[t+1] -> hb = linear | tanh
-            hb = hb_at[t] + torch.tanh(bwd_x_at[t] + F.linear(hb_steps[-1], bwd_w_hb))
-            hb_steps.append(hb)
-        hb = torch.stack(hb_steps[1:][::-1], 1).flatten(0, 1)
+            hb = hb_t + torch.tanh(bwd_x_t + F.linear(hb_tp1, bwd_w_hb))
+            return (hb,), (hb,)
+
+        _, (hb,) = runtime.recur(step_2, (x0["x"].new_zeros((batch, 16)),), (bwd_x, x0["hb"]), batch, steps, reverse=True)
         # every step at once
         # bielman.mach:11  join : hf × hb -> y = identity
         y = x0["y"] + torch.cat([hf, hb], dim=1)

@@ -81,23 +81,22 @@ class LSTM(nn.Module):
         c_past = runtime.past(state, "c", (16,), 1, batch, x)
         h_past = runtime.past(state, "h", (16,), 1, batch, x)
         # step by step, forward in time
-        c_steps = list(c_past)
-        h_steps = list(h_past)
         # std/recurrent.mach:31  gates: its linear on x, every step
         gates_x = F.linear(x, self.gates.weight[:, :8], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 8:]
+        gates_w_h = self.gates.weight[:, 8:].clone()
         # std/recurrent.mach:32  cand: its linear on x, every step
         cand_x = F.linear(x, self.cand.weight[:, :8], self.cand.bias)
-        cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 8:]
-        for t in range(steps):
+        cand_w_h = self.cand.weight[:, 8:].clone()
+
+        def step(carry, inputs):
+            c_tm1, h_tm1 = carry  # c[t-1], h[t-1]
+            gates_x_t, cand_x_t = inputs
             # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
+            i, fg, o = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 16, dim=1)
             # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
-            g = torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
+            g = torch.tanh(cand_x_t + F.linear(h_tm1, cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
-            c_keep = fg * c_steps[-1]
+            c_keep = fg * c_tm1
             # std/recurrent.mach:34  write : i × g -> c = mul
             c_write = i * g
             c = c_keep + c_write
@@ -105,13 +104,13 @@ class LSTM(nn.Module):
             tc = torch.tanh(c)
             # std/recurrent.mach:36  emit : o × tc -> h = mul
             h = o * tc
-            c_steps.append(c)
-            h_steps.append(h)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            return (c, h), (c, h)
+
+        _, (c, h) = runtime.recur(step, (c_past[-1], h_past[-1]), (gates_x, cand_x), batch, steps)
         h = runtime.mask_steps(h, lengths, batch, steps)
         if return_state:
             return h.unflatten(0, (batch, steps)), {
-                "c": runtime.end_steps(c_steps, 1, steps, lengths),
+                "c": runtime.last_steps(c, 1, c_past, batch, steps, lengths),
                 "h": runtime.last_steps(h, 1, h_past, batch, steps, lengths),
             }
         return h.unflatten(0, (batch, steps))
@@ -149,59 +148,35 @@ class LSTM(nn.Module):
         c_past = runtime.past(None, "c", (16,), 1, batch, x0["x"])
         h_past = runtime.past(None, "h", (16,), 1, batch, x0["x"])
         # step by step, forward in time
-        i_steps = []
-        fg_steps = []
-        o_steps = []
-        g_steps = []
-        c_steps = list(c_past)
-        tc_steps = []
-        h_steps = list(h_past)
         # std/recurrent.mach:31  gates: its linear on x, every step
         gates_x = F.linear(x0["x"], self.gates.weight[:, :8], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 8:]
-        i_at = runtime.unfold_steps(x0["i"], batch, steps)
-        fg_at = runtime.unfold_steps(x0["fg"], batch, steps)
-        o_at = runtime.unfold_steps(x0["o"], batch, steps)
+        gates_w_h = self.gates.weight[:, 8:].clone()
         # std/recurrent.mach:32  cand: its linear on x, every step
         cand_x = F.linear(x0["x"], self.cand.weight[:, :8], self.cand.bias)
-        cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 8:]
-        g_at = runtime.unfold_steps(x0["g"], batch, steps)
-        c_at = runtime.unfold_steps(x0["c"], batch, steps)
-        tc_at = runtime.unfold_steps(x0["tc"], batch, steps)
-        h_at = runtime.unfold_steps(x0["h"], batch, steps)
-        for t in range(steps):
+        cand_w_h = self.cand.weight[:, 8:].clone()
+
+        def step(carry, inputs):
+            c_tm1, h_tm1 = carry  # c[t-1], h[t-1]
+            gates_x_t, i_t, fg_t, o_t, cand_x_t, g_t, c_t, tc_t, h_t = inputs
             # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
-            i = i_at[t] + i_gates
-            fg = fg_at[t] + fg_gates
-            o = o_at[t] + o_gates
+            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 16, dim=1)
+            i = i_t + i_gates
+            fg = fg_t + fg_gates
+            o = o_t + o_gates
             # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
-            g = g_at[t] + torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
+            g = g_t + torch.tanh(cand_x_t + F.linear(h_tm1, cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
-            c_keep = fg * c_steps[-1]
+            c_keep = fg * c_tm1
             # std/recurrent.mach:34  write : i × g -> c = mul
             c_write = i * g
-            c = c_at[t] + c_keep + c_write
+            c = c_t + c_keep + c_write
             # std/recurrent.mach:35  squash : c -> tc = tanh
-            tc = tc_at[t] + torch.tanh(c)
+            tc = tc_t + torch.tanh(c)
             # std/recurrent.mach:36  emit : o × tc -> h = mul
-            h = h_at[t] + o * tc
-            i_steps.append(i)
-            fg_steps.append(fg)
-            o_steps.append(o)
-            g_steps.append(g)
-            c_steps.append(c)
-            tc_steps.append(tc)
-            h_steps.append(h)
-        i = torch.stack(i_steps, 1).flatten(0, 1)
-        fg = torch.stack(fg_steps, 1).flatten(0, 1)
-        o = torch.stack(o_steps, 1).flatten(0, 1)
-        g = torch.stack(g_steps, 1).flatten(0, 1)
-        c = torch.stack(c_steps[1:], 1).flatten(0, 1)
-        tc = torch.stack(tc_steps, 1).flatten(0, 1)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            h = h_t + o * tc
+            return (c, h), (i, fg, o, g, c, tc, h)
+
+        _, (i, fg, o, g, c, tc, h) = runtime.recur(step, (c_past[-1], h_past[-1]), (gates_x, x0["i"], x0["fg"], x0["o"], cand_x, x0["g"], x0["c"], x0["tc"], x0["h"]), batch, steps)
         return {
             "x": x0["x"].unflatten(0, (batch, steps)),
             "i": i.unflatten(0, (batch, steps)),
@@ -272,23 +247,23 @@ class LSTM_n8_m16_dirm1(nn.Module):
         lengths = runtime.check_lengths(lengths, batch, steps)
         runtime.no_chunks("LSTM", state, return_state)
         # step by step, backward in time
-        c_steps = [x.new_zeros((batch, 16))] * 1
-        h_steps = [x.new_zeros((batch, 16))] * 1
         # std/recurrent.mach:31  gates: its linear on x, every step
         gates_x = F.linear(x, self.gates.weight[:, :8], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 8:]
+        gates_w_h = self.gates.weight[:, 8:].clone()
         # std/recurrent.mach:32  cand: its linear on x, every step
         cand_x = F.linear(x, self.cand.weight[:, :8], self.cand.bias)
-        cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 8:]
-        for t in range(steps - 1, -1, -1):
+        cand_w_h = self.cand.weight[:, 8:].clone()
+        valid = runtime.valid_steps(lengths, batch, steps)
+
+        def step(carry, inputs):
+            c_tp1, h_tp1 = carry  # c[t+1], h[t+1]
+            gates_x_t, cand_x_t, valid_t = inputs
             # std/recurrent.mach:31  gates : x × h[t+1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
+            i, fg, o = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tp1, gates_w_h)), 16, dim=1)
             # std/recurrent.mach:32  cand : x × h[t+1] -> g = linear | tanh
-            g = torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
+            g = torch.tanh(cand_x_t + F.linear(h_tp1, cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t+1] -> c = mul
-            c_keep = fg * c_steps[-1]
+            c_keep = fg * c_tp1
             # std/recurrent.mach:34  write : i × g -> c = mul
             c_write = i * g
             c = c_keep + c_write
@@ -296,11 +271,11 @@ class LSTM_n8_m16_dirm1(nn.Module):
             tc = torch.tanh(c)
             # std/recurrent.mach:36  emit : o × tc -> h = mul
             h = o * tc
-            c = runtime.mask_step(c, lengths, t)
-            c_steps.append(c)
-            h = runtime.mask_step(h, lengths, t)
-            h_steps.append(h)
-        h = torch.stack(h_steps[1:][::-1], 1).flatten(0, 1)
+            c = runtime.keep_valid(c, valid_t)
+            h = runtime.keep_valid(h, valid_t)
+            return (c, h), (h,)
+
+        _, (h,) = runtime.recur(step, (x.new_zeros((batch, 16)), x.new_zeros((batch, 16))), (gates_x, cand_x, valid), batch, steps, reverse=True)
         h = runtime.mask_steps(h, lengths, batch, steps)
         return h.unflatten(0, (batch, steps))
 
@@ -335,59 +310,35 @@ class LSTM_n8_m16_dirm1(nn.Module):
         """The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] tensors on any spaces (the rest are zero); before the first step and after the last, every space is zero."""
         batch, steps, x0 = runtime.fold_state(self.SPACES, x0)
         # step by step, backward in time
-        i_steps = []
-        fg_steps = []
-        o_steps = []
-        g_steps = []
-        c_steps = [x0["x"].new_zeros((batch, 16))] * 1
-        tc_steps = []
-        h_steps = [x0["x"].new_zeros((batch, 16))] * 1
         # std/recurrent.mach:31  gates: its linear on x, every step
         gates_x = F.linear(x0["x"], self.gates.weight[:, :8], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 8:]
-        i_at = runtime.unfold_steps(x0["i"], batch, steps)
-        fg_at = runtime.unfold_steps(x0["fg"], batch, steps)
-        o_at = runtime.unfold_steps(x0["o"], batch, steps)
+        gates_w_h = self.gates.weight[:, 8:].clone()
         # std/recurrent.mach:32  cand: its linear on x, every step
         cand_x = F.linear(x0["x"], self.cand.weight[:, :8], self.cand.bias)
-        cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 8:]
-        g_at = runtime.unfold_steps(x0["g"], batch, steps)
-        c_at = runtime.unfold_steps(x0["c"], batch, steps)
-        tc_at = runtime.unfold_steps(x0["tc"], batch, steps)
-        h_at = runtime.unfold_steps(x0["h"], batch, steps)
-        for t in range(steps - 1, -1, -1):
+        cand_w_h = self.cand.weight[:, 8:].clone()
+
+        def step(carry, inputs):
+            c_tp1, h_tp1 = carry  # c[t+1], h[t+1]
+            gates_x_t, i_t, fg_t, o_t, cand_x_t, g_t, c_t, tc_t, h_t = inputs
             # std/recurrent.mach:31  gates : x × h[t+1] -> i × fg × o = linear | sigmoid
-            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
-            i = i_at[t] + i_gates
-            fg = fg_at[t] + fg_gates
-            o = o_at[t] + o_gates
+            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tp1, gates_w_h)), 16, dim=1)
+            i = i_t + i_gates
+            fg = fg_t + fg_gates
+            o = o_t + o_gates
             # std/recurrent.mach:32  cand : x × h[t+1] -> g = linear | tanh
-            g = g_at[t] + torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
+            g = g_t + torch.tanh(cand_x_t + F.linear(h_tp1, cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t+1] -> c = mul
-            c_keep = fg * c_steps[-1]
+            c_keep = fg * c_tp1
             # std/recurrent.mach:34  write : i × g -> c = mul
             c_write = i * g
-            c = c_at[t] + c_keep + c_write
+            c = c_t + c_keep + c_write
             # std/recurrent.mach:35  squash : c -> tc = tanh
-            tc = tc_at[t] + torch.tanh(c)
+            tc = tc_t + torch.tanh(c)
             # std/recurrent.mach:36  emit : o × tc -> h = mul
-            h = h_at[t] + o * tc
-            i_steps.append(i)
-            fg_steps.append(fg)
-            o_steps.append(o)
-            g_steps.append(g)
-            c_steps.append(c)
-            tc_steps.append(tc)
-            h_steps.append(h)
-        i = torch.stack(i_steps[::-1], 1).flatten(0, 1)
-        fg = torch.stack(fg_steps[::-1], 1).flatten(0, 1)
-        o = torch.stack(o_steps[::-1], 1).flatten(0, 1)
-        g = torch.stack(g_steps[::-1], 1).flatten(0, 1)
-        c = torch.stack(c_steps[1:][::-1], 1).flatten(0, 1)
-        tc = torch.stack(tc_steps[::-1], 1).flatten(0, 1)
-        h = torch.stack(h_steps[1:][::-1], 1).flatten(0, 1)
+            h = h_t + o * tc
+            return (c, h), (i, fg, o, g, c, tc, h)
+
+        _, (i, fg, o, g, c, tc, h) = runtime.recur(step, (x0["x"].new_zeros((batch, 16)), x0["x"].new_zeros((batch, 16))), (gates_x, x0["i"], x0["fg"], x0["o"], cand_x, x0["g"], x0["c"], x0["tc"], x0["h"]), batch, steps, reverse=True)
         return {
             "x": x0["x"].unflatten(0, (batch, steps)),
             "i": i.unflatten(0, (batch, steps)),
@@ -553,23 +504,22 @@ class LSTM_n32_m16_dir1(nn.Module):
         c_past = runtime.past(state, "c", (16,), 1, batch, x)
         h_past = runtime.past(state, "h", (16,), 1, batch, x)
         # step by step, forward in time
-        c_steps = list(c_past)
-        h_steps = list(h_past)
         # std/recurrent.mach:31  gates: its linear on x, every step
         gates_x = F.linear(x, self.gates.weight[:, :32], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 32:]
+        gates_w_h = self.gates.weight[:, 32:].clone()
         # std/recurrent.mach:32  cand: its linear on x, every step
         cand_x = F.linear(x, self.cand.weight[:, :32], self.cand.bias)
-        cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 32:]
-        for t in range(steps):
+        cand_w_h = self.cand.weight[:, 32:].clone()
+
+        def step(carry, inputs):
+            c_tm1, h_tm1 = carry  # c[t-1], h[t-1]
+            gates_x_t, cand_x_t = inputs
             # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
+            i, fg, o = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 16, dim=1)
             # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
-            g = torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
+            g = torch.tanh(cand_x_t + F.linear(h_tm1, cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
-            c_keep = fg * c_steps[-1]
+            c_keep = fg * c_tm1
             # std/recurrent.mach:34  write : i × g -> c = mul
             c_write = i * g
             c = c_keep + c_write
@@ -577,13 +527,13 @@ class LSTM_n32_m16_dir1(nn.Module):
             tc = torch.tanh(c)
             # std/recurrent.mach:36  emit : o × tc -> h = mul
             h = o * tc
-            c_steps.append(c)
-            h_steps.append(h)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            return (c, h), (c, h)
+
+        _, (c, h) = runtime.recur(step, (c_past[-1], h_past[-1]), (gates_x, cand_x), batch, steps)
         h = runtime.mask_steps(h, lengths, batch, steps)
         if return_state:
             return h.unflatten(0, (batch, steps)), {
-                "c": runtime.end_steps(c_steps, 1, steps, lengths),
+                "c": runtime.last_steps(c, 1, c_past, batch, steps, lengths),
                 "h": runtime.last_steps(h, 1, h_past, batch, steps, lengths),
             }
         return h.unflatten(0, (batch, steps))
@@ -621,59 +571,35 @@ class LSTM_n32_m16_dir1(nn.Module):
         c_past = runtime.past(None, "c", (16,), 1, batch, x0["x"])
         h_past = runtime.past(None, "h", (16,), 1, batch, x0["x"])
         # step by step, forward in time
-        i_steps = []
-        fg_steps = []
-        o_steps = []
-        g_steps = []
-        c_steps = list(c_past)
-        tc_steps = []
-        h_steps = list(h_past)
         # std/recurrent.mach:31  gates: its linear on x, every step
         gates_x = F.linear(x0["x"], self.gates.weight[:, :32], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 32:]
-        i_at = runtime.unfold_steps(x0["i"], batch, steps)
-        fg_at = runtime.unfold_steps(x0["fg"], batch, steps)
-        o_at = runtime.unfold_steps(x0["o"], batch, steps)
+        gates_w_h = self.gates.weight[:, 32:].clone()
         # std/recurrent.mach:32  cand: its linear on x, every step
         cand_x = F.linear(x0["x"], self.cand.weight[:, :32], self.cand.bias)
-        cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 32:]
-        g_at = runtime.unfold_steps(x0["g"], batch, steps)
-        c_at = runtime.unfold_steps(x0["c"], batch, steps)
-        tc_at = runtime.unfold_steps(x0["tc"], batch, steps)
-        h_at = runtime.unfold_steps(x0["h"], batch, steps)
-        for t in range(steps):
+        cand_w_h = self.cand.weight[:, 32:].clone()
+
+        def step(carry, inputs):
+            c_tm1, h_tm1 = carry  # c[t-1], h[t-1]
+            gates_x_t, i_t, fg_t, o_t, cand_x_t, g_t, c_t, tc_t, h_t = inputs
             # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
-            i = i_at[t] + i_gates
-            fg = fg_at[t] + fg_gates
-            o = o_at[t] + o_gates
+            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 16, dim=1)
+            i = i_t + i_gates
+            fg = fg_t + fg_gates
+            o = o_t + o_gates
             # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
-            g = g_at[t] + torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
+            g = g_t + torch.tanh(cand_x_t + F.linear(h_tm1, cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
-            c_keep = fg * c_steps[-1]
+            c_keep = fg * c_tm1
             # std/recurrent.mach:34  write : i × g -> c = mul
             c_write = i * g
-            c = c_at[t] + c_keep + c_write
+            c = c_t + c_keep + c_write
             # std/recurrent.mach:35  squash : c -> tc = tanh
-            tc = tc_at[t] + torch.tanh(c)
+            tc = tc_t + torch.tanh(c)
             # std/recurrent.mach:36  emit : o × tc -> h = mul
-            h = h_at[t] + o * tc
-            i_steps.append(i)
-            fg_steps.append(fg)
-            o_steps.append(o)
-            g_steps.append(g)
-            c_steps.append(c)
-            tc_steps.append(tc)
-            h_steps.append(h)
-        i = torch.stack(i_steps, 1).flatten(0, 1)
-        fg = torch.stack(fg_steps, 1).flatten(0, 1)
-        o = torch.stack(o_steps, 1).flatten(0, 1)
-        g = torch.stack(g_steps, 1).flatten(0, 1)
-        c = torch.stack(c_steps[1:], 1).flatten(0, 1)
-        tc = torch.stack(tc_steps, 1).flatten(0, 1)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            h = h_t + o * tc
+            return (c, h), (i, fg, o, g, c, tc, h)
+
+        _, (i, fg, o, g, c, tc, h) = runtime.recur(step, (c_past[-1], h_past[-1]), (gates_x, x0["i"], x0["fg"], x0["o"], cand_x, x0["g"], x0["c"], x0["tc"], x0["h"]), batch, steps)
         return {
             "x": x0["x"].unflatten(0, (batch, steps)),
             "i": i.unflatten(0, (batch, steps)),
@@ -744,23 +670,23 @@ class LSTM_n32_m16_dirm1(nn.Module):
         lengths = runtime.check_lengths(lengths, batch, steps)
         runtime.no_chunks("LSTM", state, return_state)
         # step by step, backward in time
-        c_steps = [x.new_zeros((batch, 16))] * 1
-        h_steps = [x.new_zeros((batch, 16))] * 1
         # std/recurrent.mach:31  gates: its linear on x, every step
         gates_x = F.linear(x, self.gates.weight[:, :32], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 32:]
+        gates_w_h = self.gates.weight[:, 32:].clone()
         # std/recurrent.mach:32  cand: its linear on x, every step
         cand_x = F.linear(x, self.cand.weight[:, :32], self.cand.bias)
-        cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 32:]
-        for t in range(steps - 1, -1, -1):
+        cand_w_h = self.cand.weight[:, 32:].clone()
+        valid = runtime.valid_steps(lengths, batch, steps)
+
+        def step(carry, inputs):
+            c_tp1, h_tp1 = carry  # c[t+1], h[t+1]
+            gates_x_t, cand_x_t, valid_t = inputs
             # std/recurrent.mach:31  gates : x × h[t+1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
+            i, fg, o = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tp1, gates_w_h)), 16, dim=1)
             # std/recurrent.mach:32  cand : x × h[t+1] -> g = linear | tanh
-            g = torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
+            g = torch.tanh(cand_x_t + F.linear(h_tp1, cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t+1] -> c = mul
-            c_keep = fg * c_steps[-1]
+            c_keep = fg * c_tp1
             # std/recurrent.mach:34  write : i × g -> c = mul
             c_write = i * g
             c = c_keep + c_write
@@ -768,11 +694,11 @@ class LSTM_n32_m16_dirm1(nn.Module):
             tc = torch.tanh(c)
             # std/recurrent.mach:36  emit : o × tc -> h = mul
             h = o * tc
-            c = runtime.mask_step(c, lengths, t)
-            c_steps.append(c)
-            h = runtime.mask_step(h, lengths, t)
-            h_steps.append(h)
-        h = torch.stack(h_steps[1:][::-1], 1).flatten(0, 1)
+            c = runtime.keep_valid(c, valid_t)
+            h = runtime.keep_valid(h, valid_t)
+            return (c, h), (h,)
+
+        _, (h,) = runtime.recur(step, (x.new_zeros((batch, 16)), x.new_zeros((batch, 16))), (gates_x, cand_x, valid), batch, steps, reverse=True)
         h = runtime.mask_steps(h, lengths, batch, steps)
         return h.unflatten(0, (batch, steps))
 
@@ -807,59 +733,35 @@ class LSTM_n32_m16_dirm1(nn.Module):
         """The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] tensors on any spaces (the rest are zero); before the first step and after the last, every space is zero."""
         batch, steps, x0 = runtime.fold_state(self.SPACES, x0)
         # step by step, backward in time
-        i_steps = []
-        fg_steps = []
-        o_steps = []
-        g_steps = []
-        c_steps = [x0["x"].new_zeros((batch, 16))] * 1
-        tc_steps = []
-        h_steps = [x0["x"].new_zeros((batch, 16))] * 1
         # std/recurrent.mach:31  gates: its linear on x, every step
         gates_x = F.linear(x0["x"], self.gates.weight[:, :32], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 32:]
-        i_at = runtime.unfold_steps(x0["i"], batch, steps)
-        fg_at = runtime.unfold_steps(x0["fg"], batch, steps)
-        o_at = runtime.unfold_steps(x0["o"], batch, steps)
+        gates_w_h = self.gates.weight[:, 32:].clone()
         # std/recurrent.mach:32  cand: its linear on x, every step
         cand_x = F.linear(x0["x"], self.cand.weight[:, :32], self.cand.bias)
-        cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 32:]
-        g_at = runtime.unfold_steps(x0["g"], batch, steps)
-        c_at = runtime.unfold_steps(x0["c"], batch, steps)
-        tc_at = runtime.unfold_steps(x0["tc"], batch, steps)
-        h_at = runtime.unfold_steps(x0["h"], batch, steps)
-        for t in range(steps - 1, -1, -1):
+        cand_w_h = self.cand.weight[:, 32:].clone()
+
+        def step(carry, inputs):
+            c_tp1, h_tp1 = carry  # c[t+1], h[t+1]
+            gates_x_t, i_t, fg_t, o_t, cand_x_t, g_t, c_t, tc_t, h_t = inputs
             # std/recurrent.mach:31  gates : x × h[t+1] -> i × fg × o = linear | sigmoid
-            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
-            i = i_at[t] + i_gates
-            fg = fg_at[t] + fg_gates
-            o = o_at[t] + o_gates
+            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tp1, gates_w_h)), 16, dim=1)
+            i = i_t + i_gates
+            fg = fg_t + fg_gates
+            o = o_t + o_gates
             # std/recurrent.mach:32  cand : x × h[t+1] -> g = linear | tanh
-            g = g_at[t] + torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
+            g = g_t + torch.tanh(cand_x_t + F.linear(h_tp1, cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t+1] -> c = mul
-            c_keep = fg * c_steps[-1]
+            c_keep = fg * c_tp1
             # std/recurrent.mach:34  write : i × g -> c = mul
             c_write = i * g
-            c = c_at[t] + c_keep + c_write
+            c = c_t + c_keep + c_write
             # std/recurrent.mach:35  squash : c -> tc = tanh
-            tc = tc_at[t] + torch.tanh(c)
+            tc = tc_t + torch.tanh(c)
             # std/recurrent.mach:36  emit : o × tc -> h = mul
-            h = h_at[t] + o * tc
-            i_steps.append(i)
-            fg_steps.append(fg)
-            o_steps.append(o)
-            g_steps.append(g)
-            c_steps.append(c)
-            tc_steps.append(tc)
-            h_steps.append(h)
-        i = torch.stack(i_steps[::-1], 1).flatten(0, 1)
-        fg = torch.stack(fg_steps[::-1], 1).flatten(0, 1)
-        o = torch.stack(o_steps[::-1], 1).flatten(0, 1)
-        g = torch.stack(g_steps[::-1], 1).flatten(0, 1)
-        c = torch.stack(c_steps[1:][::-1], 1).flatten(0, 1)
-        tc = torch.stack(tc_steps[::-1], 1).flatten(0, 1)
-        h = torch.stack(h_steps[1:][::-1], 1).flatten(0, 1)
+            h = h_t + o * tc
+            return (c, h), (i, fg, o, g, c, tc, h)
+
+        _, (i, fg, o, g, c, tc, h) = runtime.recur(step, (x0["x"].new_zeros((batch, 16)), x0["x"].new_zeros((batch, 16))), (gates_x, x0["i"], x0["fg"], x0["o"], cand_x, x0["g"], x0["c"], x0["tc"], x0["h"]), batch, steps, reverse=True)
         return {
             "x": x0["x"].unflatten(0, (batch, steps)),
             "i": i.unflatten(0, (batch, steps)),

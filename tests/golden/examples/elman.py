@@ -71,16 +71,18 @@ class Elman(nn.Module):
         runtime.check_state(self.DELAYS, state)
         h_past = runtime.past(state, "h", (64,), 1, batch, x)
         # step by step, forward in time
-        h_steps = list(h_past)
         # elman.mach:7  cell: its linear on x, every step
         cell_x = F.linear(x, self.cell.weight[:, :16], self.cell.bias)
-        cell_x_at = runtime.unfold_steps(cell_x, batch, steps)
-        cell_w_h = self.cell.weight[:, 16:]
-        for t in range(steps):
+        cell_w_h = self.cell.weight[:, 16:].clone()
+
+        def step(carry, inputs):
+            (h_tm1,) = carry  # h[t-1]
+            (cell_x_t,) = inputs
             # elman.mach:7  cell : x × h[t-1] -> h = linear | tanh
-            h = torch.tanh(cell_x_at[t] + F.linear(h_steps[-1], cell_w_h))
-            h_steps.append(h)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            h = torch.tanh(cell_x_t + F.linear(h_tm1, cell_w_h))
+            return (h,), (h,)
+
+        _, (h,) = runtime.recur(step, (h_past[-1],), (cell_x,), batch, steps)
         # every step at once
         # elman.mach:8  read : h -> y = linear
         y = self.read(h)
@@ -109,17 +111,18 @@ class Elman(nn.Module):
         batch, steps, x0 = runtime.fold_state(self.SPACES, x0)
         h_past = runtime.past(None, "h", (64,), 1, batch, x0["x"])
         # step by step, forward in time
-        h_steps = list(h_past)
         # elman.mach:7  cell: its linear on x, every step
         cell_x = F.linear(x0["x"], self.cell.weight[:, :16], self.cell.bias)
-        cell_x_at = runtime.unfold_steps(cell_x, batch, steps)
-        cell_w_h = self.cell.weight[:, 16:]
-        h_at = runtime.unfold_steps(x0["h"], batch, steps)
-        for t in range(steps):
+        cell_w_h = self.cell.weight[:, 16:].clone()
+
+        def step(carry, inputs):
+            (h_tm1,) = carry  # h[t-1]
+            cell_x_t, h_t = inputs
             # elman.mach:7  cell : x × h[t-1] -> h = linear | tanh
-            h = h_at[t] + torch.tanh(cell_x_at[t] + F.linear(h_steps[-1], cell_w_h))
-            h_steps.append(h)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            h = h_t + torch.tanh(cell_x_t + F.linear(h_tm1, cell_w_h))
+            return (h,), (h,)
+
+        _, (h,) = runtime.recur(step, (h_past[-1],), (cell_x, x0["h"]), batch, steps)
         # every step at once
         # elman.mach:8  read : h -> y = linear
         y = x0["y"] + self.read(h)

@@ -81,23 +81,22 @@ class LSTM(nn.Module):
         c_past = runtime.past(state, "c", (16,), 1, batch, x)
         h_past = runtime.past(state, "h", (16,), 1, batch, x)
         # step by step, forward in time
-        c_steps = list(c_past)
-        h_steps = list(h_past)
         # lstm.mach:12  gates: its linear on x, every step
         gates_x = F.linear(x, self.gates.weight[:, :8], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 8:]
+        gates_w_h = self.gates.weight[:, 8:].clone()
         # lstm.mach:13  cand: its linear on x, every step
         cand_x = F.linear(x, self.cand.weight[:, :8], self.cand.bias)
-        cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 8:]
-        for t in range(steps):
+        cand_w_h = self.cand.weight[:, 8:].clone()
+
+        def step(carry, inputs):
+            c_tm1, h_tm1 = carry  # c[t-1], h[t-1]
+            gates_x_t, cand_x_t = inputs
             # lstm.mach:12  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
+            i, fg, o = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 16, dim=1)
             # lstm.mach:13  cand : x × h[t-1] -> g = linear | tanh
-            g = torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
+            g = torch.tanh(cand_x_t + F.linear(h_tm1, cand_w_h))
             # lstm.mach:14  keep : fg × c[t-1] -> c = mul
-            c_keep = fg * c_steps[-1]
+            c_keep = fg * c_tm1
             # lstm.mach:15  write : i × g -> c = mul
             c_write = i * g
             c = c_keep + c_write
@@ -105,13 +104,13 @@ class LSTM(nn.Module):
             tc = torch.tanh(c)
             # lstm.mach:17  emit : o × tc -> h = mul
             h = o * tc
-            c_steps.append(c)
-            h_steps.append(h)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            return (c, h), (c, h)
+
+        _, (c, h) = runtime.recur(step, (c_past[-1], h_past[-1]), (gates_x, cand_x), batch, steps)
         h = runtime.mask_steps(h, lengths, batch, steps)
         if return_state:
             return h.unflatten(0, (batch, steps)), {
-                "c": runtime.end_steps(c_steps, 1, steps, lengths),
+                "c": runtime.last_steps(c, 1, c_past, batch, steps, lengths),
                 "h": runtime.last_steps(h, 1, h_past, batch, steps, lengths),
             }
         return h.unflatten(0, (batch, steps))
@@ -149,59 +148,35 @@ class LSTM(nn.Module):
         c_past = runtime.past(None, "c", (16,), 1, batch, x0["x"])
         h_past = runtime.past(None, "h", (16,), 1, batch, x0["x"])
         # step by step, forward in time
-        i_steps = []
-        fg_steps = []
-        o_steps = []
-        g_steps = []
-        c_steps = list(c_past)
-        tc_steps = []
-        h_steps = list(h_past)
         # lstm.mach:12  gates: its linear on x, every step
         gates_x = F.linear(x0["x"], self.gates.weight[:, :8], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 8:]
-        i_at = runtime.unfold_steps(x0["i"], batch, steps)
-        fg_at = runtime.unfold_steps(x0["fg"], batch, steps)
-        o_at = runtime.unfold_steps(x0["o"], batch, steps)
+        gates_w_h = self.gates.weight[:, 8:].clone()
         # lstm.mach:13  cand: its linear on x, every step
         cand_x = F.linear(x0["x"], self.cand.weight[:, :8], self.cand.bias)
-        cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 8:]
-        g_at = runtime.unfold_steps(x0["g"], batch, steps)
-        c_at = runtime.unfold_steps(x0["c"], batch, steps)
-        tc_at = runtime.unfold_steps(x0["tc"], batch, steps)
-        h_at = runtime.unfold_steps(x0["h"], batch, steps)
-        for t in range(steps):
+        cand_w_h = self.cand.weight[:, 8:].clone()
+
+        def step(carry, inputs):
+            c_tm1, h_tm1 = carry  # c[t-1], h[t-1]
+            gates_x_t, i_t, fg_t, o_t, cand_x_t, g_t, c_t, tc_t, h_t = inputs
             # lstm.mach:12  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 16, dim=1)
-            i = i_at[t] + i_gates
-            fg = fg_at[t] + fg_gates
-            o = o_at[t] + o_gates
+            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 16, dim=1)
+            i = i_t + i_gates
+            fg = fg_t + fg_gates
+            o = o_t + o_gates
             # lstm.mach:13  cand : x × h[t-1] -> g = linear | tanh
-            g = g_at[t] + torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
+            g = g_t + torch.tanh(cand_x_t + F.linear(h_tm1, cand_w_h))
             # lstm.mach:14  keep : fg × c[t-1] -> c = mul
-            c_keep = fg * c_steps[-1]
+            c_keep = fg * c_tm1
             # lstm.mach:15  write : i × g -> c = mul
             c_write = i * g
-            c = c_at[t] + c_keep + c_write
+            c = c_t + c_keep + c_write
             # lstm.mach:16  squash : c -> tc = tanh
-            tc = tc_at[t] + torch.tanh(c)
+            tc = tc_t + torch.tanh(c)
             # lstm.mach:17  emit : o × tc -> h = mul
-            h = h_at[t] + o * tc
-            i_steps.append(i)
-            fg_steps.append(fg)
-            o_steps.append(o)
-            g_steps.append(g)
-            c_steps.append(c)
-            tc_steps.append(tc)
-            h_steps.append(h)
-        i = torch.stack(i_steps, 1).flatten(0, 1)
-        fg = torch.stack(fg_steps, 1).flatten(0, 1)
-        o = torch.stack(o_steps, 1).flatten(0, 1)
-        g = torch.stack(g_steps, 1).flatten(0, 1)
-        c = torch.stack(c_steps[1:], 1).flatten(0, 1)
-        tc = torch.stack(tc_steps, 1).flatten(0, 1)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            h = h_t + o * tc
+            return (c, h), (i, fg, o, g, c, tc, h)
+
+        _, (i, fg, o, g, c, tc, h) = runtime.recur(step, (c_past[-1], h_past[-1]), (gates_x, x0["i"], x0["fg"], x0["o"], cand_x, x0["g"], x0["c"], x0["tc"], x0["h"]), batch, steps)
         return {
             "x": x0["x"].unflatten(0, (batch, steps)),
             "i": i.unflatten(0, (batch, steps)),

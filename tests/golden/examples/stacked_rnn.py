@@ -73,26 +73,30 @@ class StackedRNN(nn.Module):
         # stacked_rnn.mach:8  in1 : x -> h1 = linear
         h1 = self.in1(x)
         # step by step, forward in time
-        h1_steps = list(h1_past)
-        h1_at = runtime.unfold_steps(h1, batch, steps)
-        for t in range(steps):
+
+        def step_1(carry, inputs):
+            (h1_tm1,) = carry  # h1[t-1]
+            (h1_t,) = inputs
             # stacked_rnn.mach:9  rec1 : h1[t-1] -> h1 = linear(bias=false)
-            h1 = h1_at[t] + self.rec1(h1_steps[-1])
-            h1_steps.append(h1)
-        h1 = torch.stack(h1_steps[1:], 1).flatten(0, 1)
+            h1 = h1_t + self.rec1(h1_tm1)
+            return (h1,), (h1,)
+
+        _, (h1,) = runtime.recur(step_1, (h1_past[-1],), (h1,), batch, steps)
         # every step at once
         # stacked_rnn.mach:10  act : h1 -> r = relu
         r = torch.relu(h1)
         # stacked_rnn.mach:11  in2 : r -> h2 = linear
         h2 = self.in2(r)
         # step by step, forward in time
-        h2_steps = list(h2_past)
-        h2_at = runtime.unfold_steps(h2, batch, steps)
-        for t in range(steps):
+
+        def step_2(carry, inputs):
+            (h2_tm1,) = carry  # h2[t-1]
+            (h2_t,) = inputs
             # stacked_rnn.mach:12  rec2 : h2[t-1] -> h2 = linear(bias=false)
-            h2 = h2_at[t] + self.rec2(h2_steps[-1])
-            h2_steps.append(h2)
-        h2 = torch.stack(h2_steps[1:], 1).flatten(0, 1)
+            h2 = h2_t + self.rec2(h2_tm1)
+            return (h2,), (h2,)
+
+        _, (h2,) = runtime.recur(step_2, (h2_past[-1],), (h2,), batch, steps)
         h2 = runtime.mask_steps(h2, lengths, batch, steps)
         if return_state:
             return h2.unflatten(0, (batch, steps)), {
@@ -132,26 +136,30 @@ class StackedRNN(nn.Module):
         # stacked_rnn.mach:8  in1 : x -> h1 = linear
         h1 = x0["h1"] + self.in1(x0["x"])
         # step by step, forward in time
-        h1_steps = list(h1_past)
-        h1_at = runtime.unfold_steps(h1, batch, steps)
-        for t in range(steps):
+
+        def step_1(carry, inputs):
+            (h1_tm1,) = carry  # h1[t-1]
+            (h1_t,) = inputs
             # stacked_rnn.mach:9  rec1 : h1[t-1] -> h1 = linear(bias=false)
-            h1 = h1_at[t] + self.rec1(h1_steps[-1])
-            h1_steps.append(h1)
-        h1 = torch.stack(h1_steps[1:], 1).flatten(0, 1)
+            h1 = h1_t + self.rec1(h1_tm1)
+            return (h1,), (h1,)
+
+        _, (h1,) = runtime.recur(step_1, (h1_past[-1],), (h1,), batch, steps)
         # every step at once
         # stacked_rnn.mach:10  act : h1 -> r = relu
         r = x0["r"] + torch.relu(h1)
         # stacked_rnn.mach:11  in2 : r -> h2 = linear
         h2 = x0["h2"] + self.in2(r)
         # step by step, forward in time
-        h2_steps = list(h2_past)
-        h2_at = runtime.unfold_steps(h2, batch, steps)
-        for t in range(steps):
+
+        def step_2(carry, inputs):
+            (h2_tm1,) = carry  # h2[t-1]
+            (h2_t,) = inputs
             # stacked_rnn.mach:12  rec2 : h2[t-1] -> h2 = linear(bias=false)
-            h2 = h2_at[t] + self.rec2(h2_steps[-1])
-            h2_steps.append(h2)
-        h2 = torch.stack(h2_steps[1:], 1).flatten(0, 1)
+            h2 = h2_t + self.rec2(h2_tm1)
+            return (h2,), (h2,)
+
+        _, (h2,) = runtime.recur(step_2, (h2_past[-1],), (h2,), batch, steps)
         return {
             "x": x0["x"].unflatten(0, (batch, steps)),
             "h1": h1.unflatten(0, (batch, steps)),

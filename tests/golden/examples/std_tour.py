@@ -639,16 +639,18 @@ class Elman(nn.Module):
         runtime.check_state(self.DELAYS, state)
         h_past = runtime.past(state, "h", (16,), 1, batch, x)
         # step by step, forward in time
-        h_steps = list(h_past)
         # std/recurrent.mach:16  cell: its linear on x, every step
         cell_x = F.linear(x, self.cell.weight[:, :4], self.cell.bias)
-        cell_x_at = runtime.unfold_steps(cell_x, batch, steps)
-        cell_w_h = self.cell.weight[:, 4:]
-        for t in range(steps):
+        cell_w_h = self.cell.weight[:, 4:].clone()
+
+        def step(carry, inputs):
+            (h_tm1,) = carry  # h[t-1]
+            (cell_x_t,) = inputs
             # std/recurrent.mach:16  cell : x × h[t-1] -> h = linear | tanh
-            h = torch.tanh(cell_x_at[t] + F.linear(h_steps[-1], cell_w_h))
-            h_steps.append(h)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            h = torch.tanh(cell_x_t + F.linear(h_tm1, cell_w_h))
+            return (h,), (h,)
+
+        _, (h,) = runtime.recur(step, (h_past[-1],), (cell_x,), batch, steps)
         # every step at once
         # std/recurrent.mach:17  read : h -> y = linear
         y = self.read(h)
@@ -677,17 +679,18 @@ class Elman(nn.Module):
         batch, steps, x0 = runtime.fold_state(self.SPACES, x0)
         h_past = runtime.past(None, "h", (16,), 1, batch, x0["x"])
         # step by step, forward in time
-        h_steps = list(h_past)
         # std/recurrent.mach:16  cell: its linear on x, every step
         cell_x = F.linear(x0["x"], self.cell.weight[:, :4], self.cell.bias)
-        cell_x_at = runtime.unfold_steps(cell_x, batch, steps)
-        cell_w_h = self.cell.weight[:, 4:]
-        h_at = runtime.unfold_steps(x0["h"], batch, steps)
-        for t in range(steps):
+        cell_w_h = self.cell.weight[:, 4:].clone()
+
+        def step(carry, inputs):
+            (h_tm1,) = carry  # h[t-1]
+            cell_x_t, h_t = inputs
             # std/recurrent.mach:16  cell : x × h[t-1] -> h = linear | tanh
-            h = h_at[t] + torch.tanh(cell_x_at[t] + F.linear(h_steps[-1], cell_w_h))
-            h_steps.append(h)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            h = h_t + torch.tanh(cell_x_t + F.linear(h_tm1, cell_w_h))
+            return (h,), (h,)
+
+        _, (h,) = runtime.recur(step, (h_past[-1],), (cell_x, x0["h"]), batch, steps)
         # every step at once
         # std/recurrent.mach:17  read : h -> y = linear
         y = x0["y"] + self.read(h)
@@ -756,23 +759,22 @@ class LSTM(nn.Module):
         c_past = runtime.past(state, "c", (8,), 1, batch, x)
         h_past = runtime.past(state, "h", (8,), 1, batch, x)
         # step by step, forward in time
-        c_steps = list(c_past)
-        h_steps = list(h_past)
         # std/recurrent.mach:31  gates: its linear on x, every step
         gates_x = F.linear(x, self.gates.weight[:, :4], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 4:]
+        gates_w_h = self.gates.weight[:, 4:].clone()
         # std/recurrent.mach:32  cand: its linear on x, every step
         cand_x = F.linear(x, self.cand.weight[:, :4], self.cand.bias)
-        cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 4:]
-        for t in range(steps):
+        cand_w_h = self.cand.weight[:, 4:].clone()
+
+        def step(carry, inputs):
+            c_tm1, h_tm1 = carry  # c[t-1], h[t-1]
+            gates_x_t, cand_x_t = inputs
             # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 8, dim=1)
+            i, fg, o = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 8, dim=1)
             # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
-            g = torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
+            g = torch.tanh(cand_x_t + F.linear(h_tm1, cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
-            c_keep = fg * c_steps[-1]
+            c_keep = fg * c_tm1
             # std/recurrent.mach:34  write : i × g -> c = mul
             c_write = i * g
             c = c_keep + c_write
@@ -780,13 +782,13 @@ class LSTM(nn.Module):
             tc = torch.tanh(c)
             # std/recurrent.mach:36  emit : o × tc -> h = mul
             h = o * tc
-            c_steps.append(c)
-            h_steps.append(h)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            return (c, h), (c, h)
+
+        _, (c, h) = runtime.recur(step, (c_past[-1], h_past[-1]), (gates_x, cand_x), batch, steps)
         h = runtime.mask_steps(h, lengths, batch, steps)
         if return_state:
             return h.unflatten(0, (batch, steps)), {
-                "c": runtime.end_steps(c_steps, 1, steps, lengths),
+                "c": runtime.last_steps(c, 1, c_past, batch, steps, lengths),
                 "h": runtime.last_steps(h, 1, h_past, batch, steps, lengths),
             }
         return h.unflatten(0, (batch, steps))
@@ -824,59 +826,35 @@ class LSTM(nn.Module):
         c_past = runtime.past(None, "c", (8,), 1, batch, x0["x"])
         h_past = runtime.past(None, "h", (8,), 1, batch, x0["x"])
         # step by step, forward in time
-        i_steps = []
-        fg_steps = []
-        o_steps = []
-        g_steps = []
-        c_steps = list(c_past)
-        tc_steps = []
-        h_steps = list(h_past)
         # std/recurrent.mach:31  gates: its linear on x, every step
         gates_x = F.linear(x0["x"], self.gates.weight[:, :4], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 4:]
-        i_at = runtime.unfold_steps(x0["i"], batch, steps)
-        fg_at = runtime.unfold_steps(x0["fg"], batch, steps)
-        o_at = runtime.unfold_steps(x0["o"], batch, steps)
+        gates_w_h = self.gates.weight[:, 4:].clone()
         # std/recurrent.mach:32  cand: its linear on x, every step
         cand_x = F.linear(x0["x"], self.cand.weight[:, :4], self.cand.bias)
-        cand_x_at = runtime.unfold_steps(cand_x, batch, steps)
-        cand_w_h = self.cand.weight[:, 4:]
-        g_at = runtime.unfold_steps(x0["g"], batch, steps)
-        c_at = runtime.unfold_steps(x0["c"], batch, steps)
-        tc_at = runtime.unfold_steps(x0["tc"], batch, steps)
-        h_at = runtime.unfold_steps(x0["h"], batch, steps)
-        for t in range(steps):
+        cand_w_h = self.cand.weight[:, 4:].clone()
+
+        def step(carry, inputs):
+            c_tm1, h_tm1 = carry  # c[t-1], h[t-1]
+            gates_x_t, i_t, fg_t, o_t, cand_x_t, g_t, c_t, tc_t, h_t = inputs
             # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 8, dim=1)
-            i = i_at[t] + i_gates
-            fg = fg_at[t] + fg_gates
-            o = o_at[t] + o_gates
+            i_gates, fg_gates, o_gates = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 8, dim=1)
+            i = i_t + i_gates
+            fg = fg_t + fg_gates
+            o = o_t + o_gates
             # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
-            g = g_at[t] + torch.tanh(cand_x_at[t] + F.linear(h_steps[-1], cand_w_h))
+            g = g_t + torch.tanh(cand_x_t + F.linear(h_tm1, cand_w_h))
             # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
-            c_keep = fg * c_steps[-1]
+            c_keep = fg * c_tm1
             # std/recurrent.mach:34  write : i × g -> c = mul
             c_write = i * g
-            c = c_at[t] + c_keep + c_write
+            c = c_t + c_keep + c_write
             # std/recurrent.mach:35  squash : c -> tc = tanh
-            tc = tc_at[t] + torch.tanh(c)
+            tc = tc_t + torch.tanh(c)
             # std/recurrent.mach:36  emit : o × tc -> h = mul
-            h = h_at[t] + o * tc
-            i_steps.append(i)
-            fg_steps.append(fg)
-            o_steps.append(o)
-            g_steps.append(g)
-            c_steps.append(c)
-            tc_steps.append(tc)
-            h_steps.append(h)
-        i = torch.stack(i_steps, 1).flatten(0, 1)
-        fg = torch.stack(fg_steps, 1).flatten(0, 1)
-        o = torch.stack(o_steps, 1).flatten(0, 1)
-        g = torch.stack(g_steps, 1).flatten(0, 1)
-        c = torch.stack(c_steps[1:], 1).flatten(0, 1)
-        tc = torch.stack(tc_steps, 1).flatten(0, 1)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            h = h_t + o * tc
+            return (c, h), (i, fg, o, g, c, tc, h)
+
+        _, (i, fg, o, g, c, tc, h) = runtime.recur(step, (c_past[-1], h_past[-1]), (gates_x, x0["i"], x0["fg"], x0["o"], cand_x, x0["g"], x0["c"], x0["tc"], x0["h"]), batch, steps)
         return {
             "x": x0["x"].unflatten(0, (batch, steps)),
             "i": i.unflatten(0, (batch, steps)),
@@ -949,21 +927,21 @@ class GRU(nn.Module):
         # std/recurrent.mach:53  read : x -> a = linear
         a = self.read(x)
         # step by step, forward in time
-        h_steps = list(h_past)
         # std/recurrent.mach:51  gates: its linear on x, every step
         gates_x = F.linear(x, self.gates.weight[:, :4], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 4:]
-        a_at = runtime.unfold_steps(a, batch, steps)
-        for t in range(steps):
+        gates_w_h = self.gates.weight[:, 4:].clone()
+
+        def step(carry, inputs):
+            (h_tm1,) = carry  # h[t-1]
+            gates_x_t, a_t = inputs
             # std/recurrent.mach:51  gates : x × h[t-1] -> r × z = linear | sigmoid
-            r, z = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 8, dim=1)
+            r, z = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 8, dim=1)
             # std/recurrent.mach:52  recall : h[t-1] -> u = linear
-            u = self.recall(h_steps[-1])
+            u = self.recall(h_tm1)
             # std/recurrent.mach:54  reset : r × u -> a = mul
-            a = a_at[t] + r * u
+            a = a_t + r * u
             # std/recurrent.mach:58  keep : z × h[t-1] -> h = mul
-            h_keep = z * h_steps[-1]
+            h_keep = z * h_tm1
             # std/recurrent.mach:55  cand : a -> c = tanh
             c = torch.tanh(a)
             # std/recurrent.mach:56  new : c -> h = identity
@@ -971,8 +949,9 @@ class GRU(nn.Module):
             # std/recurrent.mach:57  forget : z × c -> h = mul | scale(-1.0)
             h_forget = (z * c) * -1.0
             h = h_new + h_forget + h_keep
-            h_steps.append(h)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            return (h,), (h,)
+
+        _, (h,) = runtime.recur(step, (h_past[-1],), (gates_x, a), batch, steps)
         h = runtime.mask_steps(h, lengths, batch, steps)
         if return_state:
             return h.unflatten(0, (batch, steps)), {
@@ -1019,52 +998,33 @@ class GRU(nn.Module):
         # std/recurrent.mach:53  read : x -> a = linear
         a = x0["a"] + self.read(x0["x"])
         # step by step, forward in time
-        r_steps = []
-        z_steps = []
-        u_steps = []
-        a_steps = []
-        c_steps = []
-        h_steps = list(h_past)
         # std/recurrent.mach:51  gates: its linear on x, every step
         gates_x = F.linear(x0["x"], self.gates.weight[:, :4], self.gates.bias)
-        gates_x_at = runtime.unfold_steps(gates_x, batch, steps)
-        gates_w_h = self.gates.weight[:, 4:]
-        r_at = runtime.unfold_steps(x0["r"], batch, steps)
-        z_at = runtime.unfold_steps(x0["z"], batch, steps)
-        u_at = runtime.unfold_steps(x0["u"], batch, steps)
-        a_at = runtime.unfold_steps(a, batch, steps)
-        c_at = runtime.unfold_steps(x0["c"], batch, steps)
-        h_at = runtime.unfold_steps(x0["h"], batch, steps)
-        for t in range(steps):
+        gates_w_h = self.gates.weight[:, 4:].clone()
+
+        def step(carry, inputs):
+            (h_tm1,) = carry  # h[t-1]
+            gates_x_t, r_t, z_t, u_t, a_t, c_t, h_t = inputs
             # std/recurrent.mach:51  gates : x × h[t-1] -> r × z = linear | sigmoid
-            r_gates, z_gates = torch.split(torch.sigmoid(gates_x_at[t] + F.linear(h_steps[-1], gates_w_h)), 8, dim=1)
-            r = r_at[t] + r_gates
-            z = z_at[t] + z_gates
+            r_gates, z_gates = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 8, dim=1)
+            r = r_t + r_gates
+            z = z_t + z_gates
             # std/recurrent.mach:52  recall : h[t-1] -> u = linear
-            u = u_at[t] + self.recall(h_steps[-1])
+            u = u_t + self.recall(h_tm1)
             # std/recurrent.mach:54  reset : r × u -> a = mul
-            a = a_at[t] + r * u
+            a = a_t + r * u
             # std/recurrent.mach:58  keep : z × h[t-1] -> h = mul
-            h_keep = z * h_steps[-1]
+            h_keep = z * h_tm1
             # std/recurrent.mach:55  cand : a -> c = tanh
-            c = c_at[t] + torch.tanh(a)
+            c = c_t + torch.tanh(a)
             # std/recurrent.mach:56  new : c -> h = identity
             h_new = c
             # std/recurrent.mach:57  forget : z × c -> h = mul | scale(-1.0)
             h_forget = (z * c) * -1.0
-            h = h_at[t] + h_new + h_forget + h_keep
-            r_steps.append(r)
-            z_steps.append(z)
-            u_steps.append(u)
-            a_steps.append(a)
-            c_steps.append(c)
-            h_steps.append(h)
-        r = torch.stack(r_steps, 1).flatten(0, 1)
-        z = torch.stack(z_steps, 1).flatten(0, 1)
-        u = torch.stack(u_steps, 1).flatten(0, 1)
-        a = torch.stack(a_steps, 1).flatten(0, 1)
-        c = torch.stack(c_steps, 1).flatten(0, 1)
-        h = torch.stack(h_steps[1:], 1).flatten(0, 1)
+            h = h_t + h_new + h_forget + h_keep
+            return (h,), (r, z, u, a, c, h)
+
+        _, (r, z, u, a, c, h) = runtime.recur(step, (h_past[-1],), (gates_x, x0["r"], x0["z"], x0["u"], a, x0["c"], x0["h"]), batch, steps)
         return {
             "x": x0["x"].unflatten(0, (batch, steps)),
             "r": r.unflatten(0, (batch, steps)),
@@ -1126,31 +1086,30 @@ class TimeMachine(nn.Module):
         h_1_past = runtime.past(state, "h[1]", (8,), 1, batch, x)
         h_2_past = runtime.past(state, "h[2]", (8,), 1, batch, x)
         # step by step, forward in time
-        h_1_steps = list(h_1_past)
-        h_2_steps = list(h_2_past)
         # std/recurrent.mach:93  g[1]: its linear on x, every step
         g_1_x = F.linear(x, self.g_1.weight[:, :4], self.g_1.bias)
-        g_1_x_at = runtime.unfold_steps(g_1_x, batch, steps)
-        g_1_w_h_1 = self.g_1.weight[:, 4:]
+        g_1_w_h_1 = self.g_1.weight[:, 4:].clone()
         # std/recurrent.mach:93  g[2]: its linear on x, every step
         g_2_x = F.linear(x, self.g_2.weight[:, :4], self.g_2.bias)
-        g_2_x_at = runtime.unfold_steps(g_2_x, batch, steps)
-        g_2_w_h_1 = self.g_2.weight[:, 4:]
-        for t in range(steps):
+        g_2_w_h_1 = self.g_2.weight[:, 4:].clone()
+
+        def step(carry, inputs):
+            h_1_tm1, h_2_tm1 = carry  # h[1][t-1], h[2][t-1]
+            g_1_x_t, g_2_x_t = inputs
             # std/recurrent.mach:93  g[1] : x × h[1][t-1] × h[2][t-1] -> h[1] = linear | tanh
-            h_1 = torch.tanh(g_1_x_at[t] + F.linear(torch.cat([h_1_steps[-1], h_2_steps[-1]], dim=1), g_1_w_h_1))
+            h_1 = torch.tanh(g_1_x_t + F.linear(torch.cat([h_1_tm1, h_2_tm1], dim=1), g_1_w_h_1))
             # std/recurrent.mach:93  g[2] : x × h[1] × h[1][t-1] × h[2][t-1] -> h[2] = linear | tanh
-            h_2 = torch.tanh(g_2_x_at[t] + F.linear(torch.cat([h_1, h_1_steps[-1], h_2_steps[-1]], dim=1), g_2_w_h_1))
-            h_1_steps.append(h_1)
-            h_2_steps.append(h_2)
-        h_2 = torch.stack(h_2_steps[1:], 1).flatten(0, 1)
+            h_2 = torch.tanh(g_2_x_t + F.linear(torch.cat([h_1, h_1_tm1, h_2_tm1], dim=1), g_2_w_h_1))
+            return (h_1, h_2), (h_1, h_2)
+
+        _, (h_1, h_2) = runtime.recur(step, (h_1_past[-1], h_2_past[-1]), (g_1_x, g_2_x), batch, steps)
         # every step at once
         # std/recurrent.mach:95  head : h[2] -> y = linear
         y = self.head(h_2)
         y = runtime.mask_steps(y, lengths, batch, steps)
         if return_state:
             return y.unflatten(0, (batch, steps)), {
-                "h[1]": runtime.end_steps(h_1_steps, 1, steps, lengths),
+                "h[1]": runtime.last_steps(h_1, 1, h_1_past, batch, steps, lengths),
                 "h[2]": runtime.last_steps(h_2, 1, h_2_past, batch, steps, lengths),
             }
         return y.unflatten(0, (batch, steps))
@@ -1177,27 +1136,23 @@ class TimeMachine(nn.Module):
         h_1_past = runtime.past(None, "h[1]", (8,), 1, batch, x0["x"])
         h_2_past = runtime.past(None, "h[2]", (8,), 1, batch, x0["x"])
         # step by step, forward in time
-        h_1_steps = list(h_1_past)
-        h_2_steps = list(h_2_past)
         # std/recurrent.mach:93  g[1]: its linear on x, every step
         g_1_x = F.linear(x0["x"], self.g_1.weight[:, :4], self.g_1.bias)
-        g_1_x_at = runtime.unfold_steps(g_1_x, batch, steps)
-        g_1_w_h_1 = self.g_1.weight[:, 4:]
-        h_1_at = runtime.unfold_steps(x0["h[1]"], batch, steps)
+        g_1_w_h_1 = self.g_1.weight[:, 4:].clone()
         # std/recurrent.mach:93  g[2]: its linear on x, every step
         g_2_x = F.linear(x0["x"], self.g_2.weight[:, :4], self.g_2.bias)
-        g_2_x_at = runtime.unfold_steps(g_2_x, batch, steps)
-        g_2_w_h_1 = self.g_2.weight[:, 4:]
-        h_2_at = runtime.unfold_steps(x0["h[2]"], batch, steps)
-        for t in range(steps):
+        g_2_w_h_1 = self.g_2.weight[:, 4:].clone()
+
+        def step(carry, inputs):
+            h_1_tm1, h_2_tm1 = carry  # h[1][t-1], h[2][t-1]
+            g_1_x_t, h_1_t, g_2_x_t, h_2_t = inputs
             # std/recurrent.mach:93  g[1] : x × h[1][t-1] × h[2][t-1] -> h[1] = linear | tanh
-            h_1 = h_1_at[t] + torch.tanh(g_1_x_at[t] + F.linear(torch.cat([h_1_steps[-1], h_2_steps[-1]], dim=1), g_1_w_h_1))
+            h_1 = h_1_t + torch.tanh(g_1_x_t + F.linear(torch.cat([h_1_tm1, h_2_tm1], dim=1), g_1_w_h_1))
             # std/recurrent.mach:93  g[2] : x × h[1] × h[1][t-1] × h[2][t-1] -> h[2] = linear | tanh
-            h_2 = h_2_at[t] + torch.tanh(g_2_x_at[t] + F.linear(torch.cat([h_1, h_1_steps[-1], h_2_steps[-1]], dim=1), g_2_w_h_1))
-            h_1_steps.append(h_1)
-            h_2_steps.append(h_2)
-        h_1 = torch.stack(h_1_steps[1:], 1).flatten(0, 1)
-        h_2 = torch.stack(h_2_steps[1:], 1).flatten(0, 1)
+            h_2 = h_2_t + torch.tanh(g_2_x_t + F.linear(torch.cat([h_1, h_1_tm1, h_2_tm1], dim=1), g_2_w_h_1))
+            return (h_1, h_2), (h_1, h_2)
+
+        _, (h_1, h_2) = runtime.recur(step, (h_1_past[-1], h_2_past[-1]), (g_1_x, x0["h[1]"], g_2_x, x0["h[2]"]), batch, steps)
         # every step at once
         # std/recurrent.mach:95  head : h[2] -> y = linear
         y = x0["y"] + self.head(h_2)

@@ -81,40 +81,36 @@ class TimeMachine(nn.Module):
         h_2_past = runtime.past(state, "h[2]", (16,), 1, batch, x)
         h_3_past = runtime.past(state, "h[3]", (16,), 1, batch, x)
         # step by step, forward in time
-        h_1_steps = list(h_1_past)
-        h_2_steps = list(h_2_past)
-        h_3_steps = list(h_3_past)
         # time_machine.mach:8  g[1]: its linear on x, every step
         g_1_x = F.linear(x, self.g_1.weight[:, :4], self.g_1.bias)
-        g_1_x_at = runtime.unfold_steps(g_1_x, batch, steps)
-        g_1_w_h_1 = self.g_1.weight[:, 4:]
+        g_1_w_h_1 = self.g_1.weight[:, 4:].clone()
         # time_machine.mach:8  g[2]: its linear on x, every step
         g_2_x = F.linear(x, self.g_2.weight[:, :4], self.g_2.bias)
-        g_2_x_at = runtime.unfold_steps(g_2_x, batch, steps)
-        g_2_w_h_1 = self.g_2.weight[:, 4:]
+        g_2_w_h_1 = self.g_2.weight[:, 4:].clone()
         # time_machine.mach:8  g[3]: its linear on x, every step
         g_3_x = F.linear(x, self.g_3.weight[:, :4], self.g_3.bias)
-        g_3_x_at = runtime.unfold_steps(g_3_x, batch, steps)
-        g_3_w_h_1 = self.g_3.weight[:, 4:]
-        for t in range(steps):
+        g_3_w_h_1 = self.g_3.weight[:, 4:].clone()
+
+        def step(carry, inputs):
+            h_1_tm1, h_2_tm1, h_3_tm1 = carry  # h[1][t-1], h[2][t-1], h[3][t-1]
+            g_1_x_t, g_2_x_t, g_3_x_t = inputs
             # time_machine.mach:8  g[1] : x × h[1][t-1] × h[2][t-1] × h[3][t-1] -> h[1] = linear | tanh
-            h_1 = torch.tanh(g_1_x_at[t] + F.linear(torch.cat([h_1_steps[-1], h_2_steps[-1], h_3_steps[-1]], dim=1), g_1_w_h_1))
+            h_1 = torch.tanh(g_1_x_t + F.linear(torch.cat([h_1_tm1, h_2_tm1, h_3_tm1], dim=1), g_1_w_h_1))
             # time_machine.mach:8  g[2] : x × h[1] × h[1][t-1] × h[2][t-1] × h[3][t-1] -> h[2] = linear | tanh
-            h_2 = torch.tanh(g_2_x_at[t] + F.linear(torch.cat([h_1, h_1_steps[-1], h_2_steps[-1], h_3_steps[-1]], dim=1), g_2_w_h_1))
+            h_2 = torch.tanh(g_2_x_t + F.linear(torch.cat([h_1, h_1_tm1, h_2_tm1, h_3_tm1], dim=1), g_2_w_h_1))
             # time_machine.mach:8  g[3] : x × h[1] × h[2] × h[1][t-1] × h[2][t-1] × h[3][t-1] -> h[3] = linear | tanh
-            h_3 = torch.tanh(g_3_x_at[t] + F.linear(torch.cat([h_1, h_2, h_1_steps[-1], h_2_steps[-1], h_3_steps[-1]], dim=1), g_3_w_h_1))
-            h_1_steps.append(h_1)
-            h_2_steps.append(h_2)
-            h_3_steps.append(h_3)
-        h_3 = torch.stack(h_3_steps[1:], 1).flatten(0, 1)
+            h_3 = torch.tanh(g_3_x_t + F.linear(torch.cat([h_1, h_2, h_1_tm1, h_2_tm1, h_3_tm1], dim=1), g_3_w_h_1))
+            return (h_1, h_2, h_3), (h_1, h_2, h_3)
+
+        _, (h_1, h_2, h_3) = runtime.recur(step, (h_1_past[-1], h_2_past[-1], h_3_past[-1]), (g_1_x, g_2_x, g_3_x), batch, steps)
         # every step at once
         # time_machine.mach:10  out : h[3] -> y = linear
         y = self.out(h_3)
         y = runtime.mask_steps(y, lengths, batch, steps)
         if return_state:
             return y.unflatten(0, (batch, steps)), {
-                "h[1]": runtime.end_steps(h_1_steps, 1, steps, lengths),
-                "h[2]": runtime.end_steps(h_2_steps, 1, steps, lengths),
+                "h[1]": runtime.last_steps(h_1, 1, h_1_past, batch, steps, lengths),
+                "h[2]": runtime.last_steps(h_2, 1, h_2_past, batch, steps, lengths),
                 "h[3]": runtime.last_steps(h_3, 1, h_3_past, batch, steps, lengths),
             }
         return y.unflatten(0, (batch, steps))
@@ -145,37 +141,28 @@ class TimeMachine(nn.Module):
         h_2_past = runtime.past(None, "h[2]", (16,), 1, batch, x0["x"])
         h_3_past = runtime.past(None, "h[3]", (16,), 1, batch, x0["x"])
         # step by step, forward in time
-        h_1_steps = list(h_1_past)
-        h_2_steps = list(h_2_past)
-        h_3_steps = list(h_3_past)
         # time_machine.mach:8  g[1]: its linear on x, every step
         g_1_x = F.linear(x0["x"], self.g_1.weight[:, :4], self.g_1.bias)
-        g_1_x_at = runtime.unfold_steps(g_1_x, batch, steps)
-        g_1_w_h_1 = self.g_1.weight[:, 4:]
-        h_1_at = runtime.unfold_steps(x0["h[1]"], batch, steps)
+        g_1_w_h_1 = self.g_1.weight[:, 4:].clone()
         # time_machine.mach:8  g[2]: its linear on x, every step
         g_2_x = F.linear(x0["x"], self.g_2.weight[:, :4], self.g_2.bias)
-        g_2_x_at = runtime.unfold_steps(g_2_x, batch, steps)
-        g_2_w_h_1 = self.g_2.weight[:, 4:]
-        h_2_at = runtime.unfold_steps(x0["h[2]"], batch, steps)
+        g_2_w_h_1 = self.g_2.weight[:, 4:].clone()
         # time_machine.mach:8  g[3]: its linear on x, every step
         g_3_x = F.linear(x0["x"], self.g_3.weight[:, :4], self.g_3.bias)
-        g_3_x_at = runtime.unfold_steps(g_3_x, batch, steps)
-        g_3_w_h_1 = self.g_3.weight[:, 4:]
-        h_3_at = runtime.unfold_steps(x0["h[3]"], batch, steps)
-        for t in range(steps):
+        g_3_w_h_1 = self.g_3.weight[:, 4:].clone()
+
+        def step(carry, inputs):
+            h_1_tm1, h_2_tm1, h_3_tm1 = carry  # h[1][t-1], h[2][t-1], h[3][t-1]
+            g_1_x_t, h_1_t, g_2_x_t, h_2_t, g_3_x_t, h_3_t = inputs
             # time_machine.mach:8  g[1] : x × h[1][t-1] × h[2][t-1] × h[3][t-1] -> h[1] = linear | tanh
-            h_1 = h_1_at[t] + torch.tanh(g_1_x_at[t] + F.linear(torch.cat([h_1_steps[-1], h_2_steps[-1], h_3_steps[-1]], dim=1), g_1_w_h_1))
+            h_1 = h_1_t + torch.tanh(g_1_x_t + F.linear(torch.cat([h_1_tm1, h_2_tm1, h_3_tm1], dim=1), g_1_w_h_1))
             # time_machine.mach:8  g[2] : x × h[1] × h[1][t-1] × h[2][t-1] × h[3][t-1] -> h[2] = linear | tanh
-            h_2 = h_2_at[t] + torch.tanh(g_2_x_at[t] + F.linear(torch.cat([h_1, h_1_steps[-1], h_2_steps[-1], h_3_steps[-1]], dim=1), g_2_w_h_1))
+            h_2 = h_2_t + torch.tanh(g_2_x_t + F.linear(torch.cat([h_1, h_1_tm1, h_2_tm1, h_3_tm1], dim=1), g_2_w_h_1))
             # time_machine.mach:8  g[3] : x × h[1] × h[2] × h[1][t-1] × h[2][t-1] × h[3][t-1] -> h[3] = linear | tanh
-            h_3 = h_3_at[t] + torch.tanh(g_3_x_at[t] + F.linear(torch.cat([h_1, h_2, h_1_steps[-1], h_2_steps[-1], h_3_steps[-1]], dim=1), g_3_w_h_1))
-            h_1_steps.append(h_1)
-            h_2_steps.append(h_2)
-            h_3_steps.append(h_3)
-        h_1 = torch.stack(h_1_steps[1:], 1).flatten(0, 1)
-        h_2 = torch.stack(h_2_steps[1:], 1).flatten(0, 1)
-        h_3 = torch.stack(h_3_steps[1:], 1).flatten(0, 1)
+            h_3 = h_3_t + torch.tanh(g_3_x_t + F.linear(torch.cat([h_1, h_2, h_1_tm1, h_2_tm1, h_3_tm1], dim=1), g_3_w_h_1))
+            return (h_1, h_2, h_3), (h_1, h_2, h_3)
+
+        _, (h_1, h_2, h_3) = runtime.recur(step, (h_1_past[-1], h_2_past[-1], h_3_past[-1]), (g_1_x, x0["h[1]"], g_2_x, x0["h[2]"], g_3_x, x0["h[3]"]), batch, steps)
         # every step at once
         # time_machine.mach:10  out : h[3] -> y = linear
         y = x0["y"] + self.out(h_3)
