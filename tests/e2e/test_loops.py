@@ -52,12 +52,20 @@ SETTINGS = settings(
 )
 
 
+_scan = loops._scan
+
+
+def _fresh_scan(*args, **kwargs):
+    """scan in eager mode compiles its loop body through one Dynamo cache for every loop:
+    start afresh each time, or the shapes of the loop before make this one's dynamic
+    (which torch.compile of a whole model, tracing each scan in place, never does)."""
+    torch._dynamo.reset()
+    return _scan(*args, **kwargs)
+
+
 def run_both_ways(model, spec, seed: int, steps: int) -> None:
     """forward (with lengths=, and state= / return_state= where it can resume) and the
     resolvent, outputs and gradients: the scan path equals the Python loop."""
-    # scan in eager mode compiles its loop body through one Dynamo cache for every
-    # machine: start afresh, or shapes of the last machine drawn make this one's dynamic
-    torch._dynamo.reset()
     g = torch.Generator().manual_seed(seed)
     inputs = [
         torch.randint(0, spec.ids[n], (2, steps), generator=g)
@@ -79,7 +87,10 @@ def run_both_ways(model, spec, seed: int, steps: int) -> None:
     for scan in (False, True):
         model.zero_grad(set_to_none=True)
         given = [x.clone().requires_grad_(x.is_floating_point()) for x in inputs]
-        with mock.patch.object(loops, "_tracing", lambda scan=scan: scan):
+        with (
+            mock.patch.object(loops, "_tracing", lambda scan=scan: scan),
+            mock.patch.object(loops, "_scan", _fresh_scan),
+        ):
             out = torch.utils._pytree.tree_leaves(model(*given, **kwargs))
             out += torch.utils._pytree.tree_leaves(model.resolvent(x0))
         w = torch.Generator().manual_seed(1)
