@@ -9,7 +9,6 @@ diagnostic; all of a file's problems are reported together.
 
 from __future__ import annotations
 
-import keyword
 from collections.abc import Mapping
 
 from . import ir
@@ -30,9 +29,9 @@ from .expressions import (
     shape_of,
 )
 from .imports import Library, Visible
-from .names import CLASS_NAME_CLASHES
+from .names import class_name_problem
 from .ops import OPS, bind_args
-from .params import bind_params, check_param_keys
+from .params import bind_params, check_param_keys, missing_params, warn_unchecked
 from .ports import PortResolver, Spaces
 
 
@@ -41,16 +40,25 @@ def build(
     params: Mapping[str, object],
     reporter: Reporter,
     library: Library | None = None,
+    asked: str | None = None,
 ) -> ir.Program:
     """Bind, expand and resolve every machine of ``source``.
 
     ``params`` maps ``name`` (every machine with that parameter) or
     ``Machine.name`` to a value: a Python value or its text (as from ``--set``).
     ``library`` holds the imported files; machines used as edges become instances.
+
+    A machine with a parameter that has neither a default nor a value is built where it
+    is used as an edge, with the values of each use; one used nowhere gets a warning,
+    unless it is ``asked`` for (by default the file's last machine): then its missing
+    values are errors.
     """
     composition = Composition(library, _build_machine)
     composition.keys.reserve(*(decl.name for decl in source.machines))  # roots keep their names
+    if asked is None and source.machines:
+        asked = source.machines[-1].name
     machines = []
+    unbound: list[s.MachineDecl] = []  # checked where they are used
     seen: dict[str, Span] = {}
     for decl in source.machines:
         if decl.name in seen:
@@ -62,9 +70,20 @@ def build(
             )
             continue
         seen[decl.name] = decl.name_span
+        if missing_params(decl, params):
+            unbound.append(decl)
+            continue
         machine = _MachineBuilder(decl, reporter, composition, source.path).build(params)
         if machine is not None:
             machines.append(machine.model_copy(update={"key": machine.name}))
+    for decl in unbound:
+        if (source.path, decl.name) in composition.used:
+            continue
+        if decl.name == asked:  # its missing values are errors, as they always were
+            _MachineBuilder(decl, reporter, composition, source.path).build(params)
+        else:
+            _MachineBuilder(decl, reporter, composition, source.path)._check_name()
+            warn_unchecked(decl, params, reporter)
     check_param_keys(source, params, reporter)
     if not source.machines:
         start = Span(file=source.path, line=1, column=1, end_line=1, end_column=1)
@@ -169,38 +188,18 @@ class _MachineBuilder:
 
     def _check_name(self) -> None:
         name = self.decl.name
-        if keyword.iskeyword(name) or keyword.issoftkeyword(name):
-            self.error(
-                Code.MACHINE,
-                f"machine name {name!r} is a Python keyword; the generated class needs another",
-                self.decl.name_span,
-            )
-        elif name.startswith("__"):
-            self.error(
-                Code.MACHINE,
-                f"machine name {name!r} starts with two underscores, which Python mangles "
-                "inside classes; the generated class needs another",
-                self.decl.name_span,
-            )
-        elif name in CLASS_NAME_CLASHES:
-            self.error(
-                Code.MACHINE,
-                f"machine name {name!r} would hide a name the generated module uses",
-                self.decl.name_span,
-            )
-        elif name in OPS or name == "shared":
-            self.error(
-                Code.MACHINE,
-                f"machine name {name!r} is the name of an op, so it could not be used as an edge",
-                self.decl.name_span,
-            )
+        problem = class_name_problem(name)
+        if problem is None and (name in OPS or name == "shared"):
+            problem = "is the name of an op, so it could not be used as an edge"
+        if problem is not None:
+            self.error(Code.MACHINE, f"machine name {name!r} {problem}", self.decl.name_span)
 
     # --- spaces ---
 
     def _declare_space(self, decl: s.SpaceDecl, scope: Scope) -> None:
         try:
             ids = self._ids(decl, scope) if isinstance(decl.shape, s.SpaceKind) else None
-            shape = () if ids is not None else shape_of(decl.shape, scope.env)
+            shape = self._shape(decl, scope) if ids is None else ()
             indices = list(range_of(decl.array, scope.env)) if decl.array else None
             if decl.name == self.decl.time:
                 raise Problem(
@@ -249,6 +248,20 @@ class _MachineBuilder:
             spaces.by_name[name] = ir.Space(
                 name=name, shape=shape, role=ir.Role(decl.role), ids=ids, span=decl.name_span
             )
+
+    def _shape(self, decl: s.SpaceDecl, scope: Scope) -> ir.Shape | None:
+        """The declared shape, or None for one left out (check infers it from the writers)."""
+        if decl.shape is not None:
+            return shape_of(decl.shape, scope.env)
+        if decl.role == ir.Role.INPUT:
+            raise Problem(
+                Code.INFERENCE,
+                f"input {decl.name!r} needs a shape: the shapes of inputs are given, never "
+                "inferred",
+                decl.name_span,
+                hint=f"declare it: input {decl.name} : N (a size), or [C, H, W]",
+            )
+        return None
 
     def _ids(self, decl: s.SpaceDecl, scope: Scope) -> int:
         """``n`` of a space declared ``ids(n)``: an input of a machine over time."""

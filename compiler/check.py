@@ -1,5 +1,8 @@
 """Check stage: shapes, writers, acyclicity, depths and levels of every machine.
 
+Shapes that spaces leave out are inferred first (:mod:`infer`), so that every later
+stage sees a machine with every shape known.
+
 The hypergraph is a bipartite directed graph: space → edge where the edge
 reads the space, edge → space where it writes it. A machine is of finite
 depth exactly when that graph is acyclic; a topological sort of it is the
@@ -8,14 +11,13 @@ order in which running each edge once computes the resolvent.
 
 from __future__ import annotations
 
-import math
-
 import networkx as nx
 
 from . import equilibrium, ir, sequences
 from .diagnostics import Code, Note, Reporter
-from .expressions import MAX_ELEMENTS, MAX_SIZE
-from .ops import OPS, OpError, Site, combined_shape, format_shape, infer_pipeline
+from .infer import infer_shapes
+from .ops import OPS, Site, format_shape
+from .shapes import edge_shapes
 
 
 def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
@@ -26,6 +28,10 @@ def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
     for machine in (*program.instances, *program.machines):  # what a machine uses comes first
         if any(e.machine is not None and e.machine not in structures for e in machine.edges):
             continue  # a machine it uses as an edge has errors, reported there
+        machine = infer_shapes(machine, reporter, machines)  # the shapes left out
+        if machine is None:
+            continue
+        machines[machine.key] = machine
         structure = _check_machine(machine, reporter, machines, structures)
         if structure is not None:
             structures[machine.key] = structure
@@ -48,7 +54,7 @@ def _check_machine(
     shapes = {}
     for edge in machine.edges:
         if sequences.check_reads(machine, edge, machines or {}, reporter):
-            shapes[edge.name] = _edge_shapes(machine, edge, reporter, machines or {})
+            shapes[edge.name] = edge_shapes(machine, edge, reporter, machines or {})
         else:
             shapes[edge.name] = None
     _check_shared(machine, shapes, reporter)
@@ -67,91 +73,6 @@ def _check_machine(
     structure = _structure(machine, graph, space_time, shapes, stages, structures or {}, cycles)
     _warn_unused(machine, space_time, reporter)
     return structure
-
-
-def _edge_shapes(machine: ir.Machine, edge: ir.Edge, reporter: Reporter, machines):
-    if edge.machine is not None:
-        _check_boundary(machine, edge, machines[edge.machine], reporter)
-        return ()
-    spec = OPS[edge.ops[0].kind]
-    if spec.combine:
-        entering = _combined_shape(machine, edge, reporter)
-    elif spec.windows:
-        entering = sequences.attention_shape(machine, edge, reporter)
-    elif spec.ids:
-        entering = sequences.ids_shape(machine, edge, reporter)
-    else:
-        entering = _product_shape(machine, edge.inputs, reporter, edge, "reads")
-    leaving = _product_shape(machine, edge.outputs, reporter, edge, "writes")
-    if entering is None or leaving is None:
-        return None
-    try:
-        shapes = infer_pipeline(edge.ops, entering, leaving)
-        _check_sizes(edge, shapes)
-        return shapes
-    except OpError as exc:
-        if exc.index is not None:
-            span = edge.ops[exc.index].span
-        else:  # the whole pipeline
-            first, last = edge.ops[0].span, edge.ops[-1].span
-            span = first.model_copy(
-                update={"end_line": last.end_line, "end_column": last.end_column}
-            )
-        reporter.error(Code.SHAPE, f"edge {edge.name!r}: {exc.message}", span, hint=exc.hint)
-        return None
-
-
-def _check_sizes(edge: ir.Edge, shapes: tuple[ir.Shape, ...]) -> None:
-    """Every shape inside a pipeline within the limits on spaces (an op's ``out=`` or
-    ``upsample(scale)`` can make one no tensor could hold)."""
-    for i, shape in enumerate(shapes[1:]):
-        if max(shape, default=1) > MAX_SIZE or math.prod(shape) > MAX_ELEMENTS:
-            raise OpError(
-                f"{edge.ops[i].kind} makes a shape {format_shape(shape)}, beyond the limits "
-                f"(a size at most {MAX_SIZE:,}, at most {MAX_ELEMENTS:,} numbers per sample)",
-                i,
-            )
-
-
-def _check_boundary(machine: ir.Machine, edge: ir.Edge, sub: ir.Machine, reporter) -> None:
-    """A sub-machine edge's spaces map one by one onto the sub-machine's inputs and outputs."""
-    used = ir.machine_call(sub.name, sub.params)
-    for side, ports, role in (
-        ("inputs", edge.inputs, ir.Role.INPUT),
-        ("outputs", edge.outputs, ir.Role.OUTPUT),
-    ):
-        spaces = [s for s in sub.spaces if s.role is role]
-        if len(ports) != len(spaces):
-            mine = " × ".join(p.space for p in ports)
-            theirs = ", ".join(f"{s.name} {format_shape(s.shape)}" for s in spaces)
-            reporter.error(
-                Code.SUBMACHINE,
-                f"edge {edge.name!r} has {len(ports)} {side if len(ports) != 1 else side[:-1]} "
-                f"({mine}), but {used} has {len(spaces)}: {theirs}",
-                edge.span,
-                notes=(Note(message=f"{sub.name} is defined here", span=sub.span),),
-                hint=f"the edge's {side} map one by one, in order, onto the machine's",
-            )
-            continue
-        for port, space in zip(ports, spaces, strict=True):
-            mine = machine.space(port.space)
-            shape = mine.shape
-            if mine.ids != space.ids:
-                reporter.error(
-                    Code.SUBMACHINE,
-                    f"edge {edge.name!r} maps {port.space} ({sequences.kind_text(mine)}) onto "
-                    f"the {side[:-1]} {space.name} ({sequences.kind_text(space)}) of {used}",
-                    port.span,
-                    notes=(Note(message=f"{space.name} is declared here", span=space.span),),
-                )
-            elif shape != space.shape:
-                reporter.error(
-                    Code.SUBMACHINE,
-                    f"edge {edge.name!r} maps {port.space} {format_shape(shape)} onto the "
-                    f"{side[:-1]} {space.name} {format_shape(space.shape)} of {used}",
-                    port.span,
-                    notes=(Note(message=f"{space.name} is declared here", span=space.span),),
-                )
 
 
 def _check_shared(machine: ir.Machine, shapes, reporter: Reporter) -> None:
@@ -180,48 +101,6 @@ def _check_shared(machine: ir.Machine, shapes, reporter: Reporter) -> None:
                     hint="shared parameters need spaces of the same shapes",
                 )
                 break
-
-
-def _combined_shape(machine: ir.Machine, edge: ir.Edge, reporter: Reporter) -> ir.Shape | None:
-    """The shape of inputs that ``add`` / ``mul`` combine elementwise."""
-    shapes = [machine.space(port.space).shape for port in edge.inputs]
-    full = combined_shape(shapes)
-    if full is not None:
-        return full
-    widest = max(range(len(shapes)), key=lambda i: len(shapes[i]))
-    first = edge.inputs[widest]
-    for port, shape in zip(edge.inputs, shapes, strict=True):
-        if shape != shapes[widest] and shape != shapes[widest][:1]:
-            verb = {"+": "adds", "*": "multiplies"}[OPS[edge.ops[0].kind].combine]
-            reporter.error(
-                Code.SHAPE,
-                f"edge {edge.name!r} {verb} spaces of different shapes: "
-                f"{first.space} {format_shape(shapes[widest])} and "
-                f"{port.space} {format_shape(shape)}",
-                port.span,
-                hint=f"{edge.ops[0].kind} needs inputs of one shape (or [C] vectors, "
-                "broadcast over the spatial axes)",
-            )
-            break
-    return None
-
-
-def _product_shape(machine, ports, reporter, edge, verb) -> ir.Shape | None:
-    """The shape of a product of spaces: channels add up, other axes must agree."""
-    shapes = [machine.space(port.space).shape for port in ports]
-    first = shapes[0]
-    for port, shape in zip(ports, shapes, strict=True):
-        if shape[1:] != first[1:]:
-            reporter.error(
-                Code.SHAPE,
-                f"edge {edge.name!r} {verb} spaces whose shapes differ beyond the channel axis: "
-                f"{ports[0].space} {format_shape(first)} and {port.space} {format_shape(shape)}",
-                port.span,
-                hint="a product of spaces joins them along the channel axis; the other axes "
-                "must agree",
-            )
-            return None
-    return (sum(shape[0] for shape in shapes), *first[1:])
 
 
 def _check_written(machine: ir.Machine, reporter: Reporter) -> None:

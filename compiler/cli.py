@@ -428,7 +428,7 @@ def _graph(args, params) -> int:
         what = "graph --matrix" if args.matrix else "graph"
         raise _UsageError(f"cannot tell the format of {output}: {what} writes {names}")
     _refuse_source_as_output(output, args.file)
-    checked = check_source(_read(args.file), args.file, params, args.search_path)
+    checked = check_source(_read(args.file), args.file, params, args.search_path, args.machine)
     _show_warnings(checked)
     machines = graph.select(checked.program, args.machine)
     if not machines:

@@ -22,6 +22,7 @@ class Composition:
         self.build_machine = build_machine
         self.instances: dict[tuple, ir.Machine] = {}  # identity(machine) -> instance
         self.building: list[tuple[str, str]] = []  # (file, machine) being built, outermost first
+        self.used: set[tuple[str, str]] = set()  # (file, machine) used as an edge somewhere
         self.keys = Namespace(CLASS_NAME_CLASHES)
 
     def scope(self, file: str) -> dict[str, Visible]:
@@ -34,6 +35,7 @@ class Composition:
     ) -> ir.Machine | None:
         """The instance of a machine with these parameter values (built once)."""
         call = ir.machine_call(visible.decl.name, values)
+        self.used.add((visible.file, visible.decl.name))
         if len(self.building) >= MAX_MACHINE_NESTING:
             reporter.error(
                 Code.SUBMACHINE,

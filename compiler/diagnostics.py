@@ -58,9 +58,11 @@ class Code(enum.StrEnum):
     SUBMACHINE = "E018"
     SEQUENCE = "E019"
     SOLVE = "E020"
+    INFERENCE = "E021"
     UNREACHED_OUTPUT = "W101"
     UNREAD_INPUT = "W102"
     LINEAR_CYCLE = "W103"
+    UNCHECKED_MACHINE = "W104"
 
 
 class Note(BaseModel):

@@ -35,10 +35,13 @@ def check_source(
     filename: str = "<string>",
     params: Mapping[str, object] | None = None,
     search_path: SearchPath = None,
+    machine: str | None = None,
 ) -> Checked:
     """Parse, build and check; raises :class:`CompileError` with every error (and warning).
 
     Imports are found relative to ``filename``, then in each directory of ``search_path``.
+    ``machine`` is the machine asked for (default: the file's last): when it needs
+    parameter values that it is given nowhere, that is an error, not a warning.
     """
     reporter = Reporter()
     syntax = parse(text, filename)
@@ -46,7 +49,7 @@ def check_source(
     reporter.raise_if_errors(library.sources)
     # Machines with errors are left out of the program; the others are still checked,
     # so that one run reports every error of the file.
-    program = build(syntax, params or {}, reporter, library)
+    program = build(syntax, params or {}, reporter, library, asked=machine)
     checked = check(program, reporter)
     reporter.raise_if_errors(library.sources)
     return Checked(

@@ -24,7 +24,7 @@ EXIT_NOT_EXPORTED = 4  # the module could not be exported, or the file computes 
 
 
 def run(args, params, source_text: str) -> int:
-    checked = check_source(source_text, args.file, params, args.search_path)
+    checked = check_source(source_text, args.file, params, args.search_path, args.machine)
     if checked.warnings:
         print(render_all(checked.warnings, checked.sources), file=sys.stderr)
     own = [c.machine for c in checked.program.machines if c.machine.key == c.machine.name]

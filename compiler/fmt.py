@@ -353,11 +353,19 @@ class _Printer:
                     group.line_starts = [group.start]
 
     def _spaces(self, run: list[_Group]) -> None:
-        names = [self._space_name(g.node) for g in run]
-        for group, name, width in zip(run, names, _sections([len(n) for n in names]), strict=True):
+        # the shapes line up; a shape left out stays out (check infers it)
+        shaped = [g for g in run if g.node.shape is not None]
+        names = [self._space_name(g.node) for g in shaped]
+        widths = dict(zip(map(id, shaped), _sections([len(n) for n in names]), strict=True))
+        for group in run:
             decl = group.node
-            shape = self.exprs.shape(decl.shape)
-            group.lines = [f"{decl.role.ljust(ROLE_WIDTH)} {name.ljust(width)} : {shape}"]
+            name = self._space_name(decl)
+            if decl.shape is None:
+                group.lines = [f"{decl.role.ljust(ROLE_WIDTH)} {name}"]
+            else:
+                shape = self.exprs.shape(decl.shape)
+                width = widths[id(group)]
+                group.lines = [f"{decl.role.ljust(ROLE_WIDTH)} {name.ljust(width)} : {shape}"]
             group.line_starts = [group.start]
 
     def _space_name(self, decl: s.SpaceDecl) -> str:

@@ -61,10 +61,14 @@ class Space(Node):
     An *ids space* (``ids(n)``, ``ids`` is ``n``) holds one integer id in ``[0, n)`` per
     step; its shape is ``()``. As a space of the theory it is the one-hot vectors of size
     ``n``, which is how ``embedding`` (a linear map) reads it.
+
+    ``shape`` is None only in what ``build`` makes, for a space declared without a shape
+    (``space h``); ``check`` infers it from the edges that write the space, so every
+    space of a checked program has its shape.
     """
 
     name: str
-    shape: Shape
+    shape: Shape | None
     role: Role
     ids: int | None = None
     span: Span

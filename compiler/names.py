@@ -52,6 +52,20 @@ TIME_LOCALS = frozenset({"batch", "steps", "return_state", "lengths", "offset"})
 CLASS_NAME_CLASHES = MODULE_NAMES | frozenset(dir(builtins)) | {"self"}
 
 
+def class_name_problem(name: str) -> str | None:
+    """Why a machine's name cannot name its generated class (None: it can)."""
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        return "is a Python keyword; the generated class needs another"
+    if name.startswith("__"):
+        return (
+            "starts with two underscores, which Python mangles inside classes; the "
+            "generated class needs another"
+        )
+    if name in CLASS_NAME_CLASHES:
+        return "would hide a name the generated module uses"
+    return None
+
+
 class Namespace:
     """Hands out unique identifiers; the same key always gets the same identifier."""
 

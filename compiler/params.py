@@ -62,10 +62,22 @@ def check_param_keys(source: s.SourceFile, params: Mapping[str, object], reporte
             )
 
 
+def missing_params(decl: s.MachineDecl, given: Mapping[str, object]) -> list[s.ParamDecl]:
+    """The parameters that have neither a default nor a value in ``given``."""
+    return [
+        p
+        for p in decl.params
+        if p.default is None and p.name not in given and f"{decl.name}.{p.name}" not in given
+    ]
+
+
 def bind_params(
-    decl: s.MachineDecl, given: Mapping[str, object], reporter: Reporter
+    decl: s.MachineDecl, given: Mapping[str, object], reporter: Reporter, missing_ok=False
 ) -> dict[str, ir.Value] | None:
-    """The machine's parameters bound to values (given, or defaults); None after errors."""
+    """The machine's parameters bound to values (given, or defaults); None after errors.
+
+    ``missing_ok``: a parameter without default and value is no error (None is returned).
+    """
     env: dict[str, ir.Value] = {}
     declared: set[str] = set()
     failed: set[str] = set()
@@ -99,6 +111,9 @@ def bind_params(
                 f"unknown parameter type {param.type!r} (use int, float or bool)",
                 param.type_span,
             )
+            failed.add(param.name)
+            continue
+        if missing_ok and param in missing_params(decl, given):
             failed.add(param.name)
             continue
         value = _param_value(decl, param, type_, given, env, failed, reporter)
@@ -156,3 +171,21 @@ def _param_value(
             param.default.span,
         )
     return converted
+
+
+def warn_unchecked(decl: s.MachineDecl, params: Mapping[str, object], reporter: Reporter):
+    """A machine that needs values from a use, and has none: its other parameter errors,
+    and a warning that it is not checked."""
+    bind_params(decl, params, reporter, missing_ok=True)
+    missing = missing_params(decl, params)
+    names = ", ".join(repr(p.name) for p in missing)
+    first = missing[0].name
+    reporter.warning(
+        Code.UNCHECKED_MACHINE,
+        f"machine {decl.name} is never used, and cannot be checked alone: "
+        + (f"parameter {names} has" if len(missing) == 1 else f"parameters {names} have")
+        + " no default",
+        decl.name_span,
+        hint=f"use it as an edge ({decl.name}({first}=...)), give {first} a default, or "
+        f"check it with --set {decl.name}.{first}=VALUE",
+    )

@@ -278,7 +278,7 @@ class _ToSyntax(Transformer):
         return str(children[0])
 
     def space_decl(self, meta, children):
-        role, name, array, shape = children
+        role, name, array, shape = children  # shape None: left out, to be inferred
         if isinstance(shape, s.Call) and shape.name not in FUNCTIONS and len(shape.args) == 1:
             # `ids(vocab)`: a kind of space with its size (build checks the kind)
             shape = s.SpaceKind(

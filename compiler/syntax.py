@@ -154,12 +154,13 @@ class OpCall:
 
 @dataclass(frozen=True)
 class SpaceDecl:
-    """``input x : 16``, ``space h[1..n] : [w, 8, 8]``, ``output y : 10``."""
+    """``input x : 16``, ``space h[1..n] : [w, 8, 8]``, ``output y : 10``, ``space h``."""
 
     role: str
     name: str
     array: Range | None
-    shape: Expr | SpaceKind  # a size, a list of sizes (channels first), or ids(n)
+    # a size, a list of sizes (channels first), ids(n), or None: inferred from the writers
+    shape: Expr | SpaceKind | None
     span: Span
     name_span: Span
 

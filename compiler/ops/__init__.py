@@ -21,7 +21,7 @@ from the edge's declared outputs (through whatever the later ops do to the
 channel count, such as ``flatten``).
 """
 
-from .pipeline import Bound, bind_args, combined_shape, infer_pipeline
+from .pipeline import Bound, NeedsOutputs, bind_args, combined_shape, infer_pipeline
 from .spec import (
     BOOL,
     CHANNEL_DIM,
@@ -54,6 +54,7 @@ __all__ = [
     "ArgSpec",
     "ArgValues",
     "Bound",
+    "NeedsOutputs",
     "OpError",
     "OpSpec",
     "Site",

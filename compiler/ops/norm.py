@@ -18,6 +18,7 @@ from .spec import (
     Site,
     each,
     format_shape,
+    is_atom,
     kwargs,
     non_negative,
     one_of,
@@ -138,6 +139,7 @@ def _sample_norm_call(site: Site, x: str, layer, before: Shape, after: Shape) ->
     """The layer; over the channels alone, with the channel axis moved last and back."""
     if len(before) == 1 or _norm_axes(site.args, before) is not None:
         return f"{layer}({x})"
+    x = x if is_atom(x) else f"({x})"  # `a * b` then .movedim: the product's, not b's
     return f"{layer}({x}.movedim(1, -1)).movedim(-1, 1)"
 
 

@@ -202,8 +202,20 @@ def _needs_target(op: Op) -> bool:
     return op.args.get("shape" if spec.extra_args else "out") is None
 
 
-def infer_pipeline(ops: tuple[Op, ...], entering: Shape, declared: Shape) -> tuple[Shape, ...]:
-    """Shapes entering each op and leaving the last; raises :class:`OpError`."""
+class NeedsOutputs(OpError):
+    """Op ``index`` takes its size from the edge's outputs, whose shape is not known (it is
+    being inferred): the pipeline alone does not tell its shape."""
+
+
+def infer_pipeline(
+    ops: tuple[Op, ...], entering: Shape, declared: Shape | None
+) -> tuple[Shape, ...]:
+    """Shapes entering each op and leaving the last; raises :class:`OpError`.
+
+    ``declared`` is the shape of the edge's outputs; None when it is to be inferred from
+    this pipeline: then nothing is compared, and an op that would take its size from the
+    outputs raises :class:`NeedsOutputs`.
+    """
     for i, op in enumerate(ops):
         if OPS[op.kind].combine and i > 0:
             raise OpError(
@@ -225,13 +237,19 @@ def infer_pipeline(ops: tuple[Op, ...], entering: Shape, declared: Shape) -> tup
                     index=i,
                     hint=f"write {op.kind}({what})",
                 )
+            if declared is None:
+                what = "shape=" if OPS[op.kind].extra_args else "out="
+                raise NeedsOutputs(
+                    f"{op.kind} takes its size from the edge's outputs (it has no {what})",
+                    index=i,
+                )
             target, hint = _solve_target(ops, i, shapes[-1], declared)
         try:
             shapes.append(_apply(op, shapes[-1], target, checked=True))
         except OpError as exc:
             later = hint if _hint_applies(ops, last_changer, i, shapes[-1]) else None
             raise OpError(exc.message, index=i, hint=exc.hint or later) from None
-    if shapes[-1] != declared:
+    if declared is not None and shapes[-1] != declared:
         steps = " -> ".join(
             [format_shape(entering)]
             + [

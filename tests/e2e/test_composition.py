@@ -167,3 +167,77 @@ def test_imports_through_the_search_path(tmp_path: Path) -> None:
         [*cli, "-I", str(tmp_path / "nowhere")], capture_output=True, text=True
     )
     assert missing.returncode == 2 and "no such directory" in missing.stderr
+
+
+BLOCK_USED_TWICE = """
+machine DenseBlock(c: int, k: int = 2) {
+    input  x : c
+    space  h
+    output y : c
+
+    f    : x -> h = linear(out=k * c) | relu
+    g    : h -> y = linear
+    skip : x -> y = identity
+}
+
+machine Net {
+    input  x : 16
+    space  a
+    space  b
+    output y
+
+    b1 : x -> a = DenseBlock(c=16)
+    p  : a -> b = linear(out=8)
+    b2 : b -> y = DenseBlock(c=8, k=3)
+}
+"""
+
+
+def test_a_block_without_defaults_runs_with_the_values_of_each_use(tmp_path: Path) -> None:
+    path = tmp_path / "blocks.mach"
+    path.write_text(BLOCK_USED_TWICE)
+    module = machc.load(path)
+    assert not hasattr(module, "DenseBlock")
+    net = module.Net().double().eval()
+    assert net.SPACES == {"x": (16,), "a": (16,), "b": (8,), "y": (8,)}
+    assert module.DenseBlock_c8_k3.SPACES == {"x": (8,), "h": (24,), "y": (8,)}
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert shapes == {
+        "b1.f_.weight": (32, 16),
+        "b1.f_.bias": (32,),
+        "b1.g.weight": (16, 32),
+        "b1.g.bias": (16,),
+        "p.weight": (8, 16),
+        "p.bias": (8,),
+        "b2.f_.weight": (24, 8),
+        "b2.f_.bias": (24,),
+        "b2.g.weight": (8, 24),
+        "b2.g.bias": (8,),
+    }
+    x = torch.randn(3, 16, dtype=torch.float64)
+    a = net.b1(x)
+    expected = net.b2(net.p(a))
+    torch.testing.assert_close(net(x), expected)
+    torch.testing.assert_close(a, x + net.b1.g(torch.relu(net.b1.f_(x))))
+
+
+def test_shapes_left_out_build_the_same_module(tmp_path: Path) -> None:
+    """unet.mach leaves its hidden shapes out; declared by hand they give the same model."""
+    text = (EXAMPLES / "unet.mach").read_text()
+    declared = text
+    for name, shape in {
+        "e1": "[16, 32, 32]",
+        "e2": "[32, 16, 16]",
+        "mid": "[32, 16, 16]",
+        "up": "[16, 32, 32]",
+    }.items():
+        declared = declared.replace(f"    space  {name}\n", f"    space  {name} : {shape}\n")
+    assert declared != text
+    (tmp_path / "declared.mach").write_text(declared)
+    torch.manual_seed(0)
+    left_out = machc.load(EXAMPLES / "unet.mach").TinyUNet().eval()
+    by_hand = machc.load(tmp_path / "declared.mach").TinyUNet().eval()
+    by_hand.load_state_dict(left_out.state_dict())
+    assert left_out.SPACES == by_hand.SPACES
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(left_out(x), by_hand(x))

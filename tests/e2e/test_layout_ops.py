@@ -310,6 +310,22 @@ def test_layernorm_over_the_channels_at_each_position(shape) -> None:
     torch.testing.assert_close(model(x), expected + model.e.bias.view(per_channel))
 
 
+def test_a_channel_norm_after_a_product_normalises_the_product() -> None:
+    """``mul | layernorm(axes="channels")``: the axis moves on ``x * x``, not on its last
+    factor (a miscompile the fuzzer found)."""
+    text = """machine M {
+    input  x : [3, 4, 5]
+    output y : [3, 4, 5]
+    e : x × x -> y = mul | layernorm(axes="channels")
+}
+"""
+    namespace: dict = {}
+    exec(compile(machc.compile_source(text, "t.mach"), "<generated>", "exec"), namespace)  # noqa: S102
+    model = namespace["M"]()
+    x = torch.randn(2, 3, 4, 5)
+    torch.testing.assert_close(model(x), _channels_last(model, x * x))
+
+
 def test_layernorm_and_rmsnorm_over_trailing_axes() -> None:
     x = torch.randn(2, 4, 3, 5)
     layer = Apply(lambda m, x: m.e(x), nn.LayerNorm([3, 5]))

@@ -21,7 +21,6 @@ from machc import runtime
 from machc.runtime import loading, loops
 from test_differential import sequence_cases, time_cases
 
-
 # (Dynamo, which traces scan's loop body, warns of its own deprecated calls)
 pytestmark = pytest.mark.filterwarnings(
     "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"

@@ -7,8 +7,10 @@ op table (:data:`machc.ops.OPS`) with plausible arguments; products of
 several spaces, several outputs, contributions that add up, edges into
 input spaces; arrays and ``for`` loops (chains, dense shortcuts, grids);
 parameters used in sizes and ranges; machines used as edges, ``shared``,
-imports of the standard library; and machines over time with delays, reads
-of the future, windows read by attention, token ids and positions.
+imports of the standard library; machines over time with delays, reads
+of the future, windows read by attention, token ids and positions; and
+hidden spaces and outputs that leave their shapes out where every edge that
+writes them tells it (so that check infers it).
 
 Not every draw checks (a few combinations are refused by design, such as a
 recurrence through a sub-machine that keeps state): those are diagnostics,
@@ -23,6 +25,7 @@ import random
 from dataclasses import dataclass, field
 
 from machc.equilibrium import SOLVERS
+from machc.ops import OPS
 
 Shape = tuple[int, ...]  # per sample, channels first
 
@@ -83,6 +86,10 @@ class Space:
     role: str  # input, space, output
     shape: Shape
     written: bool = False
+    # what each edge that writes it reads (names as written), whether it writes only this
+    # space, and whether its pipeline tells its shape without looking at its outputs
+    writers: list[tuple[list[str], bool, bool]] = field(default_factory=list)
+    pinned: bool = False  # written by a line drawn elsewhere: keeps its shape
 
 
 @dataclass
@@ -142,12 +149,27 @@ class Machine:
 
     def text(self) -> str:
         declared = []
-        for space in self.spaces:
+        for k, space in enumerate(self.spaces):
+            if self._inferable(space, {s.name for s in self.spaces[:k]}):
+                declared.append(f"    {space.role:<6} {space.name}")  # the shape left out
+                continue
             declared.append(f"    {space.role:<6} {space.name} : {self.shape_text(space.shape)}")
         body = [*declared, "", *(_indent(line) for line in self.lines)]
         if self.rng.random() < 0.1:
             self.rng.shuffle(body)  # any order is fine: spaces are declared before edges resolve
         return "\n".join([self.header(), *body, "}"])
+
+    def _inferable(self, space: Space, earlier: set[str]) -> bool:
+        """Whether to leave the shape of ``space`` out, now and then, where check can infer
+        it: every writer tells the shape from spaces declared before it (so that no shape
+        left out depends on itself), and writes only this space."""
+        if space.role == "input" or space.pinned or not space.writers:
+            return False
+        known = earlier | ({self.time} if self.time else set())
+        for reads, alone, tells in space.writers:
+            if not alone or not tells or any(r.split("[")[0] not in known for r in reads):
+                return False
+        return self.rng.random() < 0.3
 
     def shape_text(self, shape: Shape) -> str:
         if shape and shape[0] < 0:  # ids(n)
@@ -182,6 +204,29 @@ class Machine:
                 f"else {{\n    {line}\n}}"
             )
         self.lines.append(line)
+        tells = _tells_shape(pipeline)
+        for name in writes:
+            space = next((s for s in self.spaces if s.name == name), None)
+            if space is not None:
+                space.writers.append((list(reads), len(writes) == 1, tells))
+            else:  # an array element: the spaces it writes into keep their shapes
+                for s in self.spaces:
+                    s.pinned |= s.name == name.split("[")[0]
+
+
+def _tells_shape(pipeline: str) -> bool:
+    """Whether a pipeline's result has a shape of its own: no op takes its size from the
+    edge's outputs (a machine used as an edge gives its outputs' shapes; ``shared`` may
+    reuse an op that does)."""
+    for part in pipeline.split("|"):
+        name = part.strip().split("(")[0].strip()
+        if name == "shared":
+            return False
+        spec = OPS.get(name)
+        if spec is not None and spec.changes_channels:
+            if ("shape=" if spec.extra_args else "out=") not in part:
+                return False
+    return True
 
 
 def _indent(text: str) -> str:
@@ -579,6 +624,7 @@ def overtime(
                     f"{target.name} = attention(heads={heads}){tail}"
                 )
                 target.written = True
+                target.pinned = True
                 if rng.random() < 0.5:
                     m.edge([src.name], [target.name], "identity")
                 continue

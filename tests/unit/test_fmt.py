@@ -23,7 +23,7 @@ from machc.parse import _parser, parse
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.mach"))
 DIAGNOSTIC_CASES = sorted((ROOT / "tests" / "golden" / "diagnostics").glob("*.mach"))
-SPAN_FIELDS = {"span", "name_span", "type_span", "var_span", "kind_span"}
+SPAN_FIELDS = {"span", "name_span", "type_span", "var_span", "kind_span", "space_span"}
 
 
 def _parses(path: Path) -> bool:

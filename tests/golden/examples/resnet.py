@@ -58,7 +58,7 @@ def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) ->
 
 
 class ResNet(nn.Module):
-    """The machine ResNet from resnet.mach:5.
+    """The machine ResNet from resnet.mach:6.
 
     Parameters: c=16, classes=10.
 
@@ -81,84 +81,84 @@ class ResNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.ModuleList([nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)])  # resnet.mach:20  stem
-        self.body1 = nn.ModuleList([nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)])  # resnet.mach:22  body1
-        self.body2 = nn.ModuleList([nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)])  # resnet.mach:27  body2
-        self.short2 = nn.ModuleList([nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32)])  # resnet.mach:29  short2
-        self.body3 = nn.ModuleList([nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)])  # resnet.mach:32  body3
-        self.short3 = nn.ModuleList([nn.Conv2d(32, 64, 1, stride=2, bias=False), nn.BatchNorm2d(64)])  # resnet.mach:34  short3
-        self.head = nn.Linear(64, 10)  # resnet.mach:37  head
+        self.stem = nn.ModuleList([nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)])  # resnet.mach:21  stem
+        self.body1 = nn.ModuleList([nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)])  # resnet.mach:23  body1
+        self.body2 = nn.ModuleList([nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)])  # resnet.mach:28  body2
+        self.short2 = nn.ModuleList([nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32)])  # resnet.mach:30  short2
+        self.body3 = nn.ModuleList([nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)])  # resnet.mach:33  body3
+        self.short3 = nn.ModuleList([nn.Conv2d(32, 64, 1, stride=2, bias=False), nn.BatchNorm2d(64)])  # resnet.mach:35  short3
+        self.head = nn.Linear(64, 10)  # resnet.mach:38  head
 
     def forward(self, img: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""
         # level 1
-        # resnet.mach:20  stem : img -> s0 = conv(3, padding=1, bias=false) | batchnorm | relu
+        # resnet.mach:21  stem : img -> s0 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu
         s0 = torch.relu(self.stem[1](self.stem[0](img)))
         # level 2
-        # resnet.mach:22  body1 : s0 -> r1 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+        # resnet.mach:23  body1 : s0 -> r1 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
         body1 = self.body1[2](torch.relu(self.body1[1](self.body1[0](s0))))
         r1_body1 = self.body1[3](body1)
-        # resnet.mach:24  short1 : s0 -> r1 = identity
+        # resnet.mach:25  short1 : s0 -> r1 = identity
         r1_short1 = s0
         r1 = r1_body1 + r1_short1
         # level 3
-        # resnet.mach:25  act1 : r1 -> s1 = relu
+        # resnet.mach:26  act1 : r1 -> s1 = relu
         s1 = torch.relu(r1)
         # level 4
-        # resnet.mach:27  body2 : s1 -> r2 = conv(3, stride=2, padding=1, bias=false, out=32) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+        # resnet.mach:28  body2 : s1 -> r2 = conv(3, stride=2, padding=1, bias=false, out=32) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
         body2 = self.body2[2](torch.relu(self.body2[1](self.body2[0](s1))))
         r2_body2 = self.body2[3](body2)
-        # resnet.mach:29  short2 : s1 -> r2 = conv(1, stride=2, bias=false) | batchnorm
+        # resnet.mach:30  short2 : s1 -> r2 = conv(1, stride=2, bias=false, out=32) | batchnorm
         r2_short2 = self.short2[1](self.short2[0](s1))
         r2 = r2_body2 + r2_short2
         # level 5
-        # resnet.mach:30  act2 : r2 -> s2 = relu
+        # resnet.mach:31  act2 : r2 -> s2 = relu
         s2 = torch.relu(r2)
         # level 6
-        # resnet.mach:32  body3 : s2 -> r3 = conv(3, stride=2, padding=1, bias=false, out=64) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+        # resnet.mach:33  body3 : s2 -> r3 = conv(3, stride=2, padding=1, bias=false, out=64) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
         body3 = self.body3[2](torch.relu(self.body3[1](self.body3[0](s2))))
         r3_body3 = self.body3[3](body3)
-        # resnet.mach:34  short3 : s2 -> r3 = conv(1, stride=2, bias=false) | batchnorm
+        # resnet.mach:35  short3 : s2 -> r3 = conv(1, stride=2, bias=false, out=64) | batchnorm
         r3_short3 = self.short3[1](self.short3[0](s2))
         r3 = r3_body3 + r3_short3
         # level 7
-        # resnet.mach:35  act3 : r3 -> s3 = relu
+        # resnet.mach:36  act3 : r3 -> s3 = relu
         s3 = torch.relu(r3)
         # level 8
-        # resnet.mach:37  head : s3 -> logits = global_avg_pool | linear
+        # resnet.mach:38  head : s3 -> logits = global_avg_pool | linear
         logits = self.head(s3.mean(dim=(2, 3)))
         return logits
 
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """The global endofunction: the sum of all edges applied to state (missing: zero)."""
         state = _complete(self.SPACES, state)
-        # resnet.mach:20  stem : img -> s0 = conv(3, padding=1, bias=false) | batchnorm | relu
+        # resnet.mach:21  stem : img -> s0 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu
         s0 = torch.relu(self.stem[1](self.stem[0](state["img"])))
-        # resnet.mach:22  body1 : s0 -> r1 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+        # resnet.mach:23  body1 : s0 -> r1 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
         body1 = torch.relu(self.body1[1](self.body1[0](state["s0"])))
         r1_body1 = self.body1[3](self.body1[2](body1))
-        # resnet.mach:24  short1 : s0 -> r1 = identity
+        # resnet.mach:25  short1 : s0 -> r1 = identity
         r1_short1 = state["s0"]
         r1 = r1_body1 + r1_short1
-        # resnet.mach:25  act1 : r1 -> s1 = relu
+        # resnet.mach:26  act1 : r1 -> s1 = relu
         s1 = torch.relu(state["r1"])
-        # resnet.mach:27  body2 : s1 -> r2 = conv(3, stride=2, padding=1, bias=false, out=32) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+        # resnet.mach:28  body2 : s1 -> r2 = conv(3, stride=2, padding=1, bias=false, out=32) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
         body2 = torch.relu(self.body2[1](self.body2[0](state["s1"])))
         r2_body2 = self.body2[3](self.body2[2](body2))
-        # resnet.mach:29  short2 : s1 -> r2 = conv(1, stride=2, bias=false) | batchnorm
+        # resnet.mach:30  short2 : s1 -> r2 = conv(1, stride=2, bias=false, out=32) | batchnorm
         r2_short2 = self.short2[1](self.short2[0](state["s1"]))
         r2 = r2_body2 + r2_short2
-        # resnet.mach:30  act2 : r2 -> s2 = relu
+        # resnet.mach:31  act2 : r2 -> s2 = relu
         s2 = torch.relu(state["r2"])
-        # resnet.mach:32  body3 : s2 -> r3 = conv(3, stride=2, padding=1, bias=false, out=64) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+        # resnet.mach:33  body3 : s2 -> r3 = conv(3, stride=2, padding=1, bias=false, out=64) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
         body3 = torch.relu(self.body3[1](self.body3[0](state["s2"])))
         r3_body3 = self.body3[3](self.body3[2](body3))
-        # resnet.mach:34  short3 : s2 -> r3 = conv(1, stride=2, bias=false) | batchnorm
+        # resnet.mach:35  short3 : s2 -> r3 = conv(1, stride=2, bias=false, out=64) | batchnorm
         r3_short3 = self.short3[1](self.short3[0](state["s2"]))
         r3 = r3_body3 + r3_short3
-        # resnet.mach:35  act3 : r3 -> s3 = relu
+        # resnet.mach:36  act3 : r3 -> s3 = relu
         s3 = torch.relu(state["r3"])
-        # resnet.mach:37  head : s3 -> logits = global_avg_pool | linear
+        # resnet.mach:38  head : s3 -> logits = global_avg_pool | linear
         logits = self.head(state["s3"].mean(dim=(2, 3)))
         return {
             "img": torch.zeros_like(state["img"]),
@@ -177,40 +177,40 @@ class ResNet(nn.Module):
         x0 = _complete(self.SPACES, x0)
         img = x0["img"]
         # level 1
-        # resnet.mach:20  stem : img -> s0 = conv(3, padding=1, bias=false) | batchnorm | relu
+        # resnet.mach:21  stem : img -> s0 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu
         s0 = x0["s0"] + torch.relu(self.stem[1](self.stem[0](img)))
         # level 2
-        # resnet.mach:22  body1 : s0 -> r1 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+        # resnet.mach:23  body1 : s0 -> r1 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
         body1 = self.body1[2](torch.relu(self.body1[1](self.body1[0](s0))))
         r1_body1 = self.body1[3](body1)
-        # resnet.mach:24  short1 : s0 -> r1 = identity
+        # resnet.mach:25  short1 : s0 -> r1 = identity
         r1_short1 = s0
         r1 = x0["r1"] + r1_body1 + r1_short1
         # level 3
-        # resnet.mach:25  act1 : r1 -> s1 = relu
+        # resnet.mach:26  act1 : r1 -> s1 = relu
         s1 = x0["s1"] + torch.relu(r1)
         # level 4
-        # resnet.mach:27  body2 : s1 -> r2 = conv(3, stride=2, padding=1, bias=false, out=32) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+        # resnet.mach:28  body2 : s1 -> r2 = conv(3, stride=2, padding=1, bias=false, out=32) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
         body2 = self.body2[2](torch.relu(self.body2[1](self.body2[0](s1))))
         r2_body2 = self.body2[3](body2)
-        # resnet.mach:29  short2 : s1 -> r2 = conv(1, stride=2, bias=false) | batchnorm
+        # resnet.mach:30  short2 : s1 -> r2 = conv(1, stride=2, bias=false, out=32) | batchnorm
         r2_short2 = self.short2[1](self.short2[0](s1))
         r2 = x0["r2"] + r2_body2 + r2_short2
         # level 5
-        # resnet.mach:30  act2 : r2 -> s2 = relu
+        # resnet.mach:31  act2 : r2 -> s2 = relu
         s2 = x0["s2"] + torch.relu(r2)
         # level 6
-        # resnet.mach:32  body3 : s2 -> r3 = conv(3, stride=2, padding=1, bias=false, out=64) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+        # resnet.mach:33  body3 : s2 -> r3 = conv(3, stride=2, padding=1, bias=false, out=64) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
         body3 = self.body3[2](torch.relu(self.body3[1](self.body3[0](s2))))
         r3_body3 = self.body3[3](body3)
-        # resnet.mach:34  short3 : s2 -> r3 = conv(1, stride=2, bias=false) | batchnorm
+        # resnet.mach:35  short3 : s2 -> r3 = conv(1, stride=2, bias=false, out=64) | batchnorm
         r3_short3 = self.short3[1](self.short3[0](s2))
         r3 = x0["r3"] + r3_body3 + r3_short3
         # level 7
-        # resnet.mach:35  act3 : r3 -> s3 = relu
+        # resnet.mach:36  act3 : r3 -> s3 = relu
         s3 = x0["s3"] + torch.relu(r3)
         # level 8
-        # resnet.mach:37  head : s3 -> logits = global_avg_pool | linear
+        # resnet.mach:38  head : s3 -> logits = global_avg_pool | linear
         logits = x0["logits"] + self.head(s3.mean(dim=(2, 3)))
         return {
             "img": img,
@@ -228,44 +228,44 @@ class ResNet(nn.Module):
         """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
         x = _leaves(_complete(self.SPACES, x))
         with torch.enable_grad():
-            # resnet.mach:20  stem : img -> s0 = conv(3, padding=1, bias=false) | batchnorm | relu
+            # resnet.mach:21  stem : img -> s0 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu
             stem = torch.relu(self.stem[1](self.stem[0](x["img"])))
-            # resnet.mach:22  body1 : s0 -> r1 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+            # resnet.mach:23  body1 : s0 -> r1 = conv(3, padding=1, bias=false, out=16) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
             body1 = torch.relu(self.body1[1](self.body1[0](x["s0"])))
             body1_ = self.body1[3](self.body1[2](body1))
-            # resnet.mach:24  short1 : s0 -> r1 = identity
+            # resnet.mach:25  short1 : s0 -> r1 = identity
             short1 = x["s0"]
-            # resnet.mach:25  act1 : r1 -> s1 = relu
+            # resnet.mach:26  act1 : r1 -> s1 = relu
             act1 = torch.relu(x["r1"])
-            # resnet.mach:27  body2 : s1 -> r2 = conv(3, stride=2, padding=1, bias=false, out=32) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+            # resnet.mach:28  body2 : s1 -> r2 = conv(3, stride=2, padding=1, bias=false, out=32) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
             body2 = torch.relu(self.body2[1](self.body2[0](x["s1"])))
             body2_ = self.body2[3](self.body2[2](body2))
-            # resnet.mach:29  short2 : s1 -> r2 = conv(1, stride=2, bias=false) | batchnorm
+            # resnet.mach:30  short2 : s1 -> r2 = conv(1, stride=2, bias=false, out=32) | batchnorm
             short2 = self.short2[1](self.short2[0](x["s1"]))
-            # resnet.mach:30  act2 : r2 -> s2 = relu
+            # resnet.mach:31  act2 : r2 -> s2 = relu
             act2 = torch.relu(x["r2"])
-            # resnet.mach:32  body3 : s2 -> r3 = conv(3, stride=2, padding=1, bias=false, out=64) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
+            # resnet.mach:33  body3 : s2 -> r3 = conv(3, stride=2, padding=1, bias=false, out=64) | batchnorm | relu | conv(3, padding=1, bias=false) | batchnorm
             body3 = torch.relu(self.body3[1](self.body3[0](x["s2"])))
             body3_ = self.body3[3](self.body3[2](body3))
-            # resnet.mach:34  short3 : s2 -> r3 = conv(1, stride=2, bias=false) | batchnorm
+            # resnet.mach:35  short3 : s2 -> r3 = conv(1, stride=2, bias=false, out=64) | batchnorm
             short3 = self.short3[1](self.short3[0](x["s2"]))
-            # resnet.mach:35  act3 : r3 -> s3 = relu
+            # resnet.mach:36  act3 : r3 -> s3 = relu
             act3 = torch.relu(x["r3"])
-            # resnet.mach:37  head : s3 -> logits = global_avg_pool | linear
+            # resnet.mach:38  head : s3 -> logits = global_avg_pool | linear
             head = self.head(x["s3"].mean(dim=(2, 3)))
         bar = _complete(self.SPACES, cotangent)
         # the adjoint machine: the edges in reverse dependency order
-        _pull(bar, x, head, ("s3",), ("logits",))  # resnet.mach:37  head
-        _pull(bar, x, act3, ("r3",), ("s3",))  # resnet.mach:35  act3
-        _pull(bar, x, short3, ("s2",), ("r3",))  # resnet.mach:34  short3
-        _pull(bar, x, body3_, ("s2",), ("r3",))  # resnet.mach:32  body3
-        _pull(bar, x, act2, ("r2",), ("s2",))  # resnet.mach:30  act2
-        _pull(bar, x, short2, ("s1",), ("r2",))  # resnet.mach:29  short2
-        _pull(bar, x, body2_, ("s1",), ("r2",))  # resnet.mach:27  body2
-        _pull(bar, x, act1, ("r1",), ("s1",))  # resnet.mach:25  act1
-        _pull(bar, x, short1, ("s0",), ("r1",))  # resnet.mach:24  short1
-        _pull(bar, x, body1_, ("s0",), ("r1",))  # resnet.mach:22  body1
-        _pull(bar, x, stem, ("img",), ("s0",))  # resnet.mach:20  stem
+        _pull(bar, x, head, ("s3",), ("logits",))  # resnet.mach:38  head
+        _pull(bar, x, act3, ("r3",), ("s3",))  # resnet.mach:36  act3
+        _pull(bar, x, short3, ("s2",), ("r3",))  # resnet.mach:35  short3
+        _pull(bar, x, body3_, ("s2",), ("r3",))  # resnet.mach:33  body3
+        _pull(bar, x, act2, ("r2",), ("s2",))  # resnet.mach:31  act2
+        _pull(bar, x, short2, ("s1",), ("r2",))  # resnet.mach:30  short2
+        _pull(bar, x, body2_, ("s1",), ("r2",))  # resnet.mach:28  body2
+        _pull(bar, x, act1, ("r1",), ("s1",))  # resnet.mach:26  act1
+        _pull(bar, x, short1, ("s0",), ("r1",))  # resnet.mach:25  short1
+        _pull(bar, x, body1_, ("s0",), ("r1",))  # resnet.mach:23  body1
+        _pull(bar, x, stem, ("img",), ("s0",))  # resnet.mach:21  stem
         return bar
 
     def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:

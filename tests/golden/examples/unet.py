@@ -58,7 +58,7 @@ def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) ->
 
 
 class TinyUNet(nn.Module):
-    """The machine TinyUNet from unet.mach:2.
+    """The machine TinyUNet from unet.mach:3.
 
     forward(x [3, 32, 32]) -> y [1, 32, 32]
     """
@@ -76,44 +76,44 @@ class TinyUNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.enc1 = nn.ModuleList([nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)])  # unet.mach:10  enc1
-        self.enc2 = nn.Conv2d(16, 32, 3, padding=1)  # unet.mach:11  enc2
-        self.bott = nn.Conv2d(32, 32, 3, padding=1)  # unet.mach:12  bott
-        self.dec = nn.Conv2d(32, 16, 3, padding=1)  # unet.mach:13  dec
-        self.head = nn.Conv2d(32, 1, 1)  # unet.mach:14  head
+        self.enc1 = nn.ModuleList([nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)])  # unet.mach:11  enc1
+        self.enc2 = nn.Conv2d(16, 32, 3, padding=1)  # unet.mach:12  enc2
+        self.bott = nn.Conv2d(32, 32, 3, padding=1)  # unet.mach:13  bott
+        self.dec = nn.Conv2d(32, 16, 3, padding=1)  # unet.mach:14  dec
+        self.head = nn.Conv2d(32, 1, 1)  # unet.mach:15  head
 
     def forward(self, x: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""
         # level 1
-        # unet.mach:10  enc1 : x -> e1 = conv(3, padding=1) | batchnorm | relu
+        # unet.mach:11  enc1 : x -> e1 = conv(3, padding=1, out=16) | batchnorm | relu
         e1 = torch.relu(self.enc1[1](self.enc1[0](x)))
         # level 2
-        # unet.mach:11  enc2 : e1 -> e2 = maxpool(2) | conv(3, padding=1) | relu
+        # unet.mach:12  enc2 : e1 -> e2 = maxpool(2) | conv(3, padding=1, out=32) | relu
         e2 = torch.relu(self.enc2(F.max_pool2d(e1, 2)))
         # level 3
-        # unet.mach:12  bott : e2 -> mid = conv(3, padding=1) | relu
+        # unet.mach:13  bott : e2 -> mid = conv(3, padding=1, out=32) | relu
         mid = torch.relu(self.bott(e2))
         # level 4
-        # unet.mach:13  dec : mid -> up = upsample(2) | conv(3, padding=1) | relu
+        # unet.mach:14  dec : mid -> up = upsample(2) | conv(3, padding=1, out=16) | relu
         up = torch.relu(self.dec(F.interpolate(mid, scale_factor=2.0)))
         # level 5
-        # unet.mach:14  head : up × e1 -> y = conv(1)
+        # unet.mach:15  head : up × e1 -> y = conv(1)
         y = self.head(torch.cat([up, e1], dim=1))
         return y
 
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """The global endofunction: the sum of all edges applied to state (missing: zero)."""
         state = _complete(self.SPACES, state)
-        # unet.mach:10  enc1 : x -> e1 = conv(3, padding=1) | batchnorm | relu
+        # unet.mach:11  enc1 : x -> e1 = conv(3, padding=1, out=16) | batchnorm | relu
         e1 = torch.relu(self.enc1[1](self.enc1[0](state["x"])))
-        # unet.mach:11  enc2 : e1 -> e2 = maxpool(2) | conv(3, padding=1) | relu
+        # unet.mach:12  enc2 : e1 -> e2 = maxpool(2) | conv(3, padding=1, out=32) | relu
         e2 = torch.relu(self.enc2(F.max_pool2d(state["e1"], 2)))
-        # unet.mach:12  bott : e2 -> mid = conv(3, padding=1) | relu
+        # unet.mach:13  bott : e2 -> mid = conv(3, padding=1, out=32) | relu
         mid = torch.relu(self.bott(state["e2"]))
-        # unet.mach:13  dec : mid -> up = upsample(2) | conv(3, padding=1) | relu
+        # unet.mach:14  dec : mid -> up = upsample(2) | conv(3, padding=1, out=16) | relu
         dec = self.dec(F.interpolate(state["mid"], scale_factor=2.0))
         up = torch.relu(dec)
-        # unet.mach:14  head : up × e1 -> y = conv(1)
+        # unet.mach:15  head : up × e1 -> y = conv(1)
         y = self.head(torch.cat([state["up"], state["e1"]], dim=1))
         return {"x": torch.zeros_like(state["x"]), "e1": e1, "e2": e2, "mid": mid, "up": up, "y": y}
 
@@ -122,19 +122,19 @@ class TinyUNet(nn.Module):
         x0 = _complete(self.SPACES, x0)
         x = x0["x"]
         # level 1
-        # unet.mach:10  enc1 : x -> e1 = conv(3, padding=1) | batchnorm | relu
+        # unet.mach:11  enc1 : x -> e1 = conv(3, padding=1, out=16) | batchnorm | relu
         e1 = x0["e1"] + torch.relu(self.enc1[1](self.enc1[0](x)))
         # level 2
-        # unet.mach:11  enc2 : e1 -> e2 = maxpool(2) | conv(3, padding=1) | relu
+        # unet.mach:12  enc2 : e1 -> e2 = maxpool(2) | conv(3, padding=1, out=32) | relu
         e2 = x0["e2"] + torch.relu(self.enc2(F.max_pool2d(e1, 2)))
         # level 3
-        # unet.mach:12  bott : e2 -> mid = conv(3, padding=1) | relu
+        # unet.mach:13  bott : e2 -> mid = conv(3, padding=1, out=32) | relu
         mid = x0["mid"] + torch.relu(self.bott(e2))
         # level 4
-        # unet.mach:13  dec : mid -> up = upsample(2) | conv(3, padding=1) | relu
+        # unet.mach:14  dec : mid -> up = upsample(2) | conv(3, padding=1, out=16) | relu
         up = x0["up"] + torch.relu(self.dec(F.interpolate(mid, scale_factor=2.0)))
         # level 5
-        # unet.mach:14  head : up × e1 -> y = conv(1)
+        # unet.mach:15  head : up × e1 -> y = conv(1)
         y = x0["y"] + self.head(torch.cat([up, e1], dim=1))
         return {"x": x, "e1": e1, "e2": e2, "mid": mid, "up": up, "y": y}
 
@@ -142,24 +142,24 @@ class TinyUNet(nn.Module):
         """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
         x = _leaves(_complete(self.SPACES, x))
         with torch.enable_grad():
-            # unet.mach:10  enc1 : x -> e1 = conv(3, padding=1) | batchnorm | relu
+            # unet.mach:11  enc1 : x -> e1 = conv(3, padding=1, out=16) | batchnorm | relu
             enc1 = torch.relu(self.enc1[1](self.enc1[0](x["x"])))
-            # unet.mach:11  enc2 : e1 -> e2 = maxpool(2) | conv(3, padding=1) | relu
+            # unet.mach:12  enc2 : e1 -> e2 = maxpool(2) | conv(3, padding=1, out=32) | relu
             enc2 = torch.relu(self.enc2(F.max_pool2d(x["e1"], 2)))
-            # unet.mach:12  bott : e2 -> mid = conv(3, padding=1) | relu
+            # unet.mach:13  bott : e2 -> mid = conv(3, padding=1, out=32) | relu
             bott = torch.relu(self.bott(x["e2"]))
-            # unet.mach:13  dec : mid -> up = upsample(2) | conv(3, padding=1) | relu
+            # unet.mach:14  dec : mid -> up = upsample(2) | conv(3, padding=1, out=16) | relu
             dec = self.dec(F.interpolate(x["mid"], scale_factor=2.0))
             dec_ = torch.relu(dec)
-            # unet.mach:14  head : up × e1 -> y = conv(1)
+            # unet.mach:15  head : up × e1 -> y = conv(1)
             head = self.head(torch.cat([x["up"], x["e1"]], dim=1))
         bar = _complete(self.SPACES, cotangent)
         # the adjoint machine: the edges in reverse dependency order
-        _pull(bar, x, head, ("up", "e1"), ("y",))  # unet.mach:14  head
-        _pull(bar, x, dec_, ("mid",), ("up",))  # unet.mach:13  dec
-        _pull(bar, x, bott, ("e2",), ("mid",))  # unet.mach:12  bott
-        _pull(bar, x, enc2, ("e1",), ("e2",))  # unet.mach:11  enc2
-        _pull(bar, x, enc1, ("x",), ("e1",))  # unet.mach:10  enc1
+        _pull(bar, x, head, ("up", "e1"), ("y",))  # unet.mach:15  head
+        _pull(bar, x, dec_, ("mid",), ("up",))  # unet.mach:14  dec
+        _pull(bar, x, bott, ("e2",), ("mid",))  # unet.mach:13  bott
+        _pull(bar, x, enc2, ("e1",), ("e2",))  # unet.mach:12  enc2
+        _pull(bar, x, enc1, ("x",), ("e1",))  # unet.mach:11  enc1
         return bar
 
     def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
