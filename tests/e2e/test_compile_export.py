@@ -495,3 +495,26 @@ def test_double_runs_on_float64_example_inputs(spec) -> None:
     for g, w in zip(got, want, strict=True):
         assert g.dtype == torch.float64
         torch.testing.assert_close(g.float(), w, rtol=1e-4, atol=1e-4)
+
+
+# --- the example ----------------------------------------------------------------------
+
+
+def test_the_any_length_example_compiles_and_exports_once() -> None:
+    # examples/any_length.py: one compiled graph and one exported program, every length
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "any_length.py"), "--lengths", "5", "17", "40"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    compiled = [line for line in lines if line.startswith("compiled,")]
+    exported = [line for line in lines if line.startswith("exported once,")]
+    assert len(compiled) == len(exported) == 3
+    assert all(line.endswith("graphs compiled so far: 1") for line in compiled), lines
+    for line in compiled + exported:
+        error = float(line.split("max |")[1].split()[3].rstrip(","))
+        assert error < 1e-5, line
