@@ -31,7 +31,6 @@ from .sequences import (
     extend_history,
     float_like,
     history,
-    mask_step,
     mask_steps,
     no_chunks,
     no_lengths_in_chunks,
@@ -52,7 +51,6 @@ __all__ = [
     "check_shape",
     "check_state",
     "delayed",
-    "end_steps",
     "extend_history",
     "external",
     "float_like",
@@ -62,7 +60,6 @@ __all__ = [
     "history",
     "keep_valid",
     "last_steps",
-    "mask_step",
     "mask_steps",
     "no_chunks",
     "no_lengths_in_chunks",
@@ -320,14 +317,6 @@ def last_steps(
     (with ``lengths``: the last ``k`` steps before each sequence's own end)."""
     seq = torch.cat([torch.stack(tuple(past), 1), x.unflatten(0, (batch, steps))], 1)
     return _ends(seq, k, len(past), lengths)
-
-
-def end_steps(values: Sequence[Tensor], k: int, steps: int, lengths: Tensor | None) -> Tensor:
-    """The last ``k`` of a loop's per-step values (its past first), ``[batch, k, *shape]``;
-    with ``lengths``, the last ``k`` before each sequence's own end."""
-    if lengths is None:
-        return torch.stack(tuple(values)[-k:], 1)
-    return _ends(torch.stack(tuple(values), 1), k, len(values) - steps, lengths)
 
 
 def _ends(seq: Tensor, k: int, before: int, lengths: Tensor | None) -> Tensor:

@@ -142,7 +142,8 @@ def valid_steps(lengths: Tensor | None, batch: int, steps: int) -> Tensor | None
 
 
 def keep_valid(x: Tensor, valid: Tensor | None) -> Tensor:
-    """One step ``[batch, *shape]``, zero where ``valid`` (``[batch]``) is false."""
+    """``x`` (one step ``[batch, *shape]``, or a folded sequence), zero where ``valid``
+    (``[batch]``, or folded ``[batch * steps]``) is false; ``x`` itself if ``valid`` is None."""
     if valid is None:
         return x
     valid = valid.to(x.device).view(-1, *(1,) * (x.dim() - 1))

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .loops import keep_valid, valid_steps
+
 
 def attention(
     q: Tensor,
@@ -108,19 +110,7 @@ def check_lengths(lengths: Tensor | None, batch: int, steps: int) -> Tensor | No
 
 def mask_steps(x: Tensor, lengths: Tensor | None, batch: int, steps: int) -> Tensor:
     """The folded sequence ``x`` with the steps past each sequence's length set to zero."""
-    if lengths is None:
-        return x
-    valid = torch.arange(steps, device=x.device)[None, :] < lengths.to(x.device)[:, None]
-    valid = valid.flatten().view(-1, *(1,) * (x.dim() - 1))
-    return torch.where(valid, x, x.new_zeros(()))
-
-
-def mask_step(x: Tensor, lengths: Tensor | None, t: int) -> Tensor:
-    """One step ``[batch, *shape]``, zero for the sequences shorter than ``t + 1``."""
-    if lengths is None:
-        return x
-    valid = (lengths.to(x.device) > t).view(-1, *(1,) * (x.dim() - 1))
-    return torch.where(valid, x, x.new_zeros(()))
+    return keep_valid(x, valid_steps(lengths, batch, steps))
 
 
 def no_chunks(machine: str, state: object, return_state: bool) -> None:
