@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import networkx as nx
 
-from . import equilibrium, ir, sequences
+from . import equilibrium, ir, sequences, symbols
 from .diagnostics import Code, Note, Reporter
 from .infer import infer_shapes
 from .ops import OPS, Site, format_shape
 from .shapes import edge_shapes
+from .sizes import collect_relations
 
 
 def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
@@ -28,7 +29,10 @@ def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
     for machine in (*program.instances, *program.machines):  # what a machine uses comes first
         if any(e.machine is not None and e.machine not in structures for e in machine.edges):
             continue  # a machine it uses as an edge has errors, reported there
-        machine = infer_shapes(machine, reporter, machines)  # the shapes left out
+        if not symbols.check_symbols(machine, reporter):  # sizes bound at call time
+            continue
+        with collect_relations():  # a relation a writer needs is checked where it is read
+            machine = infer_shapes(machine, reporter, machines)  # the shapes left out
         if machine is None:
             continue
         machines[machine.key] = machine
@@ -52,11 +56,16 @@ def _check_machine(
     if ir.Role.OUTPUT not in roles:
         reporter.error(Code.MACHINE, f"machine {machine.name!r} has no output space", machine.span)
     shapes = {}
+    relations: dict[tuple[str, str], ir.Relation] = {}
     for edge in machine.edges:
-        if sequences.check_reads(machine, edge, machines or {}, reporter):
-            shapes[edge.name] = edge_shapes(machine, edge, reporter, machines or {})
-        else:
+        if not sequences.check_reads(machine, edge, machines or {}, reporter):
             shapes[edge.name] = None
+            continue
+        with collect_relations() as found:  # equal for some sizes only: checked on each call
+            shapes[edge.name] = edge_shapes(machine, edge, reporter, machines or {})
+        for left, right in found:
+            relation = ir.Relation(left=left, right=right, edge=edge.name, span=edge.span)
+            relations.setdefault((str(left), str(right)), relation)
     _check_shared(machine, shapes, reporter)
     _check_written(machine, reporter)
     graph = hypergraph(machine)
@@ -71,6 +80,14 @@ def _check_machine(
         if stages is None:
             return None
     structure = _structure(machine, graph, space_time, shapes, stages, structures or {}, cycles)
+    if symbols.bound(machine):
+        least = symbols.smallest(machine, shapes)
+        found = tuple(relations.values())
+        example = symbols.example_sizes(least, found, reporter, machine.span)
+        if example is None:
+            return None
+        update = {"sizes": least, "example_sizes": example, "relations": found}
+        structure = structure.model_copy(update=update)
     _warn_unused(machine, space_time, reporter)
     return structure
 

@@ -59,6 +59,7 @@ class Code(enum.StrEnum):
     SEQUENCE = "E019"
     SOLVE = "E020"
     INFERENCE = "E021"
+    SIZE = "E022"
     UNREACHED_OUTPUT = "W101"
     UNREAD_INPUT = "W102"
     LINEAR_CYCLE = "W103"

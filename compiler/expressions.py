@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from . import ir
 from . import syntax as s
 from .diagnostics import Code, Span
+from .sizes import Size, SymbolicSizeError
 
 MAX_ITERATIONS = 100_000  # a loop or array longer than this is surely a mistake
 MAX_RANK = 4  # channels and up to three spatial axes: a volume [C, D, H, W]
@@ -163,6 +164,8 @@ _ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.
 def _arithmetic(op: str, a: ir.Value, b: ir.Value, expr: s.BinOp) -> ir.Value:
     need_number(a, op, expr.left.span)
     need_number(b, op, expr.right.span)
+    if isinstance(a, Size) or isinstance(b, Size):
+        return _size_arithmetic(op, a, b, expr)
     if op in ("//", "/", "%") and b == 0:
         raise Problem(
             Code.EXPRESSION, "modulo by zero" if op == "%" else "division by zero", expr.span
@@ -184,6 +187,22 @@ def _arithmetic(op: str, a: ir.Value, b: ir.Value, expr: s.BinOp) -> ir.Value:
     if isinstance(result, int) and abs(result) >= _TOO_LARGE:
         raise Problem(Code.EXPRESSION, _TOO_MANY_DIGITS, expr.span)
     return result
+
+
+def _size_arithmetic(op: str, a, b, expr: s.BinOp) -> Size | int:
+    """``a op b`` where one side is a size known only at call time (``H + 2``, ``H // 2``)."""
+    try:
+        if isinstance(a, float) or isinstance(b, float) or op in ("/", "**"):
+            raise SymbolicSizeError(f"{op!r} of a size known only at call time")
+        return _ARITHMETIC[op](a, b)
+    except (SymbolicSizeError, ZeroDivisionError) as exc:
+        raise Problem(
+            Code.EXPRESSION,
+            f"{exc}" if isinstance(exc, ZeroDivisionError) else f"{exc.args[0]}",
+            expr.span,
+            hint="a size symbol (a size of an input, bound at call time) can be added to, "
+            "subtracted from and multiplied by integers, and divided by one with // or %",
+        ) from None
 
 
 _TOO_MANY_DIGITS = f"the result is too large (an integer has at most {MAX_DIGITS} digits)"
@@ -225,7 +244,19 @@ def _kind(value: ir.Value) -> str:
     return "string" if isinstance(value, str) else "list"
 
 
+def _no_size(value: ir.Value, what: str, span: Span) -> None:
+    if isinstance(value, Size):
+        raise Problem(
+            Code.EXPRESSION,
+            f"{what!r} needs numbers known when the machine is compiled; {value} is a size "
+            "known only at call time",
+            span,
+        )
+
+
 def _compare(op: str, a: ir.Value, b: ir.Value, left: Span, right: Span) -> bool:
+    _no_size(a, op, left)
+    _no_size(b, op, right)
     if op in _ORDER:
         need_number(a, op, left)
         need_number(b, op, right)
@@ -260,11 +291,12 @@ def _call(call: s.Call, env: Mapping[str, ir.Value]) -> ir.Value:
     for arg in call.args:
         values.append(evaluate(arg, env))
         need_number(values[-1], call.name, arg.span)
+        _no_size(values[-1], call.name, arg.span)
     return min(values) if call.name == "min" else max(values)
 
 
 def need_number(value: ir.Value, op: str, span: Span) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float | Size):
         raise Problem(Code.EXPRESSION, f"{op!r} needs numbers, got {ir.format_value(value)}", span)
 
 
@@ -298,8 +330,14 @@ def shape_of(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Shape:
             expr.span,
         )
     shape = []
-    for item in items:
-        value = evaluate(item, env)
+    sizes = _SizeScope(env)
+    for axis, item in enumerate(items):
+        # NOTE: a name that is no parameter is a size symbol on a spatial axis ([3, H, W]),
+        # bound when the machine is called; channels are always known
+        value = evaluate(item, sizes if axis else env)
+        if isinstance(value, Size):
+            shape.append(value)
+            continue
         if isinstance(value, bool) or not isinstance(value, int):
             what = "a size" if len(items) == 1 else "each size of a shape"
             message = f"{what} must be an integer, got {ir.format_value(value)}"
@@ -309,13 +347,33 @@ def shape_of(expr: s.Expr, env: Mapping[str, ir.Value]) -> ir.Shape:
         if value > MAX_SIZE:
             raise Problem(Code.SHAPE, f"a size is at most {MAX_SIZE:,}, got {value:,}", item.span)
         shape.append(value)
-    if math.prod(shape) > MAX_ELEMENTS:
+    known = math.prod(n for n in shape if isinstance(n, int))
+    if known > MAX_ELEMENTS:
         raise Problem(
             Code.SHAPE,
-            f"a space holds at most {MAX_ELEMENTS:,} numbers per sample, got {math.prod(shape):,}",
+            f"a space holds at most {MAX_ELEMENTS:,} numbers per sample, got {known:,}",
             expr.span,
         )
     return tuple(shape)
+
+
+class _SizeScope(Mapping):
+    """The names of a place, and every other name as a size symbol."""
+
+    def __init__(self, env: Mapping[str, ir.Value]):
+        self.env = env
+
+    def __getitem__(self, name: str) -> ir.Value | Size:
+        return self.env[name] if name in self.env else Size.symbol(name)
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __iter__(self):
+        return iter(self.env)
+
+    def __len__(self) -> int:
+        return len(self.env)
 
 
 def range_of(rng: s.Range, env: Mapping[str, ir.Value]) -> range:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from . import ir, sequences
+from . import ir, sequences, symbols
 from .diagnostics import Code, Note, Reporter, Span
 from .ops import OPS, NeedsOutputs, format_shape
 from .shapes import check_boundary, entering_shape, pipeline_shapes
@@ -148,14 +148,16 @@ class _Inference:
         if not shapes and not final and any(t.waits for _, t in told):
             return False
         self.waiting.discard(name)
-        if len({shape for _, shape in shapes}) > 1:
+        if any(shape != shapes[0][1] for _, shape in shapes[1:]):  # == decides relations
             self._disagree(name, shapes)
             return True
         if not shapes:
             if not any(t.failed for _, t in told):
                 self._untold(name, told)
             return True
-        self.table[name] = self.table[name].model_copy(update={"shape": shapes[0][1]})
+        # the simplest of equal shapes (H rather than 2 * (H // 2), checked to be equal)
+        shape = min((shape for _, shape in shapes), key=lambda shape: len(format_shape(shape)))
+        self.table[name] = self.table[name].model_copy(update={"shape": shape})
         for reader in self.readers[name]:
             missing = self.missing[reader.name]
             missing.discard(name)
@@ -222,7 +224,8 @@ class _Inference:
             check_boundary(self, edge, sub, self.reporter, sides=("outputs",))
             return _Told(None, failed=True)
         index = next(i for i, p in enumerate(edge.outputs) if p.space == name)
-        return _Told(outputs[index].shape)
+        binding = symbols.sub_binding(self, edge, sub)  # its size symbols, as sizes here
+        return _Told(symbols.substitute(outputs[index].shape, binding))
 
     # --- what cannot be settled ---------------------------------------------------------
 

@@ -10,13 +10,14 @@ lower bound.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from . import ir
 from .equilibrium import cycle_text
 from .ir import format_params
 from .lower import pipeline_text, port_text, source_label
 from .ops import OPS, format_shape
+from .sizes import evaluate
 
 # Cells longer than these wrap onto continuation lines, at a `×` or `|`.
 PIPELINE_WIDTH = 48
@@ -59,6 +60,8 @@ class MachineInfo:
     total_macs: int
     exact: bool  # False when some edge's counts are not known
     depth: int
+    # sizes known at call time (input img : [3, H, W]): the sizes MACs are counted at
+    sizes: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -71,7 +74,14 @@ def machine_info(
     machine, structure = checked.machine, checked.structure
     level_of = {name: k for k, level in enumerate(structure.levels, 1) for name in level}
     edges = [
-        _edge_info(machine, edge, structure.shapes[edge.name], level_of[edge.name], used or {})
+        _edge_info(
+            machine,
+            edge,
+            structure.shapes[edge.name],
+            level_of[edge.name],
+            used or {},
+            structure.example_sizes,
+        )
         for edge in machine.edges
     ]
     return MachineInfo(
@@ -82,7 +92,13 @@ def machine_info(
         file=source_label(machine.span.file),
         line=machine.span.line,
         spaces=[
-            SpaceInfo(s.name, s.role.value, list(s.shape), structure.depth[s.name], s.ids)
+            SpaceInfo(
+                s.name,
+                s.role.value,
+                [n if isinstance(n, int) else str(n) for n in s.shape],
+                structure.depth[s.name],
+                s.ids,
+            )
             for s in machine.spaces
         ],
         edges=edges,
@@ -92,11 +108,17 @@ def machine_info(
         total_macs=sum(e.macs or 0 for e in edges),
         exact=all(e.params is not None for e in edges),
         depth=max(structure.depth.values(), default=0),
+        sizes=dict(structure.example_sizes),
     )
 
 
 def _edge_info(
-    machine: ir.Machine, edge: ir.Edge, shapes, level: int, used: dict[str, MachineInfo]
+    machine: ir.Machine,
+    edge: ir.Edge,
+    shapes,
+    level: int,
+    used: dict[str, MachineInfo],
+    sizes: dict[str, int],
 ) -> EdgeInfo:
     params: int | None = 0
     macs: int | None = 0
@@ -110,7 +132,7 @@ def _edge_info(
             params = macs = None
         if params is not None and macs is not None:
             params += spec.params(op.args, shapes[i], shapes[i + 1])
-            macs += spec.macs(op.args, shapes[i], shapes[i + 1])
+            macs += evaluate(spec.macs(op.args, shapes[i], shapes[i + 1]), sizes)
     if edge.shares is not None and params is not None:
         params = 0  # the parameters are counted at the edge they belong to
     return EdgeInfo(
@@ -179,6 +201,9 @@ def _describe_machine(info: MachineInfo) -> str:
         lines += ["", "  solved cycles (their edges' MACs count once per iteration)"]
         lines += [f"    {text}" for text in info.cycles]
     bound = "" if info.exact else "at least "
+    if info.sizes:
+        at = ", ".join(f"{k} = {v}" for k, v in info.sizes.items())
+        lines += ["", f"  sizes known at call time: MACs are counted at {at}"]
     lines += [
         "",
         f"  total: {bound}{_number(info.total_params)} parameters, "

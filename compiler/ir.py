@@ -15,11 +15,13 @@ import json
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from .diagnostics import Span
+from .sizes import Size
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 # a tuple is a list written in the source: [3, 5]; op arguments may hold pairs: [[4, 0], 1]
 Value = Scalar | tuple[Scalar | tuple[Scalar, ...], ...]
-Shape = tuple[int, ...]
+# a size is an int, or a Size written with size symbols bound at call time ([3, H, W])
+Shape = tuple[int | Size, ...]
 
 
 def format_value(value: object) -> str:
@@ -232,6 +234,16 @@ class Cycle(Node):
     solve: Solve
 
 
+class Relation(Node):
+    """Two sizes that an edge needs equal, where that holds for some call-time sizes only
+    (``2 * (H // 2) == H``: for even ``H``); generated code checks it on every call."""
+
+    left: int | Size
+    right: int | Size
+    edge: str
+    span: Span
+
+
 class Structure(Node):
     """What ``check`` learns about a machine of finite depth."""
 
@@ -260,6 +272,19 @@ class Structure(Node):
     stages: tuple[Stage, ...] = Field(
         default=(),
         description="machines over time: the stages every edge runs in, in order",
+    )
+    sizes: dict[str, int] = Field(
+        default_factory=dict,
+        description="size symbol -> the smallest size for which every shape of the machine "
+        "keeps a position; in the order the inputs bind them",
+    )
+    example_sizes: dict[str, int] = Field(
+        default_factory=dict,
+        description="size symbol -> its size in example inputs (every relation holds)",
+    )
+    relations: tuple[Relation, ...] = Field(
+        default=(),
+        description="relations between sizes that generated code checks on every call",
     )
     causal: bool = Field(
         default=True,

@@ -22,12 +22,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import __version__, ir
+from . import __version__, ir, lower_sizes
 from .equilibrium import solver_args, solver_text
 from .ir import format_params, machine_call
 from .names import METHOD_LOCALS, MODULE_ATTRIBUTES, MODULE_NAMES, Namespace
 from .ops import CHANNEL_DIM, OPS, REQUIRED, Site
-from .ops.spec import py_literal
+from .ops.spec import format_shape, py_literal
 
 PIPELINE_WIDTH = 48  # a pipeline expression longer than this continues in a new statement
 
@@ -272,18 +272,15 @@ class _MachineLowering:
         layers = self._layers()
         inputs = [s for s in machine.spaces if s.role is ir.Role.INPUT]
         outputs = [s for s in machine.spaces if s.role is ir.Role.OUTPUT]
-        signature = lambda spaces: ", ".join(f"{s.name} {list(s.shape)}" for s in spaces)  # noqa: E731
+        signature = lambda spaces: ", ".join(f"{s.name} {format_shape(s.shape)}" for s in spaces)  # noqa: E731
         over = f" over {machine.time}" if machine.time else ""
         doc = [f"The machine {machine.name}{over} from {self.where(machine.span)}."]
         if machine.params:
             doc.append(f"Parameters: {format_params(machine.params)}.")
         doc.append(f"forward({signature(inputs)}) -> {signature(outputs)}")
         doc += self._doc_notes()
-        spaces = _dict_lines(
-            "SPACES: dict[str, tuple[int, ...]] = ",
-            [f"{py_str(s.name)}: {tuple(s.shape)!r}" for s in machine.spaces],
-            indent=4,
-        )
+        annotation, items = lower_sizes.space_items(machine, self.structure)
+        spaces = _dict_lines(f"SPACES: {annotation} = ", items, indent=4)
         spaces += self._class_attributes()
         return MachineClass(
             name=machine.key or machine.name,
@@ -298,12 +295,14 @@ class _MachineLowering:
     def _methods(self, inputs, outputs) -> tuple[Method, ...]:
         from .lower_methods import adjoint_method, tool_methods  # they use what is defined here
 
+        shapes = lower_sizes.shapes_method(self)
         return (
             self._forward(inputs, outputs),
             self._f(),
             self._resolvent(),
             adjoint_method(self),
             *tool_methods(self, inputs),
+            *([shapes] if shapes is not None else []),
         )
 
     def _doc_notes(self) -> list[str]:
@@ -320,7 +319,8 @@ class _MachineLowering:
         return []
 
     def _method_locals(self) -> Namespace:
-        return Namespace(self.module_level | METHOD_LOCALS)
+        # the size symbols are locals too (H, W), bound at the top of each method
+        return Namespace(self.module_level | METHOD_LOCALS | set(self.structure.sizes))
 
     # --- layers ---
 
@@ -398,7 +398,9 @@ class _MachineLowering:
         )
         args_by_space = {s.name: a for s, a in zip(inputs, args, strict=True)}
         plan.var.update(args_by_space)
-        body = self._statements(plan, self.structure.order)
+        given = "{" + ", ".join(f"{py_str(s)}: {a}" for s, a in args_by_space.items()) + "}"
+        body = lower_sizes.prologue(self, given)
+        body += self._statements(plan, self.structure.order)
         if self.output_tuple is None:
             returns, result = "Tensor", plan.var[outputs[0].name]
         else:
@@ -424,7 +426,8 @@ class _MachineLowering:
             locals=names,
             like=f"x0[{py_str(self.machine.spaces[0].name)}]",
         )
-        body = ["x0 = _complete(self.SPACES, x0)"]
+        body = lower_sizes.prologue(self, "x0")
+        body.append(f"x0 = _complete({lower_sizes.complete_shapes(self.structure)}, x0)")
         for space in self.machine.spaces:
             if not self.writers[space.name]:
                 plan.var[space.name] = names.name(space.name)
@@ -445,7 +448,8 @@ class _MachineLowering:
             leveled=False,
             locals=names,
         )
-        body = ["state = _complete(self.SPACES, state)"]
+        body = lower_sizes.prologue(self, "state")
+        body.append(f"state = _complete({lower_sizes.complete_shapes(self.structure)}, state)")
         body += self._statements(plan, [e.name for e in self.machine.edges])
         for space in self.machine.spaces:
             if not self.writers[space.name]:

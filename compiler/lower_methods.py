@@ -8,6 +8,7 @@ written from a :class:`lower._MachineLowering` whose layers are made.
 
 from __future__ import annotations
 
+from . import lower_sizes
 from .lower import (
     Method,
     _MachineLowering,
@@ -39,9 +40,11 @@ def adjoint_method(lowering: _MachineLowering) -> Method:
         expr = lowering._edge_expr(edge, plan, computed)
         results[name] = names.name(f"{name}/result", name)
         computed.append(f"{results[name]} = {expr}")
-    body = ["x = _leaves(_complete(self.SPACES, x))", "with torch.enable_grad():"]
+    shapes = lower_sizes.complete_shapes(lowering.structure)
+    body = lower_sizes.prologue(lowering, "x")
+    body += [f"x = _leaves(_complete({shapes}, x))", "with torch.enable_grad():"]
     body += ["    " + line for line in computed]
-    body.append("bar = _complete(self.SPACES, cotangent)")
+    body.append(f"bar = _complete({shapes}, cotangent)")
     body.append("# the adjoint machine: the edges in reverse dependency order")
     cycle_of = {e: cycle for cycle in lowering.structure.cycles for e in cycle.edges}
 
@@ -94,7 +97,9 @@ def tool_methods(lowering: _MachineLowering, inputs) -> tuple[Method, ...]:
         if space.ids is not None:
             made.append(f"torch.randint(0, {space.ids}, ({lead}), device=like.device)")
         else:
-            shape = ", ".join(str(n) for n in space.shape)
+            shape = ", ".join(
+                str(lower_sizes.example_size(n, lowering.structure)) for n in space.shape
+            )
             made.append(f"torch.randn({lead}, {shape}, dtype=like.dtype, device=like.device)")
     examples = Method(
         signature=f"example_inputs(self, batch: int = 2{steps}) -> tuple[Tensor, ...]",

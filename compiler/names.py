@@ -23,7 +23,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MODULE_ATTRIBUTES = frozenset(
     """
     T_destination call_super_init dump_patches training forward f resolvent adjoint
-    example_inputs reset_parameters
+    example_inputs reset_parameters shapes
     SPACES INPUTS OUTPUTS DELAYS WINDOWS IDS STATEFUL_EDGES CAUSAL
     add_module apply bfloat16 buffers children compile cpu cuda double eval extra_repr
     float get_buffer get_extra_state get_parameter get_submodule half ipu load_state_dict

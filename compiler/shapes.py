@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from . import ir, sequences
+from . import ir, sequences, symbols
 from .diagnostics import Code, Note, Reporter
 from .expressions import MAX_ELEMENTS, MAX_SIZE
 from .ops import OPS, NeedsOutputs, OpError, combined_shape, format_shape, infer_pipeline
@@ -82,6 +82,7 @@ def check_boundary(
 ) -> None:
     """A sub-machine edge's spaces map one by one onto the sub-machine's inputs and outputs."""
     used = ir.machine_call(sub.name, sub.params)
+    binding = symbols.sub_binding(machine, edge, sub)  # its size symbols, as sizes here
     for side, ports, role in (
         ("inputs", edge.inputs, ir.Role.INPUT),
         ("outputs", edge.outputs, ir.Role.OUTPUT),
@@ -104,6 +105,7 @@ def check_boundary(
         for port, space in zip(ports, spaces, strict=True):
             mine = machine.space(port.space)
             shape = mine.shape
+            theirs = symbols.substitute(space.shape, binding)
             if mine.ids != space.ids:
                 reporter.error(
                     Code.SUBMACHINE,
@@ -112,11 +114,14 @@ def check_boundary(
                     port.span,
                     notes=(Note(message=f"{space.name} is declared here", span=space.span),),
                 )
-            elif shape != space.shape:
+            elif shape != theirs:
+                given = format_shape(space.shape)
+                if theirs != space.shape:
+                    given += f", here {format_shape(theirs)}"
                 reporter.error(
                     Code.SUBMACHINE,
                     f"edge {edge.name!r} maps {port.space} {format_shape(shape)} onto the "
-                    f"{side[:-1]} {space.name} {format_shape(space.shape)} of {used}",
+                    f"{side[:-1]} {space.name} {given} of {used}",
                     port.span,
                     notes=(Note(message=f"{space.name} is declared here", span=space.span),),
                 )

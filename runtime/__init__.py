@@ -39,16 +39,20 @@ from .sequences import (
     recent,
     with_state,
 )
+from .sizes import SizeError, bind_sizes, check_size
 
 __all__ = [
     "SOLVERS",
     "MachineShapeError",
+    "SizeError",
     "Solve",
     "pull_cycle",
     "reset_spectral_norm",
     "attention",
+    "bind_sizes",
     "check_lengths",
     "check_shape",
+    "check_size",
     "check_state",
     "delayed",
     "extend_history",

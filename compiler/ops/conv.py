@@ -324,7 +324,11 @@ def _upsample_shape(args, before, target):
         )
     if args.get("align_corners") is not None and allowed is None:
         raise OpError(f'align_corners applies to the interpolating modes, not "{mode}"')
-    sizes = [math.floor(n * s) for n, s in zip(before[1:], scale, strict=True)]
+    # NOTE: a whole scale multiplies, so that a size known only at call time stays exact
+    sizes = [
+        n * int(s) if float(s).is_integer() else math.floor(n * s)
+        for n, s in zip(before[1:], scale, strict=True)
+    ]
     if min(sizes) < 1:
         raise OpError(f"scale {format_value(args['scale'])} shrinks {format_shape(before)} to 0")
     return (before[0], *sizes)

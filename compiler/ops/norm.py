@@ -131,7 +131,13 @@ def _norm_size(args: ArgValues, before: Shape) -> int:
 
 
 def _sample_norm_shape(args, before, target):
-    _norm_axes(args, before)
+    start = _norm_axes(args, before)
+    if start is not None and not all(isinstance(n, int) for n in before[start:]):
+        raise OpError(
+            f"normalising over the axes {format_shape(before[start:])} needs their sizes when "
+            "the layer is built, but they are known only at call time",
+            hint='normalise over the channels (axes="channels"), or declare the input\'s sizes',
+        )
     return before
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..ir import Op, Shape, Value, format_value
+from ..sizes import Size, SymbolicSizeError
 from .spec import (
     BOOL,
     FLOAT,
@@ -189,9 +190,23 @@ def _apply(op: Op, before: Shape, target, *, checked: bool) -> Shape:
     lo, hi = spec.ranks
     if not lo <= len(before) <= hi:
         raise OpError(f"{op.kind} needs {_describe_rank(spec)}, got {format_shape(before)}")
-    after = spec.shape(op.args, before, target)
-    if checked:
-        spec.check(op.args, before, after)
+    try:
+        after = spec.shape(op.args, before, target)
+        if checked:
+            spec.check(op.args, before, after)
+            params = spec.params(op.args, before, after)
+    except SymbolicSizeError as exc:
+        raise OpError(
+            f"{op.kind} needs sizes known when the machine is compiled: {exc}",
+            hint="declare the input's sizes as numbers, or change the op",
+        ) from None
+    if checked and isinstance(params, Size):
+        raise OpError(
+            f"{op.kind} on {format_shape(before)} would have {params} parameters: their number "
+            "would depend on sizes known only at call time",
+            hint="pool the spatial axes away first (global_avg_pool, adaptive_avg_pool), or "
+            "declare the input's sizes as numbers",
+        )
     return after
 
 
@@ -259,6 +274,11 @@ def infer_pipeline(
         )
         if hint is None and last_changer is None and shapes[-1][1:] == declared[1:]:
             hint = "no op of this pipeline changes the channels; add a linear to map between them"
+        if hint is None and any(isinstance(n, Size) for n in (*shapes[-1], *declared)):
+            hint = (
+                "sizes known only at call time must be equal for every size the inputs may "
+                "have (or for some, checked on each call); these never are"
+            )
         raise OpError(
             f"the pipeline produces {format_shape(shapes[-1])}, but the outputs need "
             f"{format_shape(declared)} ({steps})",

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..ir import Op, Shape, Value, format_value
+from ..sizes import Size
 
 ArgValues = Mapping[str, Value]
 
@@ -142,6 +143,8 @@ def py_literal(value: Value) -> str:
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     if isinstance(value, str):
         return json.dumps(value)
+    if isinstance(value, Size):  # an expression of the size symbols bound in the method
+        return f"({value})" if value.terms[1:] or value.const else str(value)
     return repr(value)
 
 

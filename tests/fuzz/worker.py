@@ -275,6 +275,7 @@ class Checker:
 
         over_time = hasattr(cls, "DELAYS")
         ids = getattr(cls, "IDS", {})
+        spaces = _shapes(cls, model)
         for steps in (STEPS, 1):
             lead = (BATCH, steps) if over_time else (BATCH,)
             torch.manual_seed(1)
@@ -283,7 +284,7 @@ class Checker:
                 if name in ids:
                     inputs.append(torch.randint(0, ids[name], lead))
                 else:
-                    inputs.append(torch.randn(*lead, *cls.SPACES[name], dtype=torch.float64))
+                    inputs.append(torch.randn(*lead, *spaces[name], dtype=torch.float64))
             self.phase = f"class {cls.__name__}: forward on {[tuple(x.shape) for x in inputs]}"
             try:
                 with torch.no_grad():
@@ -297,7 +298,7 @@ class Checker:
         if len(outs) != len(cls.OUTPUTS):
             return ("OutputCount", "forward", f"{where}: {len(outs)} outputs, {cls.OUTPUTS}")
         for name, tensor in zip(cls.OUTPUTS, outs, strict=True):
-            want = (*lead, *cls.SPACES[name])
+            want = (*lead, *spaces[name])
             if tuple(tensor.shape) != want:
                 return (
                     "OutputShape",
@@ -339,6 +340,19 @@ class Checker:
                     got = tuple(bar[name].shape) if name in bar else "nothing"
                     return ("AdjointShape", "adjoint", f"{where}: adjoint[{name!r}] is {got}")
         return None
+
+
+def _shapes(cls, model) -> dict[str, tuple[int, ...]]:
+    """Every space's shape: ``SPACES``, or for a machine with sizes known at call time
+    (``[3, "H", "W"]``) its ``shapes`` at the sizes of its example inputs."""
+    if not any(isinstance(n, str) for shape in cls.SPACES.values() for n in shape):
+        return cls.SPACES
+    sizes: dict[str, int] = {}
+    for name, example in zip(cls.INPUTS, model.example_inputs(BATCH), strict=True):
+        for n, size in zip(cls.SPACES[name], example.shape[1:], strict=True):
+            if isinstance(n, str):
+                sizes[n] = size
+    return model.shapes(**sizes)
 
 
 def _improper(error) -> tuple[str, str] | None:
