@@ -72,8 +72,10 @@ class _Inference:
             for port in edge.outputs:
                 if port.space in self.writers:
                     self.writers[port.space].append(edge)
-            # NOTE: what a machine used as an edge writes does not depend on what it reads.
-            reads = set() if edge.machine is not None else self._reads(edge)
+            # NOTE: what a machine used as an edge writes does not depend on what it reads,
+            # unless it has sizes known at call time: those come from the spaces it reads
+            free = edge.machine is not None and not symbols.bound(machines[edge.machine])
+            reads = set() if free else self._reads(edge)
             self.missing[edge.name] = reads
             for name in reads:
                 self.readers[name].append(edge)

@@ -51,7 +51,11 @@ def bind_sizes(module: nn.Module, given: dict[str, Tensor], /, **smallest: int) 
         raise SizeError(
             f"{machine}: the sizes {', '.join(missing)} are not known: give the inputs that "
             "have them ({})".format(
-                ", ".join(f"{k} {list(v)}" for k, v in spaces.items() if set(missing) & set(v))
+                ", ".join(
+                    f"{k} [{', '.join(map(str, v))}]"
+                    for k, v in spaces.items()
+                    if set(missing) & set(v)
+                )
             )
         )
     for n, least in smallest.items():
