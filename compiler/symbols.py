@@ -10,6 +10,9 @@ hold for some sizes only, and generated code checks those with the sizes it gets
 
 from __future__ import annotations
 
+import keyword
+import math
+
 from . import ir
 from .diagnostics import Code, Note, Reporter
 from .expressions import did_you_mean
@@ -85,10 +88,15 @@ def check_symbols(machine: ir.Machine, reporter: Reporter) -> bool:
                     or f"declare it on an input (input x : [3, {name}, ...]), or make it a "
                     "parameter",
                 )
-            elif name in _RESERVED or name.startswith("__"):
+            elif (
+                name in _RESERVED
+                or name.startswith("__")
+                or keyword.iskeyword(name)
+                or keyword.issoftkeyword(name)
+            ):
                 reporter.error(
                     Code.SIZE,
-                    f"the size symbol {name!r} would hide a name generated code uses",
+                    f"the size symbol {name!r} is a Python keyword or a name generated code uses",
                     space.span,
                     hint="call it something else (H, W, L, ...)",
                 )
@@ -122,6 +130,15 @@ def smallest(machine: ir.Machine, shapes: dict[str, tuple[ir.Shape, ...] | None]
     for edge_shapes in shapes.values():
         for shape in edge_shapes or ():
             sizes.extend(shape)
+    for edge in machine.edges:  # normalising over positions needs two values, not one
+        for i, op in enumerate(edge.ops):
+            before = (shapes.get(edge.name) or ())[i : i + 1]
+            if not before or op.kind not in ("instancenorm", "groupnorm"):
+                continue
+            values = math.prod(before[0][1:])
+            if op.kind == "groupnorm":
+                values = before[0][0] // op.args["groups"] * values
+            sizes.append(values - 1)
     return {name: minimum(sizes, name) for name in bound(machine)}
 
 
