@@ -81,9 +81,9 @@ def _check_machine(
             return None
     structure = _structure(machine, graph, space_time, shapes, stages, structures or {}, cycles)
     if symbols.bound(machine):
-        least = symbols.smallest(machine, shapes)
-        found = tuple(relations.values())
-        example = symbols.example_sizes(least, found, reporter, machine.span)
+        least, together = symbols.smallest(machine, shapes)
+        found = (*relations.values(), *together)
+        example = symbols.example_sizes(least, found, reporter)
         if example is None:
             return None
         update = {"sizes": least, "example_sizes": example, "relations": found}

@@ -235,13 +235,25 @@ class Cycle(Node):
 
 
 class Relation(Node):
-    """Two sizes that an edge needs equal, where that holds for some call-time sizes only
-    (``2 * (H // 2) == H``: for even ``H``); generated code checks it on every call."""
+    """Two sizes that an edge needs equal (``kind`` ``==``), where that holds for some
+    call-time sizes only (``2 * (H // 2) == H``: for even ``H``), or a size it needs at
+    least as large as another (``>=``: ``H * W >= 2`` for instancenorm); generated code
+    checks it on every call."""
 
     left: int | Size
     right: int | Size
+    kind: str = "=="
     edge: str
     span: Span
+
+    def holds(self, sizes: dict[str, int]) -> bool:
+        left, right = (
+            n.value(sizes) if isinstance(n, Size) else n for n in (self.left, self.right)
+        )
+        return left == right if self.kind == "==" else left >= right
+
+    def text(self) -> str:
+        return f"{self.left} {self.kind} {self.right}"
 
 
 class Structure(Node):

@@ -55,11 +55,11 @@ def prologue(lowering, given: str) -> list[str]:
         f"{targets} = runtime.bind_sizes(self, {given}, {smallest})",
     ]
     for relation in structure.relations:
-        left, right = relation.left, relation.right
-        needs = f"edge {relation.edge!r} ({lowering.where(relation.span)}) needs {left} == {right}"
-        used = sorted(symbols_of((left, right)))
+        text = relation.text()
+        needs = f"edge {relation.edge!r} ({lowering.where(relation.span)}) needs {text}"
+        used = sorted(symbols_of((relation.left, relation.right)))
         values = ", ".join(f"{n}={n}" for n in used)
-        lines.append(f"runtime.check_size({left} == {right}, self, {py_str(needs)}, {values})")
+        lines.append(f"runtime.check_size({text}, self, {py_str(needs)}, {values})")
     return lines
 
 

@@ -27,10 +27,12 @@ code checks the smallest sizes that keep every shape non-empty instead
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import contextvars
 import itertools
 import math
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from fractions import Fraction
 
@@ -381,10 +383,42 @@ class Size:
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
 
+    @staticmethod
+    def parse(text: str) -> int | Size:
+        """The size ``str`` wrote (JSON of the IR): integers, symbols, ``+ - * //``."""
+        operators = {
+            ast.Add: operator.add,
+            ast.Sub: operator.sub,
+            ast.Mult: operator.mul,
+            ast.FloorDiv: operator.floordiv,
+        }
+
+        def value(node: ast.AST) -> int | Size:
+            match node:
+                case ast.Constant(value=int() as n) if not isinstance(n, bool):
+                    return n
+                case ast.Name(id=name):
+                    return Size.symbol(name)
+                case ast.UnaryOp(op=ast.USub(), operand=operand):
+                    return -value(operand)
+                case ast.BinOp(op=op, left=left, right=right) if type(op) in operators:
+                    return operators[type(op)](value(left), value(right))
+            raise ValueError(f"not a size: {text!r}")
+
+        return value(ast.parse(text, mode="eval").body)
+
     @classmethod
     def __get_pydantic_core_schema__(cls, source, handler) -> core_schema.CoreSchema:
-        return core_schema.is_instance_schema(
-            cls, serialization=core_schema.plain_serializer_function_ser_schema(str)
+        from_text = core_schema.chain_schema(
+            [
+                core_schema.str_schema(),
+                core_schema.no_info_plain_validator_function(cls.parse),
+            ]
+        )
+        return core_schema.json_or_python_schema(
+            json_schema=from_text,
+            python_schema=core_schema.is_instance_schema(cls),
+            serialization=core_schema.plain_serializer_function_ser_schema(str),
         )
 
 
@@ -434,6 +468,26 @@ def _decide(difference: int | Size) -> str:
         points += 1
         zeros += difference.value(dict(zip(names, values, strict=True))) == 0
     return "always" if zeros == points else "never" if zeros == 0 else "sometimes"
+
+
+def truth(size: int | Size, test) -> bool | None:
+    """``test`` of every value a size takes, when that is one answer: a number's, or a
+    periodic size's over a whole period; None when the answer varies with the sizes (or
+    the size grows with a symbol, so only some sizes were tried)."""
+    if isinstance(size, int):
+        return bool(test(size))
+    slope = size.slope()
+    if slope is None or any(slope.values()):
+        return None
+    names = sorted(set(size.symbols()))
+    periods = [size.period(name) for name in names]
+    if math.prod(periods) > MAX_PERIOD_POINTS:
+        return None
+    answers = {
+        bool(test(size.value(dict(zip(names, values, strict=True)))))
+        for values in itertools.product(*(range(1, p + 1) for p in periods))
+    }
+    return answers.pop() if len(answers) == 1 else None
 
 
 _RELATIONS: contextvars.ContextVar[list | None] = contextvars.ContextVar("relations", default=None)

@@ -123,13 +123,17 @@ def substitute(shape: ir.Shape, binding: dict[str, int | Size]) -> ir.Shape:
     return tuple(n.substitute(binding) if isinstance(n, Size) else n for n in shape)
 
 
-def smallest(machine: ir.Machine, shapes: dict[str, tuple[ir.Shape, ...] | None]) -> dict[str, int]:
+def smallest(
+    machine: ir.Machine, shapes: dict[str, tuple[ir.Shape, ...] | None]
+) -> tuple[dict[str, int], list[ir.Relation]]:
     """Symbol -> the smallest size for which every space and every shape inside a pipeline
-    keeps at least one position."""
+    keeps at least one position (and normalising over positions two values), each symbol
+    alone; and what needs several symbols together (``H * W >= 2``), to check per call."""
     sizes = [n for space in machine.spaces for n in space.shape or ()]
     for edge_shapes in shapes.values():
         for shape in edge_shapes or ():
             sizes.extend(shape)
+    together = []
     for edge in machine.edges:  # normalising over positions needs two values, not one
         for i, op in enumerate(edge.ops):
             before = (shapes.get(edge.name) or ())[i : i + 1]
@@ -139,29 +143,30 @@ def smallest(machine: ir.Machine, shapes: dict[str, tuple[ir.Shape, ...] | None]
             if op.kind == "groupnorm":
                 values = before[0][0] // op.args["groups"] * values
             sizes.append(values - 1)
-    return {name: minimum(sizes, name) for name in bound(machine)}
+            if len(symbols_of((values,))) > 1:
+                together.append(
+                    ir.Relation(left=values, right=2, kind=">=", edge=edge.name, span=op.span)
+                )
+    least = {name: minimum(sizes, name) for name in bound(machine)}
+    return least, together
 
 
 def example_sizes(
-    least: dict[str, int], relations: tuple[ir.Relation, ...], reporter: Reporter, span
+    least: dict[str, int], relations: tuple[ir.Relation, ...], reporter: Reporter
 ) -> dict[str, int] | None:
     """Sizes for example inputs: :data:`EXAMPLE_SIZE` or more, the same for every symbol,
     where every relation holds. None (after reporting) when no size up to 2^16 does."""
     start = max([EXAMPLE_SIZE, *least.values()])
     for v in range(start, start + (1 << 16)):
         binding = dict.fromkeys(least, v)
-        if all(_value(r.left, binding) == _value(r.right, binding) for r in relations):
+        if all(r.holds(binding) for r in relations):
             return binding
     first = relations[0]
     reporter.error(
         Code.SIZE,
-        f"edge {first.edge!r} needs {first.left} == {first.right}, and no size from "
+        f"edge {first.edge!r} needs {first.text()}, and no size from "
         f"{start} to {start + (1 << 16) - 1} makes every such relation hold",
         first.span,
-        notes=tuple(Note(message=f"{r.left} == {r.right}", span=r.span) for r in relations[1:]),
+        notes=tuple(Note(message=r.text(), span=r.span) for r in relations[1:]),
     )
     return None
-
-
-def _value(n: int | Size, binding: dict[str, int]) -> int:
-    return n.value(binding) if isinstance(n, Size) else n

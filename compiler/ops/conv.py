@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from ..ir import Shape, format_value
+from ..sizes import truth
 from .layout import Sides, check_pad_mode, has_pairs, pad_call, sides, symmetric
 from .spec import (
     BOOL,
@@ -79,8 +80,15 @@ def _window(before: Shape, args: ArgValues, *, pooling: bool) -> Shape:
             )
         span = dl * (k - 1) + 1
         room = n + lo + hi - span
-        out = (-(-room // s) if ceil_mode else room // s) + 1
-        if ceil_mode and (out - 1) * s >= n + lo:
+        out = ((room + s - 1) // s if ceil_mode else room // s) + 1  # ceil: one atom
+        hangs = ceil_mode and truth((out - 1) * s - (n + lo), lambda over: over >= 0)
+        if hangs is None:
+            raise OpError(
+                f"with ceil_mode=true, whether the last window of {format_shape(before)} "
+                "starts in the input depends on its sizes, known only at call time",
+                hint="use ceil_mode=false or padding less than the stride, or declare the sizes",
+            )
+        if hangs:
             out -= 1  # PyTorch: the last window must start inside the input or left padding
         if out < 1:  # with ceil_mode, PyTorch lets one window hang over the end
             what = f"kernel {k}" + (f" (spanning {span} with dilation {dl})" if dl != 1 else "")
