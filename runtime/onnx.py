@@ -103,9 +103,13 @@ def export(
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(dir=directory, prefix=".machc-", suffix=".onnx")
     os.close(fd)
+    sizes = _size_axes(model)
     try:
-        # a machine over time: a dynamic time axis too, where its loops export as loops
+        # a machine over time: a dynamic time axis too, where its loops export as loops;
+        # sizes known at call time ([3, H, W]): dynamic where the exporter keeps them so
         tries = [["batch", "time"], ["batch"]] if over_time else [["batch"]]
+        if sizes:
+            tries = [["batch", "sizes"], ["batch"]]
         fixed_time = None
         length = inputs[0].shape[1] if over_time else None
         for axes in tries:
@@ -117,6 +121,9 @@ def export(
                     raise ExportError(failure) from exc
                 fixed_time = f"time is fixed at {length} steps ({failure} with a dynamic time)"
                 continue
+            if "sizes" in axes:
+                axes = ["batch", *_dynamic_sizes(temp, sizes)]
+                break
             if _dynamic_axes(temp, axes) == axes:
                 break
             # the exporter may fix an axis it could not keep dynamic, and say nothing
@@ -136,11 +143,25 @@ def export(
     return report
 
 
+def _size_axes(model: nn.Module) -> list[dict[int, str]]:
+    """For each input, its axes (of the tensor, batch first) sized by a size symbol."""
+    cls = type(model)
+    found = [
+        {axis: n for axis, n in enumerate(cls.SPACES[name], 1) if isinstance(n, str)}
+        for name in cls.INPUTS
+    ]
+    return found if any(found) else []
+
+
 def _export(model: nn.Module, inputs, names: list[str], file: str, axes: list[str]) -> None:
     dims = {"batch": torch.export.Dim("batch", min=1, max=1 << 20)}
     if "time" in axes:
         dims["time"] = torch.export.Dim("time", min=1, max=1 << 20)
-    dynamic = [{i: dims[axis] for i, axis in enumerate(axes)} for _ in inputs]
+    leading = [axis for axis in axes if axis in dims]
+    dynamic = [{i: dims[axis] for i, axis in enumerate(leading)} for _ in inputs]
+    if "sizes" in axes:  # the exporter keeps each dynamic where the module allows it
+        for held, symbolic in zip(dynamic, _size_axes(model), strict=True):
+            held.update(dict.fromkeys(symbolic, torch.export.Dim.AUTO))
     with _quiet():
         torch.onnx.export(
             model,
@@ -153,6 +174,19 @@ def _export(model: nn.Module, inputs, names: list[str], file: str, axes: list[st
             external_data=False,
             verbose=False,
         )
+
+
+def _dynamic_sizes(file: str, sizes: list[dict[int, str]]) -> list[str]:
+    """The size symbols whose axes are dynamic in every input of the ONNX file."""
+    import onnx
+
+    graph = onnx.load(file, load_external_data=False).graph
+    fixed = set()
+    for value, symbolic in zip(graph.input, sizes, strict=True):
+        dims = value.type.tensor_type.shape.dim
+        fixed |= {name for axis, name in symbolic.items() if dims[axis].HasField("dim_value")}
+    names = dict.fromkeys(name for symbolic in sizes for name in symbolic.values())
+    return [name for name in names if name not in fixed]
 
 
 def _dynamic_axes(file: str, axes: list[str]) -> list[str]:
@@ -183,17 +217,25 @@ def _check(model: nn.Module, file: str, batch: int, kwargs: dict, report: Report
             kwargs.get("steps")
             or inspect.signature(model.example_inputs).parameters["steps"].default
         )
-    # another batch size, and another length where time is dynamic
+    # another batch size, and another length where time is dynamic (sizes known at call
+    # time: twice the example sizes where they are dynamic)
     runs = [(batch, steps), (batch + 3, steps + 5 if "time" in report.dynamic else steps)]
     for size, length in runs:
         over = {"steps": length} if over_time else {}
         inputs = model.example_inputs(size, **over)
+        if size != batch and len(report.dynamic) > 1 and not over_time:
+            inputs = _larger(model, inputs, report.dynamic)
+            if inputs is None:
+                report.checked.append("(sizes twice the example's refused by the module)")
+                continue
         with torch.no_grad():
             want = _outputs(model(*inputs))
         feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs, strict=True)}
         got = session.run(None, feed)
         worst = 0.0
         where = f"batch {size}" + (f", {length} steps" if over else "")
+        if size != batch and len(report.dynamic) > 1 and not over_time:
+            where += ", twice the example sizes"
         for name, a, b in zip(type(model).OUTPUTS, got, want, strict=True):
             a = torch.from_numpy(a)
             try:
@@ -204,3 +246,19 @@ def _check(model: nn.Module, file: str, batch: int, kwargs: dict, report: Report
                 ) from None
             worst = max(worst, float((a - b.cpu()).abs().max()) if a.numel() else 0.0)
         report.checked.append(f"{where}: max error {worst:.1e}")
+
+
+def _larger(model: nn.Module, inputs, dynamic: list[str]) -> list[Tensor] | None:
+    """Example inputs with every dynamic size doubled; None if the module refuses them."""
+    from .sizes import SizeError
+
+    larger = []
+    for x, symbolic in zip(inputs, _size_axes(model), strict=True):
+        shape = [n * 2 if symbolic.get(axis) in dynamic else n for axis, n in enumerate(x.shape)]
+        larger.append(torch.randn(shape, dtype=x.dtype, device=x.device))
+    try:
+        with torch.no_grad():
+            model(*larger)
+    except SizeError:
+        return None
+    return larger

@@ -153,3 +153,20 @@ def test_source_errors_are_diagnostics(tmp_path: Path) -> None:
     run = machc_cli("export", bad, "--onnx", tmp_path / "o.onnx")
     assert run.returncode == 1
     assert "bad.mach:1:" in run.stderr and "unknown op 'lineer'" in run.stderr
+
+
+def test_export_keeps_sizes_known_at_call_time_dynamic(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = ROOT / "examples" / "resnet_any.mach"
+    model = machc.load(source).ResNet().eval()
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    out = tmp_path / "resnet_any.onnx"
+    run = machc_cli("export", source, "--onnx", out, "--weights", tmp_path / "weights.pt")
+    assert run.returncode == 0, run.stderr
+    assert "dynamic axes: batch, H, W" in run.stdout
+    assert "batch 5, twice the example sizes: max error" in run.stdout
+    for size in ((37, 37), (20, 64)):  # the one file, at sizes it was not exported at
+        x = torch.randn(3, 3, *size)
+        (got,) = run_onnx(out, {"img": x})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-5)
