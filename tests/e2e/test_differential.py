@@ -31,7 +31,15 @@ written here from the drawn spec, never from generated code, then checks:
   modules are checked, and an edge of a cycle writing outside it is E020;
 - ``adjoint(x, ybar)`` at ``x = resolvent(x0)`` (machines not over time), against
   autograd of the naive iteration and of ``resolvent`` with ``x0`` on every space;
-- ``backward=implicit`` against ``backward=unrolled`` on the same cyclic machines.
+- ``backward=implicit`` against ``backward=unrolled`` on the same cyclic machines;
+- machines with sizes known at call time (``input x : [2, H, W]``; hidden shapes in the
+  symbols, written in several forms that agree for sizes that are multiples of 4, so
+  that check records relations between them): one compiled module at two sizes of its
+  symbols (``SPACES`` as text and ``shapes()`` against the spec there), its example
+  inputs, a size where a relation breaks (``machc.runtime.SizeError``), one where they
+  all hold though not a multiple of 4, and a symbol bound by two inputs to two sizes;
+- edges inside ``if``s (a condition that holds, the ``else`` of one that does not, an
+  ``else if``), whose branches not taken name nothing that exists.
 
 Everything runs in float64 with tight tolerances, in eval mode. The bundled
 examples go through the same oracle with hand-written specs.
@@ -124,6 +132,10 @@ class Edge:
     # ("sliding", w) k[t-w..t], ("full", 0) k[..]. Only attention reads windows.
     windows: tuple[tuple[str, int] | None, ...] = ()
     ctx: int = 0  # positions: the edge reads the time index itself (no space), ctx positions
+    # Inside an if: ("if", COND) with COND true; ("else", COND) in the else of an if whose
+    # COND is false, its other branch an edge that names nothing; ("elif", COND) in an
+    # else if COND after a false one. Empty: not inside an if.
+    guard: tuple[str, str] = ()
 
     @property
     def layer_attr(self) -> str:
@@ -172,6 +184,43 @@ class Edge:
                 factors.append(name + lag(k))
         flush()
         return f" {self.product} ".join(factors)
+
+
+# An edge in the branch of an if that is not taken: never checked, so it may name
+# spaces and ops that do not exist.
+NOT_TAKEN = "nothing : nowhere -> nobody = no_such_op(1 // 0)"
+
+
+def guarded(edge: Edge, line: str) -> list[str]:
+    """The edge's line, inside the if its guard says (see Edge.guard)."""
+    if not edge.guard:
+        return [line]
+    kind, cond = edge.guard
+    if kind == "if":
+        return [f"if {cond} {{", f"    {line}", "}"]
+    if kind == "else":
+        return [f"if {cond} {{ {NOT_TAKEN} }}", "else {", f"    {line}", "}"]
+    return ["if 2 < 1 {", f"    {NOT_TAKEN}", f"}} else if {cond} {{", f"    {line}", "}"]
+
+
+# Conditions that hold, and conditions that do not (every value decided when the machine
+# is built); {k}: a parameter k = 2 of the machine, where it has one.
+TRUE_CONDITIONS = ("true", "2 > 1", "not false", "3 % 2 == 1 and 4 >= 4", "min(2, 3) == 2")
+FALSE_CONDITIONS = ("false", "1 > 2", "not true or 2 ** 3 == 7", "max(2, 3) != 3")
+
+
+@st.composite
+def guards(draw, param: str = "") -> tuple[str, str]:
+    """Mostly no if; else an if that holds, the else of one that does not, or an else if."""
+    kind = draw(st.sampled_from(["", "", "", "", "if", "else", "elif"]))
+    if not kind:
+        return ()
+    true, false = list(TRUE_CONDITIONS), list(FALSE_CONDITIONS)
+    if param:
+        true += [f"{param} == 2", f"{param} % 2 == 0 and {param} > 1"]
+        false += [f"{param} > 2", f"{param} == 3 or {param} < 0"]
+    event(f"an edge in an if ({kind})")
+    return (kind, draw(st.sampled_from(false if kind == "else" else true)))
 
 
 def window_text(window: tuple[str, int], time: str) -> str:
@@ -282,7 +331,10 @@ class Spec:
             reads = e.render_reads(self.over)
             writes = f" {e.product} ".join(e.writes)
             ops = e.text or " | ".join(op.text for op in e.ops)
-            lines.append(f"    {e.name} : {reads} {e.arrow} {writes} = {ops}")
+            lines += [
+                f"    {line}"
+                for line in guarded(e, f"{e.name} : {reads} {e.arrow} {writes} = {ops}")
+            ]
         lines += [f"    {solve.render()}" for solve in self.solves]
         lines.append("}")
         return "\n".join(lines) + "\n"
@@ -719,19 +771,29 @@ def check_against_definition(
     given: list[str],
     steps: int | None = None,
     prepare: Callable[[nn.Module], None] | None = None,
+    sizes: dict[str, int] | None = None,
 ) -> nn.Module:
     """Every property of the machine equation, for one machine and one x0 support; over
     time on space-time states of ``steps`` steps. Returns the (randomized) model.
 
     ``prepare(model)`` runs after the weights are drawn (the cycles of machines used as
     edges made to contract). A model with solved cycles anywhere, its own or its edges',
-    is compared at the tolerances of its solvers."""
-    assert list(cls.SPACES.items()) == [(s.name, s.shape) for s in spec.spaces]
+    is compared at the tolerances of its solvers. ``sizes``: the sizes of the symbols of a
+    machine with sizes known at call time, for which ``spec`` has the shapes (its
+    ``SPACES`` then hold text, the support must bind every symbol)."""
+    if sizes is None:
+        assert list(cls.SPACES.items()) == [(s.name, s.shape) for s in spec.spaces]
+    else:
+        assert list(cls.SPACES) == [s.name for s in spec.spaces]
+        for s in spec.spaces:
+            assert size_values(cls.SPACES[s.name], sizes) == s.shape, (s.name, sizes)
     assert tuple(cls.INPUTS) == spec.inputs
     assert tuple(cls.OUTPUTS) == spec.outputs
     assert (steps is not None) == bool(spec.over)
     gen = torch.Generator().manual_seed(seed)
     model = cls().double().eval()
+    if sizes is not None:
+        assert model.shapes(**sizes) == spec.shape
     check_layers(model, spec)
     randomize(model, gen)
     if spec.solves:
@@ -1237,6 +1299,7 @@ def random_machines(draw, machine: str = "M", over: str = "", most: int = 8, lar
                 arrow=draw(st.sampled_from(["->", "->", "→"])),
                 delays=tuple(k for _, k in inputs) if over else (),
                 ranges=bool(over) and draw(st.booleans()),
+                guard=() if over else draw(guards()),
             )
         )
     edges = draw(st.permutations(edges))  # declaration order, unrelated to the topology
@@ -1879,8 +1942,11 @@ BATCHNORM_EPS = Op("batchnorm", "batchnorm(eps=0.001)", eps=0.001)
 
 
 @st.composite
-def tensor_pipelines(draw, kind: str, n_in: int, n_out: int, a: tuple[int, ...]) -> tuple:
-    """A pipeline of this kind from n_in channels with spatial axes a[1:] to n_out channels."""
+def tensor_pipelines(
+    draw, kind: str, n_in: int, n_out: int, a: tuple[int, ...], at_call: bool = False
+) -> tuple:
+    """A pipeline of this kind from n_in channels with spatial axes a[1:] to n_out channels
+    (``at_call``: sizes known only at call time, which no layernorm normalises over)."""
     act = draw(st.sampled_from(ACTIVATION_OPS))
     m = draw(st.integers(1, 4))  # inner channels
     k3 = conv(3, draw(st.sampled_from(["same", 1])))
@@ -1906,7 +1972,7 @@ def tensor_pipelines(draw, kind: str, n_in: int, n_out: int, a: tuple[int, ...])
             choices += [(act,), (Op("identity", "identity"),), (BATCHNORM,)]
             if n_in // groups * positions > 1:
                 choices.append((groupnorm(groups), act))
-            if n_in * positions > 1:
+            if n_in * positions > 1 and not at_call:
                 choices.append((Op("layernorm", "layernorm"), act))
     elif kind == "down_pool":
         pool = draw(
@@ -2053,6 +2119,7 @@ def tensor_machines(draw, machine: str = "M") -> Spec:
                 writes=tuple(names[j] for j in writes),
                 ops=ops,
                 product=draw(st.sampled_from(["×", "*"])),
+                guard=draw(guards()),
             )
         )
     edges = draw(st.permutations(edges))
@@ -2078,6 +2145,304 @@ def tensor_machines(draw, machine: str = "M") -> Spec:
 @given(case=cases(tensor_machines))
 def test_random_tensor_machines_follow_the_machine_equation(case) -> None:
     check_case(case)
+
+
+# --- machines with sizes known at call time ------------------------------------------------
+
+# The spatial axes of the first input: size symbols (one symbol twice: square images), or
+# a fixed size (None: FIXED). Every space has a level: its sizes are its symbols' times
+# 2^level (a vector: None), written in one of several forms (SIZE_FORMS) that are equal
+# when each symbol is a multiple of 4, and differ for some other sizes: check records the
+# relation, and forward checks it on every call.
+SYMBOL_AXES = (("L",), ("T",), ("H", "W"), ("H", "W"), ("S", "S"), ("H", None))
+FIXED = 8
+LEVELS = (-2, -1, 0, 1)
+SIZE_FORMS = {
+    -2: ("{s} // 4", "({s} + 3) // 4", "{s} // 2 // 2", "(({s} - 1) // 2 + 1) // 2"),
+    -1: ("{s} // 2", "({s} + 1) // 2", "({s} - 1) // 2 + 1", "{s} - {s} // 2"),
+    0: ("{s}", "{s}", "2 * ({s} // 2)", "{s} // 4 * 4 + {s} % 4"),
+    1: ("2 * {s}", "{s} + {s}", "2 * {s} // 2 * 2"),
+}
+# Sizes that keep every form of every level equal: multiples of 4 (two bindings are drawn).
+GOOD_SIZES = (4, 8, 12, 16)
+# Sizes of the first symbol (the others at 8) tried for one that breaks some relation.
+ODD_SIZES = (9, 10, 11, 13, 14, 15)
+
+
+def size_values(shape: tuple, sizes: dict[str, int]) -> tuple[int, ...]:
+    """A shape with sizes as text ("H // 2", as SPACES and the spec write them) at sizes."""
+    return tuple(
+        eval(n, {"__builtins__": {}}, dict(sizes)) if isinstance(n, str) else n  # noqa: S307
+        for n in shape
+    )
+
+
+def axis_text(draw, symbol: str | None, level: int) -> str | int:
+    if symbol is None:
+        return int(FIXED * 2.0**level)
+    return draw(st.sampled_from(SIZE_FORMS[level])).format(s=symbol)
+
+
+def made_sizes(kind: str, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """What an edge of this kind makes of spatial sizes (see tensor_pipelines)."""
+    if kind == "down_pool":
+        return tuple(n // 2 for n in sizes)
+    if kind == "down_conv":
+        return tuple((n - 1) // 2 + 1 for n in sizes)
+    if kind == "up":
+        return tuple(2 * n for n in sizes)
+    return sizes
+
+
+@dataclass(frozen=True)
+class SymbolicSpec:
+    """A machine whose shapes hold sizes as text (``spec``), with what its edges do to
+    the spatial sizes (``kinds``), so that it can be had at any sizes of its symbols."""
+
+    spec: Spec
+    symbols: tuple[str, ...]
+    kinds: dict[str, str]  # edge -> same, down_pool, down_conv, up, global, dense
+    binder: str  # the input whose axes are the symbols
+
+    def at(self, sizes: dict[str, int]) -> Spec:
+        """The machine at these sizes (a spec with numbers only)."""
+        spaces = tuple(replace(s, size=size_values(s.shape, sizes)) for s in self.spec.spaces)
+        return replace(self.spec, spaces=spaces)
+
+    def holds(self, sizes: dict[str, int]) -> bool:
+        """Whether every edge gets spaces of one spatial size and makes what its outputs
+        have, at these sizes: every relation check recorded holds."""
+        shape = self.at(sizes).shape
+        if any(min(s[1:], default=1) < 1 for s in shape.values()):
+            return False
+        for edge in self.spec.edges:
+            reads = {shape[r][1:] for r in edge.reads if len(shape[r]) > 1}
+            if len(reads) > 1:
+                return False
+            if self.kinds[edge.name] in ("global", "dense"):
+                continue
+            made = made_sizes(self.kinds[edge.name], reads.pop())
+            if any(shape[w][1:] != made for w in edge.writes):
+                return False
+        return True
+
+
+@st.composite
+def symbolic_machines(draw, machine: str = "M") -> SymbolicSpec:
+    """Random acyclic machines over signals and images whose first input has size
+    symbols: spaces of four levels (a quarter to twice the input's sizes) and vectors,
+    edges that keep the sizes, halve them (pooling, stride 2), double them (upsampling)
+    or pool them away, with shapes written in several forms; several edges into one
+    space, edges of several reads and writes, add and mul, edges inside ifs; now and then
+    a second input with the same symbols, and a parameter used in conditions."""
+    axes = draw(st.sampled_from(SYMBOL_AXES))
+    symbols = tuple(dict.fromkeys(a for a in axes if a))
+    n = draw(st.integers(3, 7))
+    pool = [name for name in SHARED_NAMES + SPACE_ONLY_NAMES if name not in symbols]
+    names = draw(st.lists(st.sampled_from(pool), min_size=n, max_size=n, unique=True))
+    role = st.integers(0, 9).map(lambda k: "input" if k < 2 else "space" if k < 8 else "output")
+    roles = ["input"] + draw(st.lists(role, min_size=n - 1, max_size=n - 1))
+    roles[draw(st.integers(1, n - 1))] = "output"
+    channels = draw(st.lists(st.integers(1, 4), min_size=n, max_size=n))
+    levels: list[int | None] = [0]
+    for j in range(1, n):
+        if roles[j] == "input":  # the input's symbols again (bound twice), or a vector
+            levels.append(draw(st.sampled_from([0, None])))
+            continue
+        source = levels[j - 1 if draw(st.integers(0, 3)) else draw(st.integers(0, j - 1))]
+        if source is None:
+            levels.append(None)
+            continue
+        steps = [source + d for d in (-1, -1, 1) if source + d in LEVELS]
+        levels.append(draw(st.sampled_from([source, None, *steps, *steps])))
+    shapes = [  # an input's axis is a number or one symbol by itself
+        (c,)
+        if level is None
+        else (c, *(a or FIXED for a in axes))
+        if roles[j] == "input"
+        else (c, *(axis_text(draw, a, level) for a in axes))
+        for j, (c, level) in enumerate(zip(channels, levels, strict=True))
+    ]
+    # The sizes at the smallest binding, for the pipelines that count positions.
+    smallest = [size_values(shape, dict.fromkeys(symbols, 4)) for shape in shapes]
+
+    def kinds_between(p: int, t: int) -> list[str]:
+        lp, lt = levels[p], levels[t]
+        if lp is None:
+            return ["dense"] if lt is None else []
+        if lt is None:
+            return ["global"]
+        return {0: ["same"], -1: ["down_pool", "down_conv"], 1: ["up"]}.get(lt - lp, [])
+
+    param = "k" if draw(st.booleans()) else ""
+    must = [j for j in range(1, n) if roles[j] != "input"]
+    more = draw(st.lists(st.integers(1, n - 1), max_size=3))
+    edge_names = [name for name in draw(st.permutations(SHARED_NAMES)) if name not in names]
+    edge_names = [name for name in edge_names if name not in (*symbols, param)]
+    edges, kinds = [], {}
+    for target in must + more:
+        options = [(p, kind) for p in range(target) for kind in kinds_between(p, target)]
+        if not options:
+            continue
+        if draw(st.integers(0, 3)):  # chains make deep machines
+            options = [option for option in options if option[0] == options[-1][0]]
+        p, kind = draw(st.sampled_from(options))
+        like = [q for q in range(target) if q != p and levels[q] == levels[p]]
+        combiner = None
+        if kind in ("same", "dense") and draw(st.integers(0, 3)) == 0:
+            same = [q for q in range(target) if channels[q] == channels[p] and q in (p, *like)]
+            combiner = draw(st.sampled_from(["add", "mul"]))
+            reads = draw(st.permutations([p, draw(st.sampled_from(same))]))
+            n_in = channels[p]
+        else:
+            reads = [p] + draw(st.lists(st.sampled_from(like), max_size=2)) if like else [p]
+            reads = draw(st.permutations(reads))
+            n_in = sum(channels[q] for q in reads)
+        later = [
+            j
+            for j in range(max(reads) + 1, n)
+            if j != target and roles[j] != "input" and levels[j] == levels[target]
+        ]
+        writes = [target]
+        if later:
+            writes += draw(st.lists(st.sampled_from(later), max_size=1))
+        writes = draw(st.permutations(writes))
+        n_out = sum(channels[j] for j in writes)
+        ops = draw(tensor_pipelines(kind, n_in, n_out, smallest[p], at_call=True))
+        if combiner:
+            ops = (Op(combiner, combiner), *ops)
+        event(f"edge kind {combiner or kind}")
+        name = edge_names[len(edges)]
+        kinds[name] = kind
+        edges.append(
+            Edge(
+                name=name,
+                reads=tuple(names[q] for q in reads),
+                writes=tuple(names[j] for j in writes),
+                ops=ops,
+                product=draw(st.sampled_from(["×", "*"])),
+                guard=draw(guards(param)),
+            )
+        )
+    edges = draw(st.permutations(edges))
+    declared = draw(st.permutations(range(n)))
+    declarations = tuple(
+        f"{roles[j]:<6} {names[j]} : {render_shape(shapes[j], draw(st.booleans()))}"
+        for j in declared
+    )
+    spaces = tuple(Space(names[j], shapes[j], roles[j]) for j in declared)
+    spec = Spec(
+        name=machine,
+        spaces=spaces,
+        edges=tuple(edges),
+        declarations=declarations,
+        params="(k: int = 2)" if param else "",
+    )
+    return SymbolicSpec(spec, symbols, kinds, names[0])
+
+
+@st.composite
+def symbolic_cases(draw):
+    """A machine with size symbols, two bindings of multiples of 4 (a different size for
+    each symbol where there are several), an x0 support that binds every symbol, a seed
+    and a batch size."""
+    sym = draw(symbolic_machines())
+    bindings = []
+    for _ in range(2):
+        values = draw(
+            st.lists(
+                st.sampled_from(GOOD_SIZES),
+                min_size=len(sym.symbols),
+                max_size=len(sym.symbols),
+                unique=True,
+            )
+        )
+        bindings.append(dict(zip(sym.symbols, values, strict=True)))
+    names = [s.name for s in sym.spec.spaces]
+    support = [sym.binder] + draw(
+        st.lists(st.sampled_from(names), max_size=len(names), unique=True)
+    )
+    support = list(dict.fromkeys(support))
+    return sym, bindings, support, draw(st.integers(0, 2**32 - 1)), draw(st.integers(1, 3))
+
+
+def inputs_at(spec: Spec, batch: int, gen: torch.Generator) -> list[torch.Tensor]:
+    return [
+        torch.randn(batch, *spec.shape[name], generator=gen, dtype=torch.float64)
+        for name in spec.inputs
+    ]
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(case=symbolic_cases())
+def test_random_machines_with_sizes_known_at_call_time_follow_the_machine_equation(case) -> None:
+    """One compiled module at two sizes of its symbols: SPACES (text) and shapes() are the
+    spec's shapes there, and the machine equation holds at both (f, resolvent, forward,
+    gradients, adjoint); its example inputs are taken; at a size where some relation
+    between sizes breaks, forward raises machc.runtime.SizeError naming it, and at one
+    where all hold it computes the definition; a symbol bound twice to two sizes is a
+    SizeError too."""
+    sym, bindings, support, seed, batch = case
+    source = sym.spec.render()
+    note(source)
+    note(f"sizes {bindings}, x0 given on {support}, seed {seed}, batch {batch}")
+    cls = load_classes(source, "random_sizes.mach")[sym.spec.name]
+    assert any(isinstance(n, str) for n in cls.SPACES[sym.binder])
+    for sizes in bindings:
+        assert sym.holds(sizes)
+        model = check_against_definition(cls, sym.at(sizes), seed, batch, support, sizes=sizes)
+    gen = torch.Generator().manual_seed(seed)
+    example = model.example_inputs(batch)
+    declared = cls.SPACES[sym.binder]
+    given = example[sym.spec.inputs.index(sym.binder)].shape[1:]
+    ex = {n: size for n, size in zip(declared, given, strict=True) if n in sym.symbols}
+    assert set(ex) == set(sym.symbols) and min(ex.values()) >= 32
+    assert sym.holds(ex), ex
+    result = as_outputs(sym.spec, model(*example))
+    assert {k: tuple(v.shape[1:]) for k, v in result.items()} == {
+        k: model.shapes(**ex)[k] for k in sym.spec.outputs
+    }
+    # Other sizes: the first one that breaks a relation, and the first that keeps them all.
+    broken = kept = None
+    for n in ODD_SIZES:
+        sizes = {s: n if s == sym.symbols[0] else 8 for s in sym.symbols}
+        if sym.holds(sizes):
+            kept = kept or sizes
+        elif min(min(s[1:], default=1) for s in sym.at(sizes).shape.values()) >= 1:
+            broken = broken or sizes
+    if broken is not None:
+        event("a size that breaks a relation")
+        with pytest.raises(runtime.SizeError, match="does not hold for"):
+            model(*inputs_at(sym.at(broken), batch, gen))
+    if kept is not None:
+        event("an odd size that keeps every relation")
+        spec = sym.at(kept)
+        inputs = inputs_at(spec, batch, gen)
+        expected = naive_resolvent(model, spec, dict(zip(spec.inputs, inputs, strict=True)))
+        assert_states_close(
+            as_outputs(spec, model(*inputs)),
+            {name: expected[name] for name in spec.outputs},
+            f"forward at {kept}",
+        )
+    twice = [
+        s.name
+        for s in sym.spec.spaces
+        if s.role == "input" and s.shape[1:] and s.name != sym.binder
+    ]
+    if twice:  # the second input's sizes are the first's: given other sizes, a SizeError
+        event("a symbol bound by two inputs")
+        spec = sym.at(bindings[0])
+        inputs = inputs_at(spec, batch, gen)
+        k = spec.inputs.index(twice[0])
+        axis = 1 + [isinstance(n, str) for n in sym.spec.shape[twice[0]]].index(True)
+        inputs[k] = torch.cat([inputs[k], inputs[k]], dim=axis)
+        with pytest.raises(runtime.SizeError, match=" by "):
+            model(*inputs)
 
 
 # --- the bundled examples, with hand-written specs ---------------------------------------

@@ -8,9 +8,14 @@ several spaces, several outputs, contributions that add up, edges into
 input spaces; arrays and ``for`` loops (chains, dense shortcuts, grids);
 parameters used in sizes and ranges; machines used as edges, ``shared``,
 imports of the standard library; machines over time with delays, reads
-of the future, windows read by attention, token ids and positions; and
+of the future, windows read by attention, token ids and positions;
 hidden spaces and outputs that leave their shapes out where every edge that
-writes them tells it (so that check infers it).
+writes them tells it (so that check infers it); and signals, images and
+volumes whose sizes are known only at call time (``input img : [3, H, W]``),
+with hidden shapes written in the symbols (``[8, H // 2, W // 2]``), strided
+convolutions, pooling and upsampling that need relations between sizes
+(``2 * (H // 2) == H``), and machines used as edges that bind symbols of
+their own.
 
 Not every draw checks (a few combinations are refused by design, such as a
 recurrence through a sub-machine that keeps state): those are diagnostics,
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 from machc.equilibrium import SOLVERS
 from machc.ops import OPS
 
-Shape = tuple[int, ...]  # per sample, channels first
+Shape = tuple[int, ...]  # per sample, channels first (a spatial size may be a Dim)
 
 SPACE_NAMES = "x y z h a b c d u v w s r p q m n o e f g k l i j".split()
 EDGE_NAMES = (
@@ -54,6 +59,52 @@ ACTIVATIONS = [
     "dropout",
 ]
 TORCH_MODULES = ("Identity", "ReLU", "Tanh", "GELU", "Sigmoid", "SiLU")
+
+
+# A machine used as an edge checks its own relations and smallest sizes, but the machine
+# that uses it does not take them over: its example inputs (and any size its forward
+# accepts) may break them. Machines with relations are not used on spaces whose sizes
+# are known only at call time until machc does (the reproducer: an xfail in
+# tests/e2e/test_symbolic_random.py); True uses them again.
+SUB_RELATIONS_AT_CALL = False
+
+
+class Dim(int):
+    """A spatial size known only at call time: ``form`` of the size symbol ``symbol``
+    (``full``: H; ``half``: (H + 1) // 2, what a stride-2 convolution makes; ``floor``:
+    H // 2, what pooling by 2 makes).
+
+    Its value as an ``int`` is the form's value at the size drawn for the symbol, and
+    every decision of the generator compares those values: spaces whose sizes agree
+    there are treated as the same size, and check then records the relation between
+    their forms (``(H + 1) // 2 == H // 2``: H even), which holds at the drawn size.
+    The symbols of one machine are drawn with one parity, so that every relation holds
+    at the example size machc picks for all of them at once. Arithmetic gives plain
+    ``int`` values, which no longer know their symbol.
+    """
+
+    symbol: str
+    form: str
+
+    def __new__(cls, value: int, symbol: str, form: str) -> Dim:
+        dim = super().__new__(cls, value)
+        dim.symbol, dim.form = symbol, form
+        return dim
+
+    def text(self, rng: random.Random) -> str:
+        """The size as a .mach expression, in one of several forms check must find equal."""
+        s = self.symbol
+        choices = {
+            "full": [s],
+            "half": [f"(({s} + 1) // 2)", f"({s} - 1) // 2 + 1", f"{s} - {s} // 2"],
+            "floor": [f"{s} // 2", f"({s} - 2) // 2 + 1", f"({s} - {s} % 2) // 2"],
+        }[self.form]
+        return rng.choice(choices)
+
+
+def symbolic(shape: Shape) -> bool:
+    """Whether a shape has sizes known only at call time."""
+    return any(isinstance(n, Dim) for n in shape)
 
 
 @dataclass
@@ -176,7 +227,10 @@ class Machine:
             return f"ids({self.num(-shape[0])})"
         if len(shape) == 1 and self.rng.random() < 0.85:
             return self.num(shape[0])
-        return "[" + ", ".join(self.num(n) for n in shape) + "]"
+        return "[" + ", ".join(self.size_text(n) for n in shape) + "]"
+
+    def size_text(self, n: int) -> str:
+        return n.text(self.rng) if isinstance(n, Dim) else self.num(n)
 
     def space(self, role: str, shape: Shape, name: str | None = None) -> Space:
         space = Space(name or self.names.fresh(SPACE_NAMES), role, shape)
@@ -245,22 +299,29 @@ def keeping_ops(rng: random.Random, shape: Shape, k: int, channels: bool = True)
     channel-changing ops that keep the count, which must then say it with ``out=``)."""
     ops = []
     spatial = shape[1:]
+    positions = math.prod(spatial)  # sizes known at call time: at the drawn sizes
+    # Normalising over axes of sizes known only at call time is refused: over the channels.
+    norms = ["layernorm", "layernorm(affine=false)", "rmsnorm"]
+    if symbolic(spatial):
+        norms = ['layernorm(axes="channels")', 'rmsnorm(axes="channels")']
+        norms.append('layernorm(affine=false, axes="channels")')
     for _ in range(k):
         roll = rng.random()
         if roll < 0.45:
             ops.append(rng.choice(ACTIVATIONS))
         elif roll < 0.55:
-            ops.append(rng.choice(["layernorm", "layernorm(affine=false)", "rmsnorm"]))
+            ops.append(rng.choice(norms))
         elif roll < 0.62:
-            ops.append(f"groupnorm({rng.choice(_divisors(shape[0]))})")
+            # every group normalises two values or more (one is E009)
+            groups = [g for g in _divisors(shape[0]) if shape[0] // g * positions >= 2]
+            ops.append(f"groupnorm({rng.choice(groups)})" if groups else "identity")
         elif roll < 0.68:
             ops.append(rng.choice(["batchnorm", "batchnorm(momentum=0.5)"]))
         elif not channels:
             ops.append(rng.choice(ACTIVATIONS))
         elif spatial and roll < 0.74:
-            ops.append(
-                rng.choice(["instancenorm", "instancenorm(affine=true)", "channel_dropout(0.2)"])
-            )
+            norms = ["instancenorm", "instancenorm(affine=true)"] if positions >= 2 else []
+            ops.append(rng.choice([*norms, "channel_dropout(0.2)"]))
         elif spatial and roll < 0.77:
             ops.append(rng.choice(["maxpool(3, stride=1, padding=1)", "avgpool(1)"]))
         elif spatial and roll < 0.8:
@@ -309,10 +370,16 @@ def channel_op(rng: random.Random, shape: Shape, out: int, last: bool) -> str:
 
 
 def pipeline(rng: random.Random, inputs: list[Shape], outputs: list[Shape]) -> str | None:
-    """A pipeline from the product of ``inputs`` to the product of ``outputs``, or None."""
+    """A pipeline from the product of ``inputs`` to the product of ``outputs``, or None.
+
+    Sizes known only at call time (:class:`Dim`) compare by their values at the drawn
+    sizes; no pipeline flattens them into weights (``flatten | linear``) or reshapes a
+    vector into them, and none pools to them by ``adaptive_avg_pool``, whose sizes are
+    numbers."""
     s_in, s_out = inputs[0][1:], outputs[0][1:]
     if any(s[1:] != s_in for s in inputs) or any(s[1:] != s_out for s in outputs):
         return None
+    at_call = symbolic(s_in) or symbolic(s_out)
     c_in = sum(s[0] for s in inputs)
     c_out = sum(s[0] for s in outputs)
     ops: list[str] = []
@@ -323,6 +390,8 @@ def pipeline(rng: random.Random, inputs: list[Shape], outputs: list[Shape]) -> s
     ops += keeping_ops(rng, shape, rng.choice([0, 0, 1, 1, 2]))
     if s_in and not s_out:  # to a vector
         roll = rng.random()
+        if at_call and 0.4 <= roll < 0.7:
+            roll = rng.choice([0.0, 0.9])
         if roll < 0.4:
             ops.append(rng.choice(["global_avg_pool", "global_max_pool"]))
             shape = (shape[0],)
@@ -335,6 +404,8 @@ def pipeline(rng: random.Random, inputs: list[Shape], outputs: list[Shape]) -> s
             ops += [f"{rng.choice(['adaptive_avg_pool', 'adaptive_max_pool'])}({size})", "flatten"]
             shape = (shape[0],)
     elif not s_in and s_out:  # a vector into a signal, image or volume
+        if at_call:
+            return None
         total = c_out * math.prod(s_out)
         if shape[0] != total:
             ops.append(f"linear(out={total})")
@@ -343,13 +414,32 @@ def pipeline(rng: random.Random, inputs: list[Shape], outputs: list[Shape]) -> s
     elif s_in != s_out:
         if len(s_in) != len(s_out):
             return None
-        if all(o == (i + 1) // 2 for i, o in zip(s_in, s_out, strict=True)) and rng.random() < 0.6:
-            ops.append(f"conv(3, stride=2, padding=1, out={c_out})")
-            shape = (c_out, *s_out)
-        elif all(o == i // 2 for i, o in zip(s_in, s_out, strict=True)) and min(s_in) >= 2:
-            ops.append(rng.choice(["maxpool(2)", "avgpool(2)", "avgpool(2, stride=2)"]))
-            shape = (shape[0], *s_out)
-        elif all(o == 2 * i for i, o in zip(s_in, s_out, strict=True)) and rng.random() < 0.7:
+        pools = all(o == i // 2 for i, o in zip(s_in, s_out, strict=True)) and min(s_in) >= 2
+        # Sizes known at call time have no adaptive_avg_pool below to fall back on.
+        if all(o == (i + 1) // 2 for i, o in zip(s_in, s_out, strict=True)) and (
+            rng.random() < (0.6 if pools or not at_call else 1.0)
+        ):
+            # (n + 2 - 3) // 2 + 1 == (n - 1) // 2 + 1 == (n + 1) // 2, written three ways
+            if rng.random() < 0.25:
+                ops.append(f"conv(1, stride=2, out={c_out})")
+                shape = (c_out, *s_out)
+            elif rng.random() < 0.3:
+                ops.append("maxpool(3, stride=2, padding=1)")
+                shape = (shape[0], *s_out)
+            else:
+                ops.append(f"conv(3, stride=2, padding=1, out={c_out})")
+                shape = (c_out, *s_out)
+        elif pools:
+            if rng.random() < 0.25:  # (n - 2) // 2 + 1 and (n + 2 - 4) // 2 + 1: n // 2
+                ops.append(rng.choice(["conv(2, stride=2", "conv(4, stride=2, padding=1"]))
+                ops[-1] += f", out={c_out})"
+                shape = (c_out, *s_out)
+            else:
+                ops.append(rng.choice(["maxpool(2)", "avgpool(2)", "avgpool(2, stride=2)"]))
+                shape = (shape[0], *s_out)
+        elif all(o == 2 * i for i, o in zip(s_in, s_out, strict=True)) and (
+            at_call or rng.random() < 0.7
+        ):
             if rng.random() < 0.5:
                 modes = {1: "linear", 2: "bilinear", 3: "trilinear"}
                 mode = rng.choice(["nearest", modes[len(s_in)]])
@@ -358,6 +448,8 @@ def pipeline(rng: random.Random, inputs: list[Shape], outputs: list[Shape]) -> s
             else:
                 ops.append(f"conv_transpose(2, stride=2, out={c_out})")
                 shape = (c_out, *s_out)
+        elif at_call:
+            return None
         else:
             size = s_out[0] if len(set(s_out)) == 1 and rng.random() < 0.5 else list(s_out)
             ops.append(f"adaptive_avg_pool({size})")
@@ -376,14 +468,53 @@ def pipeline(rng: random.Random, inputs: list[Shape], outputs: list[Shape]) -> s
 # --- feed-forward machines ------------------------------------------------------------
 
 
-def _shapes(rng: random.Random) -> tuple[list[Shape], Shape | None]:
-    """A family of shapes a machine draws its spaces from, and its largest spatial shape."""
-    rank = rng.choices([0, 1, 2, 3], weights=[6, 2, 3, 1])[0]
+# Names of size symbols, per rank: None is an axis of a fixed size.
+SYMBOLS = {
+    1: [("L",), ("T",), ("length",), ("N",)],
+    2: [("H", "W"), ("H", "W"), ("S", "S"), ("rows", "cols"), ("H", None), (None, "W")],
+    3: [("D", "H", "W"), ("S", "S", "S"), (None, "H", "W")],
+}
+
+
+def _shapes(
+    rng: random.Random, at_call: bool = False, rank: int | None = None
+) -> tuple[list[Shape], Shape | None]:
+    """A family of shapes a machine draws its spaces from, and its largest spatial shape.
+
+    ``at_call``: spatial axes are mostly sizes known at call time (:class:`Dim`); the
+    first three shapes, those inputs take, are then the largest one or vectors, since
+    an input's axis is a number or one symbol by itself. ``rank``: the rank to draw
+    mostly (that of a machine with symbols to use as an edge)."""
+    if rank is None or rng.random() < 0.3:
+        rank = rng.choices([0, 1, 2, 3], weights=[6, 2, 3, 1])[0]
+    if at_call and rank == 0:
+        rank = rng.choice([1, 2, 2])
     if rank == 0:
         return [(rng.randint(1, 12),) for _ in range(6)], None
     side = [rng.randint(2, 8) for _ in range(rank)]
     if rank >= 2 and rng.random() < 0.7:
         side = [side[0]] * rank
+    if at_call:
+        # Values of one parity (see Dim); a symbol named twice has one value.
+        names = rng.choice(SYMBOLS[rank])
+        base = rng.randint(4, 9)
+        values = {name: base + 2 * rng.randint(0, 2) for name in names if name}
+        full = tuple(
+            Dim(values[name], name, "full") if name else side[k] for k, name in enumerate(names)
+        )
+        half = tuple(
+            Dim((n + 1) // 2, n.symbol, "half") if isinstance(n, Dim) else (n + 1) // 2
+            for n in full
+        )
+        floor = tuple(
+            Dim(n // 2, n.symbol, "floor") if isinstance(n, Dim) else max(1, n // 2) for n in full
+        )
+        spatial = [full, full, full, half, floor, ()]
+        shapes = [(rng.randint(1, 8), *rng.choice(spatial)) for _ in range(6)]
+        shapes[0] = (shapes[0][0], *full)
+        for k in (1, 2):
+            shapes[k] = (shapes[k][0], *rng.choice([full, full, ()]))
+        return shapes, full
     full = tuple(side)
     half = tuple((n + 1) // 2 for n in side)
     floor = tuple(max(1, n // 2) for n in side)
@@ -397,11 +528,17 @@ def feedforward(
 ) -> str:
     """One machine without time; ``subs``: (call, input, output, machine) usable as edges."""
     m = Machine(name, rng)
-    family, full = _shapes(rng)
+    at_call = rng.random() < 0.3  # sizes known at call time: input img : [3, H, W]
+    ranks = [len(i) - 1 for _, i, _, _ in subs if any(isinstance(n, str) for n in i)]
+    family, full = _shapes(rng, at_call, rng.choice(ranks) if ranks else None)
+    at_call = bool(full) and symbolic(full)
+    for n in full or ():
+        if isinstance(n, Dim):
+            m.names.taken.add(n.symbol)
     if rng.random() < 0.4:  # a parameter that sizes the first input
         m.add_param("n", family[0][0])
     if full and rng.random() < 0.3:
-        m.add_param("size", full[0])
+        m.add_param("size", int(full[0]))
     n_in = rng.choices([1, 2, 3], weights=[6, 3, 1])[0]
     n_hidden = rng.randint(0, 4)
     n_out = rng.choices([1, 2], weights=[4, 1])[0]
@@ -449,13 +586,30 @@ def feedforward(
                 p = pipeline(rng, [ins[0].shape], [target.shape])
             if p is not None:
                 m.edge([ins[0].name], [target.name], p)
+    if at_call and rng.random() < 0.2:
+        _add_other_symbols(rng, m, order[n_in:])
     if rng.random() < 0.35:
         _add_array(rng, m, ins[0], outs[0])
     if rng.random() < 0.15:
         _add_shared(rng, m)
-    if rng.random() < 0.2:
+    if rng.random() < 0.2 and not at_call:  # machines with solved cycles refuse symbols
         _add_solved_cycle(rng, m, order[n_in:])
     return m.text()
+
+
+def _add_other_symbols(rng: random.Random, m: Machine, targets: list[Space]) -> None:
+    """One more input with size symbols of its own (a signal beside an image), pooled
+    into a vector that another edge writes too."""
+    vectors = [s for s in targets if len(s.shape) == 1 and s.written]
+    if not vectors:
+        return
+    target = rng.choice(vectors)
+    rank = rng.choice([1, 1, 2])
+    names = [m.names.fresh([name]) for name in ["K", "P", "Q"][:rank]]
+    value = rng.randint(3, 9)
+    shape = (rng.randint(1, 6), *(Dim(value, name, "full") for name in names))
+    x = m.space("input", shape)
+    m.edge([x.name], [target.name], pipeline(rng, [shape], [target.shape]) or "global_avg_pool")
 
 
 def _add_solved_cycle(rng: random.Random, m: Machine, targets: list[Space]) -> None:
@@ -492,8 +646,39 @@ def _sub_call(rng, subs, reads, writes) -> str | None:
     """A machine call that fits an edge from ``reads`` to ``writes`` (one each), if any."""
     if len(reads) != 1 or len(writes) != 1 or not subs or rng.random() < 0.5:
         return None
-    fits = [call for call, i, o, _ in subs if i == reads[0].shape and o == writes[0].shape]
-    return rng.choice(fits) if fits else None
+    r, w = reads[0].shape, writes[0].shape
+    fits = [
+        call
+        for call, i, o, _ in subs
+        if (i == r and o == w and not symbolic(r)) or _fits_symbols(i, o, r, w)
+    ]
+    # {c} and {o}: the channels, passed as the sub-machine's parameters
+    return rng.choice(fits).format(c=r[0], o=w[0]) if fits else None
+
+
+def _fits_symbols(i: tuple, o: tuple, r: Shape, w: Shape) -> bool:
+    """Whether a machine with size symbols, its input ``i`` and output ``o`` written as
+    (channels, marks...), takes a space of shape ``r`` and gives one of shape ``w``: it
+    binds its symbols to the sizes of ``r``, whatever they are. Channels None: any (the
+    call passes them). Marks: ``*`` an input axis, ``=`` the same size, ``even`` the
+    same size where it must be even, ``half`` what a stride-2 convolution makes; ``s``
+    on the input: one symbol for every axis, so they must be one size."""
+    if not any(isinstance(n, str) for n in i) or len(i) != len(r) or len(o) != len(w):
+        return False
+    if len(r) != len(w) or (i[0] is not None and (r[0], w[0]) != (i[0], o[0])):
+        return False
+    if "s" in i and not all(_same_size(a, r[1]) for a in r[1:]):
+        return False  # one symbol for every axis: they must be one size
+    for mark, a, b in zip(o[1:], r[1:], w[1:], strict=True):
+        if mark == "even" and symbolic(r) and not SUB_RELATIONS_AT_CALL:
+            return False
+        if mark == "half" and b != (a + 1) // 2:
+            return False
+        if mark in ("=", "even") and b != a:
+            return False
+        if mark == "even" and a % 2:
+            return False
+    return True
 
 
 def _add_array(rng: random.Random, m: Machine, source: Space, target: Space) -> None:
@@ -775,6 +960,76 @@ def block(
     return text, calls
 
 
+def _same_size(a: int, b: int) -> bool:
+    """Whether two sizes are one for every size of the symbols: the same number, or the
+    same form of the same symbol."""
+    if isinstance(a, Dim) or isinstance(b, Dim):
+        return getattr(a, "symbol", None) == getattr(b, "symbol", None) and (
+            getattr(a, "form", None) == getattr(b, "form", None)
+        )
+    return a == b
+
+
+def sym_block(
+    rng: random.Random, name: str, sizes: list[int]
+) -> tuple[str, list[tuple[str, tuple, tuple, str]]]:
+    """A small machine over a signal, an image or a volume whose sizes are known at call
+    time, to use as an edge: it binds its symbols from the space it is given. Its calls
+    with their shapes as :func:`_fits_symbols` reads them."""
+    rank = rng.choice([1, 2, 2, 3])
+    symbols = [["L"], ["H", "W"], ["D", "H", "W"]][rank - 1]
+    if rng.random() < 0.2:
+        symbols = ["S"] * rank  # one symbol for every axis: square images
+    c = rng.choice(sizes)
+    out = c if rng.random() < 0.5 else rng.choice(sizes)
+    kind = rng.choice(["same", "same", "even", "half"])
+    axes = ", ".join(symbols)
+    if kind == "half":
+        made = ", ".join(f"({s} + 1) // 2" for s in symbols)
+    else:
+        made = axes
+    hidden = f"[o, {axes}]" if rng.random() < 0.5 else ""
+    declared = rng.random() < 0.6  # the output's shape; else inferred
+    out_arg = "" if declared and rng.random() < 0.5 else ", out=o"
+    act = rng.choice(["relu", "tanh", "gelu", 'layernorm(axes="channels")', "batchnorm"])
+    lines = [
+        f"machine {name}(c: int = {c}, o: int = {out}) {{",
+        f"    input  x : [c, {axes}]",
+        f"    space  h{' : ' + hidden if hidden else ''}",
+        f"    output y{' : [o, ' + made + ']' if declared else ''}",
+        f"    f : x -> h = conv(3, padding=1, out=o) | {act}",
+    ]
+    if kind == "same":
+        lines.append(f"    g : h -> y = {rng.choice([f'conv(1{out_arg})', 'identity', 'relu'])}")
+        if rng.random() < 0.5:  # a shortcut; c and o differ in some calls
+            lines.append(f"    skip : x -> y = {rng.choice(['linear(out=o)', 'conv(1, out=o)'])}")
+    elif kind == "even":  # pooled and upsampled, added to what it was: even sizes only
+        pooled = ", ".join(f"{s} // 2" for s in symbols)
+        lines.insert(3, f"    space  d{' : [o, ' + pooled + ']' if rng.random() < 0.5 else ''}")
+        pool = rng.choice(["maxpool(2)", "avgpool(2)"])
+        up = rng.choice(["upsample(2)", f"conv_transpose(2, stride=2{out_arg})"])
+        lines.append(f"    down : h -> d = {pool}")
+        lines.append(f"    up : d -> y = {up}")
+        lines.append("    skip : h -> y = identity")
+    else:
+        lines.append(f"    g : h -> y = conv(3, stride=2, padding=1{out_arg})")
+    lines.append("}")
+    mark = {"same": "=", "even": "even", "half": "half"}[kind]
+    c2, o2 = rng.choice(sizes), rng.choice(sizes)
+    calls = []
+    for call, ci, co in [
+        (name, c, out),
+        (f"{name}(c={c2}, o={o2})", c2, o2),
+        (f"{name}(o={o2})", c, o2),
+        (f"{name}(c={c2})", c2, out),
+        (f"{name}(c={{c}}, o={{o}})", None, None),
+        (f"{name}(o={{o}}, c={{c}})", None, None),
+    ]:
+        axis = "s" if symbols[0] == symbols[-1] else "*"
+        calls.append((call, (ci, *[axis] * rank), (co, *[mark] * rank), name))
+    return "\n".join(lines), calls
+
+
 def well_formed(rng: random.Random) -> str:
     """A whole file: imports, helper machines, and one or more machines that use them."""
     time = rng.random() < 0.4
@@ -794,6 +1049,11 @@ def well_formed(rng: random.Random) -> str:
         subs += calls
     if time and rng.random() < 0.15:  # a machine without time, used at every step
         text, calls = block(rng, "Step", None, sizes)
+        parts.append(text)
+        subs += calls
+    if not time and rng.random() < 0.3:  # one with sizes known at call time
+        name = rng.choice(["Stage", "Tower", "Unit", "Patch"])
+        text, calls = sym_block(rng, name, sizes[:8])
         parts.append(text)
         subs += calls
     count = rng.choices([1, 2], weights=[5, 1])[0]

@@ -237,11 +237,12 @@ class Checker:
                     "generated",
                     f"{len(program.machines)} machines but classes {names}",
                 )
+            structures = {c.machine.key or c.machine.name: c.structure for c in program.machines}
             for cls in classes:
                 self.phase = f"class {cls.__name__}: construct"
                 torch.manual_seed(0)
                 model = cls().double().eval()
-                failure = self._run_class(cls, model)
+                failure = self._run_class(cls, model, structures.get(cls.__name__))
                 if failure:
                     return failure
         except MemoryError:
@@ -270,7 +271,10 @@ class Checker:
             tb = tb.tb_next
         return False
 
-    def _run_class(self, cls, model) -> tuple[str, str, str] | None:
+    def _run_class(self, cls, model, structure=None) -> tuple[str, str, str] | None:
+        """Forward against resolvent (and the adjoint's shapes) on random inputs; for a
+        machine with sizes known at call time, at its example sizes and again at the
+        smallest sizes it takes (see :func:`_small_sizes`)."""
         import torch
 
         over_time = hasattr(cls, "DELAYS")
@@ -293,10 +297,46 @@ class Checker:
             except IndexError as exc:  # more steps than positions: the caller's mistake
                 if steps == 1 or "positions" not in str(exc):
                     raise
-        outs = tuple(out) if isinstance(out, tuple) else (out,)
         where = f"class {cls.__name__}"
+        failure, state = self._agree(cls, model, inputs, out, lead, spaces, where)
+        if failure is not None:
+            return failure
+        if hasattr(model, "adjoint"):  # machines not over time: the backward pass as a machine
+            self.phase = f"class {cls.__name__}: adjoint"
+            cotangent = {name: torch.ones_like(state[name]) for name in cls.OUTPUTS}
+            bar = model.adjoint(state, cotangent)
+            for name in cls.SPACES:
+                if name not in bar or tuple(bar[name].shape) != tuple(state[name].shape):
+                    got = tuple(bar[name].shape) if name in bar else "nothing"
+                    return ("AdjointShape", "adjoint", f"{where}: adjoint[{name!r}] is {got}")
+        sizes = _small_sizes(structure) if structure is not None and not over_time else None
+        if sizes is None:
+            return None
+        # The same at other sizes: the sizes of each space, as shapes() gives them.
+        spaces = model.shapes(**sizes)
+        torch.manual_seed(2)
+        inputs = [
+            torch.randint(0, ids[name], (BATCH,))
+            if name in ids
+            else torch.randn(BATCH, *spaces[name], dtype=torch.float64)
+            for name in cls.INPUTS
+        ]
+        self.phase = f"{where}: forward at {sizes} on {[tuple(x.shape) for x in inputs]}"
+        with torch.no_grad():
+            out = model(*inputs)
+        failure, _ = self._agree(cls, model, inputs, out, (BATCH,), spaces, f"{where} at {sizes}")
+        return failure
+
+    def _agree(self, cls, model, inputs, out, lead, spaces, where):
+        """(None, resolvent's state) if forward's outputs ``out`` are what ``OUTPUTS`` and
+        ``spaces`` say and what ``resolvent`` gives on the same inputs; else (the failure,
+        None)."""
+        import torch
+
+        outs = tuple(out) if isinstance(out, tuple) else (out,)
         if len(outs) != len(cls.OUTPUTS):
-            return ("OutputCount", "forward", f"{where}: {len(outs)} outputs, {cls.OUTPUTS}")
+            failure = ("OutputCount", "forward", f"{where}: {len(outs)} outputs, {cls.OUTPUTS}")
+            return failure, None
         for name, tensor in zip(cls.OUTPUTS, outs, strict=True):
             want = (*lead, *spaces[name])
             if tuple(tensor.shape) != want:
@@ -304,13 +344,22 @@ class Checker:
                     "OutputShape",
                     "forward",
                     f"{where}: output {name!r} is {tuple(tensor.shape)}, SPACES says {want}",
-                )
-        self.phase = f"class {cls.__name__}: resolvent"
+                ), None
+        self.phase = f"{where}: resolvent"
         with torch.no_grad():
             state = model.resolvent(dict(zip(cls.INPUTS, inputs, strict=True)))
+        for name, shape in spaces.items():  # every space, as SPACES (or shapes()) says
+            if name in state and tuple(state[name].shape) != (*lead, *shape):
+                return (
+                    "ResolventShape",
+                    "resolvent",
+                    f"{where}: resolvent[{name!r}] is {tuple(state[name].shape)}, SPACES "
+                    f"says {(*lead, *shape)}",
+                ), None
         for name, tensor in zip(cls.OUTPUTS, outs, strict=True):
             if name not in state:
-                return ("ResolventMissing", "resolvent", f"{where}: no {name!r} in resolvent")
+                failure = ("ResolventMissing", "resolvent", f"{where}: no {name!r} in resolvent")
+                return failure, None
             ref = state[name]
             if tuple(ref.shape) != tuple(tensor.shape):
                 return (
@@ -318,7 +367,7 @@ class Checker:
                     "resolvent",
                     f"{where}: resolvent[{name!r}] is {tuple(ref.shape)}, forward gave "
                     f"{tuple(tensor.shape)}",
-                )
+                ), None
             finite = (
                 torch.nan_to_num(ref.abs(), nan=0.0, posinf=0.0).max().item() if ref.numel() else 0
             )
@@ -330,16 +379,8 @@ class Checker:
                     "Disagree",
                     "forward/resolvent",
                     f"{where}: forward's {name!r} differs from resolvent's by up to {worst:g}",
-                )
-        if hasattr(model, "adjoint"):  # machines not over time: the backward pass as a machine
-            self.phase = f"class {cls.__name__}: adjoint"
-            cotangent = {name: torch.ones_like(state[name]) for name in cls.OUTPUTS}
-            bar = model.adjoint(state, cotangent)
-            for name in cls.SPACES:
-                if name not in bar or tuple(bar[name].shape) != tuple(state[name].shape):
-                    got = tuple(bar[name].shape) if name in bar else "nothing"
-                    return ("AdjointShape", "adjoint", f"{where}: adjoint[{name!r}] is {got}")
-        return None
+                ), None
+        return None, state
 
 
 def _shapes(cls, model) -> dict[str, tuple[int, ...]]:
@@ -353,6 +394,23 @@ def _shapes(cls, model) -> dict[str, tuple[int, ...]]:
             if isinstance(n, str):
                 sizes[n] = size
     return model.shapes(**sizes)
+
+
+def _small_sizes(structure) -> dict[str, int] | None:
+    """Sizes for the symbols of a machine with sizes known at call time other than its
+    example sizes: the smallest it takes (``structure.sizes``) and up, a different one for
+    each symbol where it can (so that no axis can stand in for another), where every
+    relation holds; None for a machine without symbols or if none is found nearby."""
+    least = structure.sizes or {}
+    if not structure.example_sizes or set(least) != set(structure.example_sizes):
+        return None
+    for step in range(64):
+        sizes = {name: n + step + k for k, (name, n) in enumerate(least.items())}
+        if len(set(sizes.values())) < len(sizes) and step < 32:
+            continue  # distinct sizes first
+        if all(r.holds(sizes) for r in structure.relations):
+            return sizes
+    return None
 
 
 def _improper(error) -> tuple[str, str] | None:
@@ -398,15 +456,24 @@ def _improper(error) -> tuple[str, str] | None:
     return None
 
 
+def _at_example(shape, structure) -> tuple[int, ...]:
+    """A shape with its sizes known at call time (``H // 2``) at the example sizes."""
+    sizes = structure.example_sizes
+    return tuple(n if isinstance(n, int) else n.value(sizes) for n in shape)
+
+
 def _too_large(program) -> str | None:
-    """A space or intermediate shape with a size of 2^31 or more, if any, said in words."""
+    """A space or intermediate shape with a size of 2^31 or more (sizes known at call
+    time: at the example sizes), if any, said in words."""
     for checked in program.machines:
+        structure = checked.structure
         for space in checked.machine.spaces:
-            if any(n >= TOO_LARGE for n in space.shape) or (space.ids or 0) >= TOO_LARGE:
+            shape = _at_example(space.shape, structure)
+            if any(n >= TOO_LARGE for n in shape) or (space.ids or 0) >= TOO_LARGE:
                 return f"{checked.machine.name}: space {space.name!r} has shape {space.shape}"
-        for edge, shapes in checked.structure.shapes.items():
+        for edge, shapes in structure.shapes.items():
             for shape in shapes:
-                if any(n >= TOO_LARGE for n in shape):
+                if any(n >= TOO_LARGE for n in _at_example(shape, structure)):
                     return f"{checked.machine.name}: edge {edge!r} makes a shape {shape}"
     return None
 
@@ -422,11 +489,13 @@ def _worth_running(program, source: str) -> bool:
         if info.total_params > RUN_ELEMENTS or info.total_macs > RUN_MACS:
             return False
     for checked in program.machines:
-        for shapes in checked.structure.shapes.values():
-            if any(math.prod(shape) * BATCH * STEPS > RUN_ELEMENTS for shape in shapes):
-                return False
+        structure = checked.structure
+        for shapes in structure.shapes.values():
+            for shape in shapes:
+                if math.prod(_at_example(shape, structure)) * BATCH * STEPS > RUN_ELEMENTS:
+                    return False
         for space in checked.machine.spaces:
-            if math.prod(space.shape) * BATCH * STEPS > RUN_ELEMENTS:
+            if math.prod(_at_example(space.shape, structure)) * BATCH * STEPS > RUN_ELEMENTS:
                 return False
     return True
 
