@@ -57,6 +57,7 @@ def _check_machine(
         reporter.error(Code.MACHINE, f"machine {machine.name!r} has no output space", machine.span)
     shapes = {}
     relations: dict[tuple[str, str], ir.Relation] = {}
+    extra: list = []  # sizes that must be at least 1 for the machines used as edges
     for edge in machine.edges:
         if not sequences.check_reads(machine, edge, machines or {}, reporter):
             shapes[edge.name] = None
@@ -66,6 +67,14 @@ def _check_machine(
         for left, right in found:
             relation = ir.Relation(left=left, right=right, edge=edge.name, span=edge.span)
             relations.setdefault((str(left), str(right)), relation)
+        sub = (structures or {}).get(edge.machine) if edge.machine is not None else None
+        if sub is not None and sub.sizes:  # what the machine used as an edge needs of its sizes
+            needed, least = symbols.sub_requirements(
+                machine, edge, (machines or {})[edge.machine], sub, reporter
+            )
+            for relation in needed:
+                relations.setdefault((relation.text(), ""), relation)
+            extra += least
     _check_shared(machine, shapes, reporter)
     _check_written(machine, reporter)
     graph = hypergraph(machine)
@@ -81,7 +90,7 @@ def _check_machine(
             return None
     structure = _structure(machine, graph, space_time, shapes, stages, structures or {}, cycles)
     if symbols.bound(machine):
-        least, together = symbols.smallest(machine, shapes)
+        least, together = symbols.smallest(machine, shapes, extra)
         found = (*relations.values(), *together)
         example = symbols.example_sizes(least, found, reporter)
         if example is None:

@@ -65,7 +65,8 @@ def _check_sizes(edge: ir.Edge, shapes: tuple[ir.Shape, ...]) -> None:
     """Every shape inside a pipeline within the limits on spaces (an op's ``out=`` or
     ``upsample(scale)`` can make one no tensor could hold)."""
     for i, shape in enumerate(shapes[1:]):
-        if max(shape, default=1) > MAX_SIZE or math.prod(shape) > MAX_ELEMENTS:
+        known = [n for n in shape if isinstance(n, int)]  # a size known at call time: unbounded
+        if max(known, default=1) > MAX_SIZE or math.prod(known) > MAX_ELEMENTS:
             raise OpError(
                 f"{edge.ops[i].kind} makes a shape {format_shape(shape)}, beyond the limits "
                 f"(a size at most {MAX_SIZE:,}, at most {MAX_ELEMENTS:,} numbers per sample)",

@@ -17,7 +17,7 @@ from . import ir
 from .diagnostics import Code, Note, Reporter
 from .expressions import did_you_mean
 from .names import METHOD_LOCALS, MODULE_NAMES, TIME_LOCALS
-from .sizes import Size, minimum, symbols_of
+from .sizes import Size, minimum, relation, symbols_of, truth
 
 EXAMPLE_SIZE = 32  # the size example inputs give a symbol (more where relations need it)
 _RESERVED = METHOD_LOCALS | MODULE_NAMES | TIME_LOCALS
@@ -123,13 +123,57 @@ def substitute(shape: ir.Shape, binding: dict[str, int | Size]) -> ir.Shape:
     return tuple(n.substitute(binding) if isinstance(n, Size) else n for n in shape)
 
 
+def sub_requirements(
+    outer: ir.Machine, edge: ir.Edge, sub: ir.Machine, structure: ir.Structure, reporter
+) -> tuple[list[ir.Relation], list[int | Size]]:
+    """What a machine used as an edge needs of its sizes, in the sizes it is given here:
+    its relations (those that can hold for some sizes; an error for one that cannot) and
+    its smallest sizes (as sizes that must be at least 1)."""
+    binding = sub_binding(outer, edge, sub)
+    found: list[ir.Relation] = []
+    for r in structure.relations:
+        left, right = (
+            n.substitute(binding) if isinstance(n, Size) else n for n in (r.left, r.right)
+        )
+        moved = ir.Relation(left=left, right=right, kind=r.kind, edge=edge.name, span=edge.span)
+        kind = relation(left, right) if r.kind == "==" else truth(left - right, lambda d: d >= 0)
+        if kind in ("always", True):
+            continue
+        if kind in ("never", False):
+            reporter.error(
+                Code.SIZE,
+                f"edge {edge.name!r}: {ir.machine_call(sub.name, sub.params)} needs {r.text()} "
+                f"(edge {r.edge!r}), which here is {moved.text()}: "
+                + ("false" if symbols_of((left, right)) == set() else "it holds for no size"),
+                edge.span,
+                notes=(Note(message=f"{sub.name} needs it here", span=r.span),),
+            )
+            continue
+        found.append(moved)
+    least = []
+    for name, size in structure.sizes.items():
+        given = binding.get(name)
+        if given is not None and size > 1:
+            least.append(given - (size - 1))
+            if isinstance(given, int) and given < size:
+                reporter.error(
+                    Code.SIZE,
+                    f"edge {edge.name!r} gives {ir.machine_call(sub.name, sub.params)} "
+                    f"{name} = {given}, but it needs {name} >= {size}",
+                    edge.span,
+                )
+    return found, least
+
+
 def smallest(
-    machine: ir.Machine, shapes: dict[str, tuple[ir.Shape, ...] | None]
+    machine: ir.Machine,
+    shapes: dict[str, tuple[ir.Shape, ...] | None],
+    extra: list[int | Size] = (),
 ) -> tuple[dict[str, int], list[ir.Relation]]:
     """Symbol -> the smallest size for which every space and every shape inside a pipeline
     keeps at least one position (and normalising over positions two values), each symbol
     alone; and what needs several symbols together (``H * W >= 2``), to check per call."""
-    sizes = [n for space in machine.spaces for n in space.shape or ()]
+    sizes = [n for space in machine.spaces for n in space.shape or ()] + list(extra)
     for edge_shapes in shapes.values():
         for shape in edge_shapes or ():
             sizes.extend(shape)

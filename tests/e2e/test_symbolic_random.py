@@ -4,9 +4,8 @@ The well-formed generator (tests/fuzz/wellformed.py) draws signals, images and v
 whose inputs declare size symbols (``input img : [3, H, W]``), hidden shapes written in
 them, relations between sizes, and machines with symbols used as edges. These tests
 check that it still does (a generator that silently stopped drawing them would leave
-the feature unfuzzed), and keep the problems it found that machc still has, each a
-minimal reproducer marked ``xfail(strict=True)``: when one is fixed its test fails,
-and the xfail (and the switch in wellformed.py named in its reason) can go.
+the feature unfuzzed), and keep what it found, each a minimal reproducer, as
+regression tests.
 """
 
 from __future__ import annotations
@@ -67,13 +66,6 @@ def test_the_generator_draws_machines_with_sizes_known_at_call_time() -> None:
     assert counts["several"] >= 3, counts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=runtime.SizeError,
-    reason="the relations (and smallest sizes) of a machine used as an edge are not the "
-    "parent's: its example inputs break them (then set SUB_RELATIONS_AT_CALL = True in "
-    "tests/fuzz/wellformed.py)",
-)
 def test_the_relations_of_a_machine_used_as_an_edge_hold_at_the_example_sizes() -> None:
     """P needs L odd (its two writers of a agree then); PU on a, of size (L + 1) // 2,
     needs that even: L = 35 does both, but P's example inputs have L = 33 (the parent's
@@ -102,12 +94,6 @@ machine P {
         model(*model.example_inputs(2))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=machc.CompileError,
-    reason="the limit on numbers per sample is decided at the reference size 1024 for sizes "
-    "known at call time: every volume [c, D, H, W] with c >= 2 is refused (E009)",
-)
 def test_a_volume_with_sizes_known_at_call_time_checks() -> None:
     """2 * D * H * W at D = H = W = 1024 is over 2^31, so check refuses any volume of two
     channels or more, although the example sizes (32) make 65,536 numbers."""

@@ -63,10 +63,9 @@ TORCH_MODULES = ("Identity", "ReLU", "Tanh", "GELU", "Sigmoid", "SiLU")
 
 # A machine used as an edge checks its own relations and smallest sizes, but the machine
 # that uses it does not take them over: its example inputs (and any size its forward
-# accepts) may break them. Machines with relations are not used on spaces whose sizes
-# are known only at call time until machc does (the reproducer: an xfail in
-# tests/e2e/test_symbolic_random.py); True uses them again.
-SUB_RELATIONS_AT_CALL = False
+# accepts) may break them, unless the parent takes them over (it does; the reproducer
+# is in tests/e2e/test_symbolic_random.py); False keeps such machines off symbolic spaces.
+SUB_RELATIONS_AT_CALL = True
 
 
 class Dim(int):
@@ -320,8 +319,8 @@ def keeping_ops(rng: random.Random, shape: Shape, k: int, channels: bool = True)
         elif not channels:
             ops.append(rng.choice(ACTIVATIONS))
         elif spatial and roll < 0.74:
-            norms = ["instancenorm", "instancenorm(affine=true)"] if positions >= 2 else []
-            ops.append(rng.choice([*norms, "channel_dropout(0.2)"]))
+            instance = ["instancenorm", "instancenorm(affine=true)"] if positions >= 2 else []
+            ops.append(rng.choice([*instance, "channel_dropout(0.2)"]))
         elif spatial and roll < 0.77:
             ops.append(rng.choice(["maxpool(3, stride=1, padding=1)", "avgpool(1)"]))
         elif spatial and roll < 0.8:
