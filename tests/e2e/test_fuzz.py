@@ -65,5 +65,11 @@ def test_replay_of_the_examples() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.strip().splitlines()
     assert len(lines) == len(examples)
-    # net.mach imports blocks.mach, found beside it in the worker's scratch folder.
-    assert all("ok-module (run: forward and resolvent agree)" in line for line in lines), lines
+    # net.mach imports blocks.mach, found beside it in the worker's scratch folder. The
+    # ImageNet-sized networks are over the worker's limits (RUN_ELEMENTS, RUN_MACS): checked
+    # and compiled, not run (tests/e2e/test_cnn_references.py runs them).
+    large = ("mobilenet_v2.mach", "resnet50.mach", "squeezenet.mach")
+    for line in lines:
+        ran = not line.split(":")[0].endswith(large)
+        outcome = "ok-module (run: forward and resolvent agree)" if ran else "ok-module (not run)"
+        assert line.endswith(outcome), lines
