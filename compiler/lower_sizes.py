@@ -9,7 +9,7 @@ A machine without symbols gets none of this: its code is as before.
 
 from __future__ import annotations
 
-from . import ir
+from . import ir, symbols
 from .sizes import Size, symbols_of
 
 
@@ -48,6 +48,7 @@ def prologue(lowering, given: str) -> list[str]:
     if not symbolic(structure):
         return []
     names = list(structure.sizes)
+    bound = symbols.bound(lowering.machine)
     targets = ", ".join(names) + ("," if len(names) == 1 else "")
     smallest = ", ".join(f"{n}={v}" for n, v in structure.sizes.items())
     lines = [
@@ -56,8 +57,9 @@ def prologue(lowering, given: str) -> list[str]:
     ]
     for relation in structure.relations:
         text = relation.text()
-        needs = f"edge {relation.edge!r} ({lowering.where(relation.span)}) needs {text}"
         used = sorted(symbols_of((relation.left, relation.right)))
+        axes = ", ".join(f"{n} is axis {bound[n][1] + 1} of {bound[n][0]!r}" for n in used)
+        needs = f"edge {relation.edge!r} ({lowering.where(relation.span)}) needs {text} ({axes})"
         values = ", ".join(f"{n}={n}" for n in used)
         lines.append(f"runtime.check_size({text}, self, {py_str(needs)}, {values})")
     return lines
@@ -70,14 +72,15 @@ def shapes_method(lowering):
     structure = lowering.structure
     if not symbolic(structure):
         return None
-    params = ", ".join(f"{n}: int" for n in structure.sizes)
+    params = ", ".join(f"{n}: int = {structure.example_sizes[n]}" for n in structure.sizes)
     items = []
     for space in lowering.machine.spaces:
         sizes = [str(n) for n in space.shape]
         items.append(f"{py_str(space.name)}: ({', '.join(sizes)}{',' if len(sizes) == 1 else ''})")
     return Method(
         signature=f"shapes(self, {params}) -> dict[str, tuple[int, ...]]",
-        doc="The shape of every space (per sample) for inputs of these sizes.",
+        doc="The shape of every space (per sample) for inputs of these sizes (default: "
+        "example_inputs').",
         body=tuple(_dict_lines("return ", items, indent=8)),
     )
 

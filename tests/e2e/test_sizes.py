@@ -103,7 +103,7 @@ def test_spaces_show_the_symbols_and_shapes_gives_sizes(symbolic) -> None:
         (
             (2, 3, 10, 16),
             r"Net: edge 'up' \(net_0.mach:22\) needs 2 \* \(\(H \+ 1\) // 4\) == "
-            r"\(H \+ 1\) // 2, which does not hold for H = 10",
+            r"\(H \+ 1\) // 2 \(H is axis 2 of 'img'\), which does not hold for H = 10",
         ),
     ],
 )

@@ -18,9 +18,7 @@ import warnings
 from pathlib import Path
 
 import machc
-import pytest
 import torch
-from machc import runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -159,8 +159,8 @@ class InvertedResidual_cin16_cout24_t6_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {
             "x": (16, H, W),
             "e": (96, H, W),
@@ -280,8 +280,8 @@ class InvertedResidual_cin24_cout24_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {"x": (24, H, W), "e": (144, H, W), "d": (144, H, W), "y": (24, H, W)}
 
 
@@ -371,8 +371,8 @@ class Group_cin16_cout24_t6_n2_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {
             "x": (16, H, W),
             "h[1]": (24, (H + 1) // 2, (W + 1) // 2),
@@ -479,8 +479,8 @@ class InvertedResidual_cin24_cout32_t6_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {
             "x": (24, H, W),
             "e": (144, H, W),
@@ -600,8 +600,8 @@ class InvertedResidual_cin32_cout32_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {"x": (32, H, W), "e": (192, H, W), "d": (192, H, W), "y": (32, H, W)}
 
 
@@ -704,8 +704,8 @@ class Group_cin24_cout32_t6_n3_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {
             "x": (24, H, W),
             "h[1]": (32, (H + 1) // 2, (W + 1) // 2),
@@ -813,8 +813,8 @@ class InvertedResidual_cin32_cout64_t6_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {
             "x": (32, H, W),
             "e": (192, H, W),
@@ -934,8 +934,8 @@ class InvertedResidual_cin64_cout64_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {"x": (64, H, W), "e": (384, H, W), "d": (384, H, W), "y": (64, H, W)}
 
 
@@ -1057,8 +1057,8 @@ class Group_cin32_cout64_t6_n4_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {
             "x": (32, H, W),
             "h[1]": (64, (H + 1) // 2, (W + 1) // 2),
@@ -1167,8 +1167,8 @@ class InvertedResidual_cin64_cout96_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {"x": (64, H, W), "e": (384, H, W), "d": (384, H, W), "y": (96, H, W)}
 
 
@@ -1283,8 +1283,8 @@ class InvertedResidual_cin96_cout96_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {"x": (96, H, W), "e": (576, H, W), "d": (576, H, W), "y": (96, H, W)}
 
 
@@ -1387,8 +1387,8 @@ class Group_cin64_cout96_t6_n3_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {"x": (64, H, W), "h[1]": (96, H, W), "h[2]": (96, H, W), "h[3]": (96, H, W)}
 
 
@@ -1491,8 +1491,8 @@ class InvertedResidual_cin96_cout160_t6_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {
             "x": (96, H, W),
             "e": (576, H, W),
@@ -1612,8 +1612,8 @@ class InvertedResidual_cin160_cout160_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {"x": (160, H, W), "e": (960, H, W), "d": (960, H, W), "y": (160, H, W)}
 
 
@@ -1716,8 +1716,8 @@ class Group_cin96_cout160_t6_n3_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {
             "x": (96, H, W),
             "h[1]": (160, (H + 1) // 2, (W + 1) // 2),
@@ -1825,8 +1825,8 @@ class InvertedResidual_cin160_cout320_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {"x": (160, H, W), "e": (960, H, W), "d": (960, H, W), "y": (320, H, W)}
 
 
@@ -1900,8 +1900,8 @@ class Group_cin160_cout320_t6_n1_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {"x": (160, H, W), "h[1]": (320, H, W)}
 
 
@@ -2003,8 +2003,8 @@ class InvertedResidual(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {"x": (32, H, W), "e": (32, H, W), "d": (32, H, W), "y": (16, H, W)}
 
 
@@ -2078,8 +2078,8 @@ class Group(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {"x": (32, H, W), "h[1]": (16, H, W)}
 
 
@@ -2298,8 +2298,8 @@ class MobileNetV2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int, W: int) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes."""
+    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
         return {
             "img": (3, H, W),
             "s0": (32, (H + 1) // 2, (W + 1) // 2),
