@@ -39,7 +39,10 @@ asserted.
 
 Run from anywhere: ``.venv/bin/python benchmarks/compile_scale.py [--families
 chain dense --timeout 600 --json out.json]``; ``--quick`` is a tiny smoke
-configuration; ``--sizes dense=1400`` measures other sizes.
+configuration; ``--sizes dense=1400`` measures other sizes; ``--loop-limit 100000``
+runs machc with a higher limit on loop iterations (E005), for machines beyond it
+(``--sizes chain=100000``): the same program, started with ``python -c`` instead of
+``python -m machc``.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from pathlib import Path
 
 FAMILIES = ("chain", "dense", "wide")
 DEFAULT_SIZES = {
-    "chain": [1_000, 10_000, 50_001],  # 50,001 is the longest chain a loop can write
+    "chain": [1_000, 10_000, 50_001],  # 50,001 is the longest chain a loop can write (E005)
     "dense": [250, 500, 1_000],
     "wide": [1_000, 10_000],
 }
@@ -220,18 +223,41 @@ print(json.dumps({
 """
 
 
-def measure(family: str, n: int, workdir: Path, timeout: float, run_module: bool) -> dict:
+# ``python -m machc`` with machc's limit on the loop iterations of a machine set to the
+# first argument: the same program, for machines beyond the limit (--loop-limit)
+LIMITED_MACHC = (
+    "import sys; import machc.expand; machc.expand.MAX_EXPANSION = int(sys.argv.pop(1)); "
+    "from machc.cli import main; sys.argv[0] = 'machc'; sys.exit(main())"
+)
+
+
+def machc_command(loop_limit: int | None) -> list[str]:
+    """How to run machc: ``python -m machc``, or with another loop limit."""
+    if loop_limit is None:
+        return [sys.executable, "-m", "machc"]
+    return [sys.executable, "-c", LIMITED_MACHC, str(loop_limit)]
+
+
+def measure(
+    family: str,
+    n: int,
+    workdir: Path,
+    timeout: float,
+    run_module: bool,
+    loop_limit: int | None = None,
+) -> dict:
     """Writes one machine, then checks it, compiles it (and runs it) in separate processes."""
     name = f"{family}_{n}"
     mach = workdir / f"{name}.mach"
     mach.write_text(source(family, n), encoding="utf-8")
     out = workdir / f"{name}.py"
     python = sys.executable
+    machc = machc_command(loop_limit)
     check = run_process(
-        [python, "-m", "machc", "check", str(mach)], timeout, workdir / f"{name}.check.txt", workdir
+        [*machc, "check", str(mach)], timeout, workdir / f"{name}.check.txt", workdir
     )
     compiled = run_process(
-        [python, "-m", "machc", "compile", str(mach), "-o", str(out)],
+        [*machc, "compile", str(mach), "-o", str(out)],
         timeout,
         workdir / f"{name}.compile.txt",
         workdir,
@@ -264,7 +290,7 @@ def measure(family: str, n: int, workdir: Path, timeout: float, run_module: bool
 BASELINE_RUNS = 3
 
 
-def measure_baseline(workdir: Path, timeout: float) -> dict:
+def measure_baseline(workdir: Path, timeout: float, loop_limit: int | None = None) -> dict:
     """The one-edge machine, measured BASELINE_RUNS times: each step's fastest run is kept.
 
     It is the fixed cost of a process (the interpreter, machc's imports), subtracted
@@ -272,7 +298,7 @@ def measure_baseline(workdir: Path, timeout: float) -> dict:
     its least noisy estimate.
     """
     runs = [
-        measure("baseline", 1, workdir, timeout, run_module=False) for _ in range(BASELINE_RUNS)
+        measure("baseline", 1, workdir, timeout, False, loop_limit) for _ in range(BASELINE_RUNS)
     ]
     best = dict(runs[0])
     for step in ("check", "compile"):
@@ -401,9 +427,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON"
     )
+    parser.add_argument(
+        "--loop-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run machc with its limit on the loop iterations of a machine (E005, 50,000) "
+        "set to N, to measure larger machines (a chain of 100,000: N = 100000)",
+    )
     args = parser.parse_args(argv)
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    if args.loop_limit is not None and args.loop_limit < 1:
+        parser.error("--loop-limit must be positive")
     sizes = dict(QUICK_SIZES if args.quick else DEFAULT_SIZES)
     sizes.update(args.sizes)
     args.size_lists = {family: sizes[family] for family in args.families}
@@ -413,8 +449,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     plan = ", ".join(f"{f} {'/'.join(f'{n:,}' for n in ns)}" for f, ns in args.size_lists.items())
+    limit = "" if args.loop_limit is None else f"; loop limit {args.loop_limit:,}"
     print(
-        f"compile scale: {plan}; one process per measurement, timeout {args.timeout:g} s; "
+        f"compile scale: {plan}; one process per measurement, timeout {args.timeout:g} s{limit}; "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs"
     )
     report: dict[str, object] = {
@@ -423,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "timeout_s": args.timeout,
+        "loop_limit": args.loop_limit,
         "sizes": args.size_lists,
         "rows": [],
         "exponents": {},
@@ -430,11 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="machc-scale-") as tmp:
         workdir = Path(tmp)
-        baseline = measure_baseline(workdir, args.timeout)
+        baseline = measure_baseline(workdir, args.timeout, args.loop_limit)
         rows.append(baseline)
         for family, sizes in args.size_lists.items():
             for n in sizes:
-                row = measure(family, n, workdir, args.timeout, run_module=family == "wide")
+                row = measure(family, n, workdir, args.timeout, family == "wide", args.loop_limit)
                 rows.append(row)
                 print(
                     f"  {label(row)}: check {seconds_cell(row['check'])} s, "

@@ -77,18 +77,27 @@ def _check_machine(
             extra += least
     _check_shared(machine, shapes, reporter)
     _check_written(machine, reporter)
-    graph = hypergraph(machine)
-    cycles = equilibrium.cycles(machine, graph, _node_key(graph), reporter, machines or {})
+    # NOTE: scale. A machine of finite depth (no cycle, no solve) builds no networkx graph:
+    # its depths and unused spaces come from plain lists of successors, a few times cheaper
+    # to make and to walk (docs/benchmarks.md, "Compile time at scale").
+    successors = _successors(machine)
+    order = _topological(successors)  # None: the hypergraph has a cycle
+    cycles: tuple[ir.Cycle, ...] = ()
+    if order is None or machine.solves:
+        graph = hypergraph(machine)
+        cycles = equilibrium.cycles(machine, graph, _node_key(graph), reporter, machines or {})
     if reporter.error_count > errors_before:
         return None
     # reads of earlier and later steps too (a machine not over time has none)
-    space_time = hypergraph(machine, delayed=True) if machine.time is not None else graph
+    space_time = None
     stages = None
     if machine.time is not None:
+        space_time = hypergraph(machine, delayed=True)
         stages = sequences.stages(machine, space_time, reporter, machines or {}, structures or {})
         if stages is None:
             return None
-    structure = _structure(machine, graph, space_time, shapes, stages, structures or {}, cycles)
+    within = (_contracted(successors, cycles), None) if cycles else (successors, order)
+    structure = _structure(machine, *within, space_time, shapes, stages, structures or {}, cycles)
     if symbols.bound(machine):
         least, together = symbols.smallest(machine, shapes, extra)
         found = (*relations.values(), *together)
@@ -97,19 +106,23 @@ def _check_machine(
             return None
         update = {"sizes": least, "example_sizes": example, "relations": found}
         structure = structure.model_copy(update=update)
-    _warn_unused(machine, space_time, reporter)
+    if machine.time is not None:  # reads of other steps count
+        successors = _successors(machine, delayed=True)
+        order = _topological(successors)
+    _warn_unused(machine, successors, order, reporter)
     return structure
 
 
 def _check_shared(machine: ir.Machine, shapes, reporter: Reporter) -> None:
     """An edge that reuses another's parameters needs layers of the same shapes."""
+    by_name = {edge.name: edge for edge in machine.edges}
     for edge in machine.edges:
         if edge.shares is None or edge.machine is not None:
             continue
         mine, theirs = shapes.get(edge.name), shapes.get(edge.shares)
         if not mine or not theirs:
             continue  # their shapes failed: reported already
-        original = next(e for e in machine.edges if e.name == edge.shares)
+        original = by_name[edge.shares]
         for i, op in enumerate(edge.ops):
             spec = OPS[op.kind]
             if spec.layer is None:
@@ -176,24 +189,70 @@ def _node_key(graph: nx.DiGraph):
     return lambda node: (node[0] != "space", graph.nodes[node]["index"])
 
 
-def _depths(machine: ir.Machine, graph: nx.DiGraph, cycles: tuple[ir.Cycle, ...]):
+Successors = dict[tuple[str, object], list[tuple[str, object]]]
+
+
+def _successors(machine: ir.Machine, delayed: bool = False) -> Successors:
+    """The arcs of :func:`hypergraph` as lists of successors (an arc read twice is listed
+    twice): what :func:`_depths` and :func:`_warn_unused` walk."""
+    successors: Successors = {("space", s.name): [] for s in machine.spaces}
+    successors.update((("edge", e.name), []) for e in machine.edges)
+    for edge in machine.edges:
+        node = ("edge", edge.name)
+        for port in edge.inputs:
+            if port.position or (port.delay and not delayed):
+                continue
+            successors[("space", port.space)].append(node)
+        successors[node] += [("space", port.space) for port in edge.outputs]
+    return successors
+
+
+def _topological(successors: Successors) -> list | None:
+    """The nodes in an order where every arc runs forward (Kahn's), or None on a cycle."""
+    missing = dict.fromkeys(successors, 0)
+    for nodes in successors.values():
+        for node in nodes:
+            missing[node] += 1
+    ready = [node for node, count in missing.items() if count == 0]
+    order = []
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        for after in successors[node]:
+            missing[after] -= 1
+            if missing[after] == 0:
+                ready.append(after)
+    return order if len(order) == len(missing) else None
+
+
+def _depths(successors: Successors, order: list | None, cycles: tuple[ir.Cycle, ...]):
     """The depth of every space and the level of every edge, a solved cycle counting as one
     edge: its edges all have the level after everything they read, and its spaces that
-    depth."""
-    if cycles:
-        graph = _contracted(machine, graph, cycles)
+    depth.
+
+    A space's depth is the highest level of the edges that write it (0: none does); an
+    edge's level is one more than the deepest of what it reads (an edge that reads only
+    other steps depends on nothing in its own step; a cycle depends on what its edges read
+    and on the edges that add to its spaces). Neither depends on the order the nodes are
+    taken in, so any topological order does.
+
+    ``successors`` has each solved cycle contracted (:func:`_contracted`); ``order`` is
+    a topological order of it, if known.
+    """
+    order = order or _topological(successors)
+    if order is None:  # cycles are reported before: a solved one is one node here
+        raise RuntimeError("the hypergraph has a cycle that is not solved")
+    reach = dict.fromkeys(successors, 0)  # the most that what a node reads has
     depth: dict[str, int] = {}
     level: dict[tuple[str, object], int] = {}
-    for node in nx.lexicographical_topological_sort(graph, key=_node_key(graph)):
-        kind, name = node
-        if kind == "space":
-            depth[name] = max((level[writer] for writer in graph.predecessors(node)), default=0)
+    for node in order:
+        if node[0] == "space":
+            value = depth[node[1]] = reach[node]
         else:
-            # an edge that reads only other steps depends on nothing in its own step; a
-            # cycle depends on what its edges read and on the edges that add to its spaces
-            preds = graph.predecessors(node)
-            before = [depth[p[1]] if p[0] == "space" else level[p] for p in preds]
-            level[node] = 1 + max(before, default=0)
+            value = level[node] = reach[node] + 1
+        for after in successors[node]:
+            if reach[after] < value:
+                reach[after] = value
     edges = {name: k for (kind, name), k in level.items() if kind == "edge"}
     for i, cycle in enumerate(cycles):
         k = level[("cycle", i)]
@@ -202,40 +261,42 @@ def _depths(machine: ir.Machine, graph: nx.DiGraph, cycles: tuple[ir.Cycle, ...]
     return depth, edges
 
 
-def _contracted(machine: ir.Machine, graph: nx.DiGraph, cycles: tuple[ir.Cycle, ...]):
+def _contracted(successors: Successors, cycles: tuple[ir.Cycle, ...]) -> Successors:
     """The hypergraph with each solved cycle made one node ``("cycle", i)``: acyclic."""
     member = {}
     for i, cycle in enumerate(cycles):
         member.update((("space", s), ("cycle", i)) for s in cycle.spaces)
         member.update((("edge", e), ("cycle", i)) for e in cycle.edges)
-    contracted = nx.DiGraph()
-    contracted.add_nodes_from((n, d) for n, d in graph.nodes(data=True) if n not in member)
-    for i, cycle in enumerate(cycles):
-        first = min(graph.nodes[("edge", e)]["index"] for e in cycle.edges)
-        contracted.add_node(("cycle", i), index=first)
-    for u, v in graph.edges():
-        u, v = member.get(u, u), member.get(v, v)
-        if u != v:
-            contracted.add_edge(u, v)
+    contracted: Successors = {}
+    for node, nodes in successors.items():
+        node = member.get(node, node)
+        after = contracted.setdefault(node, [])
+        after += [n for n in (member.get(n, n) for n in nodes) if n != node]
     return contracted
 
 
 def _structure(
     machine: ir.Machine,
-    graph: nx.DiGraph,
-    space_time: nx.DiGraph,
+    successors: Successors,
+    topological: list | None,
+    space_time: nx.DiGraph | None,
     shapes,
     stages,
     structures,
     cycles: tuple[ir.Cycle, ...] = (),
 ) -> ir.Structure:
-    depth, level = _depths(machine, graph, cycles)
-    index = {edge.name: i for i, edge in enumerate(machine.edges)}
-    group = dict(index)  # the edges of a solved cycle run together, where its first one would
-    for cycle in cycles:
-        first = min(index[e] for e in cycle.edges)
-        group.update((e, first) for e in cycle.edges)
-    order = tuple(sorted(level, key=lambda e: (level[e], group[e], index[e])))
+    depth, level = _depths(successors, topological, cycles)
+    # by level, then declaration (a stable sort of the edges in declaration order)
+    order = [edge.name for edge in machine.edges]
+    if cycles:
+        index = {e: i for i, e in enumerate(order)}
+        group = dict(index)  # a solved cycle's edges run together, where its first one would
+        for cycle in cycles:
+            first = min(index[e] for e in cycle.edges)
+            group.update((e, first) for e in cycle.edges)
+        order = tuple(sorted(order, key=lambda e: (level[e], group[e])))
+    else:
+        order = tuple(sorted(order, key=level.__getitem__))
     by_level: list[list[str]] = [[] for _ in range(max(level.values(), default=0))]
     for e in order:
         by_level[level[e] - 1].append(e)
@@ -281,15 +342,34 @@ def _structure(
     )
 
 
-def _warn_unused(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter) -> None:
-    useful: set = set()
-    for space in machine.spaces:
-        if space.role is ir.Role.OUTPUT:
-            node = ("space", space.name)
-            useful |= nx.ancestors(graph, node) | {node}
+def _warn_unused(
+    machine: ir.Machine, successors: Successors, order: list | None, reporter: Reporter
+) -> None:
+    """Inputs nothing reads, and spaces that reach no output; ``order`` is a topological
+    order of ``successors`` if it has one."""
+    # every node some output is reached from (the outputs too)
+    useful = {("space", s.name) for s in machine.spaces if s.role is ir.Role.OUTPUT}
+    if order is not None:  # what a node reaches comes after it
+        for node in reversed(order):
+            if node not in useful:
+                for after in successors[node]:
+                    if after in useful:
+                        useful.add(node)
+                        break
+    else:
+        readers: Successors = {node: [] for node in successors}
+        for node, nodes in successors.items():
+            for after in nodes:
+                readers[after].append(node)
+        stack = list(useful)
+        while stack:
+            for before in readers[stack.pop()]:
+                if before not in useful:
+                    useful.add(before)
+                    stack.append(before)
     for space in machine.spaces:
         node = ("space", space.name)
-        if space.role is ir.Role.INPUT and graph.out_degree(node) == 0:
+        if space.role is ir.Role.INPUT and not successors[node]:
             reporter.warning(Code.UNREAD_INPUT, f"input {space.name!r} is never read", space.span)
         elif node not in useful:
             reporter.warning(

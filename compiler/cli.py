@@ -303,15 +303,19 @@ def _show_warnings(checked) -> None:
 
 
 def _compile(args, params) -> int:
-    from .driver import check_source
+    from .driver import check_source, collector_paused
     from .emit import emit
     from .lower import lower
 
     output = args.output or os.path.splitext(args.file)[0] + ".py"
     _refuse_source_as_output(output, args.file)
-    checked = check_source(_read(args.file), args.file, params, args.search_path)
-    _show_warnings(checked)
-    code = emit(lower(checked.program))
+    with collector_paused():  # as check_source does (see there)
+        checked = check_source(_read(args.file), args.file, params, args.search_path)
+        _show_warnings(checked)
+        view = lower(checked.program)
+        del checked  # the IR goes before the module is written out (driver._compile)
+        code = emit(view)
+        del view
     if output == "-":
         sys.stdout.write(code)
     else:

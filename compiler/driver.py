@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import types
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from . import ir
@@ -30,6 +32,27 @@ class Checked:
 SearchPath = Sequence[str | os.PathLike] | None
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while machc runs, as it was afterwards.
+
+    NOTE: scale. The stages make millions of objects that live until the end (the IR,
+    the lines of generated code) and almost no cyclic garbage (a cycle that does become
+    garbage waits for the collector, which runs again once this ends); left on, the
+    collector walked the growing IR again and again: more than 40% of the time of
+    building a 100,000-edge chain (docs/benchmarks.md, "Compile time at scale").
+    Nested uses keep it off until the outermost one ends. The switch is the process's:
+    another thread's collections wait meanwhile too.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def check_source(
     text: str,
     filename: str = "<string>",
@@ -43,15 +66,16 @@ def check_source(
     ``machine`` is the machine asked for (default: the file's last): when it needs
     parameter values that it is given nowhere, that is an error, not a warning.
     """
-    reporter = Reporter()
-    syntax = parse(text, filename)
-    library = load_library(syntax, text, list(search_path or ()), reporter)
-    reporter.raise_if_errors(library.sources)
-    # Machines with errors are left out of the program; the others are still checked,
-    # so that one run reports every error of the file.
-    program = build(syntax, params or {}, reporter, library, asked=machine)
-    checked = check(program, reporter)
-    reporter.raise_if_errors(library.sources)
+    with collector_paused():
+        reporter = Reporter()
+        syntax = parse(text, filename)
+        library = load_library(syntax, text, list(search_path or ()), reporter)
+        reporter.raise_if_errors(library.sources)
+        # Machines with errors are left out of the program; the others are still checked,
+        # so that one run reports every error of the file.
+        program = build(syntax, params or {}, reporter, library, asked=machine)
+        checked = check(program, reporter)
+        reporter.raise_if_errors(library.sources)
     return Checked(
         program=checked, warnings=reporter.sorted(), source=text, sources=library.sources
     )
@@ -90,7 +114,12 @@ def _compile(text: str, filename: str, params, search_path, stacklevel: int) -> 
     from .emit import emit  # code generation (Jinja2) is loaded only when code is generated
     from .lower import lower
 
-    return emit(lower(checked.program))
+    with collector_paused():
+        view = lower(checked.program)
+        # NOTE: scale. Filling the template needs no IR: it goes first (about half of the
+        # memory of a 100,000-edge chain, docs/benchmarks.md).
+        del checked
+        return emit(view)
 
 
 def compile_file(

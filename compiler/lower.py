@@ -111,10 +111,12 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
         line for c in classes for m in c.methods for line in m.body if line.lstrip()[:1] != "#"
     ]
     imports = ["import torch"]
-    if any(re.search(r"\bF\.", line) for line in code):
+    # NOTE: scale. The substring test first: a regular expression on each of a million lines
+    # took a second.
+    if any("F." in line and re.search(r"\bF\.", line) for line in code):
         imports.append("import torch.nn.functional as F")
     imports.append("from torch import Tensor, nn")
-    if any(re.search(r"\bruntime\.", line) for line in code):
+    if any("runtime." in line and re.search(r"\bruntime\.", line) for line in code):
         imports.append("\nfrom machc import runtime")
     if tuples:
         imports.insert(0, "from typing import NamedTuple\n")
@@ -153,6 +155,8 @@ def _file_label(path: str) -> str:
 
 def py_str(text: str) -> str:
     """A Python string literal for ``text``: JSON's escapes are all valid Python escapes."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'  # what json.dumps gives for such text, without its overhead
     return json.dumps(text)
 
 
@@ -203,12 +207,16 @@ def port_text(port: ir.Port, time: str | None = "t") -> str:
 
 
 def edge_text(
-    edge: ir.Edge, time: str | None = "t", machines: dict[str, ir.Machine] | None = None
+    edge: ir.Edge,
+    time: str | None = "t",
+    machines: dict[str, ir.Machine] | None = None,
+    pipeline: str | None = None,
 ) -> str:
-    """The edge as .mach source, with arrays and loops expanded."""
+    """The edge as .mach source, with arrays and loops expanded (``pipeline``: its
+    :func:`pipeline_text`, if known)."""
     ins = " × ".join(port_text(p, time) for p in edge.inputs)
     outs = " × ".join(p.space for p in edge.outputs)
-    return f"{edge.name} : {ins} -> {outs} = {pipeline_text(edge, machines)}"
+    return f"{edge.name} : {ins} -> {outs} = {pipeline or pipeline_text(edge, machines)}"
 
 
 def pipeline_text(edge: ir.Edge, machines: dict | None = None) -> str:
@@ -260,12 +268,39 @@ class _MachineLowering:
         for edge in self.machine.edges:  # declaration order: the order contributions are summed in
             for port in edge.outputs:
                 self.writers[port.space].append(edge.name)
+        self.level_of = {e: k for k, level in enumerate(self.structure.levels, 1) for e in level}
         self.attrs = Namespace(MODULE_ATTRIBUTES)
         self.layer_exprs: dict[tuple[str, int], str] = {}
         self.solvers: dict[str, str] = {}  # solved space -> its runtime.Solve attribute
+        # NOTE: scale. Every method writes every edge: what does not depend on the method
+        # is made once per edge (a 100,000-edge chain: docs/benchmarks.md).
+        self._comments: dict[str, str] = {}  # edge -> the comment above its statements
+        self._pipelines: dict[tuple[int, ...], str] = {}  # ids of ops -> their text
+        self._wheres: dict[int, tuple] = {}  # id(span) -> (span, "file:line")
+        self._sites: dict[tuple[str, int], Site] = {}  # (edge, id(op)) -> its site
+        self._leveled: dict[str, tuple[tuple[str, ...], str]] = {}  # edge -> (reads, expr)
 
     def where(self, span) -> str:
-        return f"{_file_label(span.file)}:{span.line}"
+        """``file:line`` of a span (the edges a loop makes share theirs: made once each)."""
+        known = self._wheres.get(id(span))
+        if known is None:  # the span is kept with its text, so that its id stays its own
+            known = self._wheres[id(span)] = (span, f"{_file_label(span.file)}:{span.line}")
+        return known[1]
+
+    def edge_comment(self, edge: ir.Edge) -> str:
+        """``# file:line  e : h -> y = linear``, the comment above an edge's statements."""
+        comment = self._comments.get(edge.name)
+        if comment is None:
+            pipeline = None
+            if edge.shares is None and edge.machine is None:
+                # the edges a loop makes share their ops (build): their text is made once
+                ops = tuple(map(id, edge.ops))  # the IR holds the ops: their ids stay theirs
+                pipeline = self._pipelines.get(ops)
+                if pipeline is None:
+                    pipeline = self._pipelines[ops] = pipeline_text(edge)
+            text = edge_text(edge, self.machine.time, self.machines, pipeline)
+            comment = self._comments[edge.name] = f"# {self.where(edge.span)}  {_safe(text)}"
+        return comment
 
     def lower(self) -> MachineClass:
         machine = self.machine
@@ -354,11 +389,11 @@ class _MachineLowering:
         for edge in self.machine.edges:
             if edge.shares is not None:
                 continue
-            shapes = self.structure.shapes[edge.name]
             for i, op in enumerate(edge.ops):
                 module = OPS[op.kind].module
                 if module is None:
                     continue
+                shapes = self.structure.shapes[edge.name]
                 hint = edge.name if not edge.name.startswith("_") else "edge" + edge.name
                 attr = self.attrs.name(f"{edge.name}/{i}", f"{hint}_{op.kind}")
                 self.layer_exprs[(edge.name, i)] = f"self.{attr}"
@@ -382,22 +417,29 @@ class _MachineLowering:
         return layers
 
     def _site(self, edge: ir.Edge, op: ir.Op) -> Site:
-        return Site(op=op, edge=edge.name, where=self.where(op.span))
+        key = (edge.name, id(op))  # the edge holds the op: its id stays its own meanwhile
+        site = self._sites.get(key)
+        if site is None:
+            site = self._sites[key] = Site(op=op, edge=edge.name, where=self.where(op.span))
+        return site
 
     # --- methods ---
 
     def _forward(self, inputs, outputs) -> Method:
         names = self._method_locals()
         args = [names.name(s.name) for s in inputs]
+        args_by_space = {s.name: a for s, a in zip(inputs, args, strict=True)}
+        # NOTE: the lambdas hold var, not the plan: a plan that held itself would wait for
+        # the garbage collector, which is paused while machc runs (driver.collector_paused)
+        var = dict(args_by_space)
         plan = _Plan(
-            read=lambda port: plan.var[port.space],
-            base=lambda space: plan.var[space] if space in args_by_space else None,
+            read=lambda port: var[port.space],
+            base=lambda space: var[space] if space in args_by_space else None,
             leveled=True,
             locals=names,
+            var=var,
             like=args[0] if args else "",
         )
-        args_by_space = {s.name: a for s, a in zip(inputs, args, strict=True)}
-        plan.var.update(args_by_space)
         given = "{" + ", ".join(f"{py_str(s)}: {a}" for s, a in args_by_space.items()) + "}"
         body = lower_sizes.prologue(self, given)
         body += self._statements(plan, self.structure.order)
@@ -419,11 +461,13 @@ class _MachineLowering:
 
     def _resolvent(self) -> Method:
         names = self._method_locals()
+        var: dict[str, str] = {}  # held by the lambdas, not the plan (see _forward)
         plan = _Plan(
-            read=lambda port: plan.var[port.space],
+            read=lambda port: var[port.space],
             base=lambda space: f"x0[{py_str(space)}]",
             leveled=True,
             locals=names,
+            var=var,
             like=f"x0[{py_str(self.machine.spaces[0].name)}]",
         )
         body = lower_sizes.prologue(self, "x0")
@@ -433,6 +477,7 @@ class _MachineLowering:
                 plan.var[space.name] = names.name(space.name)
                 body.append(f"{plan.var[space.name]} = x0[{py_str(space.name)}]")
         body += self._statements(plan, self.structure.order)
+        self._leveled.clear()  # forward's expressions, taken
         body += self._state_dict_return(plan)
         return Method(
             signature="resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]",
@@ -469,19 +514,23 @@ class _MachineLowering:
         """Each edge of ``order`` once; a space's contributions are summed after its last writer."""
         lines: list[str] = []
         pending: dict[str, dict[str, str]] = {}  # space -> {writer: contribution variable}
-        last_writer = {p.space: name for name in order for p in self.edges[name].outputs}
+        last_writer = None  # space -> its last writer in order, made when a sum needs it
         running = set(order)  # a machine over time runs its edges in phases: writers of this one
-        writers = {s: [w for w in ws if w in running] for s, ws in self.writers.items()}
-        level_of = {e: k for k, level in enumerate(self.structure.levels, 1) for e in level}
+        writers = self.writers
+        if len(running) < len(self.edges):
+            writers = _RunningWriters(writers, running)
+        level_of = self.level_of
         # forward and the resolvent solve each cycle where its first edge would run; f (and
         # the function a solver iterates) apply its edges once
         cycle_of = {}
         if plan.leveled:
             cycle_of = {e: cycle for cycle in self.structure.cycles for e in cycle.edges}
         current_level = None
+        edges, leveled = self.edges, plan.leveled
+        expression = self._leveled_expr if leveled else self._edge_expr
         for name in order:
-            edge = self.edges[name]
-            if plan.leveled and level_of[name] != current_level:
+            edge = edges[name]
+            if leveled and level_of[name] != current_level:
                 current_level = level_of[name]
                 lines.append(f"# level {current_level}")
             if name in cycle_of:
@@ -489,11 +538,11 @@ class _MachineLowering:
                 if name == cycle.edges[0]:
                     lines += self._solve(plan, cycle, pending, writers)
                 continue
-            text = edge_text(edge, self.machine.time, self.machines)
-            lines.append(f"# {self.where(edge.span)}  {_safe(text)}")
-            expr = self._edge_expr(edge, plan, lines)
-            if len(edge.outputs) == 1 and writers[edge.outputs[0].space] == [name]:
-                space = edge.outputs[0].space
+            lines.append(self.edge_comment(edge))
+            expr = expression(edge, plan, lines)
+            outputs = edge.outputs
+            if len(outputs) == 1 and _only(writers[outputs[0].space], name):
+                space = outputs[0].space
                 target = _target(plan, space)
                 base = plan.base(space)
                 lines.append(f"{target} = {base} + {expr}" if base else f"{target} = {expr}")
@@ -521,7 +570,11 @@ class _MachineLowering:
                 )
             for port in edge.outputs:
                 space = port.space
-                if last_writer[space] == name and space in pending:
+                if space not in pending:
+                    continue
+                if last_writer is None:
+                    last_writer = {p.space: e for e in order for p in self.edges[e].outputs}
+                if last_writer[space] == name:
                     base = plan.base(space)
                     # NOTE: summed in declaration order in every method, so that they agree bitwise.
                     contributions = pending.pop(space)
@@ -587,13 +640,26 @@ class _MachineLowering:
             return f"{self.layer_exprs[(edge.name, 0)]}({', '.join(reads)})"
         return self._apply_ops(edge, plan, lines, self._product_expr(edge, plan), 0)
 
+    def _leveled_expr(self, edge: ir.Edge, plan: _Plan, lines: list[str]) -> str:
+        """:meth:`_edge_expr` in forward and the resolvent, whose statements read the same
+        variables: the second takes the expression the first made of the same reads, if it
+        made it without statements of its own (a pipeline cut in two)."""
+        reads = tuple(plan.read(port) for port in edge.inputs)
+        made = self._leveled.get(edge.name)
+        if made is not None and made[0] == reads:
+            return made[1]
+        before = len(lines)
+        expr = self._edge_expr(edge, plan, lines)
+        if len(lines) == before:
+            self._leveled[edge.name] = (reads, expr)
+        return expr
+
     def _product_expr(self, edge: ir.Edge, plan: _Plan) -> str:
         """The edge's inputs, concatenated (or combined by a first add / mul)."""
         reads = [plan.read(port) for port in edge.inputs]
-        shapes = self.structure.shapes[edge.name]
         combine = OPS[edge.ops[0].kind].combine
         if combine:
-            rank = len(shapes[0])
+            rank = len(self.structure.shapes[edge.name][0])
             ranks = [len(self.machine.space(port.space).shape) for port in edge.inputs]
             reads = [
                 read if r == rank else _broadcast(read, rank)
@@ -610,15 +676,15 @@ class _MachineLowering:
         """``expr`` through the ops of the edge's pipeline from index ``first`` on."""
         shapes = self.structure.shapes[edge.name]
         for i, op in enumerate(edge.ops):
-            if i < first or OPS[op.kind].combine:
+            spec = OPS[op.kind]
+            if i < first or spec.combine:
                 continue
             if i > first and len(edge.ops) > 2 and len(expr) > PIPELINE_WIDTH:
                 temp = plan.locals.name(f"{edge.name}/pipeline", edge.name)
                 lines.append(f"{temp} = {expr}")
                 expr = temp
             layer = self.layer_exprs.get((edge.name, i))
-            site = self._site(edge, op)
-            expr = OPS[op.kind].source(site, expr, layer, shapes[i], shapes[i + 1])
+            expr = spec.source(self._site(edge, op), expr, layer, shapes[i], shapes[i + 1])
         return expr
 
 
@@ -632,6 +698,27 @@ def _sum_lines(target: str, terms: list[str]) -> list[str]:
     for start in range(SUM_TERMS, len(terms), SUM_TERMS - 1):
         lines.append(f"{target} = {' + '.join([target, *terms[start : start + SUM_TERMS - 1]])}")
     return lines
+
+
+class _RunningWriters(dict):
+    """space -> its writers among ``running``, made for the spaces asked for.
+
+    NOTE: scale. Not for every space at once: a machine over time runs each of its stages
+    this way, which was quadratic in the number of stages.
+    """
+
+    def __init__(self, writers: dict[str, list[str]], running: set[str]):
+        super().__init__()
+        self.writers, self.running = writers, running
+
+    def __missing__(self, space: str) -> list[str]:
+        found = self[space] = [w for w in self.writers[space] if w in self.running]
+        return found
+
+
+def _only(writers: list[str], name: str) -> bool:
+    """Whether ``name`` is the one writer (``writers == [name]``, without making a list)."""
+    return len(writers) == 1 and writers[0] == name
 
 
 def _sanitize_key(name: str) -> str:

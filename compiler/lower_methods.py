@@ -15,7 +15,6 @@ from .lower import (
     _Plan,
     _py_tuple,
     _safe,
-    edge_text,
     py_str,
 )
 
@@ -35,8 +34,7 @@ def adjoint_method(lowering: _MachineLowering) -> Method:
     results: dict[str, str] = {}
     for name in lowering.structure.order:
         edge = lowering.edges[name]
-        text = edge_text(edge, lowering.machine.time, lowering.machines)
-        computed.append(f"# {lowering.where(edge.span)}  {_safe(text)}")
+        computed.append(lowering.edge_comment(edge))
         expr = lowering._edge_expr(edge, plan, computed)
         results[name] = names.name(f"{name}/result", name)
         computed.append(f"{results[name]} = {expr}")

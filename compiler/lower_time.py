@@ -13,6 +13,8 @@ growing tensor, so autograd stays linear in the number of steps. The methods
 
 from __future__ import annotations
 
+import collections
+
 from .ir import Port, StageKind, WindowKind
 from .lower import _dict_lines, _MachineLowering, _Plan, _py_tuple, _sanitize_key, py_str
 from .lower_time_methods import TimeMethods
@@ -47,6 +49,10 @@ class TimeLowering(TimeMethods, _MachineLowering):
         }
         self.causal = structure.causal
         self.stage_of = {e: i for i, stage in enumerate(self.stages) for e in stage.edges}
+        # NOTE: scale. Looked up, not searched: each search was linear (in spaces, stages)
+        self.space_index = {space.name: i for i, space in enumerate(self.machine.spaces)}
+        self.loops = [s for s in self.stages if s.kind is not StageKind.ALL]  # step loops
+        self.loop_number = {id(s): k for k, s in enumerate(self.loops, 1)}
         # edges whose sub-machine is over time and causal: its state goes in and out of forward
         self.stateful = [
             e.name
@@ -107,7 +113,7 @@ class TimeLowering(TimeMethods, _MachineLowering):
     # --- stages ---
 
     def _space_index(self, space: str) -> int:
-        return next(i for i, s in enumerate(self.machine.spaces) if s.name == space)
+        return self.space_index[space]
 
     def _run_stages(
         self,
@@ -120,20 +126,24 @@ class TimeLowering(TimeMethods, _MachineLowering):
         """Statements computing every space from folded starting values ``start``; returns
         the variables holding each space's folded sequence."""
         values = dict(start)
+        last = {}  # space -> the last stage that reads or writes it
+        for index, stage in enumerate(self.stages):
+            for name in stage.edges:
+                edge = self.edges[name]
+                last.update((port.space, index) for port in (*edge.inputs, *edge.outputs))
         for index, stage in enumerate(self.stages):
             if stage.kind is StageKind.ALL:
                 plan = self._folded_plan(names, values, pasts)
                 lines.append(f"# {_STAGE_WORDS[stage.kind]}")
                 lines += self._statements(plan, list(stage.edges))
-                values.update(plan.var)
+                values.update(plan.var.maps[0])  # what the stage added
                 continue
-            later = {e for s in self.stages[index + 1 :] for e in s.edges}
-            touched_later = {
-                port.space
-                for name in later
-                for port in (*self.edges[name].inputs, *self.edges[name].outputs)
-            }
-            self._loop(names, stage, values, pasts, wanted | touched_later, lines)
+            # NOTE: scale. Of the spaces the loop writes (all that _loop keeps of these),
+            # those wanted or read later: not the union of those sets, nor made again from
+            # the later stages for every loop, which was quadratic in the number of stages
+            written = {p.space for name in stage.edges for p in self.edges[name].outputs}
+            needed = {space for space in written if space in wanted or last[space] > index}
+            self._loop(names, stage, values, pasts, needed, lines)
         return values
 
     def _delayed(self, pasts: dict[str, str], port: Port, var: str) -> str:
@@ -165,7 +175,9 @@ class TimeLowering(TimeMethods, _MachineLowering):
             base=values.get,
             leveled=False,
             locals=names,
-            var=dict(values),
+            # NOTE: scale. values as they are before the stage, not a copy of them: that
+            # was quadratic in the number of stages
+            var=collections.ChainMap({}, values),
         )
         return plan
 
@@ -290,8 +302,7 @@ class TimeLowering(TimeMethods, _MachineLowering):
         self, names, stage, forward, carried, carry, init, now, kept, outs, body, xs, lines
     ) -> None:
         """``def step(carry, inputs): ...`` and the ``runtime.recur`` call that runs it."""
-        loops = [s for s in self.stages if s.kind is not StageKind.ALL]
-        hint = "step" if len(loops) == 1 else f"step_{loops.index(stage) + 1}"
+        hint = "step" if len(self.loops) == 1 else f"step_{self.loop_number[id(stage)]}"
         step = names.name(f"/step/{stage.edges[0]}", hint)
         carry_arg = names.name("/carry", "carry")
         inputs_arg = names.name("/inputs", "inputs")

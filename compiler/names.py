@@ -90,6 +90,10 @@ class Namespace:
         if key in self._by_key:
             return self._by_key[key]
         base = sanitize(hint if hint is not None else key)
+        if base not in self._taken and base not in self._reserved:  # the usual case, at once
+            self._taken.add(base)
+            self._by_key[key] = base
+            return base
         candidates = itertools.chain(
             [base, base + "_"], (f"{base}_{n}" for n in itertools.count(2))
         )
@@ -102,6 +106,9 @@ class Namespace:
 def sanitize(name: str) -> str:
     """A legal, non-keyword identifier that reads like ``name``: ``h[2]`` → ``h_2``."""
     text = name.replace("[", "_").replace("]", "").replace("-", "m")
+    if text.isascii() and text.isidentifier() and not keyword.iskeyword(text):
+        if not keyword.issoftkeyword(text):
+            return text  # the usual case (``h_2``), without a regular expression
     text = re.sub(r"[^A-Za-z0-9_]", "_", text) or "_"
     if text[0].isdigit():
         text = "_" + text

@@ -131,15 +131,17 @@ class PortResolver:
         self._spend(len(indices), ref)
         ports = []
         for index in indices:
-            name = f"{ref.name}[{index}]"
-            if name not in spaces.by_name:
+            space = spaces.by_name.get(f"{ref.name}[{index}]")
+            if space is None:
                 raise Problem(
                     Code.INDEX,
                     f"index {index} is out of range: "
                     f"{ref.name} has {describe_indices(ref.name, declared)}",
                     ref.span,
                 )
-            ports.append(self._port(name, delay, window, ref.span))
+            # NOTE: scale. The space's own name, not an equal copy: one string in memory
+            # for every port of the space, and later stages look them up by identity.
+            ports.append(self._port(space.name, delay, window, ref.span))
         return ports
 
     def _split_time(self, ref: s.SpaceRef, scope: Scope):

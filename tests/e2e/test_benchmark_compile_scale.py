@@ -66,3 +66,16 @@ def test_the_growth_exponent_is_a_least_squares_slope(benchmark_script) -> None:
     assert slope([(10, 3.0), (100, 30.0), (1000, 300.0)]) == pytest.approx(1.0)
     assert slope([(10, 1.0), (100, 100.0)]) == pytest.approx(2.0)
     assert slope([(10, 1.0)]) is None
+
+
+def test_the_loop_limit_can_be_raised_for_a_measurement(benchmark_script, tmp_path: Path) -> None:
+    script = benchmark_script("compile_scale")
+    mach = tmp_path / "chain.mach"
+    mach.write_text(script.source("chain", 60))  # a loop of 59 iterations
+    out = tmp_path / "out.txt"
+    machc = script.machc_command(50)
+    refused = script.run_process([*machc, "check", str(mach)], 60, out, tmp_path)
+    assert refused.status == "error" and "more than 50 times in all" in refused.message
+    machc = script.machc_command(100)
+    assert script.run_process([*machc, "check", str(mach)], 60, out, tmp_path).status == "ok"
+    assert "machine Chain" in out.read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import gc
 import json
 import subprocess
 import sys
@@ -147,6 +148,41 @@ def test_ir_is_frozen_and_closed() -> None:
         checked.machine.name = "Other"
     with pytest.raises(pydantic.ValidationError):
         ir.Port(space="x", span=checked.machine.span, weight=1)
+
+
+def test_what_every_pass_of_a_loop_makes_alike_is_one_object() -> None:
+    m = machine(
+        "machine D { input x : 4\n space h[1..2] : 4\n output y : 4\n"
+        " for i in 1..2 { d[i] : x -> h[i] = linear | dropout(0.25 * i) }\n"
+        " e : h[1] × h[2] -> y = linear }"
+    ).machine
+    d1, d2, e = m.edges
+    assert d1.ops[0] is d2.ops[0]  # linear, with the same arguments in both passes
+    assert (d1.ops[1].args, d2.ops[1].args) == ({"p": 0.25}, {"p": 0.5})
+    assert e.ops[0] is not d1.ops[0]  # another call of linear
+    # a port of an array names its space with the space's own string
+    assert e.inputs[1].space is m.space("h[2]").name is d2.outputs[0].space
+
+
+def test_the_garbage_collector_is_paused_while_machc_runs(monkeypatch) -> None:
+    from machc import driver
+
+    seen = []
+    build = driver.build
+    monkeypatch.setattr(
+        driver, "build", lambda *a, **k: seen.append(gc.isenabled()) or build(*a, **k)
+    )
+    assert gc.isenabled()
+    machc.compile_source(DENSE, "dense.mach")
+    with pytest.raises(CompileError):
+        check_source("machine M { input x : 4 }", "m.mach")
+    assert seen == [False, False] and gc.isenabled()  # and on again after an error
+    gc.disable()
+    try:
+        check_source(DENSE, "dense.mach")
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()
 
 
 def test_sanitize_and_namespace() -> None:
