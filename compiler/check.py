@@ -11,7 +11,7 @@ order in which running each edge once computes the resolvent.
 
 from __future__ import annotations
 
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from . import equilibrium, ir, sequences, symbols
 from .diagnostics import Code, Note, Reporter
@@ -19,6 +19,9 @@ from .infer import infer_shapes
 from .ops import OPS, Site, format_shape
 from .shapes import edge_shapes
 from .sizes import collect_relations
+
+if TYPE_CHECKING:  # imported where used: most machines never need networkx
+    import networkx as nx
 
 
 def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
@@ -162,6 +165,8 @@ def hypergraph(machine: ir.Machine, delayed: bool = False) -> nx.DiGraph:
     which steps it reads (:func:`sequences.steps_read`): ``now``, ``past``, ``future``
     and ``window``.
     """
+    import networkx as nx  # lazily: most machines never need it
+
     graph = nx.DiGraph()
     graph.add_nodes_from((("space", s.name), {"index": i}) for i, s in enumerate(machine.spaces))
     graph.add_nodes_from((("edge", e.name), {"index": i}) for i, e in enumerate(machine.edges))

@@ -13,8 +13,7 @@ cycles is as for finite depth, the cycle taking the place of one edge.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from . import ir
 from . import syntax as s
@@ -22,6 +21,9 @@ from .diagnostics import Code, Note, Reporter
 from .expressions import Problem, Scope, did_you_mean, evaluate, integer
 from .ops import bind_args
 from .ops.spec import FLOAT, INT, STR, ArgSpec, OpSpec, format_value, one_of, positive
+
+if TYPE_CHECKING:  # imported where used: most machines never need networkx
+    import networkx as nx
 
 MAX_ITERATIONS = 1_000_000
 
@@ -198,6 +200,8 @@ def cycles(
     One diagnostic per strongly connected component that holds a cycle and has no
     ``solve``, or more than one; one per ``solve`` of a space in no cycle.
     """
+    import networkx as nx  # lazily: most machines never need it
+
     components = [c for c in nx.strongly_connected_components(graph) if len(c) > 1]
     components.sort(key=lambda c: min(map(key, c)))
     solves: dict[str, list[ir.Solve]] = {}
@@ -302,6 +306,8 @@ def _warn_linear(cycle: ir.Cycle, edges: dict[str, ir.Edge], reporter: Reporter)
 
 def _unsolved(machine, graph: nx.DiGraph, component, start, key, reporter: Reporter) -> None:
     """The cycle error: one cycle through the component, spelled out edge by edge."""
+    import networkx as nx  # lazily: most machines never need it
+
     cycle = [u for u, _ in nx.find_cycle(graph.subgraph(component), source=start)]
     path = " -> ".join(name for _, name in [*cycle, cycle[0]])
     edges = {edge.name: edge for edge in machine.edges}

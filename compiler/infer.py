@@ -17,13 +17,15 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from . import ir, sequences, symbols
 from .diagnostics import Code, Note, Reporter, Span
 from .ops import OPS, NeedsOutputs, format_shape
 from .shapes import check_boundary, entering_shape, pipeline_shapes
+
+if TYPE_CHECKING:  # imported where used: most machines never need networkx
+    import networkx as nx
 
 
 def infer_shapes(
@@ -273,6 +275,8 @@ class _Inference:
     def _report_cycles(self) -> None:
         """The spaces left wait on each other: report each group that waits on nothing else
         (a space that waits on one whose error is reported already is not reported)."""
+        import networkx as nx  # lazily: most machines never need it
+
         graph = nx.DiGraph()
         graph.add_nodes_from(self.waiting)
         for name in self.waiting:
@@ -288,6 +292,8 @@ class _Inference:
             self._depends_on_itself(min(members, key=index.__getitem__), graph, members)
 
     def _depends_on_itself(self, name: str, graph: nx.DiGraph, members: set[str]) -> None:
+        import networkx as nx  # lazily: most machines never need it
+
         if graph.has_edge(name, name):
             path = [name, name]
         else:  # the shortest way back: name waits on ... which waits on name

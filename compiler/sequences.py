@@ -15,12 +15,14 @@ from __future__ import annotations
 import bisect
 import heapq
 from dataclasses import dataclass
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from . import ir
 from .diagnostics import Code, Note, Reporter
 from .ops import OPS, format_shape
+
+if TYPE_CHECKING:  # imported where used: most machines never need networkx
+    import networkx as nx
 
 # Which steps an arc of the space-time graph reads: its own (now), earlier ones (past),
 # later ones (future), through a window of steps (window).
@@ -243,6 +245,8 @@ class _Unit:
 
 def _recurrences(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter):
     """The units of the machine; reports recurrences that cannot run in one direction."""
+    import networkx as nx  # lazily: most machines never need it
+
     index = {edge.name: i for i, edge in enumerate(machine.edges)}
     by_name = {edge.name: edge for edge in machine.edges}
     units: list[_Unit] = []
@@ -311,6 +315,8 @@ def _cycle_notes(machine, graph: nx.DiGraph, component, through) -> list[Note]:
 def _cycle(machine, graph: nx.DiGraph, component, through) -> tuple[str, list[Note]]:
     """One cycle of ``component`` through an arc ``through`` accepts: as a path
     (``g[t-1] -> fwd -> h[t+1] -> back -> g``) and as a note per edge."""
+    import networkx as nx  # lazily: most machines never need it
+
     sub = graph.subgraph(component)
     arcs = sorted(
         (u, v) for u, v, data in sub.edges(data=True) if u[0] == "space" and through(data)
@@ -488,6 +494,8 @@ def stage_orders(
 def _lexicographic(graph: nx.DiGraph, nodes: set, key) -> list:
     """``nx.lexicographical_topological_sort`` of the subgraph of ``graph`` on ``nodes``,
     in time of those nodes and their arcs (the subgraph view walks every node of graph)."""
+    import networkx as nx  # lazily: most machines never need it
+
     missing = {node: sum(1 for n in graph.predecessors(node) if n in nodes) for node in nodes}
     ready = [(key(node), node) for node, count in missing.items() if count == 0]
     heapq.heapify(ready)
