@@ -59,17 +59,21 @@ def _check_machine(
     if ir.Role.OUTPUT not in roles:
         reporter.error(Code.MACHINE, f"machine {machine.name!r} has no output space", machine.span)
     shapes = {}
+    symbolic = bool(symbols.bound(machine))
     relations: dict[tuple[str, str], ir.Relation] = {}
     extra: list = []  # sizes that must be at least 1 for the machines used as edges
     for edge in machine.edges:
         if not sequences.check_reads(machine, edge, machines or {}, reporter):
             shapes[edge.name] = None
             continue
-        with collect_relations() as found:  # equal for some sizes only: checked on each call
+        if symbolic:
+            with collect_relations() as found:  # equal for some sizes only: checked per call
+                shapes[edge.name] = edge_shapes(machine, edge, reporter, machines or {})
+            for left, right in found:
+                relation = ir.Relation(left=left, right=right, edge=edge.name, span=edge.span)
+                relations.setdefault((str(left), str(right)), relation)
+        else:  # no size is equal for some sizes only: nothing to collect
             shapes[edge.name] = edge_shapes(machine, edge, reporter, machines or {})
-        for left, right in found:
-            relation = ir.Relation(left=left, right=right, edge=edge.name, span=edge.span)
-            relations.setdefault((str(left), str(right)), relation)
         sub = (structures or {}).get(edge.machine) if edge.machine is not None else None
         if sub is not None and sub.sizes:  # what the machine used as an edge needs of its sizes
             needed, least = symbols.sub_requirements(
@@ -101,7 +105,7 @@ def _check_machine(
             return None
     within = (_contracted(successors, cycles), None) if cycles else (successors, order)
     structure = _structure(machine, *within, space_time, shapes, stages, structures or {}, cycles)
-    if symbols.bound(machine):
+    if symbolic:
         least, together = symbols.smallest(machine, shapes, extra)
         found = (*relations.values(), *together)
         example = symbols.example_sizes(least, found, reporter)

@@ -159,8 +159,9 @@ class _Inference:
             if not any(t.failed for _, t in told):
                 self._untold(name, told)
             return True
-        # the simplest of equal shapes (H rather than 2 * (H // 2), checked to be equal)
-        shape = min((shape for _, shape in shapes), key=lambda shape: len(format_shape(shape)))
+        shape = shapes[0][1]
+        if len(shapes) > 1:  # the simplest of equal shapes (H rather than 2 * (H // 2))
+            shape = min((shape for _, shape in shapes), key=lambda shape: len(format_shape(shape)))
         self.table[name] = self.table[name].model_copy(update={"shape": shape})
         for reader in self.readers[name]:
             missing = self.missing[reader.name]

@@ -44,6 +44,7 @@ class Method:
     signature: str
     doc: str
     body: tuple[str, ...]
+    decorator: str = ""  # "staticmethod": a method that needs no instance
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from .lower import (
     _safe,
     py_str,
 )
+from .sizes import evaluate
 
 
 def adjoint_method(lowering: _MachineLowering) -> Method:
@@ -96,7 +97,7 @@ def tool_methods(lowering: _MachineLowering, inputs) -> tuple[Method, ...]:
             made.append(f"torch.randint(0, {space.ids}, ({lead}), device=like.device)")
         else:
             shape = ", ".join(
-                str(lower_sizes.example_size(n, lowering.structure)) for n in space.shape
+                str(evaluate(n, lowering.structure.example_sizes)) for n in space.shape
             )
             made.append(f"torch.randn({lead}, {shape}, dtype=like.dtype, device=like.device)")
     examples = Method(

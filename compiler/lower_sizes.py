@@ -19,7 +19,7 @@ def symbolic(structure: ir.Structure) -> bool:
 
 def space_items(machine: ir.Machine, structure: ir.Structure) -> tuple[str, list[str]]:
     """The annotation and the items of the ``SPACES`` table: sizes, or their text."""
-    from .lower import py_str
+    from .lower import _py_tuple, py_str
 
     if not symbolic(structure):
         return "dict[str, tuple[int, ...]]", [
@@ -27,8 +27,8 @@ def space_items(machine: ir.Machine, structure: ir.Structure) -> tuple[str, list
         ]
     items = []
     for space in machine.spaces:
-        sizes = [py_str(str(n)) if isinstance(n, Size) else str(n) for n in space.shape]
-        items.append(f"{py_str(space.name)}: ({', '.join(sizes)}{',' if len(sizes) == 1 else ''})")
+        sizes = (py_str(str(n)) if isinstance(n, Size) else str(n) for n in space.shape)
+        items.append(f"{py_str(space.name)}: {_py_tuple(sizes)}")
     return "dict[str, tuple[int | str, ...]]", items
 
 
@@ -67,23 +67,20 @@ def prologue(lowering, given: str) -> list[str]:
 
 def shapes_method(lowering):
     """``shapes(H, W)``: the shape of every space for these sizes (None: no symbols)."""
-    from .lower import Method, _dict_lines, py_str
+    from .lower import Method, _dict_lines, _py_tuple, py_str
 
     structure = lowering.structure
     if not symbolic(structure):
         return None
     params = ", ".join(f"{n}: int = {structure.example_sizes[n]}" for n in structure.sizes)
-    items = []
-    for space in lowering.machine.spaces:
-        sizes = [str(n) for n in space.shape]
-        items.append(f"{py_str(space.name)}: ({', '.join(sizes)}{',' if len(sizes) == 1 else ''})")
+    items = [
+        f"{py_str(space.name)}: {_py_tuple(str(n) for n in space.shape)}"
+        for space in lowering.machine.spaces
+    ]
     return Method(
-        signature=f"shapes(self, {params}) -> dict[str, tuple[int, ...]]",
-        doc="The shape of every space (per sample) for inputs of these sizes (default: "
-        "example_inputs').",
+        decorator="staticmethod",
+        signature=f"shapes({params}) -> dict[str, tuple[int, ...]]",
+        doc="The shape of every space (per sample) for inputs of these sizes (by default, "
+        "those of example_inputs).",
         body=tuple(_dict_lines("return ", items, indent=8)),
     )
-
-
-def example_size(n: int | Size, structure: ir.Structure) -> int:
-    return n.value(structure.example_sizes) if isinstance(n, Size) else n

@@ -59,9 +59,6 @@ class _Atom:
     def __hash__(self) -> int:
         return hash(self.key)
 
-    def __lt__(self, other: _Atom) -> bool:
-        return self.key < other.key
-
 
 class _Symbol(_Atom):
     __slots__ = ("name",)
@@ -455,19 +452,13 @@ _DECIDED: dict[str, str] = {}
 def _decide(difference: int | Size) -> str:
     if isinstance(difference, int):
         return "always" if difference == 0 else "never"
-    slope = difference.slope()
-    if slope is None or any(slope.values()):
+    values = _over_a_period(difference)
+    if values == "grows":  # with a symbol: zero for a few sizes at most
         return "never"
-    names = sorted(set(difference.symbols()))
-    periods = [difference.period(name) for name in names]
-    if math.prod(periods) > MAX_PERIOD_POINTS:
-        return "sometimes"  # too many to try: the call checks it
-    zeros = 0
-    points = 0
-    for values in itertools.product(*(range(1, p + 1) for p in periods)):
-        points += 1
-        zeros += difference.value(dict(zip(names, values, strict=True))) == 0
-    return "always" if zeros == points else "never" if zeros == 0 else "sometimes"
+    if values == "too long":
+        return "sometimes"  # too many sizes to try: the call checks it
+    zeros = [value == 0 for value in values]
+    return "always" if all(zeros) else "sometimes" if any(zeros) else "never"
 
 
 def truth(size: int | Size, test) -> bool | None:
@@ -476,18 +467,28 @@ def truth(size: int | Size, test) -> bool | None:
     the size grows with a symbol, so only some sizes were tried)."""
     if isinstance(size, int):
         return bool(test(size))
+    values = _over_a_period(size)
+    if isinstance(values, str):  # it grows with a symbol, or its period is too long
+        return None
+    answers = {bool(test(value)) for value in values}
+    return answers.pop() if len(answers) == 1 else None
+
+
+def _over_a_period(size: Size) -> Iterator[int] | str:
+    """The values of a size without slope over one whole period of every symbol (sizes
+    1 to the period; the values repeat beyond it); ``"grows"`` for a size with a slope,
+    ``"too long"`` when the periods hold more than :data:`MAX_PERIOD_POINTS` sizes."""
     slope = size.slope()
     if slope is None or any(slope.values()):
-        return None
+        return "grows"
     names = sorted(set(size.symbols()))
     periods = [size.period(name) for name in names]
     if math.prod(periods) > MAX_PERIOD_POINTS:
-        return None
-    answers = {
-        bool(test(size.value(dict(zip(names, values, strict=True)))))
+        return "too long"
+    return (
+        size.value(dict(zip(names, values, strict=True)))
         for values in itertools.product(*(range(1, p + 1) for p in periods))
-    }
-    return answers.pop() if len(answers) == 1 else None
+    )
 
 
 _RELATIONS: contextvars.ContextVar[list | None] = contextvars.ContextVar("relations", default=None)
@@ -502,10 +503,6 @@ def collect_relations() -> Iterator[list[tuple[int | Size, int | Size]]]:
         yield found
     finally:
         _RELATIONS.reset(token)
-
-
-def is_symbolic(value: object) -> bool:
-    return isinstance(value, Size)
 
 
 def symbols_of(values: Iterable[object]) -> set[str]:

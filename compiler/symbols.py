@@ -132,9 +132,7 @@ def sub_requirements(
     binding = sub_binding(outer, edge, sub)
     found: list[ir.Relation] = []
     for r in structure.relations:
-        left, right = (
-            n.substitute(binding) if isinstance(n, Size) else n for n in (r.left, r.right)
-        )
+        left, right = substitute((r.left, r.right), binding)
         moved = ir.Relation(left=left, right=right, kind=r.kind, edge=edge.name, span=edge.span)
         kind = relation(left, right) if r.kind == "==" else truth(left - right, lambda d: d >= 0)
         if kind in ("always", True):

@@ -194,13 +194,15 @@ def _apply(op: Op, before: Shape, target, *, checked: bool) -> Shape:
         after = spec.shape(op.args, before, target)
         if checked:
             spec.check(op.args, before, after)
-            params = spec.params(op.args, before, after)
+        # NOTE: counted only where a size is symbolic, off the path of other machines
+        symbolic = checked and any(isinstance(n, Size) for n in (*before, *after))
+        params = spec.params(op.args, before, after) if symbolic else 0
     except SymbolicSizeError as exc:
         raise OpError(
             f"{op.kind} needs sizes known when the machine is compiled: {exc}",
             hint="declare the input's sizes as numbers, or change the op",
         ) from None
-    if checked and isinstance(params, Size):
+    if isinstance(params, Size):
         raise OpError(
             f"{op.kind} on {format_shape(before)} would have {params} parameters: their number "
             "would depend on sizes known only at call time",

@@ -75,7 +75,7 @@ def randn(*shape: int, seed: int) -> Tensor:
 
 def random_state(cls, seed: int, names=None) -> dict[str, Tensor]:
     """A random tensor ``[B, *shape]`` on each named space (default: every space)."""
-    shapes = cls().shapes() if hasattr(cls, "shapes") else cls.SPACES  # sizes at call time
+    shapes = cls.shapes() if hasattr(cls, "shapes") else cls.SPACES  # sizes at call time
     names = cls.SPACES if names is None else names
     return {name: randn(B, *shapes[name], seed=seed + i) for i, name in enumerate(names)}
 

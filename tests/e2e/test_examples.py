@@ -39,7 +39,7 @@ def lead(cls, batch: int) -> tuple[int, ...]:
 
 def shapes(cls) -> dict[str, tuple[int, ...]]:
     """Every space's shape: SPACES, or at the example sizes for sizes known at call time."""
-    return cls().shapes() if hasattr(cls, "shapes") else cls.SPACES
+    return cls.shapes() if hasattr(cls, "shapes") else cls.SPACES
 
 
 def example_input(cls, name: str, batch: int) -> torch.Tensor:

@@ -52,7 +52,7 @@ def test_example_inputs_fit_forward(cls) -> None:
             assert tensor.dtype == torch.long and tensor.shape == lead
             assert 0 <= int(tensor.min()) and int(tensor.max()) < ids[name]
         else:
-            shape = model.shapes()[name] if hasattr(cls, "shapes") else cls.SPACES[name]
+            shape = cls.shapes()[name] if hasattr(cls, "shapes") else cls.SPACES[name]
             assert tensor.shape == (*lead, *shape) and tensor.dtype == torch.float32
     with torch.no_grad():
         outs = _outputs(model(*inputs))

@@ -80,7 +80,7 @@ def test_spaces_show_the_symbols_and_shapes_gives_sizes(symbolic) -> None:
     assert net.SPACES["a"] == (4, "(H + 1) // 2", "(W + 1) // 2")
     assert net.SPACES["d"] == (4, "(H + 1) // 4", "(W + 1) // 4")
     assert net.SPACES["y"] == (10,)
-    assert net().shapes(9, 5)["d"] == (4, 2, 1)
+    assert net.shapes(9, 5)["d"] == (4, 2, 1)  # a staticmethod: no instance needed
     assert symbolic.Block_c4.SPACES["x"] == (4, "L", "M")
     (example,) = net().example_inputs()
     assert example.shape == (2, 3, 32, 32)  # (32 + 1) // 2 = 16 is even: the relation holds

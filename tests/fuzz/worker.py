@@ -279,7 +279,7 @@ class Checker:
 
         over_time = hasattr(cls, "DELAYS")
         ids = getattr(cls, "IDS", {})
-        spaces = _shapes(cls, model)
+        spaces = _shapes(cls)
         for steps in (STEPS, 1):
             lead = (BATCH, steps) if over_time else (BATCH,)
             torch.manual_seed(1)
@@ -383,17 +383,10 @@ class Checker:
         return None, state
 
 
-def _shapes(cls, model) -> dict[str, tuple[int, ...]]:
+def _shapes(cls) -> dict[str, tuple[int, ...]]:
     """Every space's shape: ``SPACES``, or for a machine with sizes known at call time
-    (``[3, "H", "W"]``) its ``shapes`` at the sizes of its example inputs."""
-    if not any(isinstance(n, str) for shape in cls.SPACES.values() for n in shape):
-        return cls.SPACES
-    sizes: dict[str, int] = {}
-    for name, example in zip(cls.INPUTS, model.example_inputs(BATCH), strict=True):
-        for n, size in zip(cls.SPACES[name], example.shape[1:], strict=True):
-            if isinstance(n, str):
-                sizes[n] = size
-    return model.shapes(**sizes)
+    (``[3, "H", "W"]``) its ``shapes()``, at the sizes of its example inputs."""
+    return cls.shapes() if hasattr(cls, "shapes") else cls.SPACES
 
 
 def _small_sizes(structure) -> dict[str, int] | None:

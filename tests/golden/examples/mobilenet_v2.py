@@ -159,8 +159,9 @@ class InvertedResidual_cin16_cout24_t6_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (16, H, W),
             "e": (96, H, W),
@@ -280,8 +281,9 @@ class InvertedResidual_cin24_cout24_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (24, H, W), "e": (144, H, W), "d": (144, H, W), "y": (24, H, W)}
 
 
@@ -371,8 +373,9 @@ class Group_cin16_cout24_t6_n2_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (16, H, W),
             "h[1]": (24, (H + 1) // 2, (W + 1) // 2),
@@ -479,8 +482,9 @@ class InvertedResidual_cin24_cout32_t6_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (24, H, W),
             "e": (144, H, W),
@@ -600,8 +604,9 @@ class InvertedResidual_cin32_cout32_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (32, H, W), "e": (192, H, W), "d": (192, H, W), "y": (32, H, W)}
 
 
@@ -704,8 +709,9 @@ class Group_cin24_cout32_t6_n3_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (24, H, W),
             "h[1]": (32, (H + 1) // 2, (W + 1) // 2),
@@ -813,8 +819,9 @@ class InvertedResidual_cin32_cout64_t6_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (32, H, W),
             "e": (192, H, W),
@@ -934,8 +941,9 @@ class InvertedResidual_cin64_cout64_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (64, H, W), "e": (384, H, W), "d": (384, H, W), "y": (64, H, W)}
 
 
@@ -1057,8 +1065,9 @@ class Group_cin32_cout64_t6_n4_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (32, H, W),
             "h[1]": (64, (H + 1) // 2, (W + 1) // 2),
@@ -1167,8 +1176,9 @@ class InvertedResidual_cin64_cout96_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (64, H, W), "e": (384, H, W), "d": (384, H, W), "y": (96, H, W)}
 
 
@@ -1283,8 +1293,9 @@ class InvertedResidual_cin96_cout96_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (96, H, W), "e": (576, H, W), "d": (576, H, W), "y": (96, H, W)}
 
 
@@ -1387,8 +1398,9 @@ class Group_cin64_cout96_t6_n3_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (64, H, W), "h[1]": (96, H, W), "h[2]": (96, H, W), "h[3]": (96, H, W)}
 
 
@@ -1491,8 +1503,9 @@ class InvertedResidual_cin96_cout160_t6_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (96, H, W),
             "e": (576, H, W),
@@ -1612,8 +1625,9 @@ class InvertedResidual_cin160_cout160_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (160, H, W), "e": (960, H, W), "d": (960, H, W), "y": (160, H, W)}
 
 
@@ -1716,8 +1730,9 @@ class Group_cin96_cout160_t6_n3_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (96, H, W),
             "h[1]": (160, (H + 1) // 2, (W + 1) // 2),
@@ -1825,8 +1840,9 @@ class InvertedResidual_cin160_cout320_t6_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (160, H, W), "e": (960, H, W), "d": (960, H, W), "y": (320, H, W)}
 
 
@@ -1900,8 +1916,9 @@ class Group_cin160_cout320_t6_n1_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (160, H, W), "h[1]": (320, H, W)}
 
 
@@ -2003,8 +2020,9 @@ class InvertedResidual(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (32, H, W), "e": (32, H, W), "d": (32, H, W), "y": (16, H, W)}
 
 
@@ -2078,8 +2096,9 @@ class Group(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (32, H, W), "h[1]": (16, H, W)}
 
 
@@ -2298,8 +2317,9 @@ class MobileNetV2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "img": (3, H, W),
             "s0": (32, (H + 1) // 2, (W + 1) // 2),

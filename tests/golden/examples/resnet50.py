@@ -162,8 +162,9 @@ class Bottleneck_cin256_width64_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (256, H, W), "r": (256, H, W), "y": (256, H, W)}
 
 
@@ -270,8 +271,9 @@ class Bottleneck_cin256_width128_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (256, H, W),
             "r": (512, (H + 1) // 2, (W + 1) // 2),
@@ -381,8 +383,9 @@ class Bottleneck_cin512_width128_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (512, H, W), "r": (512, H, W), "y": (512, H, W)}
 
 
@@ -504,8 +507,9 @@ class Stage_cin256_width128_blocks4_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (256, H, W),
             "h[1]": (512, (H + 1) // 2, (W + 1) // 2),
@@ -618,8 +622,9 @@ class Bottleneck_cin512_width256_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (512, H, W),
             "r": (1024, (H + 1) // 2, (W + 1) // 2),
@@ -729,8 +734,9 @@ class Bottleneck_cin1024_width256_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (1024, H, W), "r": (1024, H, W), "y": (1024, H, W)}
 
 
@@ -888,8 +894,9 @@ class Stage_cin512_width256_blocks6_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (512, H, W),
             "h[1]": (1024, (H + 1) // 2, (W + 1) // 2),
@@ -1004,8 +1011,9 @@ class Bottleneck_cin1024_width512_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (1024, H, W),
             "r": (2048, (H + 1) // 2, (W + 1) // 2),
@@ -1115,8 +1123,9 @@ class Bottleneck_cin2048_width512_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (2048, H, W), "r": (2048, H, W), "y": (2048, H, W)}
 
 
@@ -1219,8 +1228,9 @@ class Stage_cin1024_width512_blocks3_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (1024, H, W),
             "h[1]": (2048, (H + 1) // 2, (W + 1) // 2),
@@ -1332,8 +1342,9 @@ class Bottleneck(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (64, H, W), "r": (256, H, W), "y": (256, H, W)}
 
 
@@ -1436,8 +1447,9 @@ class Stage(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (64, H, W), "h[1]": (256, H, W), "h[2]": (256, H, W), "h[3]": (256, H, W)}
 
 
@@ -1588,8 +1600,9 @@ class ResNet50(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "img": (3, H, W),
             "s0": (64, (H + 3) // 4, (W + 3) // 4),

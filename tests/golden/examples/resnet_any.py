@@ -160,8 +160,9 @@ class Basic_cin16_cout16_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (16, H, W), "r": (16, H, W), "y": (16, H, W)}
 
 
@@ -267,8 +268,9 @@ class Basic_cin16_cout32_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (16, H, W),
             "r": (32, (H + 1) // 2, (W + 1) // 2),
@@ -377,8 +379,9 @@ class Basic_cin32_cout32_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (32, H, W), "r": (32, H, W), "y": (32, H, W)}
 
 
@@ -484,8 +487,9 @@ class Basic_cin32_cout64_stride2(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (32, H, W),
             "r": (64, (H + 1) // 2, (W + 1) // 2),
@@ -594,8 +598,9 @@ class Basic_cin64_cout64_stride1(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {"x": (64, H, W), "r": (64, H, W), "y": (64, H, W)}
 
 
@@ -783,8 +788,9 @@ class ResNet(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "img": (3, H, W),
             "s[0]": (16, H, W),

@@ -169,8 +169,9 @@ class Fire_cin128_squeeze16_expand64(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (128, H, W),
             "s": (16, H, W),
@@ -289,8 +290,9 @@ class Fire_cin128_squeeze32_expand128(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (128, H, W),
             "s": (32, H, W),
@@ -409,8 +411,9 @@ class Fire_cin256_squeeze32_expand128(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (256, H, W),
             "s": (32, H, W),
@@ -529,8 +532,9 @@ class Fire_cin256_squeeze48_expand192(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (256, H, W),
             "s": (48, H, W),
@@ -649,8 +653,9 @@ class Fire_cin384_squeeze48_expand192(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (384, H, W),
             "s": (48, H, W),
@@ -769,8 +774,9 @@ class Fire_cin384_squeeze64_expand256(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (384, H, W),
             "s": (64, H, W),
@@ -889,8 +895,9 @@ class Fire_cin512_squeeze64_expand256(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (512, H, W),
             "s": (64, H, W),
@@ -1009,8 +1016,9 @@ class Fire(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "x": (96, H, W),
             "s": (16, H, W),
@@ -1265,8 +1273,9 @@ class SqueezeNet(nn.Module):
             if not hasattr(module, "SPACES") and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def shapes(self, H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
-        """The shape of every space (per sample) for inputs of these sizes (default: example_inputs')."""
+    @staticmethod
+    def shapes(H: int = 32, W: int = 32) -> dict[str, tuple[int, ...]]:
+        """The shape of every space (per sample) for inputs of these sizes (by default, those of example_inputs)."""
         return {
             "img": (3, H, W),
             "p1": (96, (H + 3) // 4 - 2, (W + 3) // 4 - 2),
