@@ -223,7 +223,8 @@ def _check(model: nn.Module, file: str, batch: int, kwargs: dict, report: Report
     for size, length in runs:
         over = {"steps": length} if over_time else {}
         inputs = model.example_inputs(size, **over)
-        if size != batch and len(report.dynamic) > 1 and not over_time:
+        larger = size != batch and len(report.dynamic) > 1 and not over_time  # sizes too
+        if larger:
             inputs = _larger(model, inputs, report.dynamic)
             if inputs is None:
                 report.checked.append("(sizes twice the example's refused by the module)")
@@ -234,7 +235,7 @@ def _check(model: nn.Module, file: str, batch: int, kwargs: dict, report: Report
         got = session.run(None, feed)
         worst = 0.0
         where = f"batch {size}" + (f", {length} steps" if over else "")
-        if size != batch and len(report.dynamic) > 1 and not over_time:
+        if larger:
             where += ", twice the example sizes"
         for name, a, b in zip(type(model).OUTPUTS, got, want, strict=True):
             a = torch.from_numpy(a)
