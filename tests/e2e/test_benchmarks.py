@@ -44,3 +44,15 @@ def test_conv_benchmark_runs_and_checks_agreement(tmp_path: Path) -> None:
     assert set(figures["median_ms"]) == {"generated", "hand-written", "naive"}
     # The activations kept for backward are measured (a figure, like the times).
     assert figures["saved_mib"]["generated"] > 0
+
+
+def test_sizes_benchmark_runs_and_checks_agreement() -> None:
+    args = "--size 8 --batch 1 --rounds 4"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sizes.py"), *args.split()],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "symbolic / fixed = " in run.stdout and "(outputs agree)" in run.stdout
