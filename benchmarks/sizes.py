@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                     start = time.perf_counter()
                     model(x)
                     times[name].append(time.perf_counter() - start)
-        pairs = zip(times["symbolic"], times["fixed"], strict=True)
-        ratio = statistics.median(a / b for a, b in pairs)
+        per_round = zip(times["symbolic"], times["fixed"], strict=True)
+        ratio = statistics.median(a / b for a, b in per_round)
         medians = {k: statistics.median(v) * 1e6 for k, v in times.items()}
         print(
             f"batch {batch}: symbolic {medians['symbolic']:.0f} us, fixed "
