@@ -99,7 +99,8 @@ class HandConv(nn.Module):
 
 def copy_weights(generated: nn.Module, hand: HandConv, blocks: int) -> None:
     """Give the hand-written module exactly the generated module's weights."""
-    pairs = [(getattr(generated, f"g_{i + 1}"), block) for i, block in enumerate(hand.blocks)]
+    # the loop g[i] is kept as a loop: its layers are the ModuleDict g, keyed by index
+    pairs = [(generated.g[str(i + 1)], block) for i, block in enumerate(hand.blocks)]
     pairs.append((generated.head, hand.head))
     assert len(pairs) == blocks + 1
     with torch.no_grad():

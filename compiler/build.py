@@ -99,6 +99,18 @@ def build(
     )
 
 
+def _loop_site(decl: s.EdgeDecl, scope: Scope, counts: list[int]) -> ir.LoopSite | None:
+    """Where a loop made the edge (None outside loops)."""
+    if scope.run is None:
+        return None
+    run, var, value = scope.run
+    terms = tuple(
+        n if isinstance(ref.index, s.Range) else None
+        for ref, n in zip(decl.inputs, counts, strict=True)
+    )
+    return ir.LoopSite(run=run, var=var, value=value, terms=terms)
+
+
 def _note(message: str, span: Span) -> Note:
     return Note(message=message, span=span)
 
@@ -322,7 +334,8 @@ class _MachineBuilder:
             )
             return
         self.edge_families.setdefault(decl.name, decl.name_span)
-        inputs = self._ports(decl.inputs, scope)
+        counts: list[int] = []
+        inputs = self._ports(decl.inputs, scope, counts=counts)
         outputs = self._ports(decl.outputs, scope, writing=True)
         pipeline = self._pipeline(decl, name, scope)
         if inputs is None or outputs is None or pipeline is None:
@@ -351,6 +364,7 @@ class _MachineBuilder:
             outputs=tuple(outputs),
             ops=tuple(ops),
             machine=machine_key,
+            loop=_loop_site(decl, scope, counts) if self.decl.time is None else None,
             span=decl.name_span,
         )
 
@@ -509,12 +523,18 @@ class _MachineBuilder:
                     update={"ops": original.ops, "machine": original.machine, "shares": target}
                 )
 
-    def _ports(self, refs, scope: Scope, writing: bool = False) -> list[ir.Port] | None:
+    def _ports(
+        self, refs, scope: Scope, writing: bool = False, counts: list[int] | None = None
+    ) -> list[ir.Port] | None:
+        """The ports some references name; ``counts`` gets how many each gave."""
         ports: list[ir.Port] = []
         ok = True
         for ref in refs:
             try:
-                ports.extend(self.port_resolver.resolve(ref, scope, writing))
+                named = self.port_resolver.resolve(ref, scope, writing)
+                ports.extend(named)
+                if counts is not None:
+                    counts.append(len(named))
             except Problem as exc:
                 self.problem(exc, scope)
                 ok = False

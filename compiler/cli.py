@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OUT.py",
         help="where to write the module ('-': standard output; default: FILE.py beside FILE.mach)",
     )
+    compile_.add_argument(
+        "--expand-loops",
+        action="store_true",
+        help="write every for loop out edge by edge (layers g_1, g_2, ...) instead of "
+        "keeping it a loop over a ModuleDict (g.1, g.2, ...)",
+    )
     check = commands.add_parser(
         "check",
         help="check a file and report its structure",
@@ -312,7 +318,7 @@ def _compile(args, params) -> int:
     with collector_paused():  # as check_source does (see there)
         checked = check_source(_read(args.file), args.file, params, args.search_path)
         _show_warnings(checked)
-        view = lower(checked.program)
+        view = lower(checked.program, args.expand_loops, checked.sources)
         del checked  # the IR goes before the module is written out (driver._compile)
         code = emit(view)
         del view

@@ -98,16 +98,21 @@ def compile_source(
     filename: str = "<string>",
     params: Mapping[str, object] | None = None,
     search_path: SearchPath = None,
+    expand_loops: bool = False,
 ) -> str:
     """The generated Python module for a .mach source text.
 
     Errors raise :class:`CompileError`; warnings go through :mod:`warnings` as
     :class:`MachcWarning` (use :func:`check_source` to get them as diagnostics).
+    ``expand_loops`` writes every ``for`` loop out edge by edge instead of keeping it a
+    loop over a ``ModuleDict`` (docs/performance.md).
     """
-    return _compile(text, filename, params, search_path, stacklevel=3)
+    return _compile(text, filename, params, search_path, stacklevel=3, expand_loops=expand_loops)
 
 
-def _compile(text: str, filename: str, params, search_path, stacklevel: int) -> str:
+def _compile(
+    text: str, filename: str, params, search_path, stacklevel: int, expand_loops: bool = False
+) -> str:
     checked = check_source(text, filename, params, search_path)
     for diagnostic in checked.warnings:
         warnings.warn(diagnostic.render(checked.sources), MachcWarning, stacklevel=stacklevel)
@@ -115,7 +120,7 @@ def _compile(text: str, filename: str, params, search_path, stacklevel: int) -> 
     from .lower import lower
 
     with collector_paused():
-        view = lower(checked.program)
+        view = lower(checked.program, expand_loops, checked.sources)
         # NOTE: scale. Filling the template needs no IR: it goes first (about half of the
         # memory of a 100,000-edge chain, docs/benchmarks.md).
         del checked
@@ -126,9 +131,13 @@ def compile_file(
     path: str | os.PathLike,
     params: Mapping[str, object] | None = None,
     search_path: SearchPath = None,
+    expand_loops: bool = False,
 ) -> str:
-    """The generated Python module for a .mach file (warnings as in :func:`compile_source`)."""
-    return _compile(read_source(path), str(path), params, search_path, stacklevel=3)
+    """The generated Python module for a .mach file (warnings and ``expand_loops`` as in
+    :func:`compile_source`)."""
+    return _compile(
+        read_source(path), str(path), params, search_path, stacklevel=3, expand_loops=expand_loops
+    )
 
 
 def read_source(path: str | os.PathLike) -> str:
@@ -156,6 +165,7 @@ def load(
     path: str | os.PathLike,
     params: Mapping[str, object] | None = None,
     search_path: SearchPath = None,
+    expand_loops: bool = False,
 ) -> types.ModuleType:
     """Compile a .mach file and import the result as a module (no file is written).
 
@@ -165,7 +175,9 @@ def load(
     code (``torch.save(model)``, multiprocessing), and unpickle in any process that
     has ``machc`` installed.
     """
-    source = _compile(read_source(path), str(path), params, search_path, stacklevel=3)
+    source = _compile(
+        read_source(path), str(path), params, search_path, stacklevel=3, expand_loops=expand_loops
+    )
     from machc.runtime import loading  # torch: only here, where the module runs anyway
 
     stem = sanitize(os.path.splitext(os.path.basename(path))[0])

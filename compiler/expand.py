@@ -22,6 +22,7 @@ class Expansion:
         self.decl = decl
         self.problem = problem
         self.iterations = 0  # of all loops together, bounded by MAX_EXPANSION
+        self.runs = 0  # loops run so far (a loop inside a loop runs once per outer pass)
         self.unexpanded: list[tuple[s.Item, ...]] = []  # bodies of loops with no iteration
 
     def items(self, items, scope: Scope) -> Iterator[tuple[s.Item, Scope]]:
@@ -44,6 +45,8 @@ class Expansion:
             return
         if not values:
             self.unexpanded.append(loop.body)
+        self.runs += 1
+        run = self.runs
         for value in values:
             self.iterations += 1
             if self.iterations > MAX_EXPANSION:
@@ -54,7 +57,11 @@ class Expansion:
                     loop.var_span,
                     hint="a machine this large is surely a mistake; use fewer or shorter loops",
                 )
-            inner = Scope(env={**scope.env, loop.var: value}, loops=(*scope.loops, loop.var))
+            inner = Scope(
+                env={**scope.env, loop.var: value},
+                loops=(*scope.loops, loop.var),
+                run=(run, loop.var, value) if isinstance(value, int) else None,
+            )
             yield from self.items(loop.body, inner)
 
     def _check_variable(self, loop: s.ForLoop, scope: Scope) -> None:

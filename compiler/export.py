@@ -44,7 +44,7 @@ def run(args, params, source_text: str) -> int:
         raise ExportUsageError(
             f"machc export needs {', '.join(missing)}: pip install 'machc[export]'"
         )
-    code = emit(lower(checked.program))
+    code = emit(lower(checked.program, sources=checked.sources))
     stem = sanitize(os.path.splitext(os.path.basename(args.file))[0])
     module_name = loading.module_name(stem, code)
     label = loading.file_label(args.file, module_name)

@@ -23,10 +23,12 @@ MAX_ITERATIONS = 100_000  # a loop or array longer than this is surely a mistake
 MAX_RANK = 4  # channels and up to three spatial axes: a volume [C, D, H, W]
 MAX_SIZE = 2**24  # the largest size of one axis (and the most ids of an ids space)
 MAX_ELEMENTS = 2**31 - 1  # the most numbers one sample of a space holds
-MAX_EXPANSION = 50_000  # loop iterations of one machine, all loops together: the generated
-# module of a 50,000-edge chain needs 2.2 GB and 5.5 s to import, of a 100,000-edge one 4.2 GB
-# and 12 s (docs/benchmarks.md, "Compile time at scale"), however fast machc writes it
-MAX_PORTS = 1_000_000  # spaces named by one machine's edges, ranges counted out
+MAX_EXPANSION = 100_000  # loop iterations of one machine, all loops together: a 100,000-edge
+# chain checks and compiles in under 10 s; its loop kept as a loop imports in a second, but
+# written out edge by edge (a loop whose passes differ) its module needs 4.2 GB and 12 s to
+# import (docs/benchmarks.md, "Compile time at scale")
+MAX_PORTS = 2_500_000  # spaces named by one machine's edges, ranges counted out (a dense
+# machine of 2,000 blocks names 2,003,002)
 MAX_DIGITS = 100  # digits of an integer, written in a source or computed (Python prints at
 # most 4300, and 2 ** 10 ** 9 would take minutes and gigabytes)
 _TOO_LARGE = 10**MAX_DIGITS
@@ -65,6 +67,8 @@ class Scope:
 
     env: dict[str, ir.Value]
     loops: tuple[str, ...] = ()  # loop variables, outermost first
+    # the innermost loop's pass: (which pass of a loop statement, its variable, its value)
+    run: tuple[int, str, int] | None = None
 
     def context(self) -> str:
         if not self.loops:

@@ -140,6 +140,18 @@ class Op(Node):
     span: Span
 
 
+class LoopSite(Node):
+    """Which pass of which ``for`` loop made an edge: generated code may keep the loop
+    (``compiler/loops.py``). ``run`` numbers the loops a machine ran (a loop inside a loop
+    runs once per pass of the outer one); ``terms`` has, per input reference of the source,
+    None for one space (``h[i-1]``) or the number of spaces a range gave (``h[1..i-1]``)."""
+
+    run: int
+    var: str
+    value: int
+    terms: tuple[int | None, ...]
+
+
 class Edge(Node):
     """A hyperedge: reads the product of ``inputs``, applies ``ops``, splits into ``outputs``.
 
@@ -154,6 +166,7 @@ class Edge(Node):
     ops: tuple[Op, ...]
     machine: str | None = None
     shares: str | None = None
+    loop: LoopSite | None = None
     span: Span
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from . import __version__, ir, lower_sizes
 from .equilibrium import solver_args, solver_text
 from .ir import format_params, machine_call
+from .loops import Loop, expanded, loop_order
+from .lower_loops import element_key
 from .names import METHOD_LOCALS, MODULE_ATTRIBUTES, MODULE_NAMES, Namespace
 from .ops import CHANNEL_DIM, OPS, REQUIRED, Site
 from .ops.spec import format_shape, py_literal
@@ -74,8 +76,16 @@ class ModuleView:
     adjoint: bool = False  # some class has adjoint(): the module defines _leaves and _pull
 
 
-def lower(program: ir.CheckedProgram) -> ModuleView:
-    """The view model of one generated module holding a class per machine."""
+def lower(
+    program: ir.CheckedProgram,
+    expand_loops: bool = False,
+    sources: dict[str, str] | None = None,
+) -> ModuleView:
+    """The view model of one generated module holding a class per machine (``expand_loops``:
+    every loop of the source written out edge by edge, none kept as a loop).
+
+    Raises :class:`CompileError` (rendered with ``sources``) for a machine that would be
+    written out with more than :data:`lower_loops.MAX_WRITTEN_OUT` edges one by one."""
     from .lower_time import TimeLowering  # it extends _MachineLowering, defined here
 
     source_name = os.path.basename(program.file)
@@ -103,7 +113,7 @@ def lower(program: ir.CheckedProgram) -> ModuleView:
     structures = {c.machine.key: c.structure for c in program.machines}
     classes = tuple(
         (TimeLowering if c.machine.time is not None else _MachineLowering)(
-            c, module_level, tuples.get(c.machine.key), by_key, structures
+            c, module_level, tuples.get(c.machine.key), by_key, structures, expand_loops, sources
         ).lower()
         for c in program.machines
     )
@@ -247,6 +257,13 @@ class _Plan:
     folded: Callable[[ir.Port], str] | None = None
     # a tensor that gives the batch size, dtype and device (where solves start from zeros)
     like: str = ""
+    # arrays of spaces kept in dicts (loops kept as loops, lower_loops): array -> its dict,
+    # the spaces whose variable is an item of one, and how a loop body reads an item
+    # (array, index expression) and what it starts from (the resolvent's x0)
+    families: dict[str, str] = field(default_factory=dict)
+    elements: set[str] = field(default_factory=set)
+    element: Callable[[str, str], str] | None = None
+    element_base: Callable[[str, str], str | None] | None = None
 
 
 class _MachineLowering:
@@ -257,6 +274,8 @@ class _MachineLowering:
         output_tuple,
         machines: dict[str, ir.Machine] | None = None,
         structures: dict[str, ir.Structure] | None = None,
+        expand_loops: bool = False,
+        sources: dict[str, str] | None = None,
     ):
         self.machines = machines or {}
         self.structures = structures or {}
@@ -280,6 +299,17 @@ class _MachineLowering:
         self._wheres: dict[int, tuple] = {}  # id(span) -> (span, "file:line")
         self._sites: dict[tuple[str, int], Site] = {}  # (edge, id(op)) -> its site
         self._leveled: dict[str, tuple[tuple[str, ...], str]] = {}  # edge -> (reads, expr)
+        # loops of the source kept as loops (compiler/loops.py): the order edges run in,
+        # each kept loop one item; the structure's order (level by level) when none is kept
+        from .lower_loops import LoopPlanner
+
+        self.loop_planner = LoopPlanner(self, expand_loops)
+        self.sources = sources
+        self.order: list = list(self.structure.order)
+        if self.loop_planner.loops:
+            self.order, self.loop_planner.loops = loop_order(
+                self.machine, self.structure, self.loop_planner.loops
+            )
 
     def where(self, span) -> str:
         """``file:line`` of a span (the edges a loop makes share theirs: made once each)."""
@@ -300,12 +330,16 @@ class _MachineLowering:
                 if pipeline is None:
                     pipeline = self._pipelines[ops] = pipeline_text(edge)
             text = edge_text(edge, self.machine.time, self.machines, pipeline)
+            if self.loop_planner.loops and len(edge.inputs) >= 3:  # h[1..32], not 32 names
+                ins = self.loop_planner.compact_text(edge.inputs, self.machine.time)
+                text = f"{edge.name} : {ins} -> {text.split(' -> ', 1)[1]}"
             comment = self._comments[edge.name] = f"# {self.where(edge.span)}  {_safe(text)}"
         return comment
 
     def lower(self) -> MachineClass:
         machine = self.machine
         layers = self._layers()
+        self.loop_planner.check_written_out(self.sources)
         inputs = [s for s in machine.spaces if s.role is ir.Role.INPUT]
         outputs = [s for s in machine.spaces if s.role is ir.Role.OUTPUT]
         signature = lambda spaces: ", ".join(f"{s.name} {format_shape(s.shape)}" for s in spaces)  # noqa: E731
@@ -316,6 +350,9 @@ class _MachineLowering:
         doc.append(f"forward({signature(inputs)}) -> {signature(outputs)}")
         doc += self._doc_notes()
         annotation, items = lower_sizes.space_items(machine, self.structure)
+        if self.loop_planner.loops:  # no size symbols: SPACES has sizes
+            kept = {f: f for f in self.loop_planner.families()}
+            items = self.loop_planner.items(lambda s: repr(tuple(s.shape)), kept)
         spaces = _dict_lines(f"SPACES: {annotation} = ", items, indent=4)
         spaces += self._class_attributes()
         return MachineClass(
@@ -360,19 +397,49 @@ class _MachineLowering:
 
     # --- layers ---
 
+    def _edge_layers(self, edge: ir.Edge) -> list[tuple[int, str]]:
+        """(op index, constructor) of each layer of an edge."""
+        if edge.machine is not None:
+            return [(0, f"{edge.machine}()")]
+        shapes = self.structure.shapes[edge.name]
+        return [
+            (i, OPS[op.kind].layer(self._site(edge, op), shapes[i], shapes[i + 1]))
+            for i, op in enumerate(edge.ops)
+            if OPS[op.kind].layer is not None
+        ]
+
+    def _edge_modules(self, edge: ir.Edge) -> list[tuple[int, str, str]]:
+        """(op index, op kind, constructor) of each module of its own an edge's ops make."""
+        shapes = self.structure.shapes[edge.name]
+        return [
+            (i, op.kind, OPS[op.kind].module(self._site(edge, op), shapes[i], shapes[i + 1]))
+            for i, op in enumerate(edge.ops)
+            if OPS[op.kind].module is not None
+        ]
+
     def _layers(self) -> list[Layer]:
         layers = []
+        planner = self.loop_planner
+        planner.plan_layers(self._edge_layers, self._edge_modules)
+        kept = {name for loop in planner.loops for name in loop.edges}
+        if len(planner.loops) < sum(isinstance(item, Loop) for item in self.order):
+            self.order = [  # the loops whose body is not alike on every pass: written out
+                each
+                for item in self.order
+                for each in (
+                    expanded([item])
+                    if isinstance(item, Loop) and item not in planner.loops
+                    else [item]
+                )
+            ]
         for edge in self.machine.edges:
             if edge.shares is not None:
                 continue  # it calls the layers of the edge it shares them with
-            shapes = self.structure.shapes[edge.name]
-            built = [
-                (i, OPS[op.kind].layer(self._site(edge, op), shapes[i], shapes[i + 1]))
-                for i, op in enumerate(edge.ops)
-                if OPS[op.kind].layer is not None
-            ]
-            if edge.machine is not None:
-                built = [(0, f"{edge.machine}()")]
+            if edge.name in kept:
+                for attr, constructor, comment in planner.name_layers(edge.name, modules=False):
+                    layers.append(Layer(attr=attr, constructor=constructor, comment=_safe(comment)))
+                continue
+            built = self._edge_layers(edge)
             if not built:
                 continue
             hint = edge.name if not edge.name.startswith("_") else "edge" + edge.name
@@ -390,17 +457,17 @@ class _MachineLowering:
         for edge in self.machine.edges:
             if edge.shares is not None:
                 continue
-            for i, op in enumerate(edge.ops):
-                module = OPS[op.kind].module
-                if module is None:
-                    continue
-                shapes = self.structure.shapes[edge.name]
+            if edge.name in kept:
+                for attr, constructor, comment in planner.name_layers(edge.name, modules=True):
+                    layers.append(Layer(attr=attr, constructor=constructor, comment=_safe(comment)))
+                continue
+            for i, kind, constructor in self._edge_modules(edge):
                 hint = edge.name if not edge.name.startswith("_") else "edge" + edge.name
-                attr = self.attrs.name(f"{edge.name}/{i}", f"{hint}_{op.kind}")
+                attr = self.attrs.name(f"{edge.name}/{i}", f"{hint}_{kind}")
                 self.layer_exprs[(edge.name, i)] = f"self.{attr}"
-                constructor = module(self._site(edge, op), shapes[i], shapes[i + 1])
-                comment = _safe(f"{self.where(op.span)}  {edge.name}")
+                comment = _safe(f"{self.where(edge.ops[i].span)}  {edge.name}")
                 layers.append(Layer(attr=attr, constructor=constructor, comment=comment))
+        planner.set_exprs()
         for cycle in self.structure.cycles:
             solve = cycle.solve
             attr = self.attrs.name(f"solve/{solve.space}", f"solve_{solve.space}")
@@ -443,7 +510,9 @@ class _MachineLowering:
         )
         given = "{" + ", ".join(f"{py_str(s)}: {a}" for s, a in args_by_space.items()) + "}"
         body = lower_sizes.prologue(self, given)
-        body += self._statements(plan, self.structure.order)
+        body += self.loop_planner.declare(plan)
+        plan.element = lambda family, index: f"{plan.families[family]}[{index}]"
+        body += self._statements(plan, self.order)
         if self.output_tuple is None:
             returns, result = "Tensor", plan.var[outputs[0].name]
         else:
@@ -473,11 +542,15 @@ class _MachineLowering:
         )
         body = lower_sizes.prologue(self, "x0")
         body.append(f"x0 = _complete({lower_sizes.complete_shapes(self.structure)}, x0)")
+        body += self.loop_planner.declare(plan)
+        families = plan.families
+        plan.element = lambda family, index: f"{families[family]}[{index}]"
+        plan.element_base = lambda family, index: f"x0[{element_key(family, index)}]"
         for space in self.machine.spaces:
             if not self.writers[space.name]:
                 plan.var[space.name] = names.name(space.name)
                 body.append(f"{plan.var[space.name]} = x0[{py_str(space.name)}]")
-        body += self._statements(plan, self.structure.order)
+        body += self._statements(plan, self.order)
         self._leveled.clear()  # forward's expressions, taken
         body += self._state_dict_return(plan)
         return Method(
@@ -496,7 +569,10 @@ class _MachineLowering:
         )
         body = lower_sizes.prologue(self, "state")
         body.append(f"state = _complete({lower_sizes.complete_shapes(self.structure)}, state)")
-        body += self._statements(plan, [e.name for e in self.machine.edges])
+        body += self.loop_planner.declare(plan)
+        plan.element = lambda family, index: f"state[{element_key(family, index)}]"
+        order = self.order if self.loop_planner.loops else [e.name for e in self.machine.edges]
+        body += self._statements(plan, order)
         for space in self.machine.spaces:
             if not self.writers[space.name]:
                 plan.var[space.name] = f"torch.zeros_like(state[{py_str(space.name)}])"
@@ -508,7 +584,7 @@ class _MachineLowering:
         )
 
     def _state_dict_return(self, plan: _Plan) -> list[str]:
-        items = [f"{py_str(s.name)}: {plan.var[s.name]}" for s in self.machine.spaces]
+        items = self.loop_planner.items(lambda s: plan.var[s.name], plan.families, dicts=True)
         return _dict_lines("return ", items, indent=8)
 
     def _statements(self, plan: _Plan, order) -> list[str]:
@@ -516,7 +592,8 @@ class _MachineLowering:
         lines: list[str] = []
         pending: dict[str, dict[str, str]] = {}  # space -> {writer: contribution variable}
         last_writer = None  # space -> its last writer in order, made when a sum needs it
-        running = set(order)  # a machine over time runs its edges in phases: writers of this one
+        # a machine over time runs its edges in phases: writers of this one
+        running = set(expanded(order) if self.loop_planner.loops else order)
         writers = self.writers
         if len(running) < len(self.edges):
             writers = _RunningWriters(writers, running)
@@ -529,9 +606,14 @@ class _MachineLowering:
         current_level = None
         edges, leveled = self.edges, plan.leveled
         expression = self._leveled_expr if leveled else self._edge_expr
+        # the levels are the order's sections, unless a kept loop runs edges of many levels
+        sections = leveled and not self.loop_planner.loops
         for name in order:
+            if isinstance(name, Loop):
+                lines += self.loop_planner.statements(plan, name)
+                continue
             edge = edges[name]
-            if leveled and level_of[name] != current_level:
+            if sections and level_of[name] != current_level:
                 current_level = level_of[name]
                 lines.append(f"# level {current_level}")
             if name in cycle_of:
@@ -574,7 +656,9 @@ class _MachineLowering:
                 if space not in pending:
                     continue
                 if last_writer is None:
-                    last_writer = {p.space: e for e in order for p in self.edges[e].outputs}
+                    last_writer = {
+                        p.space: e for e in expanded(order) for p in self.edges[e].outputs
+                    }
                 if last_writer[space] == name:
                     base = plan.base(space)
                     # NOTE: summed in declaration order in every method, so that they agree bitwise.
@@ -657,8 +741,14 @@ class _MachineLowering:
 
     def _product_expr(self, edge: ir.Edge, plan: _Plan) -> str:
         """The edge's inputs, concatenated (or combined by a first add / mul)."""
-        reads = [plan.read(port) for port in edge.inputs]
         combine = OPS[edge.ops[0].kind].combine
+        if plan.element is not None and not combine and len(edge.inputs) >= 3:
+            reads = self.loop_planner.compact_reads(plan, edge.inputs, plan.read)
+            if len(reads) == 1 and reads[0].startswith("*"):  # *[h[k] for k in ...] alone
+                return f"torch.cat({reads[0][1:]}, dim={CHANNEL_DIM})"
+            if len(reads) > 1 or reads[0].startswith("*"):
+                return f"torch.cat([{', '.join(reads)}], dim={CHANNEL_DIM})"
+        reads = [plan.read(port) for port in edge.inputs]
         if combine:
             rank = len(self.structure.shapes[edge.name][0])
             ranks = [len(self.machine.space(port.space).shape) for port in edge.inputs]
@@ -673,15 +763,25 @@ class _MachineLowering:
             expr = f"torch.cat([{', '.join(reads)}], dim={CHANNEL_DIM})"
         return expr
 
-    def _apply_ops(self, edge: ir.Edge, plan: _Plan, lines: list[str], expr: str, first: int):
-        """``expr`` through the ops of the edge's pipeline from index ``first`` on."""
+    def _apply_ops(
+        self,
+        edge: ir.Edge,
+        plan: _Plan,
+        lines: list[str],
+        expr: str,
+        first: int,
+        hint: str | None = None,
+    ):
+        """``expr`` through the ops of the edge's pipeline from index ``first`` on (a
+        pipeline cut in statements names its variable ``hint``, or after the edge)."""
         shapes = self.structure.shapes[edge.name]
         for i, op in enumerate(edge.ops):
             spec = OPS[op.kind]
             if i < first or spec.combine:
                 continue
             if i > first and len(edge.ops) > 2 and len(expr) > PIPELINE_WIDTH:
-                temp = plan.locals.name(f"{edge.name}/pipeline", edge.name)
+                hint = hint or edge.name
+                temp = plan.locals.name(f"{hint}/pipeline", hint)
                 lines.append(f"{temp} = {expr}")
                 expr = temp
             layer = self.layer_exprs.get((edge.name, i))
@@ -729,7 +829,7 @@ def _sanitize_key(name: str) -> str:
 def _target(plan: _Plan, space: str) -> str:
     """The local variable a space's value is assigned to (never an expression like x0["h"])."""
     var = plan.var.get(space)
-    if var is None or not var.isidentifier():
+    if var is None or not (var.isidentifier() or space in plan.elements):
         var = plan.var[space] = plan.locals.name(space)
     return var
 

@@ -9,6 +9,7 @@ written from a :class:`lower._MachineLowering` whose layers are made.
 from __future__ import annotations
 
 from . import lower_sizes
+from .loops import Loop
 from .lower import (
     Method,
     _MachineLowering,
@@ -17,6 +18,7 @@ from .lower import (
     _safe,
     py_str,
 )
+from .lower_loops import element_key
 from .sizes import evaluate
 
 
@@ -33,7 +35,16 @@ def adjoint_method(lowering: _MachineLowering) -> Method:
     )
     computed = []
     results: dict[str, str] = {}
-    for name in lowering.structure.order:
+    planner = lowering.loop_planner
+    pulls: dict[int, list[str]] = {}  # a kept loop's vector-Jacobian products, by loop
+    if planner.loops:
+        planner.declare(plan, assign=False)
+        plan.element = lambda family, index: f"x[{element_key(family, index)}]"
+    for name in lowering.order:
+        if isinstance(name, Loop):
+            lines, pulls[name.run] = planner.adjoint(plan, name)
+            computed += lines
+            continue
         edge = lowering.edges[name]
         computed.append(lowering.edge_comment(edge))
         expr = lowering._edge_expr(edge, plan, computed)
@@ -48,9 +59,14 @@ def adjoint_method(lowering: _MachineLowering) -> Method:
     cycle_of = {e: cycle for cycle in lowering.structure.cycles for e in cycle.edges}
 
     def ports(edge_ports) -> str:
+        if planner.loops and len(edge_ports) >= 3:
+            return _py_tuple(planner.compact_names(edge_ports))
         return _py_tuple(py_str(p.space) for p in edge_ports if not p.position)
 
-    for name in reversed(lowering.structure.order):
+    for name in reversed(lowering.order):
+        if isinstance(name, Loop):
+            body += pulls[name.run]
+            continue
         edge = lowering.edges[name]
         cycle = cycle_of.get(name)
         if cycle is None:

@@ -360,7 +360,7 @@ def edge_layers(model: nn.Module, edge: Edge) -> list[nn.Module]:
     count = sum(op.has_layer for op in edge.ops)
     if count == 0:
         return []
-    holder = getattr(model, edge.layer_attr)
+    holder = model.get_submodule(edge.layer_attr)  # a loop kept as a loop: g.3, in g
     if count == 1:
         return [holder]
     assert isinstance(holder, nn.ModuleList), (edge.name, type(holder))
@@ -728,12 +728,20 @@ def check_layers(model: nn.Module, spec: Spec) -> None:
     original's); one runtime.Solve per solved cycle, with the solver and arguments the
     source gives."""
     shapes = spec.shape
-    with_layers = {e.layer_attr for e in spec.edges if any(op.has_layer for op in e.ops)}
+    with_layers = {
+        e.layer_attr.split(".")[0] for e in spec.edges if any(op.has_layer for op in e.ops)
+    }
     children = dict(model.named_children())
-    dropouts = {name: m for name, m in children.items() if type(m) is nn.Dropout}
+    # (a loop kept as a loop holds its edges' dropout in one ModuleDict, block_dropout)
+    dropouts = {
+        name: [m] if type(m) is nn.Dropout else list(m.values())
+        for name, m in children.items()
+        if type(m) is nn.Dropout
+        or (isinstance(m, nn.ModuleDict) and all(type(d) is nn.Dropout for d in m.values()))
+    }
     assert all(name.endswith("_dropout") for name in dropouts), sorted(dropouts)
     ps = [op.arg for e in spec.edges if not e.text for op in e.ops if op.kind == "dropout"]
-    assert sorted(m.p for m in dropouts.values()) == sorted(ps)
+    assert sorted(d.p for ms in dropouts.values() for d in ms) == sorted(ps)
     solvers = {name for name, m in children.items() if isinstance(m, runtime.Solve)}
     assert set(children) - set(dropouts) - solvers == with_layers
     check_solvers(model, spec)
@@ -2474,7 +2482,7 @@ def _dense(depth: int = 4, width: int = 32) -> Spec:
         Space("y", 10, "output"),
     )
     edges = tuple(
-        Edge(f"g[{i}]", ("x", *h[: i - 1]), (h[i - 1],), (LINEAR, RELU), attr=f"g_{i}")
+        Edge(f"g[{i}]", ("x", *h[: i - 1]), (h[i - 1],), (LINEAR, RELU), attr=f"g.{i}")
         for i in range(1, depth + 1)
     ) + (Edge("head", (h[-1],), ("y",), (LINEAR,)),)
     return Spec("DenseMachine", spaces, edges)
@@ -2489,7 +2497,7 @@ def _digits(depth: int = 3, width: int = 48) -> Spec:
     )
     block = (LINEAR, Op("layernorm"), Op("gelu"), Op("dropout", arg=0.1))
     edges = tuple(
-        Edge(f"block[{i}]", ("pixels", *h[: i - 1]), (h[i - 1],), block, attr=f"block_{i}")
+        Edge(f"block[{i}]", ("pixels", *h[: i - 1]), (h[i - 1],), block, attr=f"block.{i}")
         for i in range(1, depth + 1)
     ) + (Edge("head", tuple(h), ("logits",), (LINEAR,)),)
     return Spec("DigitNet", spaces, edges)
@@ -2534,7 +2542,7 @@ def _conv(blocks: int = 4, c: int = 8) -> Spec:
     )
     block = (conv(3, 1), RELU)
     edges = tuple(
-        Edge(f"g[{i}]", ("img", *h[: i - 1]), (h[i - 1],), block, attr=f"g_{i}")
+        Edge(f"g[{i}]", ("img", *h[: i - 1]), (h[i - 1],), block, attr=f"g.{i}")
         for i in range(1, blocks + 1)
     ) + (Edge("head", (h[-1],), ("logits",), (Op("global_avg_pool"), LINEAR)),)
     return Spec("ConvMachine", spaces, edges)

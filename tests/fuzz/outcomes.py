@@ -10,7 +10,7 @@ with a proper diagnostic, or with a module that works); four are bugs:
   under the caret that is not the line the place names);
 - ``hang``: checking and compiling took longer than the time limit
   (:data:`HANG_SECONDS` of CPU for an input under 10 kB: machc expands at most
-  50,000 loop iterations, at 100 to 200 µs a declaration to check and compile,
+  100,000 loop iterations, at 50 to 100 µs a declaration to check and compile,
   so the largest machine it accepts takes about 10 s);
 - ``miscompile``: it compiled, but the generated module does not work: it
   does not import, a class does not construct, ``forward`` or ``resolvent``

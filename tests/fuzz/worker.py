@@ -44,6 +44,7 @@ TOO_LARGE = 2**31  # a space or layer this large passes check: a blow-up
 RUN_ELEMENTS = 4_000_000  # modules with larger spaces or layers are checked, not run
 RUN_MACS = 200_000_000
 BATCH, STEPS = 2, 3
+MAX_WRITTEN_OUT_COMPARED = 5_000  # edges of a module whose loops are compared written out
 # Classes that generated code may import through module(...) when the fuzzer runs it.
 SAFE_MODULES = re.compile(
     r"torch\.nn\.(Identity|ReLU|Tanh|GELU|Sigmoid|SiLU|Linear|LayerNorm|Softmax|Dropout|"
@@ -196,7 +197,7 @@ class Checker:
         describe(checked.program)  # the report of `machc check`
         for diagnostic in checked.warnings:
             diagnostic.render(checked.sources)
-        return checked, emit(lower(checked.program))
+        return checked, emit(lower(checked.program, sources=checked.sources))
 
     def _frame(self, tb) -> str:
         """The innermost frame of ``tb`` in machc's code, as ``compiler/file.py:function``."""
@@ -245,6 +246,10 @@ class Checker:
                 failure = self._run_class(cls, model, structures.get(cls.__name__))
                 if failure:
                     return failure
+            if "nn.ModuleDict(" in source:  # loops kept as loops: against their edges
+                failure = self._loops_agree(program, classes)
+                if failure:
+                    return failure
         except MemoryError:
             return (
                 "MemoryError",
@@ -260,6 +265,56 @@ class Checker:
                 self._frame(exc.__traceback__) or self.phase,
                 f"{self.phase}:\n{traceback.format_exc()}",
             )
+        return None
+
+    def _loops_agree(self, program, classes) -> tuple[str, str, str] | None:
+        """None if every class with loops kept as loops computes, in eval mode and float64,
+        what the module with every loop written out edge by edge computes, with the same
+        weights (``g.3.weight`` is ``g_3.weight`` there)."""
+        import torch
+        from machc.emit import emit
+        from machc.lower import lower
+        from torch import nn
+
+        if sum(len(c.machine.edges) for c in program.machines) > MAX_WRITTEN_OUT_COMPARED:
+            return None  # written out, too large for the worker's memory
+        self.phase = "loops written out: compile and import"
+        source = emit(lower(program, expand_loops=True))
+        module = types.ModuleType(f"machc_fuzz_{self.loaded}_expanded")
+        exec(compile(source, GENERATED + "expanded", "exec"), module.__dict__)  # noqa: S102
+        for cls in classes:
+            other = getattr(module, cls.__name__, None)
+            where = f"class {cls.__name__}: loops kept against written out"
+            self.phase = where
+            kept = cls().double().eval()
+            if other is None or not any(isinstance(m, nn.ModuleDict) for m in kept.children()):
+                continue
+            written = other().double().eval()
+            state = {}
+            for key, value in kept.state_dict().items():
+                head, _, rest = key.partition(".")
+                if isinstance(getattr(kept, head, None), nn.ModuleDict):
+                    index, _, tail = rest.partition(".")
+                    key = f"{head}_{index}" + (f".{tail}" if tail else "")
+                state[key] = value
+            if set(state) != set(written.state_dict()):
+                continue  # named otherwise (a clash renamed one): nothing to compare by name
+            written.load_state_dict(state)
+            spaces = _shapes(cls)
+            torch.manual_seed(3)
+            inputs = [torch.randn(BATCH, *spaces[n], dtype=torch.float64) for n in cls.INPUTS]
+            with torch.no_grad():
+                outs, refs = kept(*inputs), written(*inputs)
+            outs = tuple(outs) if isinstance(outs, tuple) else (outs,)
+            refs = tuple(refs) if isinstance(refs, tuple) else (refs,)
+            for name, out, ref in zip(cls.OUTPUTS, outs, refs, strict=True):
+                if not torch.allclose(out, ref, rtol=1e-9, atol=1e-9, equal_nan=True):
+                    worst = (out - ref).abs().nan_to_num(nan=math.inf).max().item()
+                    return (
+                        "LoopsDisagree",
+                        "forward",
+                        f"{where}: {name!r} differs by up to {worst:g}",
+                    )
         return None
 
     def _in_user_module(self, tb) -> bool:

@@ -78,95 +78,71 @@ class ConvMachine(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.g_1 = nn.Conv2d(1, 8, 3, padding=1)  # conv.mach:8  g[1]
-        self.g_2 = nn.Conv2d(9, 8, 3, padding=1)  # conv.mach:8  g[2]
-        self.g_3 = nn.Conv2d(17, 8, 3, padding=1)  # conv.mach:8  g[3]
-        self.g_4 = nn.Conv2d(25, 8, 3, padding=1)  # conv.mach:8  g[4]
+        self.g = nn.ModuleDict({str(i): nn.Conv2d(8 * i - 7, 8, 3, padding=1) for i in range(1, 5)})  # conv.mach:8  g[i]
         self.head = nn.Linear(8, 10)  # conv.mach:10  head
 
     def forward(self, img: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""
-        # level 1
-        # conv.mach:8  g[1] : img -> h[1] = conv(3, padding=1) | relu
-        h_1 = torch.relu(self.g_1(img))
-        # level 2
-        # conv.mach:8  g[2] : img × h[1] -> h[2] = conv(3, padding=1) | relu
-        h_2 = torch.relu(self.g_2(torch.cat([img, h_1], dim=1)))
-        # level 3
-        # conv.mach:8  g[3] : img × h[1] × h[2] -> h[3] = conv(3, padding=1) | relu
-        h_3 = torch.relu(self.g_3(torch.cat([img, h_1, h_2], dim=1)))
-        # level 4
-        # conv.mach:8  g[4] : img × h[1] × h[2] × h[3] -> h[4] = conv(3, padding=1) | relu
-        h_4 = torch.relu(self.g_4(torch.cat([img, h_1, h_2, h_3], dim=1)))
-        # level 5
+        h: dict[int, Tensor] = {}  # the spaces h[k]
+        for i in range(1, 5):
+            # conv.mach:8  g[i] : img × h[1..i-1] -> h[i] = conv(3, padding=1) | relu
+            h[i] = torch.relu(self.g[str(i)](torch.cat([img, *[h[j] for j in range(1, i)]], dim=1)))
         # conv.mach:10  head : h[4] -> logits = global_avg_pool | linear
-        logits = self.head(h_4.mean(dim=(2, 3)))
+        logits = self.head(h[4].mean(dim=(2, 3)))
         return logits
 
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """The global endofunction: the sum of all edges applied to state (missing: zero)."""
         state = _complete(self.SPACES, state)
-        # conv.mach:8  g[1] : img -> h[1] = conv(3, padding=1) | relu
-        h_1 = torch.relu(self.g_1(state["img"]))
-        # conv.mach:8  g[2] : img × h[1] -> h[2] = conv(3, padding=1) | relu
-        h_2 = torch.relu(self.g_2(torch.cat([state["img"], state["h[1]"]], dim=1)))
-        # conv.mach:8  g[3] : img × h[1] × h[2] -> h[3] = conv(3, padding=1) | relu
-        h_3 = torch.relu(self.g_3(torch.cat([state["img"], state["h[1]"], state["h[2]"]], dim=1)))
-        # conv.mach:8  g[4] : img × h[1] × h[2] × h[3] -> h[4] = conv(3, padding=1) | relu
-        h_4 = torch.relu(self.g_4(torch.cat([state["img"], state["h[1]"], state["h[2]"], state["h[3]"]], dim=1)))
+        h: dict[int, Tensor] = {}  # the spaces h[k]
+        for i in range(1, 5):
+            # conv.mach:8  g[i] : img × h[1..i-1] -> h[i] = conv(3, padding=1) | relu
+            h[i] = torch.relu(self.g[str(i)](torch.cat([state["img"], *[state[f"h[{j}]"] for j in range(1, i)]], dim=1)))
         # conv.mach:10  head : h[4] -> logits = global_avg_pool | linear
         logits = self.head(state["h[4]"].mean(dim=(2, 3)))
         return {
             "img": torch.zeros_like(state["img"]),
-            "h[1]": h_1,
-            "h[2]": h_2,
-            "h[3]": h_3,
-            "h[4]": h_4,
+            "h[1]": h[1],
+            "h[2]": h[2],
+            "h[3]": h[3],
+            "h[4]": h[4],
             "logits": logits,
         }
 
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
         """The solution x of x = f(x) + x0, for x0 given on any spaces (the rest are zero)."""
         x0 = _complete(self.SPACES, x0)
+        h: dict[int, Tensor] = {}  # the spaces h[k]
         img = x0["img"]
-        # level 1
-        # conv.mach:8  g[1] : img -> h[1] = conv(3, padding=1) | relu
-        h_1 = x0["h[1]"] + torch.relu(self.g_1(img))
-        # level 2
-        # conv.mach:8  g[2] : img × h[1] -> h[2] = conv(3, padding=1) | relu
-        h_2 = x0["h[2]"] + torch.relu(self.g_2(torch.cat([img, h_1], dim=1)))
-        # level 3
-        # conv.mach:8  g[3] : img × h[1] × h[2] -> h[3] = conv(3, padding=1) | relu
-        h_3 = x0["h[3]"] + torch.relu(self.g_3(torch.cat([img, h_1, h_2], dim=1)))
-        # level 4
-        # conv.mach:8  g[4] : img × h[1] × h[2] × h[3] -> h[4] = conv(3, padding=1) | relu
-        h_4 = x0["h[4]"] + torch.relu(self.g_4(torch.cat([img, h_1, h_2, h_3], dim=1)))
-        # level 5
+        for i in range(1, 5):
+            # conv.mach:8  g[i] : img × h[1..i-1] -> h[i] = conv(3, padding=1) | relu
+            h[i] = x0[f"h[{i}]"] + torch.relu(self.g[str(i)](torch.cat([img, *[h[j] for j in range(1, i)]], dim=1)))
         # conv.mach:10  head : h[4] -> logits = global_avg_pool | linear
-        logits = x0["logits"] + self.head(h_4.mean(dim=(2, 3)))
-        return {"img": img, "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "h[4]": h_4, "logits": logits}
+        logits = x0["logits"] + self.head(h[4].mean(dim=(2, 3)))
+        return {
+            "img": img,
+            "h[1]": h[1],
+            "h[2]": h[2],
+            "h[3]": h[3],
+            "h[4]": h[4],
+            "logits": logits,
+        }
 
     def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
         """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
         x = _leaves(_complete(self.SPACES, x))
         with torch.enable_grad():
-            # conv.mach:8  g[1] : img -> h[1] = conv(3, padding=1) | relu
-            g_1 = torch.relu(self.g_1(x["img"]))
-            # conv.mach:8  g[2] : img × h[1] -> h[2] = conv(3, padding=1) | relu
-            g_2 = torch.relu(self.g_2(torch.cat([x["img"], x["h[1]"]], dim=1)))
-            # conv.mach:8  g[3] : img × h[1] × h[2] -> h[3] = conv(3, padding=1) | relu
-            g_3 = torch.relu(self.g_3(torch.cat([x["img"], x["h[1]"], x["h[2]"]], dim=1)))
-            # conv.mach:8  g[4] : img × h[1] × h[2] × h[3] -> h[4] = conv(3, padding=1) | relu
-            g_4 = torch.relu(self.g_4(torch.cat([x["img"], x["h[1]"], x["h[2]"], x["h[3]"]], dim=1)))
+            g: dict[int, Tensor] = {}
+            for i in range(1, 5):
+                # conv.mach:8  g[i] : img × h[1..i-1] -> h[i] = conv(3, padding=1) | relu
+                g[i] = torch.relu(self.g[str(i)](torch.cat([x["img"], *[x[f"h[{j}]"] for j in range(1, i)]], dim=1)))
             # conv.mach:10  head : h[4] -> logits = global_avg_pool | linear
             head = self.head(x["h[4]"].mean(dim=(2, 3)))
         bar = _complete(self.SPACES, cotangent)
         # the adjoint machine: the edges in reverse dependency order
         _pull(bar, x, head, ("h[4]",), ("logits",))  # conv.mach:10  head
-        _pull(bar, x, g_4, ("img", "h[1]", "h[2]", "h[3]"), ("h[4]",))  # conv.mach:8  g[4]
-        _pull(bar, x, g_3, ("img", "h[1]", "h[2]"), ("h[3]",))  # conv.mach:8  g[3]
-        _pull(bar, x, g_2, ("img", "h[1]"), ("h[2]",))  # conv.mach:8  g[2]
-        _pull(bar, x, g_1, ("img",), ("h[1]",))  # conv.mach:8  g[1]
+        for i in reversed(range(1, 5)):
+            _pull(bar, x, g[i], ("img", *[f"h[{j}]" for j in range(1, i)]), (f"h[{i}]",))  # conv.mach:8  g[i]
         return bar
 
     def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:

@@ -78,95 +78,64 @@ class DenseMachine(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.g_1 = nn.Linear(16, 32)  # dense.mach:8  g[1]
-        self.g_2 = nn.Linear(48, 32)  # dense.mach:8  g[2]
-        self.g_3 = nn.Linear(80, 32)  # dense.mach:8  g[3]
-        self.g_4 = nn.Linear(112, 32)  # dense.mach:8  g[4]
+        self.g = nn.ModuleDict({str(i): nn.Linear(32 * i - 16, 32) for i in range(1, 5)})  # dense.mach:8  g[i]
         self.head = nn.Linear(32, 10)  # dense.mach:10  head
 
     def forward(self, x: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""
-        # level 1
-        # dense.mach:8  g[1] : x -> h[1] = linear | relu
-        h_1 = torch.relu(self.g_1(x))
-        # level 2
-        # dense.mach:8  g[2] : x × h[1] -> h[2] = linear | relu
-        h_2 = torch.relu(self.g_2(torch.cat([x, h_1], dim=1)))
-        # level 3
-        # dense.mach:8  g[3] : x × h[1] × h[2] -> h[3] = linear | relu
-        h_3 = torch.relu(self.g_3(torch.cat([x, h_1, h_2], dim=1)))
-        # level 4
-        # dense.mach:8  g[4] : x × h[1] × h[2] × h[3] -> h[4] = linear | relu
-        h_4 = torch.relu(self.g_4(torch.cat([x, h_1, h_2, h_3], dim=1)))
-        # level 5
+        h: dict[int, Tensor] = {}  # the spaces h[k]
+        for i in range(1, 5):
+            # dense.mach:8  g[i] : x × h[1..i-1] -> h[i] = linear | relu
+            h[i] = torch.relu(self.g[str(i)](torch.cat([x, *[h[j] for j in range(1, i)]], dim=1)))
         # dense.mach:10  head : h[4] -> y = linear
-        y = self.head(h_4)
+        y = self.head(h[4])
         return y
 
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """The global endofunction: the sum of all edges applied to state (missing: zero)."""
         state = _complete(self.SPACES, state)
-        # dense.mach:8  g[1] : x -> h[1] = linear | relu
-        h_1 = torch.relu(self.g_1(state["x"]))
-        # dense.mach:8  g[2] : x × h[1] -> h[2] = linear | relu
-        h_2 = torch.relu(self.g_2(torch.cat([state["x"], state["h[1]"]], dim=1)))
-        # dense.mach:8  g[3] : x × h[1] × h[2] -> h[3] = linear | relu
-        h_3 = torch.relu(self.g_3(torch.cat([state["x"], state["h[1]"], state["h[2]"]], dim=1)))
-        # dense.mach:8  g[4] : x × h[1] × h[2] × h[3] -> h[4] = linear | relu
-        h_4 = torch.relu(self.g_4(torch.cat([state["x"], state["h[1]"], state["h[2]"], state["h[3]"]], dim=1)))
+        h: dict[int, Tensor] = {}  # the spaces h[k]
+        for i in range(1, 5):
+            # dense.mach:8  g[i] : x × h[1..i-1] -> h[i] = linear | relu
+            h[i] = torch.relu(self.g[str(i)](torch.cat([state["x"], *[state[f"h[{j}]"] for j in range(1, i)]], dim=1)))
         # dense.mach:10  head : h[4] -> y = linear
         y = self.head(state["h[4]"])
         return {
             "x": torch.zeros_like(state["x"]),
-            "h[1]": h_1,
-            "h[2]": h_2,
-            "h[3]": h_3,
-            "h[4]": h_4,
+            "h[1]": h[1],
+            "h[2]": h[2],
+            "h[3]": h[3],
+            "h[4]": h[4],
             "y": y,
         }
 
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
         """The solution x of x = f(x) + x0, for x0 given on any spaces (the rest are zero)."""
         x0 = _complete(self.SPACES, x0)
+        h: dict[int, Tensor] = {}  # the spaces h[k]
         x = x0["x"]
-        # level 1
-        # dense.mach:8  g[1] : x -> h[1] = linear | relu
-        h_1 = x0["h[1]"] + torch.relu(self.g_1(x))
-        # level 2
-        # dense.mach:8  g[2] : x × h[1] -> h[2] = linear | relu
-        h_2 = x0["h[2]"] + torch.relu(self.g_2(torch.cat([x, h_1], dim=1)))
-        # level 3
-        # dense.mach:8  g[3] : x × h[1] × h[2] -> h[3] = linear | relu
-        h_3 = x0["h[3]"] + torch.relu(self.g_3(torch.cat([x, h_1, h_2], dim=1)))
-        # level 4
-        # dense.mach:8  g[4] : x × h[1] × h[2] × h[3] -> h[4] = linear | relu
-        h_4 = x0["h[4]"] + torch.relu(self.g_4(torch.cat([x, h_1, h_2, h_3], dim=1)))
-        # level 5
+        for i in range(1, 5):
+            # dense.mach:8  g[i] : x × h[1..i-1] -> h[i] = linear | relu
+            h[i] = x0[f"h[{i}]"] + torch.relu(self.g[str(i)](torch.cat([x, *[h[j] for j in range(1, i)]], dim=1)))
         # dense.mach:10  head : h[4] -> y = linear
-        y = x0["y"] + self.head(h_4)
-        return {"x": x, "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "h[4]": h_4, "y": y}
+        y = x0["y"] + self.head(h[4])
+        return {"x": x, "h[1]": h[1], "h[2]": h[2], "h[3]": h[3], "h[4]": h[4], "y": y}
 
     def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
         """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
         x = _leaves(_complete(self.SPACES, x))
         with torch.enable_grad():
-            # dense.mach:8  g[1] : x -> h[1] = linear | relu
-            g_1 = torch.relu(self.g_1(x["x"]))
-            # dense.mach:8  g[2] : x × h[1] -> h[2] = linear | relu
-            g_2 = torch.relu(self.g_2(torch.cat([x["x"], x["h[1]"]], dim=1)))
-            # dense.mach:8  g[3] : x × h[1] × h[2] -> h[3] = linear | relu
-            g_3 = torch.relu(self.g_3(torch.cat([x["x"], x["h[1]"], x["h[2]"]], dim=1)))
-            # dense.mach:8  g[4] : x × h[1] × h[2] × h[3] -> h[4] = linear | relu
-            g_4 = torch.relu(self.g_4(torch.cat([x["x"], x["h[1]"], x["h[2]"], x["h[3]"]], dim=1)))
+            g: dict[int, Tensor] = {}
+            for i in range(1, 5):
+                # dense.mach:8  g[i] : x × h[1..i-1] -> h[i] = linear | relu
+                g[i] = torch.relu(self.g[str(i)](torch.cat([x["x"], *[x[f"h[{j}]"] for j in range(1, i)]], dim=1)))
             # dense.mach:10  head : h[4] -> y = linear
             head = self.head(x["h[4]"])
         bar = _complete(self.SPACES, cotangent)
         # the adjoint machine: the edges in reverse dependency order
         _pull(bar, x, head, ("h[4]",), ("y",))  # dense.mach:10  head
-        _pull(bar, x, g_4, ("x", "h[1]", "h[2]", "h[3]"), ("h[4]",))  # dense.mach:8  g[4]
-        _pull(bar, x, g_3, ("x", "h[1]", "h[2]"), ("h[3]",))  # dense.mach:8  g[3]
-        _pull(bar, x, g_2, ("x", "h[1]"), ("h[2]",))  # dense.mach:8  g[2]
-        _pull(bar, x, g_1, ("x",), ("h[1]",))  # dense.mach:8  g[1]
+        for i in reversed(range(1, 5)):
+            _pull(bar, x, g[i], ("x", *[f"h[{j}]" for j in range(1, i)]), (f"h[{i}]",))  # dense.mach:8  g[i]
         return bar
 
     def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:

@@ -78,95 +78,68 @@ class DigitNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.block_1 = nn.ModuleList([nn.Linear(64, 48), nn.LayerNorm(48)])  # digits.mach:9  block[1]
-        self.block_2 = nn.ModuleList([nn.Linear(112, 48), nn.LayerNorm(48)])  # digits.mach:9  block[2]
-        self.block_3 = nn.ModuleList([nn.Linear(160, 48), nn.LayerNorm(48)])  # digits.mach:9  block[3]
+        self.block = nn.ModuleDict({str(i): nn.ModuleList([nn.Linear(48 * i + 16, 48), nn.LayerNorm(48)]) for i in range(1, 4)})  # digits.mach:9  block[i]
         self.head = nn.Linear(144, 10)  # digits.mach:11  head
-        self.block_1_dropout = nn.Dropout(p=0.1)  # digits.mach:9  block[1]
-        self.block_2_dropout = nn.Dropout(p=0.1)  # digits.mach:9  block[2]
-        self.block_3_dropout = nn.Dropout(p=0.1)  # digits.mach:9  block[3]
+        self.block_dropout = nn.ModuleDict({str(i): nn.Dropout(p=0.1) for i in range(1, 4)})  # digits.mach:9  block[i]
 
     def forward(self, pixels: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""
-        # level 1
-        # digits.mach:9  block[1] : pixels -> h[1] = linear | layernorm | gelu | dropout(p=0.1)
-        h_1 = self.block_1_dropout(F.gelu(self.block_1[1](self.block_1[0](pixels))))
-        # level 2
-        # digits.mach:9  block[2] : pixels × h[1] -> h[2] = linear | layernorm | gelu | dropout(p=0.1)
-        block_2 = self.block_2[1](self.block_2[0](torch.cat([pixels, h_1], dim=1)))
-        h_2 = self.block_2_dropout(F.gelu(block_2))
-        # level 3
-        # digits.mach:9  block[3] : pixels × h[1] × h[2] -> h[3] = linear | layernorm | gelu | dropout(p=0.1)
-        block_3 = self.block_3[0](torch.cat([pixels, h_1, h_2], dim=1))
-        h_3 = self.block_3_dropout(F.gelu(self.block_3[1](block_3)))
-        # level 4
+        h: dict[int, Tensor] = {}  # the spaces h[k]
+        for i in range(1, 4):
+            # digits.mach:9  block[i] : pixels × h[1..i-1] -> h[i] = linear | layernorm | gelu | dropout(p=0.1)
+            block = self.block[str(i)][0](torch.cat([pixels, *[h[j] for j in range(1, i)]], dim=1))
+            h[i] = self.block_dropout[str(i)](F.gelu(self.block[str(i)][1](block)))
         # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
-        logits = self.head(torch.cat([h_1, h_2, h_3], dim=1))
+        logits = self.head(torch.cat([h[1], h[2], h[3]], dim=1))
         return logits
 
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """The global endofunction: the sum of all edges applied to state (missing: zero)."""
         state = _complete(self.SPACES, state)
-        # digits.mach:9  block[1] : pixels -> h[1] = linear | layernorm | gelu | dropout(p=0.1)
-        block_1 = self.block_1[1](self.block_1[0](state["pixels"]))
-        h_1 = self.block_1_dropout(F.gelu(block_1))
-        # digits.mach:9  block[2] : pixels × h[1] -> h[2] = linear | layernorm | gelu | dropout(p=0.1)
-        block_2 = self.block_2[0](torch.cat([state["pixels"], state["h[1]"]], dim=1))
-        h_2 = self.block_2_dropout(F.gelu(self.block_2[1](block_2)))
-        # digits.mach:9  block[3] : pixels × h[1] × h[2] -> h[3] = linear | layernorm | gelu | dropout(p=0.1)
-        block_3 = self.block_3[0](torch.cat([state["pixels"], state["h[1]"], state["h[2]"]], dim=1))
-        h_3 = self.block_3_dropout(F.gelu(self.block_3[1](block_3)))
+        h: dict[int, Tensor] = {}  # the spaces h[k]
+        for i in range(1, 4):
+            # digits.mach:9  block[i] : pixels × h[1..i-1] -> h[i] = linear | layernorm | gelu | dropout(p=0.1)
+            block = self.block[str(i)][0](torch.cat([state["pixels"], *[state[f"h[{j}]"] for j in range(1, i)]], dim=1))
+            h[i] = self.block_dropout[str(i)](F.gelu(self.block[str(i)][1](block)))
         # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
         logits = self.head(torch.cat([state["h[1]"], state["h[2]"], state["h[3]"]], dim=1))
         return {
             "pixels": torch.zeros_like(state["pixels"]),
-            "h[1]": h_1,
-            "h[2]": h_2,
-            "h[3]": h_3,
+            "h[1]": h[1],
+            "h[2]": h[2],
+            "h[3]": h[3],
             "logits": logits,
         }
 
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
         """The solution x of x = f(x) + x0, for x0 given on any spaces (the rest are zero)."""
         x0 = _complete(self.SPACES, x0)
+        h: dict[int, Tensor] = {}  # the spaces h[k]
         pixels = x0["pixels"]
-        # level 1
-        # digits.mach:9  block[1] : pixels -> h[1] = linear | layernorm | gelu | dropout(p=0.1)
-        h_1 = x0["h[1]"] + self.block_1_dropout(F.gelu(self.block_1[1](self.block_1[0](pixels))))
-        # level 2
-        # digits.mach:9  block[2] : pixels × h[1] -> h[2] = linear | layernorm | gelu | dropout(p=0.1)
-        block_2 = self.block_2[1](self.block_2[0](torch.cat([pixels, h_1], dim=1)))
-        h_2 = x0["h[2]"] + self.block_2_dropout(F.gelu(block_2))
-        # level 3
-        # digits.mach:9  block[3] : pixels × h[1] × h[2] -> h[3] = linear | layernorm | gelu | dropout(p=0.1)
-        block_3 = self.block_3[0](torch.cat([pixels, h_1, h_2], dim=1))
-        h_3 = x0["h[3]"] + self.block_3_dropout(F.gelu(self.block_3[1](block_3)))
-        # level 4
+        for i in range(1, 4):
+            # digits.mach:9  block[i] : pixels × h[1..i-1] -> h[i] = linear | layernorm | gelu | dropout(p=0.1)
+            block = self.block[str(i)][0](torch.cat([pixels, *[h[j] for j in range(1, i)]], dim=1))
+            h[i] = x0[f"h[{i}]"] + self.block_dropout[str(i)](F.gelu(self.block[str(i)][1](block)))
         # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
-        logits = x0["logits"] + self.head(torch.cat([h_1, h_2, h_3], dim=1))
-        return {"pixels": pixels, "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "logits": logits}
+        logits = x0["logits"] + self.head(torch.cat([h[1], h[2], h[3]], dim=1))
+        return {"pixels": pixels, "h[1]": h[1], "h[2]": h[2], "h[3]": h[3], "logits": logits}
 
     def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
         """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
         x = _leaves(_complete(self.SPACES, x))
         with torch.enable_grad():
-            # digits.mach:9  block[1] : pixels -> h[1] = linear | layernorm | gelu | dropout(p=0.1)
-            block_1 = F.gelu(self.block_1[1](self.block_1[0](x["pixels"])))
-            block_1_ = self.block_1_dropout(block_1)
-            # digits.mach:9  block[2] : pixels × h[1] -> h[2] = linear | layernorm | gelu | dropout(p=0.1)
-            block_2 = self.block_2[0](torch.cat([x["pixels"], x["h[1]"]], dim=1))
-            block_2_ = self.block_2_dropout(F.gelu(self.block_2[1](block_2)))
-            # digits.mach:9  block[3] : pixels × h[1] × h[2] -> h[3] = linear | layernorm | gelu | dropout(p=0.1)
-            block_3 = self.block_3[0](torch.cat([x["pixels"], x["h[1]"], x["h[2]"]], dim=1))
-            block_3_ = self.block_3_dropout(F.gelu(self.block_3[1](block_3)))
+            block: dict[int, Tensor] = {}
+            for i in range(1, 4):
+                # digits.mach:9  block[i] : pixels × h[1..i-1] -> h[i] = linear | layernorm | gelu | dropout(p=0.1)
+                block_ = self.block[str(i)][0](torch.cat([x["pixels"], *[x[f"h[{j}]"] for j in range(1, i)]], dim=1))
+                block[i] = self.block_dropout[str(i)](F.gelu(self.block[str(i)][1](block_)))
             # digits.mach:11  head : h[1] × h[2] × h[3] -> logits = linear
             head = self.head(torch.cat([x["h[1]"], x["h[2]"], x["h[3]"]], dim=1))
         bar = _complete(self.SPACES, cotangent)
         # the adjoint machine: the edges in reverse dependency order
         _pull(bar, x, head, ("h[1]", "h[2]", "h[3]"), ("logits",))  # digits.mach:11  head
-        _pull(bar, x, block_3_, ("pixels", "h[1]", "h[2]"), ("h[3]",))  # digits.mach:9  block[3]
-        _pull(bar, x, block_2_, ("pixels", "h[1]"), ("h[2]",))  # digits.mach:9  block[2]
-        _pull(bar, x, block_1_, ("pixels",), ("h[1]",))  # digits.mach:9  block[1]
+        for i in reversed(range(1, 4)):
+            _pull(bar, x, block[i], ("pixels", *[f"h[{j}]" for j in range(1, i)]), (f"h[{i}]",))  # digits.mach:9  block[i]
         return bar
 
     def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:

@@ -78,29 +78,19 @@ class DigitConvNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.g_1 = nn.ModuleList([nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)])  # digits_conv.mach:10  g[1]
-        self.g_2 = nn.ModuleList([nn.Conv2d(17, 16, 3, padding=1), nn.BatchNorm2d(16)])  # digits_conv.mach:10  g[2]
-        self.g_3 = nn.ModuleList([nn.Conv2d(33, 16, 3, padding=1), nn.BatchNorm2d(16)])  # digits_conv.mach:10  g[3]
+        self.g = nn.ModuleDict({str(i): nn.ModuleList([nn.Conv2d(16 * i - 15, 16, 3, padding=1), nn.BatchNorm2d(16)]) for i in range(1, 4)})  # digits_conv.mach:10  g[i]
         self.pool = nn.Conv2d(48, 32, 3, stride=2, padding=1)  # digits_conv.mach:12  pool
         self.head = nn.Linear(32, 10)  # digits_conv.mach:13  head
 
     def forward(self, image: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""
-        # level 1
-        # digits_conv.mach:10  g[1] : image -> h[1] = conv(3, padding=1) | batchnorm | relu
-        h_1 = torch.relu(self.g_1[1](self.g_1[0](image)))
-        # level 2
-        # digits_conv.mach:10  g[2] : image × h[1] -> h[2] = conv(3, padding=1) | batchnorm | relu
-        g_2 = self.g_2[1](self.g_2[0](torch.cat([image, h_1], dim=1)))
-        h_2 = torch.relu(g_2)
-        # level 3
-        # digits_conv.mach:10  g[3] : image × h[1] × h[2] -> h[3] = conv(3, padding=1) | batchnorm | relu
-        g_3 = self.g_3[1](self.g_3[0](torch.cat([image, h_1, h_2], dim=1)))
-        h_3 = torch.relu(g_3)
-        # level 4
+        h: dict[int, Tensor] = {}  # the spaces h[k]
+        for i in range(1, 4):
+            # digits_conv.mach:10  g[i] : image × h[1..i-1] -> h[i] = conv(3, padding=1) | batchnorm | relu
+            g = self.g[str(i)][0](torch.cat([image, *[h[j] for j in range(1, i)]], dim=1))
+            h[i] = torch.relu(self.g[str(i)][1](g))
         # digits_conv.mach:12  pool : h[1] × h[2] × h[3] -> down = conv(3, stride=2, padding=1) | relu
-        down = torch.relu(self.pool(torch.cat([h_1, h_2, h_3], dim=1)))
-        # level 5
+        down = torch.relu(self.pool(torch.cat([h[1], h[2], h[3]], dim=1)))
         # digits_conv.mach:13  head : down -> logits = global_avg_pool | linear
         logits = self.head(down.mean(dim=(2, 3)))
         return logits
@@ -108,23 +98,20 @@ class DigitConvNet(nn.Module):
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """The global endofunction: the sum of all edges applied to state (missing: zero)."""
         state = _complete(self.SPACES, state)
-        # digits_conv.mach:10  g[1] : image -> h[1] = conv(3, padding=1) | batchnorm | relu
-        h_1 = torch.relu(self.g_1[1](self.g_1[0](state["image"])))
-        # digits_conv.mach:10  g[2] : image × h[1] -> h[2] = conv(3, padding=1) | batchnorm | relu
-        g_2 = self.g_2[0](torch.cat([state["image"], state["h[1]"]], dim=1))
-        h_2 = torch.relu(self.g_2[1](g_2))
-        # digits_conv.mach:10  g[3] : image × h[1] × h[2] -> h[3] = conv(3, padding=1) | batchnorm | relu
-        g_3 = self.g_3[0](torch.cat([state["image"], state["h[1]"], state["h[2]"]], dim=1))
-        h_3 = torch.relu(self.g_3[1](g_3))
+        h: dict[int, Tensor] = {}  # the spaces h[k]
+        for i in range(1, 4):
+            # digits_conv.mach:10  g[i] : image × h[1..i-1] -> h[i] = conv(3, padding=1) | batchnorm | relu
+            g = self.g[str(i)][0](torch.cat([state["image"], *[state[f"h[{j}]"] for j in range(1, i)]], dim=1))
+            h[i] = torch.relu(self.g[str(i)][1](g))
         # digits_conv.mach:12  pool : h[1] × h[2] × h[3] -> down = conv(3, stride=2, padding=1) | relu
         down = torch.relu(self.pool(torch.cat([state["h[1]"], state["h[2]"], state["h[3]"]], dim=1)))
         # digits_conv.mach:13  head : down -> logits = global_avg_pool | linear
         logits = self.head(state["down"].mean(dim=(2, 3)))
         return {
             "image": torch.zeros_like(state["image"]),
-            "h[1]": h_1,
-            "h[2]": h_2,
-            "h[3]": h_3,
+            "h[1]": h[1],
+            "h[2]": h[2],
+            "h[3]": h[3],
             "down": down,
             "logits": logits,
         }
@@ -132,29 +119,21 @@ class DigitConvNet(nn.Module):
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
         """The solution x of x = f(x) + x0, for x0 given on any spaces (the rest are zero)."""
         x0 = _complete(self.SPACES, x0)
+        h: dict[int, Tensor] = {}  # the spaces h[k]
         image = x0["image"]
-        # level 1
-        # digits_conv.mach:10  g[1] : image -> h[1] = conv(3, padding=1) | batchnorm | relu
-        h_1 = x0["h[1]"] + torch.relu(self.g_1[1](self.g_1[0](image)))
-        # level 2
-        # digits_conv.mach:10  g[2] : image × h[1] -> h[2] = conv(3, padding=1) | batchnorm | relu
-        g_2 = self.g_2[1](self.g_2[0](torch.cat([image, h_1], dim=1)))
-        h_2 = x0["h[2]"] + torch.relu(g_2)
-        # level 3
-        # digits_conv.mach:10  g[3] : image × h[1] × h[2] -> h[3] = conv(3, padding=1) | batchnorm | relu
-        g_3 = self.g_3[1](self.g_3[0](torch.cat([image, h_1, h_2], dim=1)))
-        h_3 = x0["h[3]"] + torch.relu(g_3)
-        # level 4
+        for i in range(1, 4):
+            # digits_conv.mach:10  g[i] : image × h[1..i-1] -> h[i] = conv(3, padding=1) | batchnorm | relu
+            g = self.g[str(i)][0](torch.cat([image, *[h[j] for j in range(1, i)]], dim=1))
+            h[i] = x0[f"h[{i}]"] + torch.relu(self.g[str(i)][1](g))
         # digits_conv.mach:12  pool : h[1] × h[2] × h[3] -> down = conv(3, stride=2, padding=1) | relu
-        down = x0["down"] + torch.relu(self.pool(torch.cat([h_1, h_2, h_3], dim=1)))
-        # level 5
+        down = x0["down"] + torch.relu(self.pool(torch.cat([h[1], h[2], h[3]], dim=1)))
         # digits_conv.mach:13  head : down -> logits = global_avg_pool | linear
         logits = x0["logits"] + self.head(down.mean(dim=(2, 3)))
         return {
             "image": image,
-            "h[1]": h_1,
-            "h[2]": h_2,
-            "h[3]": h_3,
+            "h[1]": h[1],
+            "h[2]": h[2],
+            "h[3]": h[3],
             "down": down,
             "logits": logits,
         }
@@ -163,14 +142,11 @@ class DigitConvNet(nn.Module):
         """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
         x = _leaves(_complete(self.SPACES, x))
         with torch.enable_grad():
-            # digits_conv.mach:10  g[1] : image -> h[1] = conv(3, padding=1) | batchnorm | relu
-            g_1 = torch.relu(self.g_1[1](self.g_1[0](x["image"])))
-            # digits_conv.mach:10  g[2] : image × h[1] -> h[2] = conv(3, padding=1) | batchnorm | relu
-            g_2 = self.g_2[0](torch.cat([x["image"], x["h[1]"]], dim=1))
-            g_2_ = torch.relu(self.g_2[1](g_2))
-            # digits_conv.mach:10  g[3] : image × h[1] × h[2] -> h[3] = conv(3, padding=1) | batchnorm | relu
-            g_3 = self.g_3[0](torch.cat([x["image"], x["h[1]"], x["h[2]"]], dim=1))
-            g_3_ = torch.relu(self.g_3[1](g_3))
+            g: dict[int, Tensor] = {}
+            for i in range(1, 4):
+                # digits_conv.mach:10  g[i] : image × h[1..i-1] -> h[i] = conv(3, padding=1) | batchnorm | relu
+                g_ = self.g[str(i)][0](torch.cat([x["image"], *[x[f"h[{j}]"] for j in range(1, i)]], dim=1))
+                g[i] = torch.relu(self.g[str(i)][1](g_))
             # digits_conv.mach:12  pool : h[1] × h[2] × h[3] -> down = conv(3, stride=2, padding=1) | relu
             pool = torch.relu(self.pool(torch.cat([x["h[1]"], x["h[2]"], x["h[3]"]], dim=1)))
             # digits_conv.mach:13  head : down -> logits = global_avg_pool | linear
@@ -179,9 +155,8 @@ class DigitConvNet(nn.Module):
         # the adjoint machine: the edges in reverse dependency order
         _pull(bar, x, head, ("down",), ("logits",))  # digits_conv.mach:13  head
         _pull(bar, x, pool, ("h[1]", "h[2]", "h[3]"), ("down",))  # digits_conv.mach:12  pool
-        _pull(bar, x, g_3_, ("image", "h[1]", "h[2]"), ("h[3]",))  # digits_conv.mach:10  g[3]
-        _pull(bar, x, g_2_, ("image", "h[1]"), ("h[2]",))  # digits_conv.mach:10  g[2]
-        _pull(bar, x, g_1, ("image",), ("h[1]",))  # digits_conv.mach:10  g[1]
+        for i in reversed(range(1, 4)):
+            _pull(bar, x, g[i], ("image", *[f"h[{j}]" for j in range(1, i)]), (f"h[{i}]",))  # digits_conv.mach:10  g[i]
         return bar
 
     def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:

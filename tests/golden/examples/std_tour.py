@@ -254,76 +254,57 @@ class DenseMachine(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.g_1 = nn.Linear(32, 16)  # std/blocks.mach:37  g[1]
-        self.g_2 = nn.Linear(48, 16)  # std/blocks.mach:37  g[2]
-        self.g_3 = nn.Linear(64, 16)  # std/blocks.mach:37  g[3]
+        self.g = nn.ModuleDict({str(i): nn.Linear(16 * i + 16, 16) for i in range(1, 4)})  # std/blocks.mach:37  g[i]
         self.head = nn.Linear(16, 10)  # std/blocks.mach:39  head
 
     def forward(self, x: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""
-        # level 1
-        # std/blocks.mach:37  g[1] : x -> h[1] = linear | relu
-        h_1 = torch.relu(self.g_1(x))
-        # level 2
-        # std/blocks.mach:37  g[2] : x × h[1] -> h[2] = linear | relu
-        h_2 = torch.relu(self.g_2(torch.cat([x, h_1], dim=1)))
-        # level 3
-        # std/blocks.mach:37  g[3] : x × h[1] × h[2] -> h[3] = linear | relu
-        h_3 = torch.relu(self.g_3(torch.cat([x, h_1, h_2], dim=1)))
-        # level 4
+        h: dict[int, Tensor] = {}  # the spaces h[k]
+        for i in range(1, 4):
+            # std/blocks.mach:37  g[i] : x × h[1..i-1] -> h[i] = linear | relu
+            h[i] = torch.relu(self.g[str(i)](torch.cat([x, *[h[j] for j in range(1, i)]], dim=1)))
         # std/blocks.mach:39  head : h[3] -> y = linear
-        y = self.head(h_3)
+        y = self.head(h[3])
         return y
 
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """The global endofunction: the sum of all edges applied to state (missing: zero)."""
         state = _complete(self.SPACES, state)
-        # std/blocks.mach:37  g[1] : x -> h[1] = linear | relu
-        h_1 = torch.relu(self.g_1(state["x"]))
-        # std/blocks.mach:37  g[2] : x × h[1] -> h[2] = linear | relu
-        h_2 = torch.relu(self.g_2(torch.cat([state["x"], state["h[1]"]], dim=1)))
-        # std/blocks.mach:37  g[3] : x × h[1] × h[2] -> h[3] = linear | relu
-        h_3 = torch.relu(self.g_3(torch.cat([state["x"], state["h[1]"], state["h[2]"]], dim=1)))
+        h: dict[int, Tensor] = {}  # the spaces h[k]
+        for i in range(1, 4):
+            # std/blocks.mach:37  g[i] : x × h[1..i-1] -> h[i] = linear | relu
+            h[i] = torch.relu(self.g[str(i)](torch.cat([state["x"], *[state[f"h[{j}]"] for j in range(1, i)]], dim=1)))
         # std/blocks.mach:39  head : h[3] -> y = linear
         y = self.head(state["h[3]"])
-        return {"x": torch.zeros_like(state["x"]), "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "y": y}
+        return {"x": torch.zeros_like(state["x"]), "h[1]": h[1], "h[2]": h[2], "h[3]": h[3], "y": y}
 
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
         """The solution x of x = f(x) + x0, for x0 given on any spaces (the rest are zero)."""
         x0 = _complete(self.SPACES, x0)
+        h: dict[int, Tensor] = {}  # the spaces h[k]
         x = x0["x"]
-        # level 1
-        # std/blocks.mach:37  g[1] : x -> h[1] = linear | relu
-        h_1 = x0["h[1]"] + torch.relu(self.g_1(x))
-        # level 2
-        # std/blocks.mach:37  g[2] : x × h[1] -> h[2] = linear | relu
-        h_2 = x0["h[2]"] + torch.relu(self.g_2(torch.cat([x, h_1], dim=1)))
-        # level 3
-        # std/blocks.mach:37  g[3] : x × h[1] × h[2] -> h[3] = linear | relu
-        h_3 = x0["h[3]"] + torch.relu(self.g_3(torch.cat([x, h_1, h_2], dim=1)))
-        # level 4
+        for i in range(1, 4):
+            # std/blocks.mach:37  g[i] : x × h[1..i-1] -> h[i] = linear | relu
+            h[i] = x0[f"h[{i}]"] + torch.relu(self.g[str(i)](torch.cat([x, *[h[j] for j in range(1, i)]], dim=1)))
         # std/blocks.mach:39  head : h[3] -> y = linear
-        y = x0["y"] + self.head(h_3)
-        return {"x": x, "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "y": y}
+        y = x0["y"] + self.head(h[3])
+        return {"x": x, "h[1]": h[1], "h[2]": h[2], "h[3]": h[3], "y": y}
 
     def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
         """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
         x = _leaves(_complete(self.SPACES, x))
         with torch.enable_grad():
-            # std/blocks.mach:37  g[1] : x -> h[1] = linear | relu
-            g_1 = torch.relu(self.g_1(x["x"]))
-            # std/blocks.mach:37  g[2] : x × h[1] -> h[2] = linear | relu
-            g_2 = torch.relu(self.g_2(torch.cat([x["x"], x["h[1]"]], dim=1)))
-            # std/blocks.mach:37  g[3] : x × h[1] × h[2] -> h[3] = linear | relu
-            g_3 = torch.relu(self.g_3(torch.cat([x["x"], x["h[1]"], x["h[2]"]], dim=1)))
+            g: dict[int, Tensor] = {}
+            for i in range(1, 4):
+                # std/blocks.mach:37  g[i] : x × h[1..i-1] -> h[i] = linear | relu
+                g[i] = torch.relu(self.g[str(i)](torch.cat([x["x"], *[x[f"h[{j}]"] for j in range(1, i)]], dim=1)))
             # std/blocks.mach:39  head : h[3] -> y = linear
             head = self.head(x["h[3]"])
         bar = _complete(self.SPACES, cotangent)
         # the adjoint machine: the edges in reverse dependency order
         _pull(bar, x, head, ("h[3]",), ("y",))  # std/blocks.mach:39  head
-        _pull(bar, x, g_3, ("x", "h[1]", "h[2]"), ("h[3]",))  # std/blocks.mach:37  g[3]
-        _pull(bar, x, g_2, ("x", "h[1]"), ("h[2]",))  # std/blocks.mach:37  g[2]
-        _pull(bar, x, g_1, ("x",), ("h[1]",))  # std/blocks.mach:37  g[1]
+        for i in reversed(range(1, 4)):
+            _pull(bar, x, g[i], ("x", *[f"h[{j}]" for j in range(1, i)]), (f"h[{i}]",))  # std/blocks.mach:37  g[i]
         return bar
 
     def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
@@ -512,82 +493,63 @@ class ConvMachine(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.g_1 = nn.Conv2d(8, 8, 3, padding=1)  # std/conv.mach:34  g[1]
-        self.g_2 = nn.Conv2d(16, 8, 3, padding=1)  # std/conv.mach:34  g[2]
-        self.g_3 = nn.Conv2d(24, 8, 3, padding=1)  # std/conv.mach:34  g[3]
+        self.g = nn.ModuleDict({str(i): nn.Conv2d(8 * i, 8, 3, padding=1) for i in range(1, 4)})  # std/conv.mach:34  g[i]
         self.head = nn.Linear(8, 10)  # std/conv.mach:36  head
 
     def forward(self, img: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""
-        # level 1
-        # std/conv.mach:34  g[1] : img -> h[1] = conv(3, padding=1) | relu
-        h_1 = torch.relu(self.g_1(img))
-        # level 2
-        # std/conv.mach:34  g[2] : img × h[1] -> h[2] = conv(3, padding=1) | relu
-        h_2 = torch.relu(self.g_2(torch.cat([img, h_1], dim=1)))
-        # level 3
-        # std/conv.mach:34  g[3] : img × h[1] × h[2] -> h[3] = conv(3, padding=1) | relu
-        h_3 = torch.relu(self.g_3(torch.cat([img, h_1, h_2], dim=1)))
-        # level 4
+        h: dict[int, Tensor] = {}  # the spaces h[k]
+        for i in range(1, 4):
+            # std/conv.mach:34  g[i] : img × h[1..i-1] -> h[i] = conv(3, padding=1) | relu
+            h[i] = torch.relu(self.g[str(i)](torch.cat([img, *[h[j] for j in range(1, i)]], dim=1)))
         # std/conv.mach:36  head : h[3] -> y = global_avg_pool | linear
-        y = self.head(h_3.mean(dim=(2, 3)))
+        y = self.head(h[3].mean(dim=(2, 3)))
         return y
 
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """The global endofunction: the sum of all edges applied to state (missing: zero)."""
         state = _complete(self.SPACES, state)
-        # std/conv.mach:34  g[1] : img -> h[1] = conv(3, padding=1) | relu
-        h_1 = torch.relu(self.g_1(state["img"]))
-        # std/conv.mach:34  g[2] : img × h[1] -> h[2] = conv(3, padding=1) | relu
-        h_2 = torch.relu(self.g_2(torch.cat([state["img"], state["h[1]"]], dim=1)))
-        # std/conv.mach:34  g[3] : img × h[1] × h[2] -> h[3] = conv(3, padding=1) | relu
-        h_3 = torch.relu(self.g_3(torch.cat([state["img"], state["h[1]"], state["h[2]"]], dim=1)))
+        h: dict[int, Tensor] = {}  # the spaces h[k]
+        for i in range(1, 4):
+            # std/conv.mach:34  g[i] : img × h[1..i-1] -> h[i] = conv(3, padding=1) | relu
+            h[i] = torch.relu(self.g[str(i)](torch.cat([state["img"], *[state[f"h[{j}]"] for j in range(1, i)]], dim=1)))
         # std/conv.mach:36  head : h[3] -> y = global_avg_pool | linear
         y = self.head(state["h[3]"].mean(dim=(2, 3)))
         return {
             "img": torch.zeros_like(state["img"]),
-            "h[1]": h_1,
-            "h[2]": h_2,
-            "h[3]": h_3,
+            "h[1]": h[1],
+            "h[2]": h[2],
+            "h[3]": h[3],
             "y": y,
         }
 
     def resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]:
         """The solution x of x = f(x) + x0, for x0 given on any spaces (the rest are zero)."""
         x0 = _complete(self.SPACES, x0)
+        h: dict[int, Tensor] = {}  # the spaces h[k]
         img = x0["img"]
-        # level 1
-        # std/conv.mach:34  g[1] : img -> h[1] = conv(3, padding=1) | relu
-        h_1 = x0["h[1]"] + torch.relu(self.g_1(img))
-        # level 2
-        # std/conv.mach:34  g[2] : img × h[1] -> h[2] = conv(3, padding=1) | relu
-        h_2 = x0["h[2]"] + torch.relu(self.g_2(torch.cat([img, h_1], dim=1)))
-        # level 3
-        # std/conv.mach:34  g[3] : img × h[1] × h[2] -> h[3] = conv(3, padding=1) | relu
-        h_3 = x0["h[3]"] + torch.relu(self.g_3(torch.cat([img, h_1, h_2], dim=1)))
-        # level 4
+        for i in range(1, 4):
+            # std/conv.mach:34  g[i] : img × h[1..i-1] -> h[i] = conv(3, padding=1) | relu
+            h[i] = x0[f"h[{i}]"] + torch.relu(self.g[str(i)](torch.cat([img, *[h[j] for j in range(1, i)]], dim=1)))
         # std/conv.mach:36  head : h[3] -> y = global_avg_pool | linear
-        y = x0["y"] + self.head(h_3.mean(dim=(2, 3)))
-        return {"img": img, "h[1]": h_1, "h[2]": h_2, "h[3]": h_3, "y": y}
+        y = x0["y"] + self.head(h[3].mean(dim=(2, 3)))
+        return {"img": img, "h[1]": h[1], "h[2]": h[2], "h[3]": h[3], "y": y}
 
     def adjoint(self, x: dict[str, Tensor], cotangent: dict[str, Tensor]) -> dict[str, Tensor]:
         """The adjoint machine: the cotangent on every space, bar = f'(x)^T bar + cotangent at x."""
         x = _leaves(_complete(self.SPACES, x))
         with torch.enable_grad():
-            # std/conv.mach:34  g[1] : img -> h[1] = conv(3, padding=1) | relu
-            g_1 = torch.relu(self.g_1(x["img"]))
-            # std/conv.mach:34  g[2] : img × h[1] -> h[2] = conv(3, padding=1) | relu
-            g_2 = torch.relu(self.g_2(torch.cat([x["img"], x["h[1]"]], dim=1)))
-            # std/conv.mach:34  g[3] : img × h[1] × h[2] -> h[3] = conv(3, padding=1) | relu
-            g_3 = torch.relu(self.g_3(torch.cat([x["img"], x["h[1]"], x["h[2]"]], dim=1)))
+            g: dict[int, Tensor] = {}
+            for i in range(1, 4):
+                # std/conv.mach:34  g[i] : img × h[1..i-1] -> h[i] = conv(3, padding=1) | relu
+                g[i] = torch.relu(self.g[str(i)](torch.cat([x["img"], *[x[f"h[{j}]"] for j in range(1, i)]], dim=1)))
             # std/conv.mach:36  head : h[3] -> y = global_avg_pool | linear
             head = self.head(x["h[3]"].mean(dim=(2, 3)))
         bar = _complete(self.SPACES, cotangent)
         # the adjoint machine: the edges in reverse dependency order
         _pull(bar, x, head, ("h[3]",), ("y",))  # std/conv.mach:36  head
-        _pull(bar, x, g_3, ("img", "h[1]", "h[2]"), ("h[3]",))  # std/conv.mach:34  g[3]
-        _pull(bar, x, g_2, ("img", "h[1]"), ("h[2]",))  # std/conv.mach:34  g[2]
-        _pull(bar, x, g_1, ("img",), ("h[1]",))  # std/conv.mach:34  g[1]
+        for i in reversed(range(1, 4)):
+            _pull(bar, x, g[i], ("img", *[f"h[{j}]" for j in range(1, i)]), (f"h[{i}]",))  # std/conv.mach:34  g[i]
         return bar
 
     def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
