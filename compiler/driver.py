@@ -7,7 +7,7 @@ import gc
 import os
 import types
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from . import ir
@@ -98,24 +98,28 @@ def compile_source(
     filename: str = "<string>",
     params: Mapping[str, object] | None = None,
     search_path: SearchPath = None,
+    rewrites: Iterable[str] | None = None,
 ) -> str:
     """The generated Python module for a .mach source text.
 
     Errors raise :class:`CompileError`; warnings go through :mod:`warnings` as
     :class:`MachcWarning` (use :func:`check_source` to get them as diagnostics).
+    ``rewrites``: the rewrites for speed to apply (None: every one of
+    ``machc.rewrite.REWRITES``; ``()``: none, the plain form; docs/performance.md).
     """
-    return _compile(text, filename, params, search_path, stacklevel=3)
+    return _compile(text, filename, params, search_path, stacklevel=3, rewrites=rewrites)
 
 
-def _compile(text: str, filename: str, params, search_path, stacklevel: int) -> str:
+def _compile(text: str, filename: str, params, search_path, stacklevel: int, rewrites=None) -> str:
     checked = check_source(text, filename, params, search_path)
     for diagnostic in checked.warnings:
         warnings.warn(diagnostic.render(checked.sources), MachcWarning, stacklevel=stacklevel)
     from .emit import emit  # code generation (Jinja2) is loaded only when code is generated
     from .lower import lower
+    from .rewrite import rewrite
 
     with collector_paused():
-        view = lower(checked.program)
+        view = lower(rewrite(checked.program, rewrites))
         # NOTE: scale. Filling the template needs no IR: it goes first (about half of the
         # memory of a 100,000-edge chain, docs/benchmarks.md).
         del checked
@@ -126,9 +130,13 @@ def compile_file(
     path: str | os.PathLike,
     params: Mapping[str, object] | None = None,
     search_path: SearchPath = None,
+    rewrites: Iterable[str] | None = None,
 ) -> str:
-    """The generated Python module for a .mach file (warnings as in :func:`compile_source`)."""
-    return _compile(read_source(path), str(path), params, search_path, stacklevel=3)
+    """The generated Python module for a .mach file (warnings and ``rewrites`` as in
+    :func:`compile_source`)."""
+    return _compile(
+        read_source(path), str(path), params, search_path, stacklevel=3, rewrites=rewrites
+    )
 
 
 def read_source(path: str | os.PathLike) -> str:
@@ -156,8 +164,10 @@ def load(
     path: str | os.PathLike,
     params: Mapping[str, object] | None = None,
     search_path: SearchPath = None,
+    rewrites: Iterable[str] | None = None,
 ) -> types.ModuleType:
-    """Compile a .mach file and import the result as a module (no file is written).
+    """Compile a .mach file and import the result as a module (no file is written);
+    ``rewrites`` as in :func:`compile_source`.
 
     The generated source is registered with ``linecache``, so tracebacks and
     debuggers show its lines. The module's name holds a hash of the generated code, so
@@ -165,7 +175,9 @@ def load(
     code (``torch.save(model)``, multiprocessing), and unpickle in any process that
     has ``machc`` installed.
     """
-    source = _compile(read_source(path), str(path), params, search_path, stacklevel=3)
+    source = _compile(
+        read_source(path), str(path), params, search_path, stacklevel=3, rewrites=rewrites
+    )
     from machc.runtime import loading  # torch: only here, where the module runs anyway
 
     stem = sanitize(os.path.splitext(os.path.basename(path))[0])
