@@ -1,6 +1,6 @@
-"""Benchmark: the generated recurrent machines against torch.nn.RNN and torch.nn.LSTM.
+"""Benchmark: the generated recurrent machines against torch.nn.RNN, LSTM and GRU.
 
-Two pairs of modules computing the same function (same weights) are timed in one
+Pairs of modules computing the same function (same weights) are timed in one
 run, forward + backward per iteration (``zero_grad``, forward, ``loss =
 out.square().mean()``, ``backward``; the iteration of ``dense.py``):
 
@@ -9,7 +9,14 @@ out.square().mean()``, ``backward``; the iteration of ``dense.py``):
   ``nn.Linear(m, n)`` readout;
 - ``lstm``: ``LSTM`` compiled from ``examples/lstm.mach`` (default n=32, m=128:
   the file's n=8, m=16 is so small that per-op overhead is all there is to
-  measure) against ``torch.nn.LSTM(n, m, batch_first=True)``.
+  measure) against ``torch.nn.LSTM(n, m, batch_first=True)``;
+- ``gru2``: ``GRU2`` compiled from ``benchmarks/gru2.mach`` (two ``std.GRU``
+  machines chained; default n=32, m=128) against ``torch.nn.GRU(n, m,
+  num_layers=2, batch_first=True)``.
+
+Each step loop of these machines is exactly PyTorch's cell, so the generated
+``forward`` calls PyTorch's fused kernel (the rewrite ``cells``,
+docs/performance.md); ``--no-cells`` times the step loop instead.
 
 The torch modules are built first and their weights copied into the generated
 ones (``torch.nn`` keeps two biases and one weight per gate; a machine keeps one
@@ -21,7 +28,8 @@ Timing as in ``dense.py``: the two variants of a model are interleaved across
 repeats (alternating which runs first); each time printed is the median over
 repeats of the mean time per iteration, the ratio is the median over repeats of
 the per-repeat ratio generated / torch (the ratio of the medians beside it).
-Target: Elman at most 1.1x torch.nn.RNN. Timings are printed, never asserted.
+Targets (generated / torch): Elman at most 1.00, LSTM and GRU2 at most 1.10.
+Timings are printed, never asserted.
 
 Run from anywhere: ``.venv/bin/python benchmarks/recurrent.py [--steps 1000 --threads 1 ...]``;
 ``--quick`` is a tiny smoke configuration (any explicit flag still wins).
@@ -45,11 +53,12 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dense import NOISY_MEDIAN_OVER_MIN, environment, step, time_per_iteration  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 EXAMPLES = REPO / "examples"
 
-TARGETS = {"elman": 1.1}  # generated / torch must be at most this (none set for the LSTM)
-MODELS = ("elman", "lstm")
+TARGETS = {"elman": 1.0, "lstm": 1.1, "gru2": 1.1}  # generated / torch at most this
+MODELS = ("elman", "lstm", "gru2")
 
 DEFAULTS = {
     "steps": 1000,
@@ -61,6 +70,8 @@ DEFAULTS = {
     "elman_m": 64,
     "lstm_n": 32,
     "lstm_m": 128,
+    "gru2_n": 32,
+    "gru2_m": 128,
 }
 QUICK = {
     "steps": 12,
@@ -72,6 +83,8 @@ QUICK = {
     "elman_m": 6,
     "lstm_n": 5,
     "lstm_m": 7,
+    "gru2_n": 5,
+    "gru2_m": 7,
 }
 
 # Agreement in float32 after `steps` steps: rounding differs (one matmul over x × h
@@ -106,30 +119,45 @@ class TorchLSTM(nn.Module):
         return hidden
 
 
-def elman_as_generated(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """TorchElman's parameters (or their gradients) laid out as the generated Elman's.
+class TorchGRU2(nn.Module):
+    """torch.nn.GRU with two layers, returning the upper layer's hidden state of every step."""
 
-    ``cell`` is one linear over ``x × h[t-1]``: weight ``[W_ih | W_hh]``, bias
-    ``b_ih + b_hh``. For gradients pass ``bias_hh`` as zero: both biases get the
-    same gradient, which is the gradient of their sum.
-    """
+    def __init__(self, n: int, m: int) -> None:
+        super().__init__()
+        self.gru = nn.GRU(n, m, num_layers=2, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden, _ = self.gru(x)
+        return hidden
+
+
+def _bias(tensors: dict[str, Tensor], ih: str, hh: str, grads: bool) -> Tensor:
+    """The one bias of a machine's linear for torch's two: their sum; for gradients, one
+    of them (both get the same gradient, which is the gradient of their sum)."""
+    return tensors[ih] if grads else tensors[ih] + tensors[hh]
+
+
+def elman_as_generated(tensors: dict[str, Tensor], grads: bool = False) -> dict[str, Tensor]:
+    """TorchElman's parameters (or, with ``grads``, their gradients) laid out as the
+    generated Elman's: ``cell`` is one linear over ``x × h[t-1]``, weight
+    ``[W_ih | W_hh]``, bias ``b_ih + b_hh``."""
     return {
         "cell.weight": torch.cat([tensors["rnn.weight_ih_l0"], tensors["rnn.weight_hh_l0"]], 1),
-        "cell.bias": tensors["rnn.bias_ih_l0"] + tensors["rnn.bias_hh_l0"],
+        "cell.bias": _bias(tensors, "rnn.bias_ih_l0", "rnn.bias_hh_l0", grads),
         "read.weight": tensors["readout.weight"],
         "read.bias": tensors["readout.bias"],
     }
 
 
-def lstm_as_generated(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+def lstm_as_generated(tensors: dict[str, Tensor], grads: bool = False) -> dict[str, Tensor]:
     """TorchLSTM's parameters (or gradients) laid out as the generated LSTM's.
 
     ``nn.LSTM``'s gate rows are (input, forget, cell, output); the machine's
     ``gates`` edge writes ``i × fg × o`` and ``cand`` writes ``g``, each a linear
-    over ``x × h[t-1]`` with one bias (see ``elman_as_generated`` for gradients).
+    over ``x × h[t-1]`` with one bias.
     """
     w_ih, w_hh = tensors["lstm.weight_ih_l0"], tensors["lstm.weight_hh_l0"]
-    bias = tensors["lstm.bias_ih_l0"] + tensors["lstm.bias_hh_l0"]
+    bias = _bias(tensors, "lstm.bias_ih_l0", "lstm.bias_hh_l0", grads)
     m = w_hh.shape[1]
     i, f, g, o = (slice(k * m, (k + 1) * m) for k in range(4))
     return {
@@ -138,6 +166,29 @@ def lstm_as_generated(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         "cand.weight": torch.cat([w_ih[g], w_hh[g]], 1),
         "cand.bias": bias[g],
     }
+
+
+def gru2_as_generated(tensors: dict[str, Tensor], grads: bool = False) -> dict[str, Tensor]:
+    """TorchGRU2's parameters (or gradients) laid out as the generated GRU2's.
+
+    Per layer (``lower``, ``upper``), ``nn.GRU``'s gate rows are (reset, update, new):
+    ``gates`` is one linear over ``x × h[t-1]`` writing ``r × z`` (bias: both of torch's
+    summed), ``read`` the new gate's linear on ``x`` (``b_in``) and ``recall`` on
+    ``h[t-1]`` (``b_hn``, which ``r`` multiplies, so it stays apart).
+    """
+    out = {}
+    for layer, edge in enumerate(("lower", "upper")):
+        w_ih, w_hh = tensors[f"gru.weight_ih_l{layer}"], tensors[f"gru.weight_hh_l{layer}"]
+        b_ih, b_hh = tensors[f"gru.bias_ih_l{layer}"], tensors[f"gru.bias_hh_l{layer}"]
+        m = w_hh.shape[1]
+        rz, n = slice(0, 2 * m), slice(2 * m, 3 * m)
+        out[f"{edge}.gates.weight"] = torch.cat([w_ih[rz], w_hh[rz]], 1)
+        out[f"{edge}.gates.bias"] = b_ih[rz] if grads else b_ih[rz] + b_hh[rz]
+        out[f"{edge}.read.weight"] = w_ih[n]
+        out[f"{edge}.read.bias"] = b_ih[n]
+        out[f"{edge}.recall.weight"] = w_hh[n]
+        out[f"{edge}.recall.bias"] = b_hh[n]
+    return out
 
 
 @dataclass
@@ -156,14 +207,22 @@ class Case:
         return {"generated": self.generated, "torch": self.reference}
 
 
-def build(name: str, n: int, m: int, batch: int, steps: int) -> Case:
-    """The generated module with the weights of a freshly initialised torch module."""
+def build(name: str, n: int, m: int, batch: int, steps: int, cells: bool = True) -> Case:
+    """The generated module with the weights of a freshly initialised torch module
+    (``cells``: with the rewrite cells, PyTorch's fused kernel; else the step loop)."""
+    params, rewrites = {"n": n, "m": m}, None if cells else ()
     if name == "elman":
-        generated = machc.load(EXAMPLES / "elman.mach", params={"n": n, "m": m}).Elman()
-        reference, as_generated, label = TorchElman(n, m), elman_as_generated, "torch.nn.RNN"
+        module = machc.load(EXAMPLES / "elman.mach", params=params, rewrites=rewrites)
+        generated, reference = module.Elman(), TorchElman(n, m)
+        as_generated, label = elman_as_generated, "torch.nn.RNN"
+    elif name == "lstm":
+        module = machc.load(EXAMPLES / "lstm.mach", params=params, rewrites=rewrites)
+        generated, reference = module.LSTM(), TorchLSTM(n, m)
+        as_generated, label = lstm_as_generated, "torch.nn.LSTM"
     else:
-        generated = machc.load(EXAMPLES / "lstm.mach", params={"n": n, "m": m}).LSTM()
-        reference, as_generated, label = TorchLSTM(n, m), lstm_as_generated, "torch.nn.LSTM"
+        module = machc.load(HERE / "gru2.mach", params=params, rewrites=rewrites)
+        generated, reference = module.GRU2(), TorchGRU2(n, m)
+        as_generated, label = gru2_as_generated, "torch.nn.GRU(num_layers=2)"
     weights = as_generated(dict(reference.named_parameters()))
     params = dict(generated.named_parameters())
     assert set(weights) == set(params), (sorted(weights), sorted(params))
@@ -171,7 +230,7 @@ def build(name: str, n: int, m: int, batch: int, steps: int) -> Case:
         for key, value in weights.items():
             assert params[key].shape == value.shape, (key, params[key].shape, value.shape)
             params[key].copy_(value)
-    sizes = f"n={n} m={m} vs {label}"
+    sizes = f"n={n} m={m} vs {label}" + ("" if cells else " (--no-cells: the step loop)")
     return Case(name, sizes, generated, reference, as_generated, torch.randn(batch, steps, n))
 
 
@@ -193,9 +252,7 @@ def check_agreement(case: Case) -> dict[str, float]:
     torch.testing.assert_close(
         out, ref_out, rtol=RTOL, atol=ATOL, msg=lambda m: f"{case.name} outputs disagree: {m}"
     )
-    # Both torch biases get the gradient of their sum: count it once.
-    ref_grads = {k: v if "bias_hh" not in k else torch.zeros_like(v) for k, v in ref_grads.items()}
-    mapped = case.as_generated(ref_grads)
+    mapped = case.as_generated(ref_grads, grads=True)
     assert set(mapped) == set(grads), (sorted(mapped), sorted(grads))
     for key, grad in grads.items():
         # Gradients summed over steps: scale the absolute tolerance by their size.
@@ -258,6 +315,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--elman-m", type=int, help="Elman hidden size m (default 64)")
     parser.add_argument("--lstm-n", type=int, help="LSTM input size n (default 32)")
     parser.add_argument("--lstm-m", type=int, help="LSTM hidden size m (default 128)")
+    parser.add_argument("--gru2-n", type=int, help="GRU2 input size n (default 32)")
+    parser.add_argument("--gru2-m", type=int, help="GRU2 hidden size m (default 128)")
+    parser.add_argument(
+        "--no-cells",
+        action="store_true",
+        help="compile without the rewrite cells: the step loop, not PyTorch's fused kernel",
+    )
     parser.add_argument(
         "--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to run"
     )
@@ -295,13 +359,14 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "iterations": args.iterations,
         "warmup": args.warmup,
+        "cells": not args.no_cells,
         **environment(threads),
         "models": {},
     }
     for name in args.models:
         torch.manual_seed(args.seed)
         n, m = getattr(args, f"{name}_n"), getattr(args, f"{name}_m")
-        case = build(name, n, m, args.batch, args.steps)
+        case = build(name, n, m, args.batch, args.steps, cells=not args.no_cells)
         diffs = check_agreement(case)
         figures = summarise(measure(case, args.repeats, args.iterations, args.warmup))
         ratio = figures["generated_over_torch"]

@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write every for loop out edge by edge (layers g_1, g_2, ...) instead of "
         "keeping it a loop over a ModuleDict (g.1, g.2, ...)",
     )
+    _rewrite_options(compile_)
     check = commands.add_parser(
         "check",
         help="check a file and report its structure",
@@ -84,10 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     ir_ = commands.add_parser(
         "ir",
         help="print the checked IR as JSON",
-        description="Print the checked IR (a CheckedProgram) of a file as JSON, "
-        "or with --schema the JSON Schema of that IR.",
+        description="Print the checked IR (a CheckedProgram) of a file as JSON, after the "
+        "rewrites for speed (what compile prints), or with --schema the JSON Schema of that IR.",
     )
     ir_.add_argument("file", metavar="FILE.mach", nargs="?", help="the source file")
+    _rewrite_options(ir_)
     ir_.add_argument(
         "--set",
         dest="params",
@@ -180,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
         "onnxruntime against the module. Needs pip install 'machc[export]'.",
     )
     common(export)
+    _rewrite_options(export)
     export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the file to write")
     export.add_argument(
         "--machine", metavar="NAME", help="the machine to export (default: the file's last)"
@@ -308,17 +311,38 @@ def _show_warnings(checked) -> None:
         print(render_all(checked.warnings, checked.sources), file=sys.stderr)
 
 
+def _rewrite_options(parser: argparse.ArgumentParser) -> None:
+    """``--no-NAME`` for every rewrite for speed (docs/performance.md)."""
+    from .rewrite import REWRITES
+
+    helps = {
+        "cells": "keep the step loop of a machine whose step is PyTorch's RNN, LSTM or "
+        "GRU cell (default: forward calls PyTorch's fused kernel; docs/performance.md)"
+    }
+    for name in REWRITES:
+        parser.add_argument(f"--no-{name}", action="store_true", help=helps[name])
+
+
+def _rewrites(args) -> list[str]:
+    """The rewrites asked for: every one but those turned off with ``--no-NAME``."""
+    from .rewrite import REWRITES
+
+    return [name for name in REWRITES if not getattr(args, f"no_{name}", False)]
+
+
 def _compile(args, params) -> int:
     from .driver import check_source, collector_paused
     from .emit import emit
     from .lower import lower
+    from .rewrite import rewrite
 
     output = args.output or os.path.splitext(args.file)[0] + ".py"
     _refuse_source_as_output(output, args.file)
     with collector_paused():  # as check_source does (see there)
         checked = check_source(_read(args.file), args.file, params, args.search_path)
         _show_warnings(checked)
-        view = lower(checked.program, args.expand_loops, checked.sources)
+        program = rewrite(checked.program, _rewrites(args))
+        view = lower(program, args.expand_loops, checked.sources)
         del checked  # the IR goes before the module is written out (driver._compile)
         code = emit(view)
         del view
@@ -413,9 +437,12 @@ def _ir(args, params) -> int:
         return EXIT_OK
     if not args.file:
         raise _UsageError("ir needs a FILE.mach (or --schema)")
+    from .rewrite import rewrite
+
     checked = check_source(_read(args.file), args.file, params, args.search_path)
     _show_warnings(checked)
-    print(checked.program.model_dump_json(indent=2))
+    # what lower prints: the rewrites' decisions are in the structures (cells: ...)
+    print(rewrite(checked.program, _rewrites(args)).model_dump_json(indent=2))
     return EXIT_OK
 
 

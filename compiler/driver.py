@@ -7,7 +7,7 @@ import gc
 import os
 import types
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from . import ir
@@ -99,28 +99,40 @@ def compile_source(
     params: Mapping[str, object] | None = None,
     search_path: SearchPath = None,
     expand_loops: bool = False,
+    rewrites: Iterable[str] | None = None,
 ) -> str:
     """The generated Python module for a .mach source text.
 
     Errors raise :class:`CompileError`; warnings go through :mod:`warnings` as
     :class:`MachcWarning` (use :func:`check_source` to get them as diagnostics).
     ``expand_loops`` writes every ``for`` loop out edge by edge instead of keeping it a
-    loop over a ``ModuleDict`` (docs/performance.md).
+    loop over a ``ModuleDict`` (docs/language.md, "Loops in generated code");
+    ``rewrites``: the rewrites for speed to apply (None: every one of
+    ``machc.rewrite.REWRITES``; ``()``: none, the plain form; docs/performance.md).
     """
-    return _compile(text, filename, params, search_path, stacklevel=3, expand_loops=expand_loops)
+    return _compile(
+        text, filename, params, search_path, 3, expand_loops=expand_loops, rewrites=rewrites
+    )
 
 
 def _compile(
-    text: str, filename: str, params, search_path, stacklevel: int, expand_loops: bool = False
+    text: str,
+    filename: str,
+    params,
+    search_path,
+    stacklevel: int,
+    expand_loops: bool = False,
+    rewrites: Iterable[str] | None = None,
 ) -> str:
     checked = check_source(text, filename, params, search_path)
     for diagnostic in checked.warnings:
         warnings.warn(diagnostic.render(checked.sources), MachcWarning, stacklevel=stacklevel)
     from .emit import emit  # code generation (Jinja2) is loaded only when code is generated
     from .lower import lower
+    from .rewrite import rewrite
 
     with collector_paused():
-        view = lower(checked.program, expand_loops, checked.sources)
+        view = lower(rewrite(checked.program, rewrites), expand_loops, checked.sources)
         # NOTE: scale. Filling the template needs no IR: it goes first (about half of the
         # memory of a 100,000-edge chain, docs/benchmarks.md).
         del checked
@@ -132,11 +144,18 @@ def compile_file(
     params: Mapping[str, object] | None = None,
     search_path: SearchPath = None,
     expand_loops: bool = False,
+    rewrites: Iterable[str] | None = None,
 ) -> str:
-    """The generated Python module for a .mach file (warnings and ``expand_loops`` as in
-    :func:`compile_source`)."""
+    """The generated Python module for a .mach file (warnings, ``expand_loops`` and
+    ``rewrites`` as in :func:`compile_source`)."""
     return _compile(
-        read_source(path), str(path), params, search_path, stacklevel=3, expand_loops=expand_loops
+        read_source(path),
+        str(path),
+        params,
+        search_path,
+        3,
+        expand_loops=expand_loops,
+        rewrites=rewrites,
     )
 
 
@@ -166,8 +185,10 @@ def load(
     params: Mapping[str, object] | None = None,
     search_path: SearchPath = None,
     expand_loops: bool = False,
+    rewrites: Iterable[str] | None = None,
 ) -> types.ModuleType:
-    """Compile a .mach file and import the result as a module (no file is written).
+    """Compile a .mach file and import the result as a module (no file is written);
+    ``expand_loops`` and ``rewrites`` as in :func:`compile_source`.
 
     The generated source is registered with ``linecache``, so tracebacks and
     debuggers show its lines. The module's name holds a hash of the generated code, so
@@ -176,7 +197,13 @@ def load(
     has ``machc`` installed.
     """
     source = _compile(
-        read_source(path), str(path), params, search_path, stacklevel=3, expand_loops=expand_loops
+        read_source(path),
+        str(path),
+        params,
+        search_path,
+        3,
+        expand_loops=expand_loops,
+        rewrites=rewrites,
     )
     from machc.runtime import loading  # torch: only here, where the module runs anyway
 

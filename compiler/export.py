@@ -44,7 +44,10 @@ def run(args, params, source_text: str) -> int:
         raise ExportUsageError(
             f"machc export needs {', '.join(missing)}: pip install 'machc[export]'"
         )
-    code = emit(lower(checked.program, sources=checked.sources))
+    from .cli import _rewrites
+    from .rewrite import rewrite
+
+    code = emit(lower(rewrite(checked.program, _rewrites(args)), sources=checked.sources))
     stem = sanitize(os.path.splitext(os.path.basename(args.file))[0])
     module_name = loading.module_name(stem, code)
     label = loading.file_label(args.file, module_name)

@@ -269,8 +269,54 @@ class Relation(Node):
         return f"{self.left} {self.kind} {self.right}"
 
 
+class CellRows(Node):
+    """Rows ``start:stop`` of the weight (and bias) of edge ``edge``'s first ``linear``;
+    ``bias``: whether this block brings those rows of the edge's bias (each bias row is
+    brought once: by its input block, or by its hidden block where the edge reads only
+    the hidden space)."""
+
+    edge: str
+    start: int
+    stop: int
+    bias: bool
+
+
+class CellKind(enum.StrEnum):
+    """A recurrent cell PyTorch runs over a whole sequence in one fused kernel."""
+
+    RNN_TANH = "rnn_tanh"
+    RNN_RELU = "rnn_relu"
+    LSTM = "lstm"
+    GRU = "gru"
+
+
+class Cell(Node):
+    """Rewrite ``cells``: a step loop whose edges are exactly one of PyTorch's cells.
+
+    ``edges`` are the loop's edges (and a GRU's linear on the inputs, which runs on every
+    step at once), in declaration order; ``inputs`` the spaces the cell reads at the same step
+    (their concatenation is the kernel's input), ``hidden`` its hidden state ``h`` (read
+    at ``h[t-1]``, or ``h[t+1]`` when ``reverse``), ``memory`` an LSTM's cell state ``c``,
+    ``gates`` the spaces holding PyTorch's gates (LSTM i, f, g, o; GRU r, z, n).
+    ``ih`` and ``hh`` are the rows of the kernel's input and hidden weights, in PyTorch's
+    gate order (LSTM i, f, g, o; GRU r, z, n): columns on ``inputs`` and on ``hidden``
+    of each edge's first linear.
+    """
+
+    kind: CellKind
+    stage: int  # the step loop's index in the stages
+    edges: tuple[str, ...]
+    inputs: tuple[str, ...]
+    hidden: str
+    memory: str | None = None
+    gates: tuple[str, ...] = ()
+    reverse: bool = False
+    ih: tuple[CellRows, ...]
+    hh: tuple[CellRows, ...]
+
+
 class Structure(Node):
-    """What ``check`` learns about a machine of finite depth."""
+    """What ``check`` learns about a machine of finite depth (and what rewrites decide)."""
 
     order: tuple[str, ...] = Field(description="edge names in dependency order, level by level")
     depth: dict[str, int] = Field(
@@ -310,6 +356,11 @@ class Structure(Node):
     relations: tuple[Relation, ...] = Field(
         default=(),
         description="relations between sizes that generated code checks on every call",
+    )
+    cells: tuple[Cell, ...] = Field(
+        default=(),
+        description="rewrite 'cells': step loops that run as one of PyTorch's fused "
+        "recurrent kernels in forward (compiler/cells.py)",
     )
     causal: bool = Field(
         default=True,

@@ -17,6 +17,7 @@ import collections
 
 from .ir import Port, StageKind, WindowKind
 from .lower import _dict_lines, _MachineLowering, _Plan, _py_tuple, _sanitize_key, py_str
+from .lower_cells import CellLowering
 from .lower_time_methods import TimeMethods
 from .names import METHOD_LOCALS, TIME_LOCALS, Namespace
 from .ops import OPS, py_literal
@@ -33,7 +34,7 @@ def _unpack(names: list[str]) -> str:
     return f"({names[0]},)" if len(names) == 1 else ", ".join(names)
 
 
-class TimeLowering(TimeMethods, _MachineLowering):
+class TimeLowering(TimeMethods, CellLowering, _MachineLowering):
     """A machine over time: tensors are ``[batch, time, *shape]``."""
 
     def __init__(self, *args):
@@ -63,6 +64,8 @@ class TimeLowering(TimeMethods, _MachineLowering):
         self.positions = any(p.position for e in self.machine.edges for p in e.inputs)
         self.ids = {s.name: s.ids for s in self.machine.spaces if s.ids is not None}
         self.method = "forward"  # the method being written: forward, resolvent or f
+        # space -> the variable holding its last step, where a cell's kernel gives only that
+        self.last_state: dict[str, str] = {}
 
     def _sub_causal(self, key: str) -> bool:
         return self.structures[key].causal
@@ -131,12 +134,20 @@ class TimeLowering(TimeMethods, _MachineLowering):
             for name in stage.edges:
                 edge = self.edges[name]
                 last.update((port.space, index) for port in (*edge.inputs, *edge.outputs))
+        in_cells = self._cell_edges()
         for index, stage in enumerate(self.stages):
             if stage.kind is StageKind.ALL:
+                edges = [e for e in stage.edges if e not in in_cells]
+                if not edges:
+                    continue
                 plan = self._folded_plan(names, values, pasts)
                 lines.append(f"# {_STAGE_WORDS[stage.kind]}")
-                lines += self._statements(plan, list(stage.edges))
+                lines += self._statements(plan, edges)
                 values.update(plan.var.maps[0])  # what the stage added
+                continue
+            cell = self._cell_of(index)
+            if cell is not None:  # rewrite cells: PyTorch's fused kernel
+                self._cell_stage(names, cell, values, pasts, lines)
                 continue
             # NOTE: scale. Of the spaces the loop writes (all that _loop keeps of these),
             # those wanted or read later: not the union of those sets, nor made again from

@@ -63,6 +63,7 @@ class TimeMethods:
 
     def _forward(self, inputs, outputs) -> Method:
         self.method = "forward"
+        self.last_state = {}
         names = self._method_locals()
         args = [names.name(s.name) for s in inputs]
         given = ", ".join(f"{py_str(s.name)}: {a}" for s, a in zip(inputs, args, strict=True))
@@ -112,6 +113,9 @@ class TimeMethods:
             for space, k in self.delays.items():
                 if space in self.keeps:
                     continue  # its history holds its past
+                if space in self.last_state:  # a cell's kernel gave its last step alone
+                    items.append(f"{py_str(space)}: {self.last_state[space]}")
+                    continue
                 items.append(
                     f"{py_str(space)}: runtime.last_steps({values[space]}, {k}, "
                     f"{pasts[space]}, batch, steps, lengths)"

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .adjoint import pull_cycle
+from .cells import cell
 from .equilibrium import SOLVERS, Solve, reset_spectral_norm
 from .loops import keep_valid, recur, valid_steps
 from .sequences import (
@@ -50,6 +51,7 @@ __all__ = [
     "reset_spectral_norm",
     "attention",
     "bind_sizes",
+    "cell",
     "check_lengths",
     "check_shape",
     "check_size",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from machc.driver import check_file
 from machc.ir import CheckedProgram
+from machc.rewrite import rewrite
 
 ROOT = Path(__file__).resolve().parents[2]
 DENSE = ROOT / "examples" / "dense.mach"
@@ -99,7 +100,9 @@ def test_ir_of_sequence_machines_holds_windows_ids_positions_and_stages() -> Non
     result = machc("ir", SEQUENCES)
     assert result.returncode == 0, result.stderr
     loaded = CheckedProgram.model_validate_json(result.stdout)
-    assert loaded == check_file(SEQUENCES).program
+    assert loaded == rewrite(check_file(SEQUENCES).program)  # what compile lowers
+    plain = CheckedProgram.model_validate_json(machc("ir", SEQUENCES, "--no-cells").stdout)
+    assert plain == check_file(SEQUENCES).program
     machines = {c.machine.name: c for c in loaded.machines}
     gpt = machines["GPTish"]
     assert gpt.machine.spaces[0].ids == 256 and gpt.machine.spaces[0].shape == ()
@@ -115,6 +118,11 @@ def test_ir_of_sequence_machines_holds_windows_ids_positions_and_stages() -> Non
         ("all", ("join",)),
     ]
     assert not bi.structure.causal and bi.structure.delays == {"hf": 1}
+    # the rewrite cells: each of BiElman's loops is torch.nn.RNN's cell
+    assert [(c.kind.value, c.edges, c.reverse) for c in bi.structure.cells] == [
+        ("rnn_tanh", ("fwd",), False),
+        ("rnn_tanh", ("bwd",), True),
+    ]
 
 
 # --- machc check ----------------------------------------------------------------------------

@@ -72,34 +72,16 @@ class BiElman(nn.Module):
         lengths = runtime.check_lengths(lengths, batch, steps)
         runtime.no_chunks("BiElman", state, return_state)
         hf_past = runtime.past(state, "hf", (16,), 1, batch, x)
-        # step by step, forward in time
-        # bielman.mach:9  fwd: its linear on x, every step
-        fwd_x = F.linear(x, self.fwd.weight[:, :8], self.fwd.bias)
-        fwd_w_hf = self.fwd.weight[:, 8:].clone()
-
-        def step_1(carry, inputs):
-            (hf_tm1,) = carry  # hf[t-1]
-            (fwd_x_t,) = inputs
-            # bielman.mach:9  fwd : x × hf[t-1] -> hf = linear | tanh
-            hf = torch.tanh(fwd_x_t + F.linear(hf_tm1, fwd_w_hf))
-            return (hf,), (hf,)
-
-        _, (hf,) = runtime.recur(step_1, (hf_past[-1],), (fwd_x,), batch, steps)
-        # step by step, backward in time
-        # bielman.mach:10  bwd: its linear on x, every step
-        bwd_x = F.linear(x, self.bwd.weight[:, :8], self.bwd.bias)
-        bwd_w_hb = self.bwd.weight[:, 8:].clone()
-        valid = runtime.valid_steps(lengths, batch, steps)
-
-        def step_2(carry, inputs):
-            (hb_tp1,) = carry  # hb[t+1]
-            bwd_x_t, valid_t = inputs
-            # bielman.mach:10  bwd : x × hb[t+1] -> hb = linear | tanh
-            hb = torch.tanh(bwd_x_t + F.linear(hb_tp1, bwd_w_hb))
-            hb = runtime.keep_valid(hb, valid_t)
-            return (hb,), (hb,)
-
-        _, (hb,) = runtime.recur(step_2, (x.new_zeros((batch, 16)),), (bwd_x, valid), batch, steps, reverse=True)
+        # step by step, forward in time: one call of PyTorch's fused kernel
+        # bielman.mach:9  machc: this step loop (fwd) is exactly torch.nn.RNN's cell:
+        # forward calls torch.rnn_tanh (fused kernel) with weights assembled from fwd.
+        # machc compile --no-cells keeps the step loop.
+        hf, _ = runtime.cell("rnn_tanh", x, (hf_past[-1],), (self.fwd.weight[:, :8], self.fwd.weight[:, 8:], self.fwd.bias), batch, steps, lengths=lengths)
+        # step by step, backward in time: one call of PyTorch's fused kernel
+        # bielman.mach:10  machc: this step loop (bwd) is exactly torch.nn.RNN's cell:
+        # forward calls torch.rnn_tanh (fused kernel) with weights assembled from bwd.
+        # machc compile --no-cells keeps the step loop.
+        hb, _ = runtime.cell("rnn_tanh", x, (None,), (self.bwd.weight[:, :8], self.bwd.weight[:, 8:], self.bwd.bias), batch, steps, reverse=True, lengths=lengths)
         # every step at once
         # bielman.mach:11  join : hf × hb -> y = identity
         y = torch.cat([hf, hb], dim=1)

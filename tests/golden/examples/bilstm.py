@@ -80,37 +80,17 @@ class LSTM(nn.Module):
         runtime.check_state(self.DELAYS, state)
         c_past = runtime.past(state, "c", (16,), 1, batch, x)
         h_past = runtime.past(state, "h", (16,), 1, batch, x)
-        # step by step, forward in time
-        # std/recurrent.mach:31  gates: its linear on x, every step
-        gates_x = F.linear(x, self.gates.weight[:, :8], self.gates.bias)
-        gates_w_h = self.gates.weight[:, 8:].clone()
-        # std/recurrent.mach:32  cand: its linear on x, every step
-        cand_x = F.linear(x, self.cand.weight[:, :8], self.cand.bias)
-        cand_w_h = self.cand.weight[:, 8:].clone()
-
-        def step(carry, inputs):
-            c_tm1, h_tm1 = carry  # c[t-1], h[t-1]
-            gates_x_t, cand_x_t = inputs
-            # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 16, dim=1)
-            # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
-            g = torch.tanh(cand_x_t + F.linear(h_tm1, cand_w_h))
-            # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
-            c_keep = fg * c_tm1
-            # std/recurrent.mach:34  write : i × g -> c = mul
-            c_write = i * g
-            c = c_keep + c_write
-            # std/recurrent.mach:35  squash : c -> tc = tanh
-            tc = torch.tanh(c)
-            # std/recurrent.mach:36  emit : o × tc -> h = mul
-            h = o * tc
-            return (c, h), (c, h)
-
-        _, (c, h) = runtime.recur(step, (c_past[-1], h_past[-1]), (gates_x, cand_x), batch, steps)
+        # step by step, forward in time: one call of PyTorch's fused kernel
+        # std/recurrent.mach:31  machc: this step loop (gates, cand, keep, write, squash, emit) is exactly torch.nn.LSTM's cell (gates i, f, g, o: i, fg, g, o):
+        # forward calls torch.lstm (fused kernel) with weights assembled from gates and cand.
+        # machc compile --no-cells keeps the step loop.
+        lstm_w = torch.cat([self.gates.weight[:32], self.cand.weight, self.gates.weight[32:]])
+        lstm_b = torch.cat([self.gates.bias[:32], self.cand.bias, self.gates.bias[32:]])
+        h, (_, c_last) = runtime.cell("lstm", x, (h_past[-1], c_past[-1]), (lstm_w[:, :8], lstm_w[:, 8:], lstm_b), batch, steps, lengths=lengths, last=return_state)
         h = runtime.mask_steps(h, lengths, batch, steps)
         if return_state:
             return h.unflatten(0, (batch, steps)), {
-                "c": runtime.last_steps(c, 1, c_past, batch, steps, lengths),
+                "c": c_last,
                 "h": runtime.last_steps(h, 1, h_past, batch, steps, lengths),
             }
         return h.unflatten(0, (batch, steps))
@@ -246,36 +226,13 @@ class LSTM_n8_m16_dirm1(nn.Module):
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
         lengths = runtime.check_lengths(lengths, batch, steps)
         runtime.no_chunks("LSTM", state, return_state)
-        # step by step, backward in time
-        # std/recurrent.mach:31  gates: its linear on x, every step
-        gates_x = F.linear(x, self.gates.weight[:, :8], self.gates.bias)
-        gates_w_h = self.gates.weight[:, 8:].clone()
-        # std/recurrent.mach:32  cand: its linear on x, every step
-        cand_x = F.linear(x, self.cand.weight[:, :8], self.cand.bias)
-        cand_w_h = self.cand.weight[:, 8:].clone()
-        valid = runtime.valid_steps(lengths, batch, steps)
-
-        def step(carry, inputs):
-            c_tp1, h_tp1 = carry  # c[t+1], h[t+1]
-            gates_x_t, cand_x_t, valid_t = inputs
-            # std/recurrent.mach:31  gates : x × h[t+1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tp1, gates_w_h)), 16, dim=1)
-            # std/recurrent.mach:32  cand : x × h[t+1] -> g = linear | tanh
-            g = torch.tanh(cand_x_t + F.linear(h_tp1, cand_w_h))
-            # std/recurrent.mach:33  keep : fg × c[t+1] -> c = mul
-            c_keep = fg * c_tp1
-            # std/recurrent.mach:34  write : i × g -> c = mul
-            c_write = i * g
-            c = c_keep + c_write
-            # std/recurrent.mach:35  squash : c -> tc = tanh
-            tc = torch.tanh(c)
-            # std/recurrent.mach:36  emit : o × tc -> h = mul
-            h = o * tc
-            c = runtime.keep_valid(c, valid_t)
-            h = runtime.keep_valid(h, valid_t)
-            return (c, h), (h,)
-
-        _, (h,) = runtime.recur(step, (x.new_zeros((batch, 16)), x.new_zeros((batch, 16))), (gates_x, cand_x, valid), batch, steps, reverse=True)
+        # step by step, backward in time: one call of PyTorch's fused kernel
+        # std/recurrent.mach:31  machc: this step loop (gates, cand, keep, write, squash, emit) is exactly torch.nn.LSTM's cell (gates i, f, g, o: i, fg, g, o):
+        # forward calls torch.lstm (fused kernel) with weights assembled from gates and cand.
+        # machc compile --no-cells keeps the step loop.
+        lstm_w = torch.cat([self.gates.weight[:32], self.cand.weight, self.gates.weight[32:]])
+        lstm_b = torch.cat([self.gates.bias[:32], self.cand.bias, self.gates.bias[32:]])
+        h, _ = runtime.cell("lstm", x, (None, None), (lstm_w[:, :8], lstm_w[:, 8:], lstm_b), batch, steps, reverse=True, lengths=lengths)
         h = runtime.mask_steps(h, lengths, batch, steps)
         return h.unflatten(0, (batch, steps))
 
@@ -503,37 +460,17 @@ class LSTM_n32_m16_dir1(nn.Module):
         runtime.check_state(self.DELAYS, state)
         c_past = runtime.past(state, "c", (16,), 1, batch, x)
         h_past = runtime.past(state, "h", (16,), 1, batch, x)
-        # step by step, forward in time
-        # std/recurrent.mach:31  gates: its linear on x, every step
-        gates_x = F.linear(x, self.gates.weight[:, :32], self.gates.bias)
-        gates_w_h = self.gates.weight[:, 32:].clone()
-        # std/recurrent.mach:32  cand: its linear on x, every step
-        cand_x = F.linear(x, self.cand.weight[:, :32], self.cand.bias)
-        cand_w_h = self.cand.weight[:, 32:].clone()
-
-        def step(carry, inputs):
-            c_tm1, h_tm1 = carry  # c[t-1], h[t-1]
-            gates_x_t, cand_x_t = inputs
-            # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 16, dim=1)
-            # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
-            g = torch.tanh(cand_x_t + F.linear(h_tm1, cand_w_h))
-            # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
-            c_keep = fg * c_tm1
-            # std/recurrent.mach:34  write : i × g -> c = mul
-            c_write = i * g
-            c = c_keep + c_write
-            # std/recurrent.mach:35  squash : c -> tc = tanh
-            tc = torch.tanh(c)
-            # std/recurrent.mach:36  emit : o × tc -> h = mul
-            h = o * tc
-            return (c, h), (c, h)
-
-        _, (c, h) = runtime.recur(step, (c_past[-1], h_past[-1]), (gates_x, cand_x), batch, steps)
+        # step by step, forward in time: one call of PyTorch's fused kernel
+        # std/recurrent.mach:31  machc: this step loop (gates, cand, keep, write, squash, emit) is exactly torch.nn.LSTM's cell (gates i, f, g, o: i, fg, g, o):
+        # forward calls torch.lstm (fused kernel) with weights assembled from gates and cand.
+        # machc compile --no-cells keeps the step loop.
+        lstm_w = torch.cat([self.gates.weight[:32], self.cand.weight, self.gates.weight[32:]])
+        lstm_b = torch.cat([self.gates.bias[:32], self.cand.bias, self.gates.bias[32:]])
+        h, (_, c_last) = runtime.cell("lstm", x, (h_past[-1], c_past[-1]), (lstm_w[:, :32], lstm_w[:, 32:], lstm_b), batch, steps, lengths=lengths, last=return_state)
         h = runtime.mask_steps(h, lengths, batch, steps)
         if return_state:
             return h.unflatten(0, (batch, steps)), {
-                "c": runtime.last_steps(c, 1, c_past, batch, steps, lengths),
+                "c": c_last,
                 "h": runtime.last_steps(h, 1, h_past, batch, steps, lengths),
             }
         return h.unflatten(0, (batch, steps))
@@ -669,36 +606,13 @@ class LSTM_n32_m16_dirm1(nn.Module):
         batch, steps, (x,) = runtime.fold_inputs(self.SPACES, {"x": x}, steps)
         lengths = runtime.check_lengths(lengths, batch, steps)
         runtime.no_chunks("LSTM", state, return_state)
-        # step by step, backward in time
-        # std/recurrent.mach:31  gates: its linear on x, every step
-        gates_x = F.linear(x, self.gates.weight[:, :32], self.gates.bias)
-        gates_w_h = self.gates.weight[:, 32:].clone()
-        # std/recurrent.mach:32  cand: its linear on x, every step
-        cand_x = F.linear(x, self.cand.weight[:, :32], self.cand.bias)
-        cand_w_h = self.cand.weight[:, 32:].clone()
-        valid = runtime.valid_steps(lengths, batch, steps)
-
-        def step(carry, inputs):
-            c_tp1, h_tp1 = carry  # c[t+1], h[t+1]
-            gates_x_t, cand_x_t, valid_t = inputs
-            # std/recurrent.mach:31  gates : x × h[t+1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tp1, gates_w_h)), 16, dim=1)
-            # std/recurrent.mach:32  cand : x × h[t+1] -> g = linear | tanh
-            g = torch.tanh(cand_x_t + F.linear(h_tp1, cand_w_h))
-            # std/recurrent.mach:33  keep : fg × c[t+1] -> c = mul
-            c_keep = fg * c_tp1
-            # std/recurrent.mach:34  write : i × g -> c = mul
-            c_write = i * g
-            c = c_keep + c_write
-            # std/recurrent.mach:35  squash : c -> tc = tanh
-            tc = torch.tanh(c)
-            # std/recurrent.mach:36  emit : o × tc -> h = mul
-            h = o * tc
-            c = runtime.keep_valid(c, valid_t)
-            h = runtime.keep_valid(h, valid_t)
-            return (c, h), (h,)
-
-        _, (h,) = runtime.recur(step, (x.new_zeros((batch, 16)), x.new_zeros((batch, 16))), (gates_x, cand_x, valid), batch, steps, reverse=True)
+        # step by step, backward in time: one call of PyTorch's fused kernel
+        # std/recurrent.mach:31  machc: this step loop (gates, cand, keep, write, squash, emit) is exactly torch.nn.LSTM's cell (gates i, f, g, o: i, fg, g, o):
+        # forward calls torch.lstm (fused kernel) with weights assembled from gates and cand.
+        # machc compile --no-cells keeps the step loop.
+        lstm_w = torch.cat([self.gates.weight[:32], self.cand.weight, self.gates.weight[32:]])
+        lstm_b = torch.cat([self.gates.bias[:32], self.cand.bias, self.gates.bias[32:]])
+        h, _ = runtime.cell("lstm", x, (None, None), (lstm_w[:, :32], lstm_w[:, 32:], lstm_b), batch, steps, reverse=True, lengths=lengths)
         h = runtime.mask_steps(h, lengths, batch, steps)
         return h.unflatten(0, (batch, steps))
 

@@ -70,19 +70,11 @@ class Elman(nn.Module):
         lengths = runtime.check_lengths(lengths, batch, steps)
         runtime.check_state(self.DELAYS, state)
         h_past = runtime.past(state, "h", (64,), 1, batch, x)
-        # step by step, forward in time
-        # elman.mach:7  cell: its linear on x, every step
-        cell_x = F.linear(x, self.cell.weight[:, :16], self.cell.bias)
-        cell_w_h = self.cell.weight[:, 16:].clone()
-
-        def step(carry, inputs):
-            (h_tm1,) = carry  # h[t-1]
-            (cell_x_t,) = inputs
-            # elman.mach:7  cell : x × h[t-1] -> h = linear | tanh
-            h = torch.tanh(cell_x_t + F.linear(h_tm1, cell_w_h))
-            return (h,), (h,)
-
-        _, (h,) = runtime.recur(step, (h_past[-1],), (cell_x,), batch, steps)
+        # step by step, forward in time: one call of PyTorch's fused kernel
+        # elman.mach:7  machc: this step loop (cell) is exactly torch.nn.RNN's cell:
+        # forward calls torch.rnn_tanh (fused kernel) with weights assembled from cell.
+        # machc compile --no-cells keeps the step loop.
+        h, _ = runtime.cell("rnn_tanh", x, (h_past[-1],), (self.cell.weight[:, :16], self.cell.weight[:, 16:], self.cell.bias), batch, steps, lengths=lengths)
         # every step at once
         # elman.mach:8  read : h -> y = linear
         y = self.read(h)

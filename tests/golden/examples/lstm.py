@@ -80,37 +80,17 @@ class LSTM(nn.Module):
         runtime.check_state(self.DELAYS, state)
         c_past = runtime.past(state, "c", (16,), 1, batch, x)
         h_past = runtime.past(state, "h", (16,), 1, batch, x)
-        # step by step, forward in time
-        # lstm.mach:12  gates: its linear on x, every step
-        gates_x = F.linear(x, self.gates.weight[:, :8], self.gates.bias)
-        gates_w_h = self.gates.weight[:, 8:].clone()
-        # lstm.mach:13  cand: its linear on x, every step
-        cand_x = F.linear(x, self.cand.weight[:, :8], self.cand.bias)
-        cand_w_h = self.cand.weight[:, 8:].clone()
-
-        def step(carry, inputs):
-            c_tm1, h_tm1 = carry  # c[t-1], h[t-1]
-            gates_x_t, cand_x_t = inputs
-            # lstm.mach:12  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 16, dim=1)
-            # lstm.mach:13  cand : x × h[t-1] -> g = linear | tanh
-            g = torch.tanh(cand_x_t + F.linear(h_tm1, cand_w_h))
-            # lstm.mach:14  keep : fg × c[t-1] -> c = mul
-            c_keep = fg * c_tm1
-            # lstm.mach:15  write : i × g -> c = mul
-            c_write = i * g
-            c = c_keep + c_write
-            # lstm.mach:16  squash : c -> tc = tanh
-            tc = torch.tanh(c)
-            # lstm.mach:17  emit : o × tc -> h = mul
-            h = o * tc
-            return (c, h), (c, h)
-
-        _, (c, h) = runtime.recur(step, (c_past[-1], h_past[-1]), (gates_x, cand_x), batch, steps)
+        # step by step, forward in time: one call of PyTorch's fused kernel
+        # lstm.mach:12  machc: this step loop (gates, cand, keep, write, squash, emit) is exactly torch.nn.LSTM's cell (gates i, f, g, o: i, fg, g, o):
+        # forward calls torch.lstm (fused kernel) with weights assembled from gates and cand.
+        # machc compile --no-cells keeps the step loop.
+        lstm_w = torch.cat([self.gates.weight[:32], self.cand.weight, self.gates.weight[32:]])
+        lstm_b = torch.cat([self.gates.bias[:32], self.cand.bias, self.gates.bias[32:]])
+        h, (_, c_last) = runtime.cell("lstm", x, (h_past[-1], c_past[-1]), (lstm_w[:, :8], lstm_w[:, 8:], lstm_b), batch, steps, lengths=lengths, last=return_state)
         h = runtime.mask_steps(h, lengths, batch, steps)
         if return_state:
             return h.unflatten(0, (batch, steps)), {
-                "c": runtime.last_steps(c, 1, c_past, batch, steps, lengths),
+                "c": c_last,
                 "h": runtime.last_steps(h, 1, h_past, batch, steps, lengths),
             }
         return h.unflatten(0, (batch, steps))

@@ -600,19 +600,11 @@ class Elman(nn.Module):
         lengths = runtime.check_lengths(lengths, batch, steps)
         runtime.check_state(self.DELAYS, state)
         h_past = runtime.past(state, "h", (16,), 1, batch, x)
-        # step by step, forward in time
-        # std/recurrent.mach:16  cell: its linear on x, every step
-        cell_x = F.linear(x, self.cell.weight[:, :4], self.cell.bias)
-        cell_w_h = self.cell.weight[:, 4:].clone()
-
-        def step(carry, inputs):
-            (h_tm1,) = carry  # h[t-1]
-            (cell_x_t,) = inputs
-            # std/recurrent.mach:16  cell : x × h[t-1] -> h = linear | tanh
-            h = torch.tanh(cell_x_t + F.linear(h_tm1, cell_w_h))
-            return (h,), (h,)
-
-        _, (h,) = runtime.recur(step, (h_past[-1],), (cell_x,), batch, steps)
+        # step by step, forward in time: one call of PyTorch's fused kernel
+        # std/recurrent.mach:16  machc: this step loop (cell) is exactly torch.nn.RNN's cell:
+        # forward calls torch.rnn_tanh (fused kernel) with weights assembled from cell.
+        # machc compile --no-cells keeps the step loop.
+        h, _ = runtime.cell("rnn_tanh", x, (h_past[-1],), (self.cell.weight[:, :4], self.cell.weight[:, 4:], self.cell.bias), batch, steps, lengths=lengths)
         # every step at once
         # std/recurrent.mach:17  read : h -> y = linear
         y = self.read(h)
@@ -720,37 +712,17 @@ class LSTM(nn.Module):
         runtime.check_state(self.DELAYS, state)
         c_past = runtime.past(state, "c", (8,), 1, batch, x)
         h_past = runtime.past(state, "h", (8,), 1, batch, x)
-        # step by step, forward in time
-        # std/recurrent.mach:31  gates: its linear on x, every step
-        gates_x = F.linear(x, self.gates.weight[:, :4], self.gates.bias)
-        gates_w_h = self.gates.weight[:, 4:].clone()
-        # std/recurrent.mach:32  cand: its linear on x, every step
-        cand_x = F.linear(x, self.cand.weight[:, :4], self.cand.bias)
-        cand_w_h = self.cand.weight[:, 4:].clone()
-
-        def step(carry, inputs):
-            c_tm1, h_tm1 = carry  # c[t-1], h[t-1]
-            gates_x_t, cand_x_t = inputs
-            # std/recurrent.mach:31  gates : x × h[t-1] -> i × fg × o = linear | sigmoid
-            i, fg, o = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 8, dim=1)
-            # std/recurrent.mach:32  cand : x × h[t-1] -> g = linear | tanh
-            g = torch.tanh(cand_x_t + F.linear(h_tm1, cand_w_h))
-            # std/recurrent.mach:33  keep : fg × c[t-1] -> c = mul
-            c_keep = fg * c_tm1
-            # std/recurrent.mach:34  write : i × g -> c = mul
-            c_write = i * g
-            c = c_keep + c_write
-            # std/recurrent.mach:35  squash : c -> tc = tanh
-            tc = torch.tanh(c)
-            # std/recurrent.mach:36  emit : o × tc -> h = mul
-            h = o * tc
-            return (c, h), (c, h)
-
-        _, (c, h) = runtime.recur(step, (c_past[-1], h_past[-1]), (gates_x, cand_x), batch, steps)
+        # step by step, forward in time: one call of PyTorch's fused kernel
+        # std/recurrent.mach:31  machc: this step loop (gates, cand, keep, write, squash, emit) is exactly torch.nn.LSTM's cell (gates i, f, g, o: i, fg, g, o):
+        # forward calls torch.lstm (fused kernel) with weights assembled from gates and cand.
+        # machc compile --no-cells keeps the step loop.
+        lstm_w = torch.cat([self.gates.weight[:16], self.cand.weight, self.gates.weight[16:]])
+        lstm_b = torch.cat([self.gates.bias[:16], self.cand.bias, self.gates.bias[16:]])
+        h, (_, c_last) = runtime.cell("lstm", x, (h_past[-1], c_past[-1]), (lstm_w[:, :4], lstm_w[:, 4:], lstm_b), batch, steps, lengths=lengths, last=return_state)
         h = runtime.mask_steps(h, lengths, batch, steps)
         if return_state:
             return h.unflatten(0, (batch, steps)), {
-                "c": runtime.last_steps(c, 1, c_past, batch, steps, lengths),
+                "c": c_last,
                 "h": runtime.last_steps(h, 1, h_past, batch, steps, lengths),
             }
         return h.unflatten(0, (batch, steps))
@@ -885,35 +857,15 @@ class GRU(nn.Module):
         lengths = runtime.check_lengths(lengths, batch, steps)
         runtime.check_state(self.DELAYS, state)
         h_past = runtime.past(state, "h", (8,), 1, batch, x)
-        # every step at once
-        # std/recurrent.mach:53  read : x -> a = linear
-        a = self.read(x)
-        # step by step, forward in time
-        # std/recurrent.mach:51  gates: its linear on x, every step
-        gates_x = F.linear(x, self.gates.weight[:, :4], self.gates.bias)
-        gates_w_h = self.gates.weight[:, 4:].clone()
-
-        def step(carry, inputs):
-            (h_tm1,) = carry  # h[t-1]
-            gates_x_t, a_t = inputs
-            # std/recurrent.mach:51  gates : x × h[t-1] -> r × z = linear | sigmoid
-            r, z = torch.split(torch.sigmoid(gates_x_t + F.linear(h_tm1, gates_w_h)), 8, dim=1)
-            # std/recurrent.mach:52  recall : h[t-1] -> u = linear
-            u = self.recall(h_tm1)
-            # std/recurrent.mach:54  reset : r × u -> a = mul
-            a = a_t + r * u
-            # std/recurrent.mach:58  keep : z × h[t-1] -> h = mul
-            h_keep = z * h_tm1
-            # std/recurrent.mach:55  cand : a -> c = tanh
-            c = torch.tanh(a)
-            # std/recurrent.mach:56  new : c -> h = identity
-            h_new = c
-            # std/recurrent.mach:57  forget : z × c -> h = mul | scale(-1.0)
-            h_forget = (z * c) * -1.0
-            h = h_new + h_forget + h_keep
-            return (h,), (h,)
-
-        _, (h,) = runtime.recur(step, (h_past[-1],), (gates_x, a), batch, steps)
+        # step by step, forward in time: one call of PyTorch's fused kernel
+        # std/recurrent.mach:51  machc: this step loop (gates, recall, read, reset, cand, new, forget, keep) is exactly torch.nn.GRU's cell (gates r, z, n: r, z, c):
+        # forward calls torch.gru (fused kernel) with weights assembled from gates, read and recall.
+        # machc compile --no-cells keeps the step loop.
+        gru_w_ih = torch.cat([self.gates.weight[:, :4], self.read.weight])
+        gru_w_hh = torch.cat([self.gates.weight[:, 4:], self.recall.weight])
+        gru_b_ih = torch.cat([self.gates.bias, self.read.bias])
+        gru_b_hh = torch.cat([self.recall.bias.new_zeros(16), self.recall.bias])
+        h, _ = runtime.cell("gru", x, (h_past[-1],), (gru_w_ih, gru_w_hh, gru_b_ih, gru_b_hh), batch, steps, lengths=lengths)
         h = runtime.mask_steps(h, lengths, batch, steps)
         if return_state:
             return h.unflatten(0, (batch, steps)), {

@@ -1,0 +1,35 @@
+"""Rewrites for speed: passes over the checked IR, run between ``check`` and ``lower``.
+
+Each pass takes a checked program and returns one that computes the same thing, with
+what it decided recorded in the machines' structures; ``lower`` prints what the
+structures say and names the rewrite in a comment of the generated code. Passes run in
+the order of :data:`REWRITES`; ``machc compile --no-NAME`` (``rewrites=`` in the API)
+leaves one out. State dict keys never change. docs/performance.md describes each:
+
+- ``cells`` (:mod:`.cells`): a step loop that is exactly PyTorch's RNN, LSTM or GRU
+  cell runs, in ``forward``, as PyTorch's fused kernel over the whole sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from . import ir
+from .cells import cells
+
+Pass = Callable[[ir.CheckedProgram], ir.CheckedProgram]
+
+PASSES: dict[str, Pass] = {"cells": cells}
+REWRITES = tuple(PASSES)  # every rewrite, in the order they run
+
+
+def rewrite(program: ir.CheckedProgram, rewrites: Iterable[str] | None = None) -> ir.CheckedProgram:
+    """``program`` with the named rewrites applied (None: every one; ``()``: none)."""
+    chosen = set(REWRITES if rewrites is None else rewrites)
+    unknown = chosen - set(REWRITES)
+    if unknown:
+        raise ValueError(f"no such rewrites: {sorted(unknown)}; machc has {list(REWRITES)}")
+    for name in REWRITES:
+        if name in chosen:
+            program = PASSES[name](program)
+    return program
