@@ -65,7 +65,7 @@ from pathlib import Path
 
 FAMILIES = ("chain", "dense", "wide")
 DEFAULT_SIZES = {
-    "chain": [1_000, 10_000, 100_001],  # 100,001 is the longest chain a loop can write (E005)
+    "chain": [1_000, 10_000, 100_000],  # h[1..100000]: the longest array (E005)
     "dense": [250, 500, 1_000, 2_000],
     "wide": [1_000, 10_000, 100_000],
 }

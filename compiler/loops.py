@@ -223,24 +223,20 @@ def _statement(column: list[ir.Edge], values: list[int], families) -> Statement 
     ranges = any(n is not None for n in model.loop.terms)
     if ranges and (model.machine is not None or OPS[kinds[0]].combine):
         return None  # a range read by a sub-machine or summed by a first add: expanded
-    for edge in column:
+    pattern = tuple(n is None for n in model.loop.terms)
+    outputs = len(model.outputs)
+    for edge in column:  # (machines over time keep no loops: no delays to compare)
         if (
-            tuple(op.kind for op in edge.ops) != kinds
+            (edge.ops is not model.ops and tuple(op.kind for op in edge.ops) != kinds)
             or edge.machine != model.machine
-            or edge.loop.terms.count(None) != model.loop.terms.count(None)
-            or len(edge.loop.terms) != len(model.loop.terms)
-            or len(edge.outputs) != len(model.outputs)
-            or any(p.delay or p.window or p.position for p in edge.inputs)
+            or len(edge.outputs) != outputs
+            or tuple(n is None for n in edge.loop.terms) != pattern
         ):
             return None
-        if [t is None for t in edge.loop.terms] != [t is None for t in model.loop.terms]:
-            return None
-        found = element(edge.name)
-        if found is None or found[0] != family:
-            return None
-    index = Affine.fit([(v, element(e.name)[1]) for v, e in zip(values, column, strict=True)])
-    if index is None or index.a == 0:
+    named = _names_fit([e.name for e in column], values)  # the edges: family[a * i + b]
+    if named is None or named.index is None or named.index.a == 0:
         return None
+    index = named.index
     inputs = []
     for k in range(len(model.loop.terms)):
         term = _input_term(column, values, k)
@@ -249,7 +245,7 @@ def _statement(column: list[ir.Edge], values: list[int], families) -> Statement 
         inputs.append(term)
     outputs = []
     for k in range(len(model.outputs)):
-        term = _single_term([(v, e.outputs[k].space) for v, e in zip(values, column, strict=True)])
+        term = _names_fit([e.outputs[k].space for e in column], values)
         if term is None:
             return None
         outputs.append(term)
@@ -263,96 +259,97 @@ def _statement(column: list[ir.Edge], values: list[int], families) -> Statement 
 
 
 def _input_term(column: list[ir.Edge], values: list[int], k: int) -> Term | None:
-    """The ``k``-th input reference of a statement, fitted over its passes."""
-    per_pass = []  # (value, the ports the reference gave)
-    for value, edge in zip(values, column, strict=True):
+    """The ``k``-th input reference of a statement, fitted over its passes.
+
+    NOTE: scale. The forms are fitted on two passes, then every pass's names are compared
+    with the names the forms give, a list comparison (a 100,000-edge chain)."""
+    terms = column[0].loop.terms
+    if all(n is None for n in terms):  # one space per reference: the k-th port
+        return _names_fit([e.inputs[k].space for e in column], values)
+    per_pass = []  # the names of the spaces the reference gave, per pass
+    for edge in column:
         start = sum(1 if n is None else n for n in edge.loop.terms[:k])
         n = edge.loop.terms[k]
-        per_pass.append((value, edge.inputs[start : start + (1 if n is None else n)]))
-    if column[0].loop.terms[k] is None:
-        return _single_term([(v, ports[0].space) for v, ports in per_pass])
-    family = None
-    lows, highs = [], []
-    for value, ports in per_pass:
-        if not ports:
-            continue
-        named = [element(p.space) for p in ports]
-        if any(n is None for n in named):
-            return None
-        fam = named[0][0]
-        if family not in (None, fam) or any(n[0] != fam for n in named):
-            return None
-        family = fam
-        indices = [n[1] for n in named]
-        if indices != list(range(indices[0], indices[0] + len(indices))):
-            return None
-        lows.append((value, indices[0]))
-        highs.append((value, indices[-1]))
-    if family is None or len(lows) < 2:
+        per_pass.append([p.space for p in edge.inputs[start : start + (1 if n is None else n)]])
+    if terms[k] is None:
+        return _names_fit([names[0] for names in per_pass], values)
+    filled = [(v, names) for v, names in zip(values, per_pass, strict=True) if names]
+    if len(filled) < 2:
         return None
-    lo, hi = Affine.fit(lows), Affine.fit(highs)
-    if lo is None or hi is None:
+    ends = []
+    for v, names in filled[:2]:
+        low, high = element(names[0]), element(names[-1])
+        if low is None or high is None or low[0] != high[0]:
+            return None
+        ends.append((v, low, high))
+    family = ends[0][1][0]
+    lo = Affine.fit([(v, low[1]) for v, low, _ in ends])
+    hi = Affine.fit([(v, high[1]) for v, _, high in ends])
+    if lo is None or hi is None or ends[1][1][0] != family:
         return None
-    for value, ports in per_pass:  # the passes whose range is empty, too
-        if len(ports) != max(0, hi.at(value) - lo.at(value) + 1):
+    for v, names in zip(values, per_pass, strict=True):  # the passes whose range is empty too
+        if names != [f"{family}[{j}]" for j in range(lo.at(v), hi.at(v) + 1)]:
             return None
     return Term(family=family, lo=lo, hi=hi)
 
 
-def _single_term(spaces: list[tuple[int, str]]) -> Term | None:
-    """One space per pass: the same space on every pass, or ``family[affine]``."""
-    names = {space for _, space in spaces}
-    if len(names) == 1:
-        return Term(space=spaces[0][1])
-    named = [(value, element(space)) for value, space in spaces]
-    if any(n is None for _, n in named) or len({n[0] for _, n in named}) != 1:
+def _names_fit(names: list[str], values: list[int]) -> Term | None:
+    """One space per pass (``values`` are consecutive): the same space on every pass, or
+    ``family[affine]``."""
+    if names.count(names[0]) == len(names):
+        return Term(space=names[0])
+    first, second = element(names[0]), element(names[1])
+    if first is None or second is None or first[0] != second[0]:
         return None
-    index = Affine.fit([(value, n[1]) for value, n in named])
-    if index is None:
+    a = second[1] - first[1]
+    form = Affine(a, first[1] - a * values[0])
+    family = first[0]
+    if [f"{family}[{form.at(v)}]" for v in values] != names:
         return None
-    return Term(family=named[0][1][0], index=index)
+    return Term(family=family, index=form)
 
 
 def _writes_fit(loop: Loop, machine: ir.Machine, writers: dict[str, list[str]]) -> bool:
     """Whether every space the loop writes is either one pass's own (all its writers in
     that pass) or added to on every pass by one statement and read by nothing in the
     loop; and whether each pass reads only what earlier passes or statements wrote."""
-    position = {}  # edge -> its place in the loop's order (pass, then statement)
+    count = len(loop.statements)
+    position = {}  # edge -> its place in the loop's order: pass * count + statement
     for s, statement in enumerate(loop.statements):
         for p, name in enumerate(statement.edges):
-            position[name] = (p, s)
+            position[name] = p * count + s
     summed = set()
-    for statement in loop.statements:
+    for s, statement in enumerate(loop.statements):
         for term in statement.outputs:
             if term.space is not None:
                 if any(w not in position for w in writers[term.space]):
                     return False
-                if {position[w][1] for w in writers[term.space]} != {
-                    loop.statements.index(statement)
-                }:
+                if {position[w] % count for w in writers[term.space]} != {s}:
                     return False
                 summed.add(term.space)
     for statement in loop.statements:
-        for p in range(len(statement.edges)):
-            for term in statement.outputs:
-                if term.space is not None:
-                    continue
+        for term in statement.outputs:
+            if term.space is not None:
+                continue
+            for p in range(len(statement.edges)):
                 space = f"{term.family}[{term.index.at(loop.first + p)}]"
-                if any(w not in position or position[w][0] != p for w in writers[space]):
+                if any(position.get(w, -1) // count != p for w in writers[space]):
                     return False
     edges = {e.name: e for e in machine.edges}
     for name, here in position.items():
         for port in edges[name].inputs:
-            if port.space in summed:
+            space = port.space
+            if space in summed:
                 return False
-            for w in writers.get(port.space, ()):
-                if w in position and position[w] >= here:
+            for w in writers.get(space, ()):
+                if position.get(w, -1) >= here:
                     return False
+    families = loop.families()
     for space in machine.spaces:  # arrays the body names are kept in dicts: no input in them
         found = element(space.name)
         if (
             found
-            and found[0] in loop.families()
+            and found[0] in families
             and (space.role is ir.Role.INPUT or not writers.get(space.name))
         ):
             return False
@@ -375,48 +372,49 @@ def loop_order(
 
 
 def _contracted_order(machine, structure, loops: list[Loop]) -> list[str | Loop] | None:
-    node_of: dict[str, object] = {}
+    """A topological order of the machine with each loop one node (None: none exists)."""
+    nodes: list[str | Loop] = []
+    node_of: dict[str, int] = {}
     for loop in loops:
         for name in loop.edges:
-            node_of[name] = loop
-    writer_nodes: dict[str, set] = {}
+            node_of[name] = len(nodes)
+        nodes.append(loop)
     for edge in machine.edges:
-        node = node_of.get(edge.name, edge.name)
+        if edge.name not in node_of:
+            node_of[edge.name] = len(nodes)
+            nodes.append(edge.name)
+    first = [len(structure.order)] * len(nodes)  # a node's first place in the level order
+    for k, name in enumerate(structure.order):
+        node = node_of[name]
+        if k < first[node]:
+            first[node] = k
+    writer_nodes: dict[str, set[int]] = {}
+    for edge in machine.edges:
+        node = node_of[edge.name]
         for port in edge.outputs:
-            writer_nodes.setdefault(port.space, set()).add(_key(node))
-    rank = {name: k for k, name in enumerate(structure.order)}
-    nodes: dict[object, object] = {}  # key -> node
-    first: dict[object, int] = {}
-    after: dict[object, set] = {}
-    need: dict[object, int] = {}
+            writer_nodes.setdefault(port.space, set()).add(node)
+    after: list[set[int]] = [set() for _ in nodes]
     for edge in machine.edges:
-        node = node_of.get(edge.name, edge.name)
-        key = _key(node)
-        nodes[key] = node
-        first[key] = min(first.get(key, len(rank)), rank[edge.name])
-        need.setdefault(key, 0)
-    for edge in machine.edges:
-        key = _key(node_of.get(edge.name, edge.name))
+        node = node_of[edge.name]
         for port in edge.inputs:
             for w in writer_nodes.get(port.space, ()):
-                if w != key and key not in after.setdefault(w, set()):
-                    after[w].add(key)
-                    need[key] += 1
-    ready = [(first[k], k) for k, n in need.items() if n == 0]
+                if w != node:
+                    after[w].add(node)
+    need = [0] * len(nodes)
+    for successors in after:
+        for node in successors:
+            need[node] += 1
+    ready = [(first[n], n) for n in range(len(nodes)) if need[n] == 0]
     heapq.heapify(ready)
     order: list[str | Loop] = []
     while ready:
-        _, key = heapq.heappop(ready)
-        order.append(nodes[key])
-        for nxt in after.get(key, ()):
+        _, node = heapq.heappop(ready)
+        order.append(nodes[node])
+        for nxt in after[node]:
             need[nxt] -= 1
             if need[nxt] == 0:
                 heapq.heappush(ready, (first[nxt], nxt))
     return order if len(order) == len(nodes) else None
-
-
-def _key(node) -> object:
-    return ("loop", node.run) if isinstance(node, Loop) else node
 
 
 def expanded(order: Iterable[str | Loop]) -> list[str]:

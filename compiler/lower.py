@@ -511,7 +511,8 @@ class _MachineLowering:
         given = "{" + ", ".join(f"{py_str(s)}: {a}" for s, a in args_by_space.items()) + "}"
         body = lower_sizes.prologue(self, given)
         body += self.loop_planner.declare(plan)
-        plan.element = lambda family, index: f"{plan.families[family]}[{index}]"
+        families = plan.families  # (held by the lambda, not the plan: see above)
+        plan.element = lambda family, index: f"{families[family]}[{index}]"
         body += self._statements(plan, self.order)
         if self.output_tuple is None:
             returns, result = "Tensor", plan.var[outputs[0].name]
@@ -592,11 +593,12 @@ class _MachineLowering:
         lines: list[str] = []
         pending: dict[str, dict[str, str]] = {}  # space -> {writer: contribution variable}
         last_writer = None  # space -> its last writer in order, made when a sum needs it
-        # a machine over time runs its edges in phases: writers of this one
-        running = set(expanded(order) if self.loop_planner.loops else order)
         writers = self.writers
-        if len(running) < len(self.edges):
-            writers = _RunningWriters(writers, running)
+        if not self.loop_planner.loops:  # (a machine over time keeps no loops)
+            # a machine over time runs its edges in phases: writers of this one
+            running = set(order)
+            if len(running) < len(self.edges):
+                writers = _RunningWriters(writers, running)
         level_of = self.level_of
         # forward and the resolvent solve each cycle where its first edge would run; f (and
         # the function a solver iterates) apply its edges once

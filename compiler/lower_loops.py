@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import weakref
 from collections.abc import Callable
 
 from . import loops as L
@@ -37,6 +38,8 @@ _NUMBER = re.compile(r"(?:(?<=[(\[=,])|(?<=[(\[=,] ))-?\d+(?=[,)\]])")
 def template(points: list[tuple[int, str]], var: str) -> str | None:
     """One text for every ``(value, text)``: equal texts but for whole numbers that are
     affine in ``value`` (those are written in ``var``); None if there is no such text."""
+    if all(text == points[0][1] for _, text in points):
+        return points[0][1]  # the same on every pass
     skeleton = _NUMBER.split(points[0][1])
     columns: list[list[tuple[int, int]]] = [[] for _ in range(len(skeleton) - 1)]
     seen: dict[str, list[str]] = {}
@@ -67,7 +70,9 @@ class LoopPlanner:
     """Which loops a lowering keeps, their layers, and their statements in each method."""
 
     def __init__(self, lowering, expand_loops: bool = False):
-        self.lowering = lowering
+        # NOTE: scale. A proxy: the lowering holds this planner, and a cycle would keep the
+        # IR alive for the garbage collector, which is paused while machc runs
+        self.lowering = weakref.proxy(lowering)
         self.loops: list[L.Loop] = (
             [] if expand_loops else L.find_loops(lowering.machine, lowering.structure)
         )
@@ -139,33 +144,24 @@ class LoopPlanner:
             made = self._loop_layers(loop, edge_layers, edge_modules)
             if made is None:
                 continue
-            # the body's text is checked with these names; the attributes are named in turn
-            # with every other layer (lower._layers), so no other name depends on a loop
-            exprs = self._exprs(
-                loop, made, lambda family, i: family + ("" if i is None else f"_{i}")
-            )
-            low.layer_exprs.update(exprs)
-            uniform = self._uniform(loop)
-            for key in exprs:
-                del low.layer_exprs[key]
-            if uniform:
+            if self._uniform(loop, made):
                 self.layers.update(made)
                 kept.append(loop)
         self.loops = kept
         for cached in ("_families", "_items", "_loop_of", "_families_list"):
             self.__dict__.pop(cached, None)
 
-    def _exprs(self, loop: L.Loop, made: dict, attr_of: Callable) -> dict:
-        """(edge, op index) -> its layer, for every edge of a loop; ``attr_of(family, None)``
-        names a statement's ModuleDict of layers, ``attr_of(family, i)`` that of op i's
-        modules."""
+    def _exprs(self, loop: L.Loop, made: dict, attr_of: Callable, p: int) -> dict:
+        """(edge, op index) -> its layer, for the edges of pass ``p`` of a loop (the body is
+        printed from one pass); ``attr_of(family, None)`` names a statement's ModuleDict of
+        layers, ``attr_of(family, i)`` that of op i's modules."""
         exprs = {}
         var = self.vars[loop.run]
         for statement in loop.statements:
             family = statement.family
             key = f"str({statement.index.text(var)})"
             layer, modules = made[family]
-            for name in statement.edges:
+            for name in (statement.edges[p],):
                 if layer is not None:
                     indices = layer[0]
                     at = f"self.{attr_of(family, None)}[{key}]"
@@ -203,7 +199,7 @@ class LoopPlanner:
         for loop in self.loops:
             made = {st.family: self.layers[st.family] for st in loop.statements}
             self.lowering.layer_exprs.update(
-                self._exprs(loop, made, lambda family, i: self.attrs[(family, i)])
+                self._exprs(loop, made, lambda family, i: self.attrs[(family, i)], 0)
             )
 
     @property
@@ -272,17 +268,23 @@ class LoopPlanner:
             made[statement.family] = (layer, own)
         return made
 
-    def _uniform(self, loop: L.Loop) -> bool:
+    def _uniform(self, loop: L.Loop, made: dict) -> bool:
         """Whether the body prints the same text on every pass (forward's text; the other
-        methods print from the same parts)."""
+        methods print from the same parts): the first two passes (their names differ) and
+        one of every other kind (ops, shapes)."""
         low = self.lowering
         texts = set()
         seen = set()
+        # the attributes are named in turn with every other layer (lower._layers), so that
+        # no other name depends on a loop: the text is checked with these
+        attr_of = lambda family, i: family + ("" if i is None else f"_{i}")  # noqa: E731
         for p in range(len(loop.values)):
             sig = tuple(_signature(low, low.edges[st.edges[p]]) for st in loop.statements)
             if p >= 2 and sig in seen:
                 continue
             seen.add(sig)
+            exprs = self._exprs(loop, made, attr_of, p)
+            low.layer_exprs.update(exprs)
             plan = _lower._Plan(
                 read=lambda port: port.space,
                 base=lambda space: None,
@@ -292,6 +294,8 @@ class LoopPlanner:
             )
             plan.families = {f: f for f in loop.families()}
             texts.add("\n".join(self.body(plan, loop, p)))
+            for key in exprs:
+                del low.layer_exprs[key]
             if len(texts) > 1:
                 return False
         return True
@@ -416,17 +420,7 @@ class LoopPlanner:
         py_str = _lower.py_str
         items: list[str] = []
         spaces = self.lowering.machine.spaces
-        n = 0
-        while n < len(spaces):
-            found = L.element(spaces[n].name)
-            end = n + 1
-            if found and found[0] in families:
-                family, start = found
-                while end < len(spaces) and L.element(spaces[end].name) == (
-                    family,
-                    start + end - n,
-                ):
-                    end += 1
+        for n, end, family, start in self._space_runs(tuple(families)):
             if end - n > LISTED:
                 if dicts:
                     value = f"{families[family]}[{key}]"
@@ -437,13 +431,36 @@ class LoopPlanner:
                     name = element_key(family, key)
                     last = start + end - n
                     items.append(f"**{{{name}: {value} for {key} in range({start}, {last})}}")
-                    n = end
                     continue
-                end = n + 1
             for m in range(n, end):
                 items.append(f"{py_str(spaces[m].name)}: {value_of(spaces[m])}")
-            n = end
         return items
+
+    def _space_runs(self, families: tuple[str, ...]) -> list[tuple[int, int, str, int]]:
+        """(first, end, array, its first index) of each run of the machine's spaces: the
+        items of a kept array with consecutive indices, or one other space (made once)."""
+        cache = self.__dict__.setdefault("_runs", {})
+        found = cache.get(families)
+        if found is not None:
+            return found
+        kept = set(families)
+        spaces = self.lowering.machine.spaces
+        found = []
+        n = 0
+        while n < len(spaces):
+            item = L.element(spaces[n].name)
+            end = n + 1
+            family, start = item if item and item[0] in kept else ("", 0)
+            if family:
+                while end < len(spaces) and L.element(spaces[end].name) == (
+                    family,
+                    start + end - n,
+                ):
+                    end += 1
+            found.append((n, end, family, start))
+            n = end
+        cache[families] = found
+        return found
 
     def statements(self, plan, loop: L.Loop) -> list[str]:
         """The loop in a method: ``for i in range(...):`` and its body (forward, the
@@ -649,7 +666,9 @@ def _signature(low, edge) -> tuple:
     """What a pass's text depends on besides its indices: ops, shapes, sub-machine."""
     known = low.loop_planner._signatures.get(edge.name)
     if known is None:
-        outs = tuple(low.machine.space(p.space).shape for p in edge.outputs)
+        outs = None  # one output: its shape is the pipeline's last
+        if len(edge.outputs) > 1:
+            outs = tuple(low.machine.space(p.space).shape for p in edge.outputs)
         shapes = low.structure.shapes[edge.name]
         known = (tuple(map(id, edge.ops)), shapes, outs, edge.machine)
         low.loop_planner._signatures[edge.name] = known

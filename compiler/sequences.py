@@ -62,9 +62,14 @@ def check_reads(
             )
             ok = False
     first = _first_op(edge)
+    # NOTE: scale. What the edge applies, as messages name it: made where one needs it
     what = (
         f"the machine {ir.machine_call(machines[edge.machine].name, machines[edge.machine].params)}"
-        if edge.machine is not None and edge.machine in machines
+        if edge.machine is not None
+        and edge.machine in machines
+        and any(p.window is not None or p.position for p in edge.inputs)
+        else edge.machine
+        if edge.machine is not None
         else edge.ops[0].kind
         if edge.ops
         else "this edge"
