@@ -138,7 +138,6 @@ class LoopPlanner:
         """Keeps the loops whose layers and bodies fit. ``edge_layers(edge)`` gives an
         edge's ``[(op index, constructor)]`` as the expanded form makes them, and
         ``edge_modules(edge)`` its modules of their own (dropout) the same way."""
-        low = self.lowering
         kept = []
         for loop in self.loops:
             made = self._loop_layers(loop, edge_layers, edge_modules)
