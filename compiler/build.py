@@ -18,6 +18,7 @@ from .diagnostics import Code, Note, Reporter, Span
 from .equilibrium import build_solve
 from .expand import Expansion, flatten
 from .expressions import (
+    MAX_EDGES,
     MAX_SIZE,
     Problem,
     Scope,
@@ -317,6 +318,15 @@ class _MachineBuilder:
     # --- edges ---
 
     def _declare_edge(self, decl: s.EdgeDecl, scope: Scope) -> None:
+        if len(self.edges) >= MAX_EDGES:
+            raise TooLarge(
+                Problem(
+                    Code.EXPRESSION,
+                    f"machine {self.decl.name} has more than {MAX_EDGES:,} edges (loops expanded)",
+                    decl.name_span,
+                    hint="a machine this large is surely a mistake; use fewer or shorter loops",
+                )
+            )
         try:
             name = decl.name
             if decl.index is not None:
@@ -364,7 +374,7 @@ class _MachineBuilder:
             outputs=tuple(outputs),
             ops=tuple(ops),
             machine=machine_key,
-            loop=_loop_site(decl, scope, counts) if self.decl.time is None else None,
+            loop=_loop_site(decl, scope, counts),
             span=decl.name_span,
         )
 

@@ -575,8 +575,8 @@ def describe(program) -> str:
     """
     from .equilibrium import cycle_text
     from .ir import format_params
-    from .lower import source_label
     from .sequences import kind_text
+    from .source_text import source_label
 
     blocks = []
     for checked in program.machines:

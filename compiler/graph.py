@@ -38,8 +38,8 @@ from collections.abc import Sequence
 
 from . import ir
 from .ir import format_params, machine_call
-from .lower import edge_text, op_text, pipeline_text
 from .sequences import kind_text
+from .source_text import edge_text, op_text, pipeline_text
 
 FORMATS = ("svg", "png", "pdf", "dot")  # what `machc graph -o` writes, by file extension
 PIPELINE_WIDTH = 24  # a pipeline wider than this (in characters) wraps inside its box

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from . import ir
 from .equilibrium import cycle_text
 from .ir import format_params
-from .lower import pipeline_text, port_text, source_label
 from .ops import OPS, format_shape
 from .sizes import evaluate
+from .source_text import pipeline_text, port_text, source_label
 
 # Cells longer than these wrap onto continuation lines, at a `×` or `|`.
 PIPELINE_WIDTH = 48

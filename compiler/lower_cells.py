@@ -10,8 +10,8 @@ code says so in a comment. ``f`` and ``resolvent`` keep the loop.
 from __future__ import annotations
 
 from .ir import Cell, CellKind
-from .lower import py_str
 from .names import Namespace
+from .source_text import py_str
 
 _TORCH = {
     CellKind.RNN_TANH: ("torch.nn.RNN", "torch.rnn_tanh", "rnn"),

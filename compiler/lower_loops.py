@@ -23,11 +23,14 @@ from . import loops as L
 from . import lower as _lower  # it imports this module: its names are read when used
 from .names import METHOD_LOCALS, TIME_LOCALS, Namespace, sanitize
 from .ops import CHANNEL_DIM, OPS
+from .source_text import element_key, pipeline_text, py_str, safe
 
 ADJOINT_LOCALS = frozenset({"x", "bar", "cotangent"})
 # edges of one machine written out one by one (not in a loop kept as a loop): the module of
 # a 50,000-edge chain written out needs 2.2 GB and 5.5 s to import (docs/benchmarks.md)
 MAX_WRITTEN_OUT = 50_000
+# and the spaces those edges name (each is written in every method): ~100 bytes of module each
+MAX_WRITTEN_OUT_PORTS = 400_000
 # items of a kept array listed one by one up to this many in a row (SPACES, the dicts f
 # and the resolvent return, what an edge outside loops reads); more are one comprehension
 LISTED = 8
@@ -58,12 +61,6 @@ def template(points: list[tuple[int, str]], var: str) -> str | None:
             return None
         out += [form.text(var), part]
     return "".join(out)
-
-
-def element_key(family: str, index: str) -> str:
-    """The name of an array element as a Python expression: ``f"h[{i - 1}]"``."""
-    prefix = _lower.py_str(family)[1:-1].replace("{", "{{").replace("}", "}}")
-    return f'f"{prefix}[{{{index}}}]"'
 
 
 class LoopPlanner:
@@ -108,27 +105,37 @@ class LoopPlanner:
         machine = self.lowering.machine
         kept = sum(len(loop.edges) for loop in self.loops)
         count = len(machine.edges) - kept
+        in_kept = {name for loop in self.loops for name in loop.edges}
         if count <= MAX_WRITTEN_OUT:
-            return
+            ports = sum(
+                len(e.inputs) + len(e.outputs) for e in machine.edges if e.name not in in_kept
+            )
+            if ports <= MAX_WRITTEN_OUT_PORTS:
+                return
+            what = f"{count:,} edges naming {ports:,} spaces, more than {MAX_WRITTEN_OUT_PORTS:,}"
+        else:
+            what = f"{count:,} edges one by one, more than {MAX_WRITTEN_OUT:,}"
         from .diagnostics import Code, CompileError, Diagnostic, Severity
 
-        in_kept = {name for loop in self.loops for name in loop.edges}
         runs: dict[int, list] = {}
         for edge in machine.edges:
             if edge.loop is not None and edge.name not in in_kept:
                 runs.setdefault(edge.loop.run, []).append(edge)
-        largest = max(runs.values(), key=len, default=[machine.edges[0]])
+        largest = max(  # the loop that writes out the most
+            runs.values(),
+            key=lambda edges: sum(len(e.inputs) + len(e.outputs) for e in edges),
+            default=[machine.edges[0]],
+        )
         passes = len({e.loop.value for e in largest if e.loop is not None})
+        where = f"; the loop here ({passes:,} passes) is not kept as a loop" if passes else ""
         diagnostic = Diagnostic(
             severity=Severity.ERROR,
             code=Code.EXPRESSION,
-            message=f"machine {machine.name} would be written out with {count:,} edges one by "
-            f"one, more than {MAX_WRITTEN_OUT:,}; the loop here ({passes:,} passes) is not "
-            "kept as a loop",
+            message=f"machine {machine.name} would be written out with {what}{where}",
             span=largest[0].span,
-            hint="a loop is kept as a loop when its passes are alike (docs/language.md, "
-            "'Loops in generated code'); an if or sizes that differ from pass to pass "
-            "keep it from being one",
+            hint="a loop is kept as a loop when its passes are alike, in a machine not over "
+            "time (docs/language.md, 'Loops in generated code'): an if or sizes that differ "
+            "from pass to pass keep it from being one",
         )
         raise CompileError([diagnostic], sources)
 
@@ -325,9 +332,7 @@ class LoopPlanner:
             name = plan.locals.name(f"family/{family}", family)
             plan.families[family] = name
             if assign:
-                lines.append(
-                    f"{name}: dict[int, Tensor] = {{}}  # the spaces {_lower._safe(family)}[k]"
-                )
+                lines.append(f"{name}: dict[int, Tensor] = {{}}  # the spaces {safe(family)}[k]")
         var, families = plan.var, plan.families
         for name, family, index in self.items_of_arrays():
             var[name] = f"{families[family]}[{index}]"
@@ -399,7 +404,7 @@ class LoopPlanner:
                 family, first, last = item
                 out.append(f"*[{element_key(family, j)} for {j} in range({first}, {last + 1})]")
             else:
-                out.append(_lower.py_str(item.space))
+                out.append(py_str(item.space))
         return out
 
     def compact_text(self, ports, time) -> str:
@@ -416,7 +421,6 @@ class LoopPlanner:
         spaces of a kept array run by run: ``**{f"h[{k}]": h[k] for k in range(1, 33)}``
         (``dicts``: the values of the kept arrays' items are items of the method's dicts,
         ``h[3]``, as :meth:`declare` made them)."""
-        py_str = _lower.py_str
         items: list[str] = []
         spaces = self.lowering.machine.spaces
         for n, end, family, start in self._space_runs(tuple(families)):
@@ -579,7 +583,7 @@ class LoopPlanner:
             where = self.lowering.where(self.lowering.edges[statement.edges[0]].span)
             name = f"{statement.family}[{statement.index.text(loop.var, tight=True)}]"
             args = f"bar, x, {results[statement.family]}[{var}], {ins}, {outs}"
-            pulls.append(f"    _pull({args})  # {where}  {_lower._safe(name)}")
+            pulls.append(f"    _pull({args})  # {where}  {safe(name)}")
         return computed, pulls
 
     def names_of(self, loop: L.Loop, terms) -> str:
@@ -588,7 +592,7 @@ class LoopPlanner:
         items = []
         for term in terms:
             if term.space is not None:
-                items.append(_lower.py_str(term.space))
+                items.append(py_str(term.space))
             elif term.index is not None:
                 items.append(element_key(term.family, term.index.text(var)))
             else:
@@ -632,8 +636,8 @@ class LoopPlanner:
         ins = " × ".join(t.text(loop.var) for t in statement.inputs)
         outs = " × ".join(t.text(loop.var) for t in statement.outputs)
         name = f"{statement.family}[{statement.index.text(loop.var, tight=True)}]"
-        text = f"{name} : {ins} -> {outs} = {_lower.pipeline_text(edge, low.machines)}"
-        return f"# {low.where(edge.span)}  {_lower._safe(text)}"
+        text = f"{name} : {ins} -> {outs} = {pipeline_text(edge, low.machines)}"
+        return f"# {low.where(edge.span)}  {safe(text)}"
 
 
 class _Port:

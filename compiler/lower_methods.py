@@ -10,16 +10,9 @@ from __future__ import annotations
 
 from . import lower_sizes
 from .loops import Loop
-from .lower import (
-    Method,
-    _MachineLowering,
-    _Plan,
-    _py_tuple,
-    _safe,
-    py_str,
-)
-from .lower_loops import element_key
+from .lower import Method, _MachineLowering, _Plan
 from .sizes import evaluate
+from .source_text import element_key, py_str, py_tuple, safe
 
 
 def adjoint_method(lowering: _MachineLowering) -> Method:
@@ -60,8 +53,8 @@ def adjoint_method(lowering: _MachineLowering) -> Method:
 
     def ports(edge_ports) -> str:
         if planner.loops and len(edge_ports) >= 3:
-            return _py_tuple(planner.compact_names(edge_ports))
-        return _py_tuple(py_str(p.space) for p in edge_ports if not p.position)
+            return py_tuple(planner.compact_names(edge_ports))
+        return py_tuple(py_str(p.space) for p in edge_ports if not p.position)
 
     for name in reversed(lowering.order):
         if isinstance(name, Loop):
@@ -71,13 +64,13 @@ def adjoint_method(lowering: _MachineLowering) -> Method:
         cycle = cycle_of.get(name)
         if cycle is None:
             args = f"bar, x, {results[name]}, {ports(edge.inputs)}, {ports(edge.outputs)}"
-            body.append(f"_pull({args})  # {lowering.where(edge.span)}  {_safe(name)}")
+            body.append(f"_pull({args})  # {lowering.where(edge.span)}  {safe(name)}")
         elif name == cycle.edges[-1]:
             members = [lowering.edges[e] for e in cycle.edges]
-            edges = _py_tuple(
+            edges = py_tuple(
                 f"({results[e.name]}, {ports(e.inputs)}, {ports(e.outputs)})" for e in members
             )
-            spaces = _py_tuple(py_str(s) for s in cycle.spaces)
+            spaces = py_tuple(py_str(s) for s in cycle.spaces)
             solver = lowering.solvers[cycle.solve.space]
             where = f"{lowering.where(cycle.solve.span)}  solve {cycle.solve.space}"
             body.append(f"runtime.pull_cycle(bar, x, {edges}, {spaces}, {solver})  # {where}")
@@ -120,7 +113,7 @@ def tool_methods(lowering: _MachineLowering, inputs) -> tuple[Method, ...]:
         signature=f"example_inputs(self, batch: int = 2{steps}) -> tuple[Tensor, ...]",
         doc="Random inputs for forward as INPUTS say, where the parameters are (for "
         "summaries, tracing, export).",
-        body=("like = _like(self)", f"return {_py_tuple(made)}"),
+        body=("like = _like(self)", f"return {py_tuple(made)}"),
     )
     reset = Method(
         signature="reset_parameters(self) -> None",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import ir, symbols
 from .sizes import Size, symbols_of
+from .source_text import dict_lines, py_str, py_tuple
 
 
 def symbolic(structure: ir.Structure) -> bool:
@@ -19,8 +20,6 @@ def symbolic(structure: ir.Structure) -> bool:
 
 def space_items(machine: ir.Machine, structure: ir.Structure) -> tuple[str, list[str]]:
     """The annotation and the items of the ``SPACES`` table: sizes, or their text."""
-    from .lower import _py_tuple, py_str
-
     if not symbolic(structure):
         return "dict[str, tuple[int, ...]]", [
             f"{py_str(s.name)}: {tuple(s.shape)!r}" for s in machine.spaces
@@ -28,7 +27,7 @@ def space_items(machine: ir.Machine, structure: ir.Structure) -> tuple[str, list
     items = []
     for space in machine.spaces:
         sizes = (py_str(str(n)) if isinstance(n, Size) else str(n) for n in space.shape)
-        items.append(f"{py_str(space.name)}: {_py_tuple(sizes)}")
+        items.append(f"{py_str(space.name)}: {py_tuple(sizes)}")
     return "dict[str, tuple[int | str, ...]]", items
 
 
@@ -42,8 +41,6 @@ def complete_shapes(structure: ir.Structure) -> str:
 def prologue(lowering, given: str) -> list[str]:
     """The lines that bind the sizes from ``given`` (a dict expression of tensors) and
     check the relations between them; none for a machine without size symbols."""
-    from .lower import py_str
-
     structure = lowering.structure
     if not symbolic(structure):
         return []
@@ -67,14 +64,14 @@ def prologue(lowering, given: str) -> list[str]:
 
 def shapes_method(lowering):
     """``shapes(H, W)``: the shape of every space for these sizes (None: no symbols)."""
-    from .lower import Method, _dict_lines, _py_tuple, py_str
+    from .lower import Method  # (it imports this module)
 
     structure = lowering.structure
     if not symbolic(structure):
         return None
     params = ", ".join(f"{n}: int = {structure.example_sizes[n]}" for n in structure.sizes)
     items = [
-        f"{py_str(space.name)}: {_py_tuple(str(n) for n in space.shape)}"
+        f"{py_str(space.name)}: {py_tuple(str(n) for n in space.shape)}"
         for space in lowering.machine.spaces
     ]
     return Method(
@@ -82,5 +79,5 @@ def shapes_method(lowering):
         signature=f"shapes({params}) -> dict[str, tuple[int, ...]]",
         doc="The shape of every space (per sample) for inputs of these sizes (by default, "
         "those of example_inputs).",
-        body=tuple(_dict_lines("return ", items, indent=8)),
+        body=tuple(dict_lines("return ", items, indent=8)),
     )

@@ -16,11 +16,12 @@ from __future__ import annotations
 import collections
 
 from .ir import Port, StageKind, WindowKind
-from .lower import _dict_lines, _MachineLowering, _Plan, _py_tuple, _sanitize_key, py_str
+from .lower import _MachineLowering, _Plan, _sanitize_key
 from .lower_cells import CellLowering
 from .lower_time_methods import TimeMethods
 from .names import METHOD_LOCALS, TIME_LOCALS, Namespace
 from .ops import OPS, py_literal
+from .source_text import dict_lines, py_str, py_tuple
 
 _STAGE_WORDS = {
     StageKind.ALL: "every step at once",
@@ -97,15 +98,15 @@ class TimeLowering(TimeMethods, CellLowering, _MachineLowering):
 
     def _class_attributes(self) -> list[str]:
         items = [f"{py_str(s)}: {k}" for s, k in self.delays.items()]
-        lines = _dict_lines("DELAYS: dict[str, int] = ", items, indent=4)
+        lines = dict_lines("DELAYS: dict[str, int] = ", items, indent=4)
         if self.keeps:
             items = [f"{py_str(s)}: {k!r}" for s, k in self.keeps.items()]
-            lines += _dict_lines("WINDOWS: dict[str, int | None] = ", items, indent=4)
+            lines += dict_lines("WINDOWS: dict[str, int | None] = ", items, indent=4)
         if self.ids:
             items = [f"{py_str(s)}: {n}" for s, n in self.ids.items()]
-            lines += _dict_lines("IDS: dict[str, int] = ", items, indent=4)
+            lines += dict_lines("IDS: dict[str, int] = ", items, indent=4)
         if self.stateful:
-            names = _py_tuple(py_str(e) for e in self.stateful)
+            names = py_tuple(py_str(e) for e in self.stateful)
             lines.append(f"STATEFUL_EDGES: tuple[str, ...] = {names}")
         lines.append(f"CAUSAL: bool = {self.causal}")
         return lines
@@ -240,18 +241,14 @@ class TimeLowering(TimeMethods, CellLowering, _MachineLowering):
             return step_input(key, folded, f"{space}{label}")
 
         self._step_input = step_input
-        read_across = {  # read at another step by this loop: carried from step to step
-            p.space for e in stage.edges for p in self.edges[e].inputs if p.delay
-        } & loop_spaces
-        reach = {
-            space: max(
-                abs(p.delay)
-                for e in stage.edges
-                for p in self.edges[e].inputs
-                if p.space == space and p.delay
-            )
-            for space in read_across
-        }
+        # read at another step by this loop: carried from step to step, as far as read
+        # (NOTE: scale. One pass over the reads: a scan per space was quadratic.)
+        reach: dict[str, int] = {}
+        for e in stage.edges:
+            for p in self.edges[e].inputs:
+                if p.delay and p.space in loop_spaces:
+                    reach[p.space] = max(reach.get(p.space, 0), abs(p.delay))
+        read_across = set(reach)
         kept = needed & loop_spaces
         if forward and self.method == "forward" and self.causal:
             kept |= {s for s in loop_spaces if s in self.delays}  # for the state at the end
@@ -327,12 +324,12 @@ class TimeLowering(TimeMethods, CellLowering, _MachineLowering):
             head.append(f"    {_unpack([v for _, v in xs])} = {inputs_arg}")
         new_carry = [var for space in carried for var in carry[space][1:] + [now[space]]]
         ys = [now[space] for space in kept]
-        tail = [f"    return {_py_tuple(new_carry)}, {_py_tuple(ys)}"]
+        tail = [f"    return {py_tuple(new_carry)}, {py_tuple(ys)}"]
         lines += head + ["    " + line for line in body] + tail + [""]
-        args = [step, _py_tuple(init), _py_tuple(v for v, _ in xs), "batch", "steps"]
+        args = [step, py_tuple(init), py_tuple(v for v, _ in xs), "batch", "steps"]
         if not forward:
             args.append("reverse=True")
-        results = _py_tuple(outs[space] for space in kept)
+        results = py_tuple(outs[space] for space in kept)
         lines.append(f"_, {results} = runtime.recur({', '.join(args)})")
 
     def _plain_loop(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 
 from .ir import StageKind
-from .lower import Method, _dict_lines, _Plan, _py_tuple, py_str
+from .lower import Method, _Plan
 from .names import Namespace
+from .source_text import dict_lines, py_str, py_tuple
 
 
 class TimeMethods:
@@ -69,7 +70,7 @@ class TimeMethods:
         given = ", ".join(f"{py_str(s.name)}: {a}" for s, a in zip(inputs, args, strict=True))
         ids = ", self.IDS" if self.ids else ""
         body = [
-            f"batch, steps, {_py_tuple(args)} = "
+            f"batch, steps, {py_tuple(args)} = "
             f"runtime.fold_inputs(self.SPACES, {{{given}}}, steps{ids})",
             "lengths = runtime.check_lengths(lengths, batch, steps)",
         ]
@@ -129,7 +130,7 @@ class TimeMethods:
                 items.append(f"{py_str(time)}: torch.tensor(offset + steps)")
             items += [f"{py_str(e)}: {self.state_vars[e]}" for e in self.stateful]
             body.append("if return_state:")
-            body += ["    " + line for line in _dict_lines(f"return {result}, ", items, indent=12)]
+            body += ["    " + line for line in dict_lines(f"return {result}, ", items, indent=12)]
         body.append(f"return {result}")
         body = self._drop_unused_like(body)
         indent = "\n        "
@@ -185,7 +186,7 @@ class TimeMethods:
             f"{py_str(s.name)}: {values[s.name]}.unflatten(0, (batch, steps))"
             for s in self.machine.spaces
         ]
-        body += _dict_lines("return ", items, indent=8)
+        body += dict_lines("return ", items, indent=8)
         return Method(
             signature="resolvent(self, x0: dict[str, Tensor]) -> dict[str, Tensor]",
             doc="The solution x of x = f(x) + x0 over space-time: x0 gives [batch, time, *shape] "
@@ -226,7 +227,7 @@ class TimeMethods:
             f"{py_str(s.name)}: {out[s.name]}.unflatten(0, (batch, steps))"
             for s in self.machine.spaces
         ]
-        body += _dict_lines("return ", items, indent=8)
+        body += dict_lines("return ", items, indent=8)
         return Method(
             signature="f(self, state: dict[str, Tensor]) -> dict[str, Tensor]",
             doc="The global endofunction over space-time: the sum of all edges applied to "

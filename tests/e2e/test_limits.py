@@ -111,6 +111,37 @@ def test_ports_are_bounded_in_total() -> None:
     assert "more than 2,500,000 spaces in all" in found[0][1]
 
 
+def test_edges_are_bounded_in_total(monkeypatch) -> None:
+    monkeypatch.setattr(machc.build, "MAX_EDGES", 10)  # 200,000: the same path, faster
+    ((code, message, line, _),) = errors(
+        "machine M { input x : 4\n output y : 4\n"
+        " for i in 1..4 { space h[i..i] : 4\n g[i] : x -> h[i] = linear\n"
+        " o[i] : h[i] -> y = linear\n p[i] : h[i] -> y = linear } }"
+    )
+    assert (code, line) == ("E005", 5)
+    assert "machine M has more than 10 edges (loops expanded) (with i = 4)" in message
+
+
+def test_spaces_written_out_are_bounded(monkeypatch) -> None:
+    """A machine over time keeps no loop as a loop: a dense recurrence written out edge by
+    edge names more spaces than a module should hold; compile refuses it at the loop."""
+    import machc.lower_loops
+
+    monkeypatch.setattr(machc.lower_loops, "MAX_WRITTEN_OUT_PORTS", 1_000)
+    text = (
+        "machine M over t { input x : 4\n space h[1..40] : 2\n output y : 4\n"
+        " for i in 1..40 { g[i] : x × h[1..40][t-1] -> h[i] = linear }\n"
+        " o : h[1] -> y = linear }"
+    )
+    check_source(text, "x.mach")  # check writes no module
+    with pytest.raises(CompileError) as info:
+        machc.compile_source(text, "x.mach")
+    ((diagnostic,),) = [info.value.errors]
+    assert (diagnostic.code.value, diagnostic.span.line, diagnostic.span.column) == ("E005", 4, 19)
+    assert "written out with 41 edges naming 1,682 spaces, more than 1,000" in diagnostic.message
+    assert "the loop here (40 passes) is not kept as a loop" in diagnostic.message
+
+
 def test_module_paths_are_bounded() -> None:
     path = ".".join(["a"] * 300) + ".B"
     ((code, message, _, _),) = errors(

@@ -43,6 +43,7 @@ MAX_MODULE = 50 * KB * KB  # a generated module larger than this is a blow-up
 TOO_LARGE = 2**31  # a space or layer this large passes check: a blow-up
 RUN_ELEMENTS = 4_000_000  # modules with larger spaces or layers are checked, not run
 RUN_MACS = 200_000_000
+RUN_EDGES = 20_000  # modules with more edges are checked, not run (a module object each)
 BATCH, STEPS = 2, 3
 MAX_WRITTEN_OUT_COMPARED = 5_000  # edges of a module whose loops are compared written out
 # Classes that generated code may import through module(...) when the fuzzer runs it.
@@ -250,14 +251,15 @@ class Checker:
                 failure = self._loops_agree(program, classes)
                 if failure:
                     return failure
-        except MemoryError:
-            return (
-                "MemoryError",
-                self.phase.split(":")[0],
-                f"{self.phase}: the module of {len(source):,} characters ran out of the memory "
-                f"bound:\n{traceback.format_exc()}",
-            )
         except Exception as exc:  # noqa: BLE001
+            # (torch's failure to allocate is a RuntimeError: the memory bound too)
+            if isinstance(exc, MemoryError) or "std::bad_alloc" in str(exc):
+                return (
+                    "MemoryError",
+                    self.phase.split(":")[0],
+                    f"{self.phase}: the module of {len(source):,} characters ran out of the "
+                    f"memory bound:\n{traceback.format_exc()}",
+                )
             if _user_module_refused(exc) or self._in_user_module(exc.__traceback__):
                 return USER_MISTAKE
             return (
@@ -533,6 +535,8 @@ def _worth_running(program, source: str) -> bool:
     for path in re.findall(r"runtime\.external\(\s*(\"[^\"]*\"|'[^']*')", source):
         if not SAFE_MODULES.fullmatch(path[1:-1]):
             return False
+    if sum(len(c.machine.edges) for c in program.machines) > RUN_EDGES:
+        return False
     for info in program_info(program):
         if info.total_params > RUN_ELEMENTS or info.total_macs > RUN_MACS:
             return False
