@@ -558,17 +558,7 @@ class _MachineLowering:
                     temp = plan.locals.name(f"{space}/writer/{name}", f"{space}_{name}")
                     targets.append(temp)
                     pending.setdefault(space, {})[name] = temp
-            if len(targets) == 1 or edge.machine is not None:  # a sub-machine returns a tuple
-                lines.append(f"{', '.join(targets)} = {expr}")
-            else:
-                sizes = [self.machine.space(p.space).shape[0] for p in edge.outputs]
-                # NOTE: equal parts by their size, not a list of sizes: torch 2.13's inductor
-                # overwrites a saved tensor that list-split views of it still need, in the
-                # backward of a loop (wrong LSTM gradients; docs/integration.md)
-                size = sizes[0] if len(set(sizes)) == 1 else sizes
-                lines.append(
-                    f"{', '.join(targets)} = torch.split({expr}, {size}, dim={CHANNEL_DIM})"
-                )
+            lines.append(self.assignment(edge, targets, expr))
             for port in edge.outputs:
                 space = port.space
                 if space not in pending:
@@ -585,6 +575,18 @@ class _MachineLowering:
                     terms = ([base] if base is not None else []) + terms
                     lines += _sum_lines(_target(plan, space), terms)
         return lines
+
+    def assignment(self, edge: ir.Edge, targets: list[str], expr: str) -> str:
+        """``targets = expr``: an edge's result split along the channel axis into its
+        outputs (a sub-machine returns a tuple)."""
+        if len(targets) == 1 or edge.machine is not None:
+            return f"{', '.join(targets)} = {expr}"
+        sizes = [self.machine.space(p.space).shape[0] for p in edge.outputs]
+        # NOTE: equal parts by their size, not a list of sizes: torch 2.13's inductor
+        # overwrites a saved tensor that list-split views of it still need, in the
+        # backward of a loop (wrong LSTM gradients; docs/integration.md)
+        size = sizes[0] if len(set(sizes)) == 1 else sizes
+        return f"{', '.join(targets)} = torch.split({expr}, {size}, dim={CHANNEL_DIM})"
 
     def _solve(self, plan: _Plan, cycle: ir.Cycle, pending, writers) -> list[str]:
         """A solved cycle: the function of its spaces a solver iterates, and the solve.

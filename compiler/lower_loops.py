@@ -384,27 +384,25 @@ class LoopPlanner:
 
     def compact_reads(self, plan, ports, read: Callable) -> list[str]:
         """What an edge outside loops reads: ``read(port)``, and a run of a kept array as
-        ``*[h[j] for j in range(1, 33)]``."""
-        out = []
-        j = self.outer
-        for item in self.runs(ports):
-            if isinstance(item, tuple):
-                family, first, last = item
-                out.append(f"*[{plan.element(family, j)} for {j} in range({first}, {last + 1})]")
-            else:
-                out.append(read(item))
-        return out
+        ``*[h[k] for k in range(1, 33)]``."""
+        return self._compact(ports, read, plan.element)
 
     def compact_names(self, ports) -> list[str]:
-        """The names of the spaces of some ports, as items of a tuple display."""
+        """The names of the spaces of some ports, as items of a tuple display (a run of a
+        kept array: ``*[f"h[{k}]" for k in range(1, 33)]``)."""
+        return self._compact(ports, lambda port: py_str(port.space), element_key)
+
+    def _compact(self, ports, one: Callable, item: Callable) -> list[str]:
+        """``one(port)`` per port, a run of a kept array as ``*[item(array, k) for k in
+        range(...)]``."""
         out = []
-        j = self.outer
-        for item in self.runs(ports):
-            if isinstance(item, tuple):
-                family, first, last = item
-                out.append(f"*[{element_key(family, j)} for {j} in range({first}, {last + 1})]")
+        k = self.outer
+        for run in self.runs(ports):
+            if isinstance(run, tuple):
+                family, first, last = run
+                out.append(f"*[{item(family, k)} for {k} in range({first}, {last + 1})]")
             else:
-                out.append(py_str(item.space))
+                out.append(one(run))
         return out
 
     def compact_text(self, ports, time) -> str:
@@ -521,14 +519,7 @@ class LoopPlanner:
                 )
                 targets.append(temp)
                 pending.setdefault(key, []).append(temp)
-            if len(targets) == 1 or edge.machine is not None:
-                lines.append(f"{', '.join(targets)} = {expr}")
-            else:
-                sizes = [low.machine.space(p_.space).shape[0] for p_ in edge.outputs]
-                size = sizes[0] if len(set(sizes)) == 1 else sizes
-                lines.append(
-                    f"{', '.join(targets)} = torch.split({expr}, {size}, dim={CHANNEL_DIM})"
-                )
+            lines.append(low.assignment(edge, targets, expr))
             for term, target in zip(statement.outputs, targets, strict=True):
                 if term.space is not None:
                     total = _target(plan, term.space)
