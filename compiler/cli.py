@@ -60,13 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OUT.py",
         help="where to write the module ('-': standard output; default: FILE.py beside FILE.mach)",
     )
-    compile_.add_argument(
-        "--expand-loops",
-        action="store_true",
-        help="write every for loop out edge by edge (layers g_1, g_2, ...) instead of "
-        "keeping it a loop over a ModuleDict (g.1, g.2, ...)",
-    )
-    _rewrite_options(compile_)
+    _code_options(compile_)
     check = commands.add_parser(
         "check",
         help="check a file and report its structure",
@@ -182,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
         "onnxruntime against the module. Needs pip install 'machc[export]'.",
     )
     common(export)
-    _rewrite_options(export)
+    _code_options(export)
     export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the file to write")
     export.add_argument(
         "--machine", metavar="NAME", help="the machine to export (default: the file's last)"
@@ -309,6 +303,17 @@ def _read(path: str) -> str:
 def _show_warnings(checked) -> None:
     if checked.warnings:
         print(render_all(checked.warnings, checked.sources), file=sys.stderr)
+
+
+def _code_options(parser: argparse.ArgumentParser) -> None:
+    """How the module is written: ``--expand-loops``, and the rewrites for speed."""
+    parser.add_argument(
+        "--expand-loops",
+        action="store_true",
+        help="write every for loop out edge by edge (layers g_1, g_2, ...) instead of "
+        "keeping it a loop over a ModuleDict (g.1, g.2, ...)",
+    )
+    _rewrite_options(parser)
 
 
 def _rewrite_options(parser: argparse.ArgumentParser) -> None:

@@ -47,7 +47,8 @@ def run(args, params, source_text: str) -> int:
     from .cli import _rewrites
     from .rewrite import rewrite
 
-    code = emit(lower(rewrite(checked.program, _rewrites(args)), sources=checked.sources))
+    program = rewrite(checked.program, _rewrites(args))
+    code = emit(lower(program, args.expand_loops, checked.sources))
     stem = sanitize(os.path.splitext(os.path.basename(args.file))[0])
     module_name = loading.module_name(stem, code)
     label = loading.file_label(args.file, module_name)

@@ -327,6 +327,7 @@ def _writes_fit(loop: Loop, machine: ir.Machine, writers: dict[str, list[str]]) 
                 if {position[w] % count for w in writers[term.space]} != {s}:
                     return False
                 summed.add(term.space)
+    forms: dict[str, tuple] = {}  # element -> the one form of index that writes it
     for statement in loop.statements:
         for term in statement.outputs:
             if term.space is not None:
@@ -334,6 +335,9 @@ def _writes_fit(loop: Loop, machine: ir.Machine, writers: dict[str, list[str]]) 
             for p in range(len(statement.edges)):
                 space = f"{term.family}[{term.index.at(loop.first + p)}]"
                 if any(position.get(w, -1) // count != p for w in writers[space]):
+                    return False
+                # two forms that meet on one pass (h[i+3], h[5-i]) are not one sum in the body
+                if forms.setdefault(space, (term.family, term.index)) != (term.family, term.index):
                     return False
     edges = {e.name: e for e in machine.edges}
     for name, here in position.items():

@@ -187,15 +187,16 @@ class LoopPlanner:
         statement = next(st for st in loop.statements if st.edges[0] == edge_name)
         family = statement.family
         layer, own = self.layers[family]
+        hint = family if not family.startswith("_") else "edge" + family  # as edges are named
         index = statement.index.text(loop.var, tight=True)
         where = f"{low.where(low.edges[edge_name].span)}  {family}[{index}]"
         made = []
         if not modules and layer is not None:
-            attr = self.attrs[(family, None)] = low.attrs.name(f"loop/{family}", family)
+            attr = self.attrs[(family, None)] = low.attrs.name(f"loop/{family}", hint)
             made.append((attr, layer[1], where))
         if modules:
             for i, kind, constructor in own:
-                attr = low.attrs.name(f"loop/{family}/{i}", f"{family}_{kind}")
+                attr = low.attrs.name(f"loop/{family}/{i}", f"{hint}_{kind}")
                 self.attrs[(family, i)] = attr
                 made.append((attr, constructor, where))
         return made
@@ -412,14 +413,13 @@ class LoopPlanner:
             for item in self.runs(ports)
         )
 
-    def items(
-        self, value_of: Callable, families: dict[str, str], key: str = "k", dicts: bool = False
-    ) -> list[str]:
+    def items(self, value_of: Callable, families: dict[str, str], dicts: bool = False) -> list[str]:
         """Dict display items ``"name": value`` for every space, in declaration order; the
         spaces of a kept array run by run: ``**{f"h[{k}]": h[k] for k in range(1, 33)}``
         (``dicts``: the values of the kept arrays' items are items of the method's dicts,
         ``h[3]``, as :meth:`declare` made them)."""
         items: list[str] = []
+        key = self.outer  # no array's name (an array k would be hidden)
         spaces = self.lowering.machine.spaces
         for n, end, family, start in self._space_runs(tuple(families)):
             if end - n > LISTED:
@@ -514,8 +514,9 @@ class LoopPlanner:
                     if base is None:
                         targets.append(target)
                         continue
-                temp = plan.locals.name(
-                    f"{term.family}/writer/{statement.family}", f"{term.family}_{statement.family}"
+                temp = plan.locals.name(  # (one per element: an edge may write two)
+                    f"{term.family}/{term.index}/writer/{statement.family}",
+                    f"{term.family}_{statement.family}",
                 )
                 targets.append(temp)
                 pending.setdefault(key, []).append(temp)
@@ -663,8 +664,11 @@ def _signature(low, edge) -> tuple:
         outs = None  # one output: its shape is the pipeline's last
         if len(edge.outputs) > 1:
             outs = tuple(low.machine.space(p.space).shape for p in edge.outputs)
+        ranks = None  # the inputs' ranks: a first add or mul broadcasts the lower ones
+        if edge.ops and OPS[edge.ops[0].kind].combine:
+            ranks = tuple(len(low.machine.space(p.space).shape) for p in edge.inputs)
         shapes = low.structure.shapes[edge.name]
-        known = (tuple(map(id, edge.ops)), shapes, outs, edge.machine)
+        known = (tuple(map(id, edge.ops)), shapes, outs, ranks, edge.machine)
         low.loop_planner._signatures[edge.name] = known
     return known
 

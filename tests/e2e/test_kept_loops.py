@@ -115,10 +115,95 @@ machine Stack(n: int = 5) {
     last : h[n] -> y = linear
 }
 """,
+    # one edge writes two items of one array a pass (the resolvent's sums too)
+    "two_outputs": """
+machine M {
+    input x : 3
+    space h[0..7] : 3
+    output y : 3
+    h0 : x -> h[0] = linear
+    h1 : x -> h[1] = linear
+    for i in 1..3 {
+        e[i] : h[2*i-2] × h[2*i-1] -> h[2*i] × h[2*i+1] = linear | tanh
+    }
+    out : h[7] × h[6] -> y = linear
+}
+""",
+    # two statements write the same two items a pass: summed
+    "two_writers_of_two_outputs": """
+machine M {
+    input x : 3
+    space h[2..7] : 3
+    output y : 3
+    for i in 1..3 {
+        a[i] : x -> h[2*i] × h[2*i+1] = linear
+        b[i] : x -> h[2*i] × h[2*i+1] = linear | tanh
+    }
+    out : h[7] × h[6] -> y = linear
+}
+""",
+    # an array named like the variables of comprehensions (more than 8 items)
+    "an_array_named_k": """
+machine M {
+    input x : 3
+    space k[0..10] : 3
+    output y : 3
+    first : x -> k[0] = linear
+    for i in 1..10 {
+        e[i] : k[i-1] -> k[i] = linear
+    }
+    out : k[10] -> y = linear
+}
+""",
+    # a statement named like a private attribute of nn.Module
+    "private_name": """
+machine M {
+    input x : 3
+    space h[0..3] : 3
+    output y : 3
+    first : x -> h[0] = linear
+    for i in 1..3 {
+        _modules[i] : h[i-1] -> h[i] = linear
+    }
+    out : h[3] -> y = linear
+}
+""",
 }
 
 # loops that must stay expanded (and still be right)
 EXPANDED = {
+    # a first add whose inputs' ranks differ on some passes
+    "broadcast_on_some_passes": """
+machine M {
+    input x : [3, 4, 4]
+    space b[1..2] : [3, 4, 4]
+    space b[3..4] : 3
+    space h[0..4] : [3, 4, 4]
+    output y : [3, 4, 4]
+    first : x -> h[0] = identity
+    b1 : x -> b[1] = identity
+    b2 : x -> b[2] = relu
+    b3 : x -> b[3] = global_avg_pool
+    b4 : x -> b[4] = global_max_pool
+    for i in 1..4 {
+        e[i] : h[i-1] × b[i] -> h[i] = add | tanh
+    }
+    out : h[4] -> y = identity
+}
+""",
+    # two statements write one item on one pass with indices of different forms
+    "forms_that_meet": """
+machine M {
+    input x : 3
+    space h[2..6] : 3
+    output y : 3
+    for i in 1..3 {
+        a[i] : x -> h[i+3] = linear
+        b[i] : x -> h[5-i] = linear
+    }
+    out : h[2..6] -> y = linear
+}
+""",
     # a space the loop adds to on every pass that an edge outside the loop writes too
     "wide_and_bias": """
 machine Wide(n: int = 7) {
@@ -431,3 +516,8 @@ def test_a_loop_too_long_to_write_out_is_refused(tmp_path) -> None:
     assert out.read_text() == "old"
     with pytest.raises(machc.CompileError, match="written out with 60,000 edges"):
         machc.compile_file(source)
+
+
+def test_private_statement_names_are_prefixed() -> None:
+    code = machc.compile_source(KEPT["private_name"], "private.mach")
+    assert "self.edge_modules = nn.ModuleDict(" in code and "self._modules" not in code

@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--n", type=int, default=1000, help="inputs to draw (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="the seed of the run (default 0)")
+    parser.add_argument(
+        "--start",
+        type=int,
+        default=0,
+        metavar="I",
+        help="draw inputs I to N-1 only: the rest of a run stopped by --time-limit at I",
+    )
     parser.add_argument("--out", type=Path, help="where reproducers and the summary go")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument(
@@ -66,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.replay:
         return _replay(args)
+    if not 0 <= args.start <= args.n:
+        parser.error("--start must be between 0 and --n")
     families = tuple(f for f in args.families.split(",") if f)
     if set(families) - set(FAMILIES):
         parser.error(f"--families: no such generators {sorted(set(families) - set(FAMILIES))}")
@@ -81,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         minimise_seconds=args.minimise_seconds,
         progress=None if args.quiet else print,
         families=families,
+        start_index=args.start,
     )
     print()
     print(table(report))

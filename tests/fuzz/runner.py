@@ -90,11 +90,14 @@ def fuzz(
     minimise_seconds: float = 60.0,
     progress: Callable[[str], None] | None = print,
     families: tuple[str, ...] = (),
+    start_index: int = 0,
 ) -> Report:
-    """Fuzz ``n`` inputs (or fewer, at ``time_limit`` seconds) and write what failed to ``out``."""
-    report = Report(seed=seed, requested=n)
+    """Fuzz ``n`` inputs (or fewer, at ``time_limit`` seconds) and write what failed to ``out``;
+    ``start_index``: draw inputs ``start_index`` to ``n - 1`` of the seed only (the rest of a
+    run that stopped at its time limit)."""
+    report = Report(seed=seed, requested=n - start_index)
     lock = threading.Lock()
-    counter = iter(range(n))
+    counter = iter(range(start_index, n))
     start = time.monotonic()
     stop_at = start + time_limit if time_limit else None
     last_print = [start]
