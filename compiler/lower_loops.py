@@ -21,11 +21,10 @@ from collections.abc import Callable
 
 from . import loops as L
 from . import lower as _lower  # it imports this module: its names are read when used
-from .names import METHOD_LOCALS, TIME_LOCALS, Namespace, sanitize
+from .names import ADJOINT_LOCALS, METHOD_LOCALS, TIME_LOCALS, Namespace, sanitize
 from .ops import CHANNEL_DIM, OPS
 from .source_text import element_key, pipeline_text, py_str, safe
 
-ADJOINT_LOCALS = frozenset({"x", "bar", "cotangent"})
 # edges of one machine written out one by one (not in a loop kept as a loop): the module of
 # a 50,000-edge chain written out needs 2.2 GB and 5.5 s to import (docs/benchmarks.md)
 MAX_WRITTEN_OUT = 50_000

@@ -47,6 +47,7 @@ MODULE_NAMES = frozenset(
 # the code calls (range, list), nor a name linters flag as ambiguous (E741: l, O, I).
 METHOD_LOCALS = frozenset({"self", "state", "x0", "l", "O", "I"}) | frozenset(dir(builtins))
 TIME_LOCALS = frozenset({"batch", "steps", "return_state", "lengths", "offset"})
+ADJOINT_LOCALS = frozenset({"x", "bar", "cotangent"})  # adjoint(self, x, cotangent): bar
 # A class may not take these: it would hide what generated code uses (super, sorted, KeyError,
 # and self, which __init__ uses where it builds the layers and sub-machines).
 CLASS_NAME_CLASHES = MODULE_NAMES | frozenset(dir(builtins)) | {"self"}

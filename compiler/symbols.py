@@ -16,11 +16,11 @@ import math
 from . import ir
 from .diagnostics import Code, Note, Reporter
 from .expressions import did_you_mean
-from .names import METHOD_LOCALS, MODULE_NAMES, TIME_LOCALS
+from .names import ADJOINT_LOCALS, METHOD_LOCALS, MODULE_NAMES, TIME_LOCALS
 from .sizes import Size, minimum, relation, symbols_of, truth
 
 EXAMPLE_SIZE = 32  # the size example inputs give a symbol (more where relations need it)
-_RESERVED = METHOD_LOCALS | MODULE_NAMES | TIME_LOCALS
+_RESERVED = METHOD_LOCALS | MODULE_NAMES | TIME_LOCALS | ADJOINT_LOCALS
 
 
 def bound(machine: ir.Machine) -> dict[str, tuple[str, int]]:

@@ -318,6 +318,8 @@ def _solve_target(ops, i: int, before: Shape, declared: Shape):
     if None in finals or finals[1][0] != 2 * finals[0][0]:
         return declared[0], hint
     per_channel = finals[0][0]
+    if not isinstance(per_channel, int) or not isinstance(declared[0], int):
+        return declared[0], hint  # a factor known only at call time (flatten of [c, L])
     if declared[0] % per_channel:
         raise OpError(
             f"{op.kind} cannot produce the {declared[0]} channels the outputs need: the ops "

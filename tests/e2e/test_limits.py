@@ -360,3 +360,25 @@ def test_last_findings_of_the_fuzzer(tmp_path: Path) -> None:
     model = machc.load(source).Net().double()
     x = torch.randn(2, 4, 3, dtype=torch.float64)
     torch.testing.assert_close(model(x), model.resolvent({"x": x})["m"])
+
+
+@pytest.mark.parametrize(
+    ("source", "code"),
+    [
+        # a size symbol named like the adjoint's argument (found by the fuzzer, seed 29)
+        (
+            "machine M { input x : [2, cotangent]\n output y : [2, cotangent]\n"
+            " e : x -> y = conv(3, padding=1) }",
+            "E022",
+        ),
+        # flatten of a symbolic axis after the channel-changing op (seed 29)
+        (
+            "machine Net { input l1 : [1, L]\n space m : [3]\n"
+            ' enc : l1 -> m = layernorm(affine=false, axes="channels") | conv(1) | flatten }',
+            None,
+        ),
+    ],
+)
+def test_fuzzer_findings_get_a_diagnostic(source: str, code: str | None) -> None:
+    found = errors(source)
+    assert found and (code is None or found[0][0] == code), found
