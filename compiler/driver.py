@@ -148,12 +148,18 @@ def compile_file(
 ) -> str:
     """The generated Python module for a .mach file (warnings, ``expand_loops`` and
     ``rewrites`` as in :func:`compile_source`)."""
+    return _compile_path(path, params, search_path, expand_loops, rewrites)
+
+
+def _compile_path(path, params, search_path, expand_loops, rewrites) -> str:
+    """:func:`_compile` of a file, for a public function called by the user's code (the
+    warnings point there: _compile, this, that function, the user)."""
     return _compile(
         read_source(path),
         str(path),
         params,
         search_path,
-        3,
+        4,
         expand_loops=expand_loops,
         rewrites=rewrites,
     )
@@ -161,7 +167,8 @@ def compile_file(
 
 def read_source(path: str | os.PathLike) -> str:
     """A .mach file's text; a file that is not UTF-8 is a diagnostic, not a traceback."""
-    data = open(path, "rb").read()  # noqa: SIM115 - OSError is the caller's to report
+    with open(path, "rb") as file:  # (an OSError is the caller's to report)
+        data = file.read()
     try:
         return data.decode("utf-8-sig")  # a byte-order mark is not part of the text
     except UnicodeDecodeError as exc:
@@ -196,15 +203,7 @@ def load(
     code (``torch.save(model)``, multiprocessing), and unpickle in any process that
     has ``machc`` installed.
     """
-    source = _compile(
-        read_source(path),
-        str(path),
-        params,
-        search_path,
-        3,
-        expand_loops=expand_loops,
-        rewrites=rewrites,
-    )
+    source = _compile_path(path, params, search_path, expand_loops, rewrites)
     from machc.runtime import loading  # torch: only here, where the module runs anyway
 
     stem = sanitize(os.path.splitext(os.path.basename(path))[0])

@@ -76,9 +76,17 @@ class LoopPlanner:
         # of op i's modules of their own (dropout)
         self.attrs: dict[tuple[str, int | None], str] = {}
         self.layers: dict[str, tuple] = {}  # statement family -> what _loop_layers made
-        # NOTE: one name per loop variable (and per range's inner variable) for every
-        # method: none of the names a method can give a space, an edge or a dict
-        # (the arrays' items are not listed: h[3] can only be the local h_3)
+        self._signatures: dict[str, tuple] = {}
+        self.vars: dict[int, str] = {}  # loop -> its variable in every method
+        self.inner: dict[int, str] = {}  # loop -> the variable of its ranges' comprehensions
+        self.outer = ""  # the variable of comprehensions outside loops
+        if self.loops:  # (machines without loops pay nothing for names)
+            self._name_variables(lowering)
+
+    def _name_variables(self, lowering) -> None:
+        """One name per loop variable (and per range's inner variable) for every method:
+        none of the names a method can give a space, an edge or a dict (the arrays' items
+        are not listed: h[3] can only be the local h_3)."""
         taken = set(lowering.module_level) | METHOD_LOCALS | TIME_LOCALS | ADJOINT_LOCALS
         arrays, plain = set(), set()
         for name in (
@@ -92,11 +100,9 @@ class LoopPlanner:
                 plain.add(name)
         arrays = {sanitize(name) for name in arrays}
         taken |= arrays | {sanitize(name) for name in plain}
-        self._pick = lambda hint: _pick(hint, taken, arrays)
-        self.vars = {loop.run: self._pick(loop.var) for loop in self.loops}
-        self.inner = {loop.run: self._pick("j") for loop in self.loops}
-        self.outer = self._pick("k")  # a range read outside loops
-        self._signatures: dict[str, tuple] = {}
+        self.vars = {loop.run: _pick(loop.var, taken, arrays) for loop in self.loops}
+        self.inner = {loop.run: _pick("j", taken, arrays) for loop in self.loops}
+        self.outer = _pick("k", taken, arrays)
 
     def check_written_out(self, sources: dict[str, str] | None) -> None:
         """Raises :class:`CompileError` if more than :data:`MAX_WRITTEN_OUT` edges would be
@@ -326,7 +332,8 @@ class LoopPlanner:
         """Names the dicts of the kept arrays in ``plan`` (and its element variables);
         the lines that make them empty."""
         plan.families = {}
-        plan.locals.reserve(*self.vars.values(), *self.inner.values(), self.outer)
+        if self.loops:
+            plan.locals.reserve(*self.vars.values(), *self.inner.values(), self.outer)
         lines = []
         for family in self.families():
             name = plan.locals.name(f"family/{family}", family)
@@ -468,7 +475,7 @@ class LoopPlanner:
         lines = []
         for space in loop.summed:
             base = plan.base(space)
-            lines.append(f"{_target(plan, space)} = {base if base is not None else 'None'}")
+            lines.append(f"{_lower._target(plan, space)} = {base if base is not None else 'None'}")
         lines.append(f"for {self.vars[loop.run]} in range({loop.first}, {loop.last + 1}):")
         body = self.body(plan, loop, 0, comments=True)
         return lines + ["    " + line for line in body]
@@ -494,7 +501,7 @@ class LoopPlanner:
                 if term.space is not None:  # added to on every pass
                     temp = plan.locals.name(
                         f"{term.space}/writer/{statement.family}",
-                        f"{_sanitize(term.space)}_{statement.family}",
+                        f"{term.space}_{statement.family}",  # (the namespace sanitizes it)
                     )
                     targets.append(temp)
                     continue
@@ -522,7 +529,7 @@ class LoopPlanner:
             lines.append(low.assignment(edge, targets, expr))
             for term, target in zip(statement.outputs, targets, strict=True):
                 if term.space is not None:
-                    total = _target(plan, term.space)
+                    total = _lower._target(plan, term.space)
                     if plan.base(term.space) is None:
                         lines.append(
                             f"{total} = {target} if {total} is None else {total} + {target}"
@@ -670,11 +677,3 @@ def _signature(low, edge) -> tuple:
         known = (tuple(map(id, edge.ops)), shapes, outs, ranks, edge.machine)
         low.loop_planner._signatures[edge.name] = known
     return known
-
-
-def _sanitize(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", name.replace("]", ""))
-
-
-def _target(plan, space: str) -> str:
-    return _lower._target(plan, space)
