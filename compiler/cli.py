@@ -346,9 +346,10 @@ def _compile(args, params) -> int:
     with collector_paused():  # as check_source does (see there)
         checked = check_source(_read(args.file), args.file, params, args.search_path)
         _show_warnings(checked)
-        program = rewrite(checked.program, _rewrites(args))
-        view = lower(program, args.expand_loops, checked.sources)
-        del checked  # the IR goes before the module is written out (driver._compile)
+        view = lower(rewrite(checked.program, _rewrites(args)), args.expand_loops, checked.sources)
+        # the IR goes before the module is written out (driver._compile), and while the
+        # collector is off: freed after, it was walked once more (0.6 s of a 100,000-edge chain)
+        del checked
         code = emit(view)
         del view
     if output == "-":
