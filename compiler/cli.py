@@ -322,7 +322,10 @@ def _rewrite_options(parser: argparse.ArgumentParser) -> None:
 
     helps = {
         "cells": "keep the step loop of a machine whose step is PyTorch's RNN, LSTM or "
-        "GRU cell (default: forward calls PyTorch's fused kernel; docs/performance.md)"
+        "GRU cell (default: forward calls PyTorch's fused kernel; docs/performance.md)",
+        "regroup": "let forward keep the concatenation of a dense block's inputs for the "
+        "backward (default: the spaces themselves, concatenated again in the backward; "
+        "docs/performance.md)",
     }
     for name in REWRITES:
         parser.add_argument(f"--no-{name}", action="store_true", help=helps[name])

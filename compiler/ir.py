@@ -362,6 +362,12 @@ class Structure(Node):
         description="rewrite 'cells': step loops that run as one of PyTorch's fused "
         "recurrent kernels in forward (compiler/cells.py)",
     )
+    regrouped: dict[str, int] = Field(
+        default_factory=dict,
+        description="rewrite 'regroup': edge name -> the index of its first linear or conv "
+        "op, whose input forward keeps for the backward as the concatenated spaces, not "
+        "their concatenation (compiler/regroup.py)",
+    )
     causal: bool = Field(
         default=True,
         description="machines over time: no step depends on a later one (so the machine "

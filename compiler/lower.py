@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import __version__, ir, lower_sizes
+from . import __version__, ir, lower_regroup, lower_sizes
 from .equilibrium import solver_args, solver_text
 from .ir import format_params
 from .loops import Loop, expanded, loop_order
@@ -180,6 +180,8 @@ class _Plan:
     elements: set[str] = field(default_factory=set)
     element: Callable[[str, str], str] | None = None
     element_base: Callable[[str, str], str | None] | None = None
+    # forward: the edges rewrite 'regroup' chose call runtime.regroup (compiler/regroup.py)
+    regroup: bool = False
 
 
 class _MachineLowering:
@@ -423,6 +425,7 @@ class _MachineLowering:
             locals=names,
             var=var,
             like=args[0] if args else "",
+            regroup=bool(self.structure.regrouped),
         )
         given = "{" + ", ".join(f"{py_str(s)}: {a}" for s, a in args_by_space.items()) + "}"
         body = lower_sizes.prologue(self, given)
@@ -651,7 +654,7 @@ class _MachineLowering:
         made it without statements of its own (a pipeline cut in two)."""
         reads = tuple(plan.read(port) for port in edge.inputs)
         made = self._leveled.get(edge.name)
-        if made is not None and made[0] == reads:
+        if made is not None and made[0] == reads and not plan.regroup:
             return made[1]
         before = len(lines)
         expr = self._edge_expr(edge, plan, lines)
@@ -695,6 +698,12 @@ class _MachineLowering:
         """``expr`` through the ops of the edge's pipeline from index ``first`` on (a
         pipeline cut in statements names its variable ``hint``, or after the edge)."""
         shapes = self.structure.shapes[edge.name]
+        if first == 0 and plan.regroup and edge.name in self.structure.regrouped:
+            regrouped = lower_regroup.regrouped(self, edge, expr)
+            if regrouped is not None:
+                comment, expr = regrouped
+                lines.append(comment)
+                first = self.structure.regrouped[edge.name] + 1
         for i, op in enumerate(edge.ops):
             spec = OPS[op.kind]
             if i < first or spec.combine:

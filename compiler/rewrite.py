@@ -8,6 +8,9 @@ leaves one out. State dict keys never change. docs/performance.md describes each
 
 - ``cells`` (:mod:`.cells`): a step loop that is exactly PyTorch's RNN, LSTM or GRU
   cell runs, in ``forward``, as PyTorch's fused kernel over the whole sequence.
+- ``regroup`` (:mod:`.regroup`): in ``forward``, an edge whose concatenated inputs
+  autograd would keep for the backward keeps the spaces instead, and concatenates them
+  again in the backward (memory linear in the depth of a dense machine).
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from collections.abc import Callable, Iterable
 
 from . import ir
 from .cells import cells
+from .regroup import regroup
 
 Pass = Callable[[ir.CheckedProgram], ir.CheckedProgram]
 
-PASSES: dict[str, Pass] = {"cells": cells}
+PASSES: dict[str, Pass] = {"cells": cells, "regroup": regroup}
 REWRITES = tuple(PASSES)  # every rewrite, in the order they run
 
 

@@ -26,6 +26,7 @@ from .adjoint import pull_cycle
 from .cells import cell
 from .equilibrium import SOLVERS, Solve, reset_spectral_norm
 from .loops import keep_valid, recur, valid_steps
+from .regroup import regroup
 from .sequences import (
     attention,
     check_lengths,
@@ -73,6 +74,7 @@ __all__ = [
     "past",
     "positions",
     "recent",
+    "regroup",
     "recur",
     "step_of",
     "unfold_steps",

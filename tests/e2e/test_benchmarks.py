@@ -41,9 +41,27 @@ def test_conv_benchmark_runs_and_checks_agreement(tmp_path: Path) -> None:
     assert "agree" in run.stdout
     assert "generated / hand-written" in run.stdout
     figures = json.loads(out.read_text())
-    assert set(figures["median_ms"]) == {"generated", "hand-written", "naive"}
-    # The activations kept for backward are measured (a figure, like the times).
-    assert figures["saved_mib"]["generated"] > 0
+    assert set(figures["median_ms"]) == {"generated", "no-regroup", "hand-written", "naive"}
+    # What forward keeps for the backward is measured (a figure, like the times).
+    assert figures["kept_mib"]["generated"] > 0
+
+
+def test_densenet_bc_benchmark_runs_and_checks_agreement(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    args = "--layers 3 --k 4 --channels 8 --size 8 --batch 2 --repeats 2 --warmup 1 --threads 1"
+    script = ROOT / "benchmarks" / "densenet_bc.py"
+    run = subprocess.run(
+        [sys.executable, str(script), *args.split(), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "agree" in run.stdout
+    figures = json.loads(out.read_text())
+    assert set(figures["median_ms"]) == {"generated", "no-regroup", "hand-written", "checkpointed"}
+    # the generated block's forward keeps less than the plain form's
+    assert figures["kept_mib"]["generated"] < figures["kept_mib"]["no-regroup"]
 
 
 def test_sizes_benchmark_runs_and_checks_agreement() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import importlib.util
 import json
 import linecache
@@ -193,12 +194,15 @@ class Checker:
         from machc.emit import emit
         from machc.info import describe
         from machc.lower import lower
+        from machc.rewrite import rewrite
 
         checked = check_file(self.path, params)
         describe(checked.program)  # the report of `machc check`
         for diagnostic in checked.warnings:
             diagnostic.render(checked.sources)
-        return checked, emit(lower(checked.program, sources=checked.sources))
+        program = rewrite(checked.program)  # every rewrite, as machc compile
+        checked = dataclasses.replace(checked, program=program)
+        return checked, emit(lower(program, sources=checked.sources))
 
     def _frame(self, tb) -> str:
         """The innermost frame of ``tb`` in machc's code, as ``compiler/file.py:function``."""
@@ -249,6 +253,10 @@ class Checker:
                     return failure
             if "nn.ModuleDict(" in source:  # loops kept as loops: against their edges
                 failure = self._loops_agree(program, classes)
+                if failure:
+                    return failure
+            if "runtime.regroup(" in source:  # the rewrite regroup: against the plain form
+                failure = self._regroup_agrees(program, classes)
                 if failure:
                     return failure
         except Exception as exc:  # noqa: BLE001
@@ -321,6 +329,59 @@ class Checker:
                         "forward",
                         f"{where}: {name!r} differs by up to {worst:g}",
                     )
+        return None
+
+    def _regroup_agrees(self, program, classes) -> tuple[str, str, str] | None:
+        """None if every class computes, in training mode, forward and backward, what it
+        computes compiled without the rewrite regroup (float64, the same weights and
+        random masks): outputs and parameter gradients."""
+        import torch
+        from machc.emit import emit
+        from machc.lower import lower
+
+        self.phase = "without regroup: compile and import"
+        plain = program.model_copy(
+            update={
+                "machines": tuple(
+                    m.model_copy(
+                        update={"structure": m.structure.model_copy(update={"regrouped": {}})}
+                    )
+                    for m in program.machines
+                )
+            }
+        )
+        module = types.ModuleType(f"machc_fuzz_{self.loaded}_plain")
+        exec(compile(emit(lower(plain)), GENERATED + "plain", "exec"), module.__dict__)  # noqa: S102
+        regrouped_classes = {
+            m.machine.key or m.machine.name for m in program.machines if m.structure.regrouped
+        }
+        for cls in classes:
+            if cls.__name__ not in regrouped_classes:
+                continue  # (over time, for one: inputs [batch, time, ...])
+            where = f"class {cls.__name__}: regroup against the plain form"
+            self.phase = where
+            torch.manual_seed(0)
+            regrouped = cls().double().train()
+            other = getattr(module, cls.__name__)().double().train()
+            other.load_state_dict(regrouped.state_dict())
+            spaces = _shapes(cls)
+            results = []
+            for model in (regrouped, other):
+                torch.manual_seed(3)
+                inputs = [torch.randn(BATCH, *spaces[n], dtype=torch.float64) for n in cls.INPUTS]
+                outs = model(*inputs)
+                outs = tuple(outs) if isinstance(outs, tuple) else (outs,)
+                sum(o.sum() for o in outs).backward()
+                grads = [p.grad for p in model.parameters()]
+                results.append((outs, grads))
+            (outs, grads), (refs, ref_grads) = results
+            pairs = list(zip(outs, refs, strict=True)) + [
+                (g, r) for g, r in zip(grads, ref_grads, strict=True) if g is not None
+            ]
+            for out, ref in pairs:  # the same kernels on the same numbers: bitwise equal
+                if not torch.allclose(out, ref, rtol=0, atol=0, equal_nan=True):
+                    worst = (out - ref).abs().nan_to_num(nan=math.inf).max().item()
+                    return ("RegroupDisagrees", "forward", f"{where}: differs by up to {worst:g}")
         return None
 
     def _in_user_module(self, tb) -> bool:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from machc import runtime
+
 
 def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> dict[str, Tensor]:
     """Every space of a machine: the given tensors, and zeros for the others."""
@@ -86,7 +88,8 @@ class ConvMachine(nn.Module):
         h: dict[int, Tensor] = {}  # the spaces h[k]
         for i in range(1, 5):
             # conv.mach:8  g[i] : img × h[1..i-1] -> h[i] = conv(3, padding=1) | relu
-            h[i] = torch.relu(self.g[str(i)](torch.cat([img, *[h[j] for j in range(1, i)]], dim=1)))
+            # machc: regroup: the backward keeps these spaces, not their concatenation (--no-regroup keeps it)
+            h[i] = torch.relu(runtime.regroup(self.g[str(i)], [img, *[h[j] for j in range(1, i)]]))
         # conv.mach:10  head : h[4] -> logits = global_avg_pool | linear
         logits = self.head(h[4].mean(dim=(2, 3)))
         return logits

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from machc import runtime
+
 
 def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> dict[str, Tensor]:
     """Every space of a machine: the given tensors, and zeros for the others."""
@@ -87,10 +89,12 @@ class DigitConvNet(nn.Module):
         h: dict[int, Tensor] = {}  # the spaces h[k]
         for i in range(1, 4):
             # digits_conv.mach:10  g[i] : image × h[1..i-1] -> h[i] = conv(3, padding=1) | batchnorm | relu
-            g = self.g[str(i)][0](torch.cat([image, *[h[j] for j in range(1, i)]], dim=1))
-            h[i] = torch.relu(self.g[str(i)][1](g))
+            # machc: regroup: the backward keeps these spaces, not their concatenation (--no-regroup keeps it)
+            g = self.g[str(i)][1](runtime.regroup(self.g[str(i)][0], [image, *[h[j] for j in range(1, i)]]))
+            h[i] = torch.relu(g)
         # digits_conv.mach:12  pool : h[1] × h[2] × h[3] -> down = conv(3, stride=2, padding=1) | relu
-        down = torch.relu(self.pool(torch.cat([h[1], h[2], h[3]], dim=1)))
+        # machc: regroup: the backward keeps these spaces, not their concatenation (--no-regroup keeps it)
+        down = torch.relu(runtime.regroup(self.pool, [h[1], h[2], h[3]]))
         # digits_conv.mach:13  head : down -> logits = global_avg_pool | linear
         logits = self.head(down.mean(dim=(2, 3)))
         return logits

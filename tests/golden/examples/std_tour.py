@@ -501,7 +501,8 @@ class ConvMachine(nn.Module):
         h: dict[int, Tensor] = {}  # the spaces h[k]
         for i in range(1, 4):
             # std/conv.mach:34  g[i] : img × h[1..i-1] -> h[i] = conv(3, padding=1) | relu
-            h[i] = torch.relu(self.g[str(i)](torch.cat([img, *[h[j] for j in range(1, i)]], dim=1)))
+            # machc: regroup: the backward keeps these spaces, not their concatenation (--no-regroup keeps it)
+            h[i] = torch.relu(runtime.regroup(self.g[str(i)], [img, *[h[j] for j in range(1, i)]]))
         # std/conv.mach:36  head : h[3] -> y = global_avg_pool | linear
         y = self.head(h[3].mean(dim=(2, 3)))
         return y

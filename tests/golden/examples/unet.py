@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from machc import runtime
+
 
 def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> dict[str, Tensor]:
     """Every space of a machine: the given tensors, and zeros for the others."""
@@ -98,7 +100,8 @@ class TinyUNet(nn.Module):
         up = torch.relu(self.dec(F.interpolate(mid, scale_factor=2.0)))
         # level 5
         # unet.mach:15  head : up × e1 -> y = conv(1)
-        y = self.head(torch.cat([up, e1], dim=1))
+        # machc: regroup: the backward keeps these spaces, not their concatenation (--no-regroup keeps it)
+        y = runtime.regroup(self.head, [up, e1])
         return y
 
     def f(self, state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -1,0 +1,120 @@
+"""The rewrite ``regroup``: edges whose concatenated inputs autograd would keep.
+
+An edge that reads several spaces concatenates them, and the first op with parameters
+(``linear``, ``conv``) keeps that concatenation for the backward. In a machine where
+blocks read all earlier blocks (the dense and convolutional machines, DenseNets) the
+concatenations grow with the depth, and together they hold memory quadratic in it,
+while the spaces they are made of are kept anyway. For each edge this pass chooses, the
+generated ``forward`` calls ``runtime.regroup``: the backward keeps the concatenated
+spaces themselves and concatenates them again when it needs them (and runs again the
+cheap ops between the concatenation and the layer, ``batchnorm | relu | conv``). Outputs
+and gradients are bitwise those of the plain form; parameters do not change.
+
+The cost model (docs/performance.md, "regroup"): an edge is chosen when
+
+- it reads two spaces or more, concatenated (not combined by a first ``add`` or ``mul``),
+  in a machine not over time, outside solved cycles;
+- its first ``linear`` or ``conv`` (that pads in the layer, with zeros) comes after
+  nothing but elementwise activations and normalisations
+  (:data:`RECOMPUTED`: no dropout, whose masks are random);
+- the concatenation holds at least :data:`MIN_NUMBERS` numbers per sample. Below that,
+  what it saves is smaller than what it costs: a Python hook per saved tensor and one
+  concatenation more in the backward (measured on the dense machine: depth 8, width 128
+  is 1.2x slower with it, depth 32 as fast and 16x smaller in saved activations).
+
+The edges one statement of a ``for`` loop made are chosen together (if the largest of
+them is), so that a loop kept as a loop stays one loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import ir
+from .loops import element
+from .ops.conv import _layer_padding
+
+MIN_NUMBERS = 1024  # numbers per sample of a concatenation worth not keeping
+LAYERS = frozenset({"linear", "conv"})
+# ops run again in the backward: deterministic, the channels and shape unchanged, one
+# call of a module or a function on the tensor (runtime.regroup takes them as callables)
+RECOMPUTED = frozenset(
+    {
+        "relu",
+        "relu6",
+        "silu",
+        "mish",
+        "hardswish",
+        "tanh",
+        "sigmoid",
+        "softplus",
+        "batchnorm",
+        "groupnorm",
+        "instancenorm",
+    }
+)
+
+
+def regroup(program: ir.CheckedProgram) -> ir.CheckedProgram:
+    """``program`` with the edges whose concatenation forward does not keep recorded."""
+    machines = []
+    for checked in program.machines:
+        chosen = _choose(checked.machine, checked.structure)
+        if chosen:
+            structure = checked.structure.model_copy(update={"regrouped": chosen})
+            checked = checked.model_copy(update={"structure": structure})
+        machines.append(checked)
+    return program.model_copy(update={"machines": tuple(machines)})
+
+
+def _choose(machine: ir.Machine, structure: ir.Structure) -> dict[str, int]:
+    if machine.time is not None or structure.sizes:
+        return {}
+    in_cycles = {e for cycle in structure.cycles for e in cycle.edges}
+    candidates: dict[str, tuple[int, int]] = {}  # edge -> (layer index, numbers per sample)
+    for edge in machine.edges:
+        if edge.name in in_cycles:
+            continue
+        found = _layer_index(edge, structure.shapes[edge.name])
+        if found is not None:
+            candidates[edge.name] = (found, math.prod(structure.shapes[edge.name][0]))
+    # the edges of one loop statement together: a kept loop prints one body for all
+    groups: dict[tuple, list[str]] = {}
+    for edge in machine.edges:
+        if edge.name not in candidates:
+            continue
+        named = element(edge.name)
+        key = (edge.loop.run, named[0]) if edge.loop is not None and named else (edge.name,)
+        groups.setdefault(key, []).append(edge.name)
+    chosen = {}
+    edges = {e.name: e for e in machine.edges}
+    for names in groups.values():
+        worth = [n for n in names if len(edges[n].inputs) >= 2]  # (the first pass may read one)
+        if worth and max(candidates[n][1] for n in worth) >= MIN_NUMBERS:
+            chosen.update({n: candidates[n][0] for n in names})
+    return chosen
+
+
+def _layer_index(edge: ir.Edge, shapes) -> int | None:
+    """The index of the edge's first linear or conv, if the edge can be regrouped."""
+    if edge.machine is not None:
+        return None
+    if any(port.delay or port.window for port in edge.inputs):
+        return None
+    for i, op in enumerate(edge.ops):
+        if op.kind in LAYERS:
+            if op.kind == "conv" and not _pads_in_layer(op, shapes[i]):
+                return None
+            return i
+        if op.kind not in RECOMPUTED:
+            return None
+    return None
+
+
+def _pads_in_layer(op: ir.Op, before: ir.Shape) -> bool:
+    """A convolution whose layer pads (with zeros) the tensor it is given, so that the
+    tensor it keeps is the one it is given."""
+    if op.args.get("padding_mode", "zeros") != "zeros":
+        return False
+    padding = _layer_padding(op.args, before)
+    return padding is not None and not isinstance(padding, str)

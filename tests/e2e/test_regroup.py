@@ -1,0 +1,245 @@
+"""The rewrite ``regroup``: forward keeps the spaces an edge concatenates, not the
+concatenation (compiler/regroup.py, runtime/regroup.py).
+
+Each machine is compiled with every rewrite and without ``regroup``, given the same
+weights, and run forward and backward in float64 in training mode: outputs, the
+gradients of the inputs and of every parameter, and the buffers (batchnorm's running
+statistics, which the backward's recomputation must not move) must agree bitwise. The
+memory forward leaves allocated (what autograd keeps, measured by PyTorch's profiler)
+must shrink as the cost model says; the edges it leaves alone must print as before.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import machc
+import pytest
+import torch
+from machc.runtime import loading
+from torch import nn
+
+DENSE = """
+machine Dense(depth: int = 6, width: int = 256) {
+    input  x : 16
+    space  h[1..depth] : width
+    output y : 10
+    for i in 1..depth {
+        g[i] : x × h[1..i-1] -> h[i] = linear | relu
+    }
+    head : h[depth] -> y = linear
+}
+"""
+
+CONV = """
+machine Conv(blocks: int = 5, c: int = 6) {
+    input  img : [3, 12, 12]
+    space  h[1..blocks] : [c, 12, 12]
+    output y : 10
+    for i in 1..blocks {
+        g[i] : img × h[1..i-1] -> h[i] = conv(3, padding=1) | relu
+    }
+    head : h[blocks] -> y = global_avg_pool | linear
+}
+"""
+
+# DenseNet-BC: batchnorm and relu on the concatenation, then a bottleneck 1x1 conv
+BC_BLOCK = "batchnorm | relu | conv(1, out=24) | batchnorm | relu | conv(3, padding=1)"
+BC = """
+machine BC(layers: int = 5, k: int = 6) {
+    input  x : [8, 10, 10]
+    space  h[1..layers] : [k, 10, 10]
+    output y : 10
+    for i in 1..layers {
+        g[i] : x × h[1..i-1] -> h[i] = BLOCK
+    }
+    head : h[layers] -> y = global_avg_pool | linear
+}
+""".replace("BLOCK", BC_BLOCK)
+
+# written without a loop: two readers of one pair, an input read twice, silu and groupnorm
+SHAPES = """
+machine Shapes {
+    input  a : [4, 16, 16]
+    input  b : [2, 16, 16]
+    space  p : [5, 16, 16]
+    space  q : [5, 16, 16]
+    output y : [3, 16, 16]
+    one : a × b -> p = groupnorm(groups=2) | silu | conv(3, padding=1, stride=1)
+    two : a × b × a -> q = linear | tanh
+    out : p × q × b -> y = conv([3, 1], padding=[1, 0])
+}
+"""
+
+MACHINES = {"dense": DENSE, "conv": CONV, "bc": BC, "shapes": SHAPES}
+
+
+def load(source: str, name: str, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", machc.MachcWarning)
+        code = machc.compile_source(source, f"{name}.mach", **options)
+    module = loading.module_from_source(loading.module_name(name, code), f"{name}.py", code)
+    cls = re.findall(r"^class (\w+)\(nn\.Module\)", code, re.M)[-1]
+    return code, getattr(module, cls)
+
+
+def pair(name: str, **options):
+    """(code with regroup, model with regroup, model without), the same weights."""
+    source = MACHINES[name]
+    code, with_cls = load(source, name, **options)
+    _, without_cls = load(source, name + "_plain", rewrites=("cells",), **options)
+    torch.manual_seed(0)
+    regrouped = with_cls().double()
+    plain = without_cls().double()
+    plain.load_state_dict(regrouped.state_dict())
+    return code, regrouped, plain
+
+
+def run(model: nn.Module, inputs):
+    inputs = [x.detach().clone().requires_grad_() for x in inputs]
+    out = model(*inputs)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return out, [x.grad for x in inputs]
+
+
+@pytest.mark.parametrize("expand", [False, True], ids=["kept", "expanded"])
+@pytest.mark.parametrize("name", sorted(MACHINES))
+def test_regroup_computes_what_the_plain_form_computes(name: str, expand: bool) -> None:
+    code, regrouped, plain = pair(name, expand_loops=expand)
+    assert "runtime.regroup(" in code and "# machc: regroup:" in code
+    torch.manual_seed(1)
+    inputs = [x.double() for x in regrouped.example_inputs(batch=3)]
+    for _ in range(2):  # twice: the running statistics after one step feed the next
+        out_r, grads_r = run(regrouped.train(), inputs)
+        out_p, grads_p = run(plain.train(), inputs)
+        assert torch.equal(out_r, out_p)
+        for a, b in zip(grads_r, grads_p, strict=True):
+            assert torch.equal(a, b)
+        for (key, p), q in zip(regrouped.named_parameters(), plain.parameters(), strict=True):
+            assert torch.equal(p.grad, q.grad), key
+        for (key, p), q in zip(regrouped.named_buffers(), plain.buffers(), strict=True):
+            assert torch.equal(p, q), key
+        regrouped.zero_grad()
+        plain.zero_grad()
+    with torch.no_grad():  # eval: no gradients, the plain form itself
+        assert torch.equal(regrouped.eval()(*inputs), plain.eval()(*inputs))
+
+
+def test_regroup_only_changes_forward() -> None:
+    code = machc.compile_source(DENSE, "dense.mach")
+    forward, rest = code.split("    def f(", 1)
+    assert forward.count("runtime.regroup(") == 1  # one statement in the loop
+    assert "runtime.regroup(" not in rest  # f, the resolvent and the adjoint as before
+    plain_code = machc.compile_source(DENSE, "dense.mach", rewrites=("cells",))
+    assert plain_code == code.replace(
+        "            # machc: regroup: the backward keeps these spaces, not their "
+        "concatenation (--no-regroup keeps it)\n",
+        "",
+    ).replace(
+        "runtime.regroup(self.g[str(i)], [x, *[h[j] for j in range(1, i)]])",
+        "self.g[str(i)](torch.cat([x, *[h[j] for j in range(1, i)]], dim=1))",
+    ).replace("\n\nfrom machc import runtime", "")
+
+
+def test_double_backward_reaches_the_spaces() -> None:
+    # a gradient penalty differentiates the gradient: the recomputed concatenation
+    # carries its graph then
+    _, regrouped, plain = pair("bc")
+    torch.manual_seed(2)
+    (x,) = [x.double() for x in regrouped.example_inputs(batch=2)]
+    penalties = []
+    for model in (regrouped, plain):
+        xx = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(model.train()(xx).pow(2).sum(), xx, create_graph=True)
+        grads = torch.autograd.grad(g.pow(2).sum(), [xx, *model.parameters()])
+        penalties.append(grads)
+    for a, b in zip(*penalties, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def kept_bytes(model: nn.Module, inputs) -> int:
+    """What forward leaves allocated: what autograd keeps for the backward, and the
+    output (PyTorch's profiler counts every allocation and free of the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = model(*inputs)
+    del out
+    return sum(e.self_cpu_memory_usage for e in prof.events())
+
+
+def test_regroup_keeps_memory_linear_in_depth() -> None:
+    kept = {}
+    for depth in (8, 16):
+        source = DENSE.replace("depth: int = 6", f"depth: int = {depth}")
+        _, with_cls = load(source, f"dense_{depth}")
+        _, without_cls = load(source, f"dense_{depth}_plain", rewrites=())
+        x = torch.randn(64, 16)
+        for key, cls in (("regroup", with_cls), ("plain", without_cls)):
+            torch.manual_seed(0)
+            kept[key, depth] = kept_bytes(cls().train(), [x])
+    # plain: the concatenations grow as depth squared (4x from 8 to 16)
+    assert kept["plain", 16] > 3.5 * kept["plain", 8]
+    # regrouped: the spaces, twice as many (plus the parts of the layers' own outputs)
+    assert kept["regroup", 16] < 2.5 * kept["regroup", 8]
+    assert kept["regroup", 16] < 0.3 * kept["plain", 16]
+
+
+def test_regroup_steps_aside_for_users_hooks_and_tracers() -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    _, regrouped, plain = pair("conv")
+    torch.manual_seed(3)
+    (x,) = [x.double() for x in regrouped.example_inputs(batch=2)]
+    # inside torch.utils.checkpoint (saved-tensor hooks of its own): the plain form
+    for model in (regrouped, plain):
+        out = checkpoint(model.train(), x.clone().requires_grad_(), use_reentrant=False)
+        out.sum().backward()
+    for p, q in zip(regrouped.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
+    # torch.func: its transforms turn saved-tensor hooks off; the plain form runs
+    g_r = torch.func.grad(lambda t: regrouped(t).sum())(x)
+    g_p = torch.func.grad(lambda t: plain(t).sum())(x)
+    assert torch.equal(g_r, g_p)
+
+
+def test_small_or_unsuited_edges_are_left_alone() -> None:
+    def regroups(source: str) -> bool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", machc.MachcWarning)
+            return "runtime.regroup(" in machc.compile_source(source, "m.mach")
+
+    # below MIN_NUMBERS numbers per sample: 16 + 3 * 32 < 1024
+    assert not regroups(DENSE.replace("width: int = 256", "width: int = 32"))
+    # dropout on the concatenation draws random masks: not run again
+    assert not regroups(
+        CONV.replace("conv(3, padding=1) | relu", "dropout(0.1) | conv(3, padding=1)")
+    )
+    # combined by add, not concatenated
+    assert not regroups(
+        """
+machine Add {
+    input a : [64, 8, 8]
+    input b : [64, 8, 8]
+    output y : [4, 8, 8]
+    e : a × b -> y = add | conv(3, padding=1)
+}
+"""
+    )
+    # padding the layer does not do itself (F.pad first), or not with zeros
+    assert not regroups(CONV.replace("conv(3, padding=1)", "conv(3, padding=[[1, 1], [0, 2]])"))
+    assert not regroups(
+        CONV.replace("conv(3, padding=1)", 'conv(3, padding=1, padding_mode="reflect")')
+    )
+
+
+def test_cli_no_regroup(tmp_path) -> None:
+    from machc.cli import main
+
+    source = tmp_path / "conv.mach"
+    source.write_text(CONV)
+    assert main(["compile", str(source), "-o", str(tmp_path / "a.py")]) == 0
+    assert main(["compile", str(source), "--no-regroup", "-o", str(tmp_path / "b.py")]) == 0
+    assert "runtime.regroup(" in (tmp_path / "a.py").read_text()
+    assert "runtime.regroup(" not in (tmp_path / "b.py").read_text()
