@@ -23,9 +23,11 @@ without gradients, while ``torch.compile``, ``torch.export`` or TorchScript trac
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor, nn
 
 Op = Callable[[Tensor], Tensor]
@@ -36,9 +38,13 @@ __all__ = ["regroup"]
 def regroup(layer: Op, parts: Sequence[Tensor], prefix: Sequence[Op] = ()) -> Tensor:
     """``layer(prefix(torch.cat(parts, dim=1)))``, keeping ``parts`` for the backward
     instead of the concatenation and what ``prefix`` makes of it (each op of ``prefix``
-    is applied in turn; a module among them has its buffers, a batchnorm's running
-    statistics, restored after it runs again)."""
-    if not _keeps_parts():
+    is applied in turn; a module among them runs again as it ran: in the same mode, with
+    its buffers, a batchnorm's running statistics, put back after).
+
+    The backward refuses, as autograd does, what would give wrong gradients: a part, a
+    parameter or a buffer it needs that was changed in place after the forward.
+    """
+    if not _keeps_parts(parts):
         x = torch.cat(parts, dim=1)
         for op in prefix:
             x = op(x)
@@ -55,30 +61,42 @@ def regroup(layer: Op, parts: Sequence[Tensor], prefix: Sequence[Op] = ()) -> Te
     return out
 
 
-def _keeps_parts() -> bool:
+def _keeps_parts(parts: Sequence[Tensor]) -> bool:
     """Whether saved-tensor hooks of ours may run here (else: the plain form)."""
     if not torch.is_grad_enabled():
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
-    hooks = torch._C._autograd
-    if not hooks._saved_tensors_hooks_is_enabled():  # torch.func transforms turn them off
+    if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
         return False
-    return hooks._top_saved_tensors_default_hooks(False) is None  # the user's come first
+    hooks = torch._C._autograd
+    if not hooks._saved_tensors_hooks_is_enabled():  # torch.func's grad and vjp
+        return False
+    if hooks._top_saved_tensors_default_hooks(False) is not None:  # the user's come first
+        return False
+    if forward_ad._current_level >= 0:  # forward-mode AD: dual tensors
+        return False
+    # plain tensors only: not FX proxies, vmap's or jvp's wrappers, or subclasses
+    return all(
+        type(p) is Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(p) for p in parts
+    )
 
 
 class _Slot:
-    """What a saved tensor of the edge is kept as: itself, or a stage to make again."""
+    """What a saved tensor of the edge is kept as: itself (with its version, as autograd
+    checks it), or a stage to make again."""
 
-    __slots__ = ("tensor", "stage")
+    __slots__ = ("tensor", "version", "stage")
 
     def __init__(self, tensor: Tensor):
         self.tensor: Tensor | None = tensor
+        # checked as autograd checks it: parameters and activations, not buffers
+        self.version = tensor._version if tensor.requires_grad else None
         self.stage: int | None = None
 
 
 class _Kept:
-    """The parts, the prefix, and every tensor the edge's ops saved.
+    """The parts, the prefix as it ran, and every tensor the edge's ops saved.
 
     A tensor is saved (``pack``) while its op runs, before it is known which stage it is
     (an op may save its own result); ``settle`` then replaces each saved stage by its
@@ -92,6 +110,12 @@ class _Kept:
         self.slots: list[_Slot] = []
         self.uses: dict[int, int] = {}  # stage -> unpacks still to come
         self.made: dict[int, Tensor] = {}
+        # what the prefix ran with, to run it again so: modes, autocast, versions of the
+        # parts and of the buffers an eval-mode module reads (running statistics)
+        self.modes = [op.training if isinstance(op, nn.Module) else None for op in prefix]
+        device = parts[0].device.type
+        self.autocast = (device, torch.is_autocast_enabled(device), _autocast_dtype(device))
+        self.versions: list[tuple[Tensor, int]] = []
 
     def pack(self, tensor: Tensor) -> _Slot:
         slot = _Slot(tensor)
@@ -100,15 +124,25 @@ class _Kept:
 
     def settle(self, stages: list[Tensor]) -> None:
         keys = {_key(t): j for j, t in enumerate(stages)}
+        keys.pop(None, None)
         for slot in self.slots:
             j = keys.get(_key(slot.tensor))
             if j is not None:
                 slot.tensor, slot.stage = None, j
                 self.uses[j] = self.uses.get(j, 0) + 1
         self.slots = []
+        if self.uses:  # stages will be made again: from what, as it is now
+            self.versions = [(p, p._version) for p in self.parts]
+            for op, training in zip(self.prefix, self.modes, strict=True):
+                if training is False:
+                    self.versions += [
+                        (b, b._version) for b in op.buffers() if b.is_floating_point()
+                    ]
 
     def unpack(self, slot: _Slot) -> Tensor:
         if slot.stage is None:
+            if slot.version is not None:
+                _check_version(slot.tensor, slot.version)
             return slot.tensor
         j = slot.stage
         x = self.made.get(j)
@@ -122,28 +156,63 @@ class _Kept:
         return x
 
     def _make(self, stage: int) -> Tensor:
+        for tensor, version in self.versions:
+            _check_version(tensor, version)
         # NOTE: under the backward's grad mode: with create_graph=True the stage is made
         # with its graph, so that a double backward reaches the parts
-        x = torch.cat(self.parts, dim=1)
-        for op in self.prefix[:stage]:
-            if isinstance(op, nn.Module):
-                x = _without_updates(op, x)
-            else:
-                x = op(x)
+        with _autocast(*self.autocast):
+            x = torch.cat(self.parts, dim=1)
+            for op, training in zip(self.prefix[:stage], self.modes, strict=False):
+                x = op(x) if training is None else _as_it_ran(op, training, x)
         return x
 
 
-def _without_updates(module: nn.Module, x: Tensor) -> Tensor:
-    """``module(x)`` with its buffers (running statistics) as they were before."""
-    buffers = [(b, b.clone()) for b in module.buffers()]
-    y = module(x)
-    with torch.no_grad():
-        for b, before in buffers:
-            b.copy_(before)
-    return y
+def _as_it_ran(module: nn.Module, training: bool, x: Tensor) -> Tensor:
+    """``module(x)`` in the mode it ran in the forward, on copies of its buffers: what it
+    would write there (running statistics) is dropped, and the buffers themselves, which
+    the backward may read, stay untouched."""
+    buffers = {name: b.clone() for name, b in module.named_buffers()}
+    mode = module.training
+    module.training = training
+    try:
+        return torch.func.functional_call(module, buffers, (x,), strict=False)
+    finally:
+        module.training = mode
+
+
+def _check_version(tensor: Tensor, version: int) -> None:
+    if tensor._version != version:
+        raise RuntimeError(
+            "one of the variables needed for gradient computation has been modified by an "
+            f"inplace operation: a {type(tensor).__name__} of shape {list(tensor.shape)} that "
+            f"runtime.regroup kept is at version {tensor._version}; expected version "
+            f"{version} instead (a space an edge concatenates, a parameter or a buffer it "
+            "reads must not change before the backward; machc compile --no-regroup keeps "
+            "the concatenation itself, as plain PyTorch does)"
+        )
+
+
+def _autocast(device: str, enabled: bool, dtype: torch.dtype):
+    """Autocast as the forward ran it (nothing for a device autocast does not know)."""
+    try:
+        return torch.autocast(device, dtype=dtype, enabled=enabled)
+    except RuntimeError:
+        return contextlib.nullcontext()
+
+
+def _autocast_dtype(device: str) -> torch.dtype:
+    try:
+        return torch.get_autocast_dtype(device)
+    except RuntimeError:  # a device autocast does not know
+        return torch.get_autocast_dtype("cpu")
 
 
 def _key(t: Tensor | None):
+    """Where a tensor's numbers are (None where that cannot be known: a tensor without
+    storage is then kept as it is)."""
     if t is None:
         return None
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+    try:
+        return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+    except (RuntimeError, NotImplementedError):
+        return None

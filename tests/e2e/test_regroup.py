@@ -243,3 +243,95 @@ def test_cli_no_regroup(tmp_path) -> None:
     assert main(["compile", str(source), "--no-regroup", "-o", str(tmp_path / "b.py")]) == 0
     assert "runtime.regroup(" in (tmp_path / "a.py").read_text()
     assert "runtime.regroup(" not in (tmp_path / "b.py").read_text()
+
+
+# one edge, batchnorm and relu on two inputs (from a review of the rewrite)
+PAIR = """
+machine Pair {
+    input  a : [16, 8, 8]
+    input  b : [16, 8, 8]
+    output y : [8, 8, 8]
+    e : a × b -> y = batchnorm | relu | conv(3, padding=1)
+}
+"""
+MACHINES["pair"] = PAIR
+
+
+def grads_after(model: nn.Module, between, inputs) -> list[torch.Tensor]:
+    """Input and parameter gradients of a train-mode forward, ``between(model)`` run
+    after it and before its backward."""
+    model.train().zero_grad()
+    a, b = (x.detach().clone().requires_grad_() for x in inputs)
+    out = model(a, b)
+    between(model)
+    out.sum().backward()
+    return [a.grad, b.grad, *(p.grad for p in model.parameters())]
+
+
+def test_the_backward_reruns_the_prefix_as_the_forward_ran_it() -> None:
+    _, regrouped, plain = pair("pair")
+    torch.manual_seed(4)
+    inputs = [x.double() for x in regrouped.example_inputs(batch=3)]
+    # eval() between forward and backward: batchnorm runs again in training mode
+    for a, b in zip(
+        grads_after(regrouped, nn.Module.eval, inputs),
+        grads_after(plain, nn.Module.eval, inputs),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    for p, q in zip(regrouped.buffers(), plain.buffers(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_space_changed_in_place_before_the_backward_is_refused() -> None:
+    # autograd keeps no concatenation any more: a part changed in place would change the
+    # gradients silently; it is refused as autograd refuses a changed saved tensor
+    _, regrouped, _ = pair("pair")
+    torch.manual_seed(5)
+    inputs = [x.double() for x in regrouped.example_inputs(batch=2)]
+
+    a, b = (x.detach().clone().requires_grad_() for x in inputs)
+    b_leaf = b.detach().clone()
+    out = regrouped.train()(a, b_leaf)
+    b_leaf.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation.*--no-regroup"):
+        out.sum().backward()
+    # a parameter changed in place (an optimizer step before the backward): refused as
+    # the plain form refuses it
+    out = regrouped.train()(a, b)
+    with torch.no_grad():
+        regrouped.e[1].weight.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("transform", ["vmap", "jvp", "forward_ad", "fx", "autocast"])
+def test_regroup_under_transforms_is_the_plain_form(transform: str) -> None:
+    import torch.autograd.forward_ad as fwAD
+
+    _, regrouped, plain = pair("pair")
+    regrouped.float()
+    plain.float()
+    torch.manual_seed(6)
+    a, b = regrouped.example_inputs(batch=3)
+
+    def apply(model):
+        model.eval()
+        if transform == "vmap":
+            return torch.func.vmap(lambda p, q: model(p[None], q[None])[0])(a, b)
+        if transform == "jvp":
+            return torch.func.jvp(lambda p: model(p, b), (a,), (torch.ones_like(a),))[1]
+        if transform == "forward_ad":
+            with fwAD.dual_level():
+                out = model(fwAD.make_dual(a.clone().requires_grad_(), torch.ones_like(a)), b)
+                return fwAD.unpack_dual(out).tangent
+        if transform == "fx":
+            return torch.fx.symbolic_trace(model)(a, b)
+        model.train()  # autocast: the backward reruns the prefix under it too
+        aa = a.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(aa, b)
+        out.float().sum().backward()
+        return aa.grad
+
+    assert torch.equal(apply(regrouped), apply(plain))
