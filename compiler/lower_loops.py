@@ -14,7 +14,6 @@ otherwise its edges are written out one by one, as before.
 
 from __future__ import annotations
 
-import itertools
 import re
 import weakref
 from collections.abc import Callable
@@ -654,13 +653,17 @@ def _pick(hint: str, taken: set[str], arrays: set[str]) -> str:
     """A name from ``hint`` that is none of ``taken`` and no array item's (``h_3``); it
     is taken from then on."""
     base = sanitize(hint)
-    for n in itertools.count():
+    found = re.fullmatch(r"(.+)_m?\d*", base)
+    if found and found.group(1) in arrays:
+        # (a loop variable h_2 beside an array h: h_2, h_21, h_22, ... all name items)
+        base = f"{base}_v"
+    for n in range(len(taken) + 2):  # (one of these is free)
         candidate = base if n == 0 else f"{base}{n}"
         found = re.fullmatch(r"(.+)_m?\d+", candidate)
         if candidate not in taken and not (found and found.group(1) in arrays):
             taken.add(candidate)
             return candidate
-    raise AssertionError("unreachable")
+    raise AssertionError(f"no name for {hint!r}")
 
 
 def _signature(low, edge) -> tuple:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from ..ir import Shape, format_value
-from ..sizes import truth
+from ..sizes import SymbolicSizeError, truth
 from .layout import Sides, check_pad_mode, has_pairs, pad_call, sides, symmetric
 from .spec import (
     BOOL,
@@ -334,12 +334,19 @@ def _upsample_shape(args, before, target):
         raise OpError(f'align_corners applies to the interpolating modes, not "{mode}"')
     # NOTE: a whole scale multiplies, so that a size known only at call time stays exact
     sizes = [
-        n * int(s) if float(s).is_integer() else math.floor(n * s)
+        n * int(s) if float(s).is_integer() else math.floor(_known(n, "a fractional scale") * s)
         for n, s in zip(before[1:], scale, strict=True)
     ]
     if min(sizes) < 1:
         raise OpError(f"scale {format_value(args['scale'])} shrinks {format_shape(before)} to 0")
     return (before[0], *sizes)
+
+
+def _known(n, what: str) -> int:
+    """``n``, a number: a size known only at call time raises (the op's error says so)."""
+    if not isinstance(n, int):
+        raise SymbolicSizeError(f"{what} of the size {n}")
+    return n
 
 
 def _upsample_call(site: Site, x: str, layer, before: Shape, after: Shape) -> str:

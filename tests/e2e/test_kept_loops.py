@@ -427,6 +427,26 @@ machine M(n: int = 4) {
     agree(kept, expanded, train=False)
 
 
+def test_loop_variable_named_like_an_item_of_an_array() -> None:
+    """A loop variable ``h_2`` beside an array ``h``: h_2, h_21, ... all name items of h
+    (the fuzzer, seed 31: naming the variable never ended)."""
+    source = """
+machine M(n: int = 4) {
+    input x : 3
+    space h[0..n] : 3
+    output y : 3
+    first : x -> h[0] = identity
+    for h_2 in 1..n {
+        e[h_2] : h[h_2-1] -> h[h_2] = linear
+    }
+    out : h[n] -> y = linear
+}
+"""
+    code, kept, expanded = pair(source, "item_names")
+    assert "for h_2_v in range(1, 5):" in code
+    agree(kept, expanded, train=False)
+
+
 def test_cli_expand_loops(tmp_path) -> None:
     source = tmp_path / "dense.mach"
     source.write_text(KEPT["dense"])

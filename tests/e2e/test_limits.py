@@ -377,6 +377,12 @@ def test_last_findings_of_the_fuzzer(tmp_path: Path) -> None:
             ' enc : l1 -> m = layernorm(affine=false, axes="channels") | conv(1) | flatten }',
             None,
         ),
+        # upsample by a fractional scale of a size known at call time (seed 31)
+        (
+            "machine Up { input v : [3, H, W]\n output m : [8, H, W]\n"
+            " mix : v -> m = upsample(0.1) | conv(1) }",
+            "E009",
+        ),
     ],
 )
 def test_fuzzer_findings_get_a_diagnostic(source: str, code: str | None) -> None:
