@@ -145,26 +145,29 @@ class _Kept:
                 _check_version(slot.tensor, slot.version)
             return slot.tensor
         j = slot.stage
-        x = self.made.get(j)
-        if x is None:
-            x = self._make(j)
+        if j not in self.made:
+            self._make(j)
+        x = self.made[j]
         self.uses[j] = self.uses.get(j, 0) - 1
-        if self.uses[j] > 0:
-            self.made[j] = x
-        else:  # the last op that needs it: not kept longer (a second backward makes it again)
-            self.made.pop(j, None)
+        if self.uses[j] <= 0:  # the last op that needs it: not kept longer (a second
+            del self.made[j]  # backward, retain_graph=True, makes it again)
         return x
 
-    def _make(self, stage: int) -> Tensor:
+    def _make(self, stage: int) -> None:
+        """Stage ``stage`` made again into ``made``, and on the way every earlier stage
+        that ops will still ask for (the backward of the prefix comes right after)."""
         for tensor, version in self.versions:
             _check_version(tensor, version)
         # NOTE: under the backward's grad mode: with create_graph=True the stage is made
         # with its graph, so that a double backward reaches the parts
         with _autocast(*self.autocast):
             x = torch.cat(self.parts, dim=1)
-            for op, training in zip(self.prefix[:stage], self.modes, strict=False):
-                x = op(x) if training is None else _as_it_ran(op, training, x)
-        return x
+            for k in range(stage + 1):
+                if k:
+                    op, training = self.prefix[k - 1], self.modes[k - 1]
+                    x = op(x) if training is None else _as_it_ran(op, training, x)
+                if k == stage or self.uses.get(k, 0) > 0:
+                    self.made[k] = x
 
 
 def _as_it_ran(module: nn.Module, training: bool, x: Tensor) -> Tensor:
