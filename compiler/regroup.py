@@ -22,8 +22,8 @@ The cost model (docs/performance.md, "regroup"): an edge is chosen when
   concatenation more in the backward (measured on the dense machine: depth 8, width 128
   is 1.2x slower with it, depth 32 as fast and 16x smaller in saved activations).
 
-The edges one statement of a ``for`` loop made are chosen together (if the largest of
-them is), so that a loop kept as a loop stays one loop.
+The edges one statement of a ``for`` loop made are chosen together (if one of them is),
+so that a loop kept as a loop stays one loop.
 """
 
 from __future__ import annotations
@@ -71,28 +71,33 @@ def _choose(machine: ir.Machine, structure: ir.Structure) -> dict[str, int]:
     if machine.time is not None or structure.sizes:
         return {}
     in_cycles = {e for cycle in structure.cycles for e in cycle.edges}
-    candidates: dict[str, tuple[int, int]] = {}  # edge -> (layer index, numbers per sample)
-    for edge in machine.edges:
-        if edge.name in in_cycles:
+    chosen: dict[str, int] = {}
+    loops: set[tuple] = set()  # (loop run, statement) of the edges worth it
+    for edge in machine.edges:  # (one pass, cheap for edges of one input: a chain)
+        if len(edge.inputs) < 2 or edge.name in in_cycles:
             continue
-        found = _layer_index(edge, structure.shapes[edge.name])
-        if found is not None:
-            candidates[edge.name] = (found, math.prod(structure.shapes[edge.name][0]))
-    # the edges of one loop statement together: a kept loop prints one body for all
-    groups: dict[tuple, list[str]] = {}
-    for edge in machine.edges:
-        if edge.name not in candidates:
+        shapes = structure.shapes[edge.name]
+        at = _layer_index(edge, shapes)
+        if at is None or math.prod(shapes[0]) < MIN_NUMBERS:
             continue
-        named = element(edge.name)
-        key = (edge.loop.run, named[0]) if edge.loop is not None and named else (edge.name,)
-        groups.setdefault(key, []).append(edge.name)
-    chosen = {}
-    edges = {e.name: e for e in machine.edges}
-    for names in groups.values():
-        worth = [n for n in names if len(edges[n].inputs) >= 2]  # (the first pass may read one)
-        if worth and max(candidates[n][1] for n in worth) >= MIN_NUMBERS:
-            chosen.update({n: candidates[n][0] for n in names})
+        chosen[edge.name] = at
+        key = _statement(edge)
+        if key is not None:
+            loops.add(key)
+    if loops:  # the other edges of those statements too (a first pass may read one space)
+        for edge in machine.edges:
+            if edge.name not in chosen and edge.name not in in_cycles:
+                if _statement(edge) in loops:
+                    at = _layer_index(edge, structure.shapes[edge.name])
+                    if at is not None:
+                        chosen[edge.name] = at
     return chosen
+
+
+def _statement(edge: ir.Edge) -> tuple | None:
+    """The loop statement that made the edge: (its loop's run, the edge family)."""
+    named = element(edge.name) if edge.loop is not None else None
+    return (edge.loop.run, named[0]) if named else None
 
 
 def _layer_index(edge: ir.Edge, shapes) -> int | None:
