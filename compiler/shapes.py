@@ -44,9 +44,7 @@ def pipeline_shapes(
     """The shapes through an edge's pipeline from ``entering`` to ``leaving`` (None: not
     known, being inferred; then :class:`NeedsOutputs` passes through unreported)."""
     try:
-        shapes = infer_pipeline(edge.ops, entering, leaving)
-        _check_sizes(edge, shapes)
-        return shapes
+        return _inferred(edge.ops, entering, leaving)
     except NeedsOutputs:
         raise
     except OpError as exc:
@@ -61,14 +59,49 @@ def pipeline_shapes(
         return None
 
 
-def _check_sizes(edge: ir.Edge, shapes: tuple[ir.Shape, ...]) -> None:
+# (ops, entering, leaving) -> the shapes through the pipeline, for pipelines that passed:
+# the passes of a loop repeat a few pipelines on a few shapes (a 100,000-edge chain: one)
+_INFERRED: dict[tuple, tuple[ir.Shape, ...]] = {}
+_INFERRED_MAX = 10_000
+
+
+def _inferred(ops: tuple[ir.Op, ...], entering, leaving) -> tuple[ir.Shape, ...]:
+    """:func:`infer_pipeline` and :func:`_check_sizes` (raising what they raise), the
+    result of an equal pipeline on equal shapes remembered: both depend on nothing else."""
+    key, shapes = None, None
+    # (sizes known at call time compare as relations, not as values: not remembered)
+    if all(type(n) is int for n in (*entering, *(leaving or ()))):
+        try:
+            key = (  # (with the values' types: 1, 1.0 and True are equal keys)
+                tuple(
+                    (op.kind, *op.args.items(), *map(type, op.args.values()), op.extra)
+                    + tuple(op.extra_kw.items())
+                    for op in ops
+                ),
+                entering,
+                leaving,
+            )
+            shapes = _INFERRED.get(key)
+        except TypeError:  # an unhashable argument: not remembered
+            key = None
+    if shapes is None:
+        shapes = infer_pipeline(ops, entering, leaving)
+        _check_sizes(ops, shapes)
+        if key is not None:
+            if len(_INFERRED) >= _INFERRED_MAX:
+                _INFERRED.clear()
+            _INFERRED[key] = shapes
+    return shapes
+
+
+def _check_sizes(ops: tuple[ir.Op, ...], shapes: tuple[ir.Shape, ...]) -> None:
     """Every shape inside a pipeline within the limits on spaces (an op's ``out=`` or
     ``upsample(scale)`` can make one no tensor could hold)."""
     for i, shape in enumerate(shapes[1:]):
         known = [n for n in shape if isinstance(n, int)]  # a size known at call time: unbounded
         if max(known, default=1) > MAX_SIZE or math.prod(known) > MAX_ELEMENTS:
             raise OpError(
-                f"{edge.ops[i].kind} makes a shape {format_shape(shape)}, beyond the limits "
+                f"{ops[i].kind} makes a shape {format_shape(shape)}, beyond the limits "
                 f"(a size at most {MAX_SIZE:,}, at most {MAX_ELEMENTS:,} numbers per sample)",
                 i,
             )
