@@ -18,9 +18,10 @@ The cost model (docs/performance.md, "regroup"): an edge is chosen when
   nothing but elementwise activations and normalisations
   (:data:`RECOMPUTED`: no dropout, whose masks are random);
 - the concatenation holds at least :data:`MIN_NUMBERS` numbers per sample. Below that,
-  what it saves is smaller than what it costs: a Python hook per saved tensor and one
-  concatenation more in the backward (measured on the dense machine: depth 8, width 128
-  is 1.2x slower with it, depth 32 as fast and 16x smaller in saved activations).
+  what it saves is small and what it costs is not: a Python hook per saved tensor and
+  one concatenation more in the backward (the dense machine at width 128: depth 8, 912
+  numbers, was 1.2x slower with it in a prototype; depth 32 keeps 16x less at 1.13x the
+  time).
 
 The edges one statement of a ``for`` loop made are chosen together (if one of them is),
 so that a loop kept as a loop stays one loop.
