@@ -169,6 +169,26 @@ def time_per_iteration(fn: Callable[[], None], iterations: int) -> float:
     return (time.perf_counter() - start) / iterations
 
 
+def interleaved_samples(
+    variants: dict[str, nn.Module], x: Tensor, warmup: int, repeats: int, iterations: int
+) -> dict[str, list[float]]:
+    """Seconds per iteration (``step``) of each variant, per repeat, after ``warmup``
+    iterations each. Each repeat runs every variant back to back, cycling through every
+    order of the variants, so that each runs first, last and right after each other one
+    equally often (the one after naive, say, may find its caches and allocator in a
+    different state)."""
+    for mod in variants.values():
+        for _ in range(warmup):
+            step(mod, x)
+    orders = list(itertools.permutations(variants))
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(repeats):
+        for name in orders[r % len(orders)]:
+            mod = variants[name]
+            samples[name].append(time_per_iteration(lambda mod=mod: step(mod, x), iterations))
+    return samples
+
+
 def warn_if_busy(noisy: bool) -> None:
     """The warning every benchmark prints when its medians show a busy machine."""
     if noisy:
@@ -243,20 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     kept_mib = {name: kept_bytes(mod, x) / 2**20 for name, mod in variants.items()}
     kept_over_hand = kept_mib["generated"] / kept_mib["hand-written"]
 
-    for mod in variants.values():
-        for _ in range(args.warmup):
-            step(mod, x)
-
+    samples = interleaved_samples(variants, x, args.warmup, args.repeats, args.iterations)
     names = list(variants)
-    # Cycle through every order of the variants, so that each runs first, last and
-    # right after each other one equally often (the one after naive, say, may find
-    # its caches and allocator in a different state).
-    orders = list(itertools.permutations(names))
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(args.repeats):
-        for name in orders[r % len(orders)]:
-            mod = variants[name]
-            samples[name].append(time_per_iteration(lambda mod=mod: step(mod, x), args.iterations))
 
     median_ms = {name: 1000 * statistics.median(s) for name, s in samples.items()}
     min_ms = {name: 1000 * min(s) for name, s in samples.items()}

@@ -27,7 +27,6 @@ Run from anywhere: ``.venv/bin/python benchmarks/densenet_bc.py [--layers 12 ...
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import sys
@@ -40,9 +39,8 @@ from dense import (  # benchmarks/dense.py (the script's folder is on sys.path):
     NOISY_MEDIAN_OVER_MIN,
     check_agreement,
     environment,
+    interleaved_samples,
     kept_bytes,
-    step,
-    time_per_iteration,
     warn_if_busy,
 )
 from torch import Tensor, nn
@@ -145,17 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(args.batch, args.channels, args.size, args.size)
     check_agreement(variants, x)
     kept_mib = {name: kept_bytes(mod, x) / 2**20 for name, mod in variants.items()}
-    for mod in variants.values():
-        for _ in range(args.warmup):
-            step(mod, x)
-
+    samples = interleaved_samples(variants, x, args.warmup, args.repeats, args.iterations)
     names = list(variants)
-    orders = list(itertools.permutations(names))
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(args.repeats):
-        for name in orders[r % len(orders)]:
-            mod = variants[name]
-            samples[name].append(time_per_iteration(lambda mod=mod: step(mod, x), args.iterations))
     median_ms = {name: 1000 * statistics.median(s) for name, s in samples.items()}
     min_ms = {name: 1000 * min(s) for name, s in samples.items()}
     over_hand = {
