@@ -408,6 +408,30 @@ def test_adjoint_of_the_nonlinear_and_linear_cycles_equals_autograd() -> None:
     check_adjoint(model)
 
 
+def test_adjoint_of_a_machine_with_an_output_no_input_reaches() -> None:
+    # Block's y is solved from itself alone (it is 0 whatever x is), so in M the edge z
+    # gives an output that needs no gradient beside one that does: the adjoint adds
+    # nothing for the first (found by test_differential's random sub-machines)
+    source = """
+machine Block {
+    input  x : 3
+    output y : 3
+    output h : 3
+    u : y -> y = tanh | scale(0.05)
+    z : x -> h = linear
+    solve y with fixed_point(tol=1e-12, max_iter=300)
+}
+machine M {
+    input  x : 3
+    space  h : 3
+    output u : 3
+    z : x -> h × u = Block
+    r : h -> u = linear
+}
+"""
+    check_adjoint(build(source, "M"))
+
+
 # --- 5. memory does not grow with max_iter in the implicit backward --------------------
 
 MEMORY = """

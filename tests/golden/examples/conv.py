@@ -51,8 +51,11 @@ def _pull(bar: dict[str, Tensor], x: dict[str, Tensor], out, inputs, outputs) ->
     else:
         cotangents = [torch.cat([bar[name] for name in outputs], dim=1)]
     names = list(dict.fromkeys(inputs))
-    if not any(o.requires_grad for o in outs):
+    # an output that depends on nothing (a solved space no input reaches) adds nothing
+    pairs = [(o, c) for o, c in zip(outs, cotangents, strict=True) if o.requires_grad]
+    if not pairs:
         return
+    outs, cotangents = zip(*pairs, strict=True)
     grads = torch.autograd.grad(outs, [x[name] for name in names], cotangents, allow_unused=True)
     for name, grad in zip(names, grads, strict=True):
         if grad is not None:
