@@ -11,17 +11,13 @@ order in which running each edge once computes the resolvent.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from . import equilibrium, ir, sequences, symbols
 from .diagnostics import Code, Note, Reporter
+from .digraph import Graph
 from .infer import infer_shapes
 from .ops import OPS, Site, format_shape
 from .shapes import edge_shapes
 from .sizes import collect_relations
-
-if TYPE_CHECKING:  # imported where used: most machines never need networkx
-    import networkx as nx
 
 
 def check(program: ir.Program, reporter: Reporter) -> ir.CheckedProgram:
@@ -161,7 +157,7 @@ def _check_written(machine: ir.Machine, reporter: Reporter) -> None:
             )
 
 
-def hypergraph(machine: ir.Machine, delayed: bool = False) -> nx.DiGraph:
+def hypergraph(machine: ir.Machine, delayed: bool = False) -> Graph:
     """Spaces and edges as nodes ``("space", name)`` and ``("edge", name)``.
 
     Reads of other steps (``h[t-1]``, ``h[t+1]``) are arcs only when ``delayed`` is
@@ -169,11 +165,9 @@ def hypergraph(machine: ir.Machine, delayed: bool = False) -> nx.DiGraph:
     which steps it reads (:func:`sequences.steps_read`): ``now``, ``past``, ``future``
     and ``window``.
     """
-    import networkx as nx  # lazily: most machines never need it
-
-    graph = nx.DiGraph()
-    graph.add_nodes_from((("space", s.name), {"index": i}) for i, s in enumerate(machine.spaces))
-    graph.add_nodes_from((("edge", e.name), {"index": i}) for i, e in enumerate(machine.edges))
+    graph = Graph(("space", s.name) for s in machine.spaces)
+    for e in machine.edges:
+        graph.add_node(("edge", e.name))
     arcs: dict[tuple, dict[str, bool]] = {}
     for edge in machine.edges:
         node = ("edge", edge.name)
@@ -190,12 +184,14 @@ def hypergraph(machine: ir.Machine, delayed: bool = False) -> nx.DiGraph:
                 arcs[("space", port.space), node] = {k: data[k] or read[k] for k in data}
         for port in edge.outputs:
             arcs[node, ("space", port.space)] = sequences.NOW
-    graph.add_edges_from((u, v, data) for (u, v), data in arcs.items())
+    for (u, v), data in arcs.items():
+        graph.add_arc(u, v, data)
     return graph
 
 
-def _node_key(graph: nx.DiGraph):
-    return lambda node: (node[0] != "space", graph.nodes[node]["index"])
+def _node_key(graph: Graph):
+    """Spaces first, then edges, each in declaration order."""
+    return lambda node: (node[0] != "space", graph.index[node])
 
 
 Successors = dict[tuple[str, object], list[tuple[str, object]]]
@@ -288,7 +284,7 @@ def _structure(
     machine: ir.Machine,
     successors: Successors,
     topological: list | None,
-    space_time: nx.DiGraph | None,
+    space_time: Graph | None,
     shapes,
     stages,
     structures,

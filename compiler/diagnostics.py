@@ -12,13 +12,11 @@ import enum
 import functools
 from collections.abc import Iterable
 
-from pydantic import BaseModel, ConfigDict
+from .record import Record
 
 
-class Span(BaseModel):
+class Span(Record):
     """A region of a source file: 1-based lines and columns, end column exclusive."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     file: str
     line: int
@@ -66,19 +64,15 @@ class Code(enum.StrEnum):
     UNCHECKED_MACHINE = "W104"
 
 
-class Note(BaseModel):
+class Note(Record):
     """A secondary location that explains a diagnostic."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     message: str
     span: Span | None = None
 
 
-class Diagnostic(BaseModel):
+class Diagnostic(Record):
     """One problem found in a source file."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     severity: Severity
     code: Code

@@ -22,8 +22,8 @@ from .expressions import Problem, Scope, did_you_mean, evaluate, integer
 from .ops import bind_args
 from .ops.spec import FLOAT, INT, STR, ArgSpec, OpSpec, format_value, one_of, positive
 
-if TYPE_CHECKING:  # imported where used: most machines never need networkx
-    import networkx as nx
+if TYPE_CHECKING:
+    from .digraph import Graph
 
 MAX_ITERATIONS = 1_000_000
 
@@ -190,7 +190,7 @@ def cycle_text(cycle: ir.Cycle) -> str:
 
 def cycles(
     machine: ir.Machine,
-    graph: nx.DiGraph,
+    graph: Graph,
     key: Callable,
     reporter: Reporter,
     machines: dict[str, ir.Machine],
@@ -200,9 +200,9 @@ def cycles(
     One diagnostic per strongly connected component that holds a cycle and has no
     ``solve``, or more than one; one per ``solve`` of a space in no cycle.
     """
-    import networkx as nx  # lazily: most machines never need it
+    from .digraph import strongly_connected
 
-    components = [c for c in nx.strongly_connected_components(graph) if len(c) > 1]
+    components = [c for c in strongly_connected(graph) if len(c) > 1]
     components.sort(key=lambda c: min(map(key, c)))
     solves: dict[str, list[ir.Solve]] = {}
     for solve in machine.solves:
@@ -304,11 +304,11 @@ def _warn_linear(cycle: ir.Cycle, edges: dict[str, ir.Edge], reporter: Reporter)
         )
 
 
-def _unsolved(machine, graph: nx.DiGraph, component, start, key, reporter: Reporter) -> None:
+def _unsolved(machine, graph: Graph, component, start, key, reporter: Reporter) -> None:
     """The cycle error: one cycle through the component, spelled out edge by edge."""
-    import networkx as nx  # lazily: most machines never need it
+    import networkx as nx  # lazily: only this message needs it
 
-    cycle = [u for u, _ in nx.find_cycle(graph.subgraph(component), source=start)]
+    cycle = [u for u, _ in nx.find_cycle(graph.to_networkx(component), source=start)]
     path = " -> ".join(name for _, name in [*cycle, cycle[0]])
     edges = {edge.name: edge for edge in machine.edges}
     notes = []

@@ -12,9 +12,10 @@ import enum
 import functools
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from .diagnostics import Span
+from .record import Record
 from .sizes import Size
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
@@ -45,8 +46,8 @@ def machine_call(name: str, params: dict[str, Value]) -> str:
     return f"{name}({format_params(params)})" if params else name
 
 
-class Node(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class Node(Record):
+    """Every IR node: frozen, closed and made without validation (:mod:`record`)."""
 
 
 class Role(enum.StrEnum):

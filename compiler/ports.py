@@ -52,9 +52,7 @@ class PortResolver:
         key = (name, delay, window is None or id(window), id(span))  # the span of one ref
         port = self._made.get(key)
         if port is None:
-            # NOTE: scale. Made from checked values (a space's name, an int, a Window or
-            # None, a Span): not validated again (0.25 s of a 100,000-edge chain)
-            port = ir.Port.model_construct(space=name, delay=delay, window=window, span=span)
+            port = ir.Port(space=name, delay=delay, window=window, span=span)
             self._made[key] = port
         return port
 

@@ -15,14 +15,11 @@ from __future__ import annotations
 import bisect
 import heapq
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from . import ir
 from .diagnostics import Code, Note, Reporter
+from .digraph import Graph, strongly_connected
 from .ops import OPS, format_shape
-
-if TYPE_CHECKING:  # imported where used: most machines never need networkx
-    import networkx as nx
 
 # Which steps an arc of the space-time graph reads: its own (now), earlier ones (past),
 # later ones (future), through a window of steps (window).
@@ -248,20 +245,18 @@ class _Unit:
     first: int  # declaration index of its first edge: the tie-break
 
 
-def _recurrences(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter):
+def _recurrences(machine: ir.Machine, graph: Graph, reporter: Reporter):
     """The units of the machine; reports recurrences that cannot run in one direction."""
-    import networkx as nx  # lazily: most machines never need it
-
     index = {edge.name: i for i, edge in enumerate(machine.edges)}
     by_name = {edge.name: edge for edge in machine.edges}
     units: list[_Unit] = []
     unit_of: dict[str, int] = {}
     ok = True
-    for component in nx.strongly_connected_components(graph):
+    for component in strongly_connected(graph):
         edges = sorted((n for k, n in component if k == "edge"), key=index.get)
         if len(component) == 1:
             continue
-        arcs = [data for _, _, data in graph.subgraph(component).edges(data=True)]
+        arcs = [data for _, _, data in graph.arcs(component)]
         past = any(a["past"] for a in arcs)
         future = any(a["future"] for a in arcs)
         windowed = [
@@ -312,24 +307,23 @@ def _recurrences(machine: ir.Machine, graph: nx.DiGraph, reporter: Reporter):
     return (units, unit_of) if ok else None
 
 
-def _cycle_notes(machine, graph: nx.DiGraph, component, through) -> list[Note]:
+def _cycle_notes(machine, graph: Graph, component, through) -> tuple[Note, ...]:
     """The edges of one cycle of ``component`` that passes an arc ``through`` accepts."""
-    return _cycle(machine, graph, component, through)[1]
+    return tuple(_cycle(machine, graph, component, through)[1])
 
 
-def _cycle(machine, graph: nx.DiGraph, component, through) -> tuple[str, list[Note]]:
+def _cycle(machine, graph: Graph, component, through) -> tuple[str, list[Note]]:
     """One cycle of ``component`` through an arc ``through`` accepts: as a path
     (``g[t-1] -> fwd -> h[t+1] -> back -> g``) and as a note per edge."""
-    import networkx as nx  # lazily: most machines never need it
+    import networkx as nx  # lazily: only this message needs it
 
-    sub = graph.subgraph(component)
-    arcs = sorted(
-        (u, v) for u, v, data in sub.edges(data=True) if u[0] == "space" and through(data)
-    )
+    arcs = graph.arcs(component)
+    arcs = sorted((u, v) for u, v, data in arcs if u[0] == "space" and through(data))
     if not arcs:
         return "", []
     u, v = arcs[0]
-    path = nx.shortest_path(sub, v, u)  # back from the edge to the space it reads
+    # back from the edge to the space it reads
+    path = nx.shortest_path(graph.to_networkx(component), v, u)
     edges = {edge.name: edge for edge in machine.edges}
     notes, parts = [], []
     cycle = [u, *path[:-1]]
@@ -391,7 +385,7 @@ def _reads_positions(machine: ir.Machine) -> bool:
 
 def stages(
     machine: ir.Machine,
-    graph: nx.DiGraph,
+    graph: Graph,
     reporter: Reporter,
     machines: dict[str, ir.Machine],
     structures: dict[str, ir.Structure],
@@ -411,8 +405,9 @@ def stages(
     if not _check_loop_machines(machine, units, machines, structures, reporter):
         return None
     deps: dict[int, dict[int, dict[str, bool]]] = {i: {} for i in range(len(units))}
-    for space, edge in ((u, v) for u, v in graph.edges if u[0] == "space"):
-        data = graph.edges[space, edge]
+    for space, edge, data in graph.arcs():
+        if space[0] != "space":
+            continue
         reader = unit_of[edge[1]]
         for writer_node in graph.predecessors(space):
             writer = unit_of[writer_node[1]]
@@ -468,7 +463,7 @@ def _joins(unit: _Unit, deps: dict[int, dict[str, bool]], kind, members: list[in
 
 
 def stage_orders(
-    machine: ir.Machine, stages: tuple[ir.Stage, ...], order, space_time: nx.DiGraph, key
+    machine: ir.Machine, stages: tuple[ir.Stage, ...], order, space_time: Graph, key
 ) -> tuple[ir.Stage, ...]:
     """Each stage's edges in the order they run.
 
@@ -496,10 +491,9 @@ def stage_orders(
     return tuple(result)
 
 
-def _lexicographic(graph: nx.DiGraph, nodes: set, key) -> list:
-    """``nx.lexicographical_topological_sort`` of the subgraph of ``graph`` on ``nodes``,
-    in time of those nodes and their arcs (the subgraph view walks every node of graph)."""
-    import networkx as nx  # lazily: most machines never need it
+def _lexicographic(graph: Graph, nodes: set, key) -> list:
+    """What networkx's ``lexicographical_topological_sort`` makes of the part of ``graph``
+    on ``nodes``, in time of those nodes and their arcs."""
 
     missing = {node: sum(1 for n in graph.predecessors(node) if n in nodes) for node in nodes}
     ready = [(key(node), node) for node, count in missing.items() if count == 0]
@@ -514,5 +508,5 @@ def _lexicographic(graph: nx.DiGraph, nodes: set, key) -> list:
                 if missing[after] == 0:
                     heapq.heappush(ready, (key(after), after))
     if len(found) < len(nodes):
-        raise nx.NetworkXUnfeasible("the stage has a cycle")
+        raise RuntimeError("a stage of a machine over time has a cycle: never here")
     return found

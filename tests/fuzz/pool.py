@@ -40,7 +40,9 @@ class Worker:
         if not self.run:
             command.append("--no-run")
         env = dict(
-            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+            os.environ,
+            PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            MACHC_VERIFY_IR="1",  # every IR record is validated too (compiler/record.py)
         )
         self.process = subprocess.Popen(
             command,

@@ -146,8 +146,33 @@ def test_ir_is_frozen_and_closed() -> None:
     checked = machine(DENSE)
     with pytest.raises(pydantic.ValidationError):
         checked.machine.name = "Other"
+    span = checked.machine.span
+    with pytest.raises(TypeError, match="Port: no field 'weight'"):
+        ir.Port(space="x", span=span, weight=1)  # the compiler's own records: not validated
+    with pytest.raises(TypeError, match="Port: no value for field 'space'"):
+        ir.Port(span=span)
+    with pytest.raises(pydantic.ValidationError):  # what is read back is validated
+        ir.Port.model_validate({"space": "x", "span": span, "weight": 1})
     with pytest.raises(pydantic.ValidationError):
-        ir.Port(space="x", span=checked.machine.span, weight=1)
+        ir.Port.model_validate({"space": 3, "span": span})
+
+
+def test_records_are_made_as_validation_would_make_them() -> None:
+    """The tests run with MACHC_VERIFY_IR=1: a record the compiler makes with a value that
+    validation would convert (a list for a tuple, a string for an enum) is an error where
+    it is made, not a difference that shows later."""
+    from machc import record
+
+    assert record.VERIFY
+    span = machine(DENSE).machine.span
+    with pytest.raises(TypeError, match=r"Machine.edges is made as \[\]"):
+        ir.Machine(name="M", params={}, spaces=(), edges=[], span=span)
+    with pytest.raises(TypeError, match="Space.role is made as 'input'"):
+        ir.Space(name="x", role="input", shape=(4,), span=span)
+    with pytest.raises(pydantic.ValidationError):  # and one validation rejects is too
+        ir.Space(name=3, role=ir.Role.INPUT, shape=(4,), span=span)
+    space = ir.Space(name="x", role=ir.Role.INPUT, shape=(4,), span=span)
+    assert ir.Space.model_validate(space.model_dump()) == space
 
 
 def test_what_every_pass_of_a_loop_makes_alike_is_one_object() -> None:

@@ -124,12 +124,18 @@ def test_check_loads_the_cached_parser_and_no_code_generation(tmp_path) -> None:
     assert not run(no_build + check, tmp_path) & unneeded
 
 
-def test_networkx_is_loaded_only_for_cycles_and_time(tmp_path) -> None:
-    # a machine of finite depth is checked with plain lists (about 70 ms of start-up saved)
-    check = "import machc.cli\nassert machc.cli.main(['check', '-q', {!r}]) == 0"
-    assert "networkx" not in run(check.format(str(DENSE)), tmp_path)
-    for example in ("deq.mach", "lstm.mach"):  # a solved cycle; a machine over time
-        assert "networkx" in run(check.format(str(ROOT / "examples" / example)), tmp_path)
+def test_networkx_is_loaded_only_to_spell_out_a_cycle(tmp_path) -> None:
+    # machines are checked with plain lists and compiler/digraph.py (about 70 ms of
+    # start-up saved); networkx finds the path an error message about a cycle shows
+    check = "import machc.cli\nassert machc.cli.main(['check', '-q', {!r}]) == {}"
+    for example in ("dense.mach", "deq.mach", "lstm.mach", "gpt.mach"):  # solved, over time
+        assert "networkx" not in run(check.format(str(ROOT / "examples" / example), 0), tmp_path)
+    cycle = tmp_path / "cycle.mach"
+    cycle.write_text(
+        "machine C over t {\n input x : 4\n space h : 4\n output y : 4\n"
+        " f : x × y -> h = linear\n g : h -> y = linear\n}\n"
+    )
+    assert "networkx" in run(check.format(str(cycle), 1), tmp_path)
 
 
 def test_only_the_program_freezes_what_it_imported(tmp_path) -> None:
