@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> float:
         )
         print(f"accuracy on {len(test_set)} held-out digits: {test_accuracy:.3f}")
     dist.barrier()  # the others wait for rank 0's checkpoint
+    del ddp  # before its process group: a DDP module that outlives it can hang at exit
     dist.destroy_process_group()
     return test_accuracy
 

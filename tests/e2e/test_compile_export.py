@@ -25,6 +25,7 @@ Compiling is the slow part (a few seconds of C++ per model): the models are smal
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import socket
 import subprocess
@@ -374,12 +375,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, model: nn.Module, out: str) -> None:
-    """One rank: the model came pickled from the parent (so machc's module is rebuilt
-    here from its source); 2 SGD steps on this rank's own data; save the parameters."""
+def _ddp_worker(rank: int, world: int, port: int, pickled: bytes, out: str) -> None:
+    """One rank: the model comes pickled from the parent (so machc's module is rebuilt
+    here from its source); 2 SGD steps on this rank's own data; save the parameters.
+
+    The model travels as bytes (torch.save), not as an argument of the spawned process:
+    torch.multiprocessing would put its parameters in memory shared by the parent and
+    both ranks (as for any nn.Module), and each rank's optimizer would step the same
+    tensors, the ranks reading them at different moments: that, not machc, made the
+    ranks disagree in about one run of four. And a rank hung now and then at the end,
+    destroying its DDP module after the process group: it is deleted first."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    model = torch.load(io.BytesIO(pickled), weights_only=False)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -396,6 +405,7 @@ def _ddp_worker(rank: int, world: int, port: int, model: nn.Module, out: str) ->
             F.mse_loss(ddp(x), target).backward()
             optimizer.step()
         torch.save({n: p.detach() for n, p in model.named_parameters()}, f"{out}.{rank}")
+        del ddp, optimizer  # (a DDP module outliving its process group hung at exit)
     finally:
         dist.destroy_process_group()
 
@@ -407,9 +417,10 @@ def _ddp_main(out: str) -> None:
 
     model = load(DENSE)
     torch.save({n: p.detach().clone() for n, p in model.named_parameters()}, f"{out}.before")
-    context = mp.start_processes(
-        _ddp_worker, args=(2, _free_port(), model, out), nprocs=2, join=False, start_method="spawn"
-    )
+    pickled = io.BytesIO()
+    torch.save(model, pickled)  # machc's module pickles with its source
+    args = (2, _free_port(), pickled.getvalue(), out)
+    context = mp.start_processes(_ddp_worker, args=args, nprocs=2, join=False, start_method="spawn")
     deadline = time.monotonic() + 150
     try:
         while not context.join(timeout=1):  # raises if a rank failed
@@ -421,12 +432,6 @@ def _ddp_main(out: str) -> None:
                 process.join(5)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open: in about one run of four the two ranks end with parameters up to 7e-4 "
-    "apart (not rounding); a plain nn.Module in the same harness always agrees. Not yet "
-    "understood; the torchrun example (tests/e2e/test_train_scripts.py) trains right",
-)
 def test_ddp_two_processes_agree_after_training(tmp_path: Path) -> None:
     out = str(tmp_path / "params")
     code = f"from tests.e2e.test_compile_export import _ddp_main\n_ddp_main({out!r})\n"
