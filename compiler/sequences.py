@@ -446,10 +446,49 @@ def stages(
                 bisect.insort(ready, reader, key=first)
     if any(waiting.values()):  # the units depend on each other in a circle: never here
         raise RuntimeError("the stages of a machine over time depend on each other")
-    return tuple(
+    found = tuple(
         ir.Stage(kind=kind, edges=tuple(e for i in members for e in units[i].edges))
         for kind, members in result
     )
+    by_name = {edge.name: edge for edge in machine.edges}
+    fits = [_carried_fits(machine, by_name, stage, reporter) for stage in found]
+    return found if all(fits) else None
+
+
+MAX_CARRIED = 1_000  # earlier (later) steps of its spaces one step loop carries, all together
+
+
+def _carried_fits(
+    machine: ir.Machine, by_name: dict[str, ir.Edge], stage: ir.Stage, reporter: Reporter
+) -> bool:
+    """Whether a step loop carries at most :data:`MAX_CARRIED` steps: each of its spaces
+    it reads at another step goes from step to step as one tensor per step it reaches
+    back (forward) to, so ``h[t-100000]`` inside a recurrence would be 100,000 tensors
+    and a generated module of megabytes per space."""
+    if stage.kind is ir.StageKind.ALL:
+        return True
+    edges = [by_name[name] for name in stage.edges]
+    written = {port.space for edge in edges for port in edge.outputs}
+    reach: dict[str, tuple[ir.Edge, ir.Port]] = {}  # the read of a space reaching furthest
+    for edge in edges:
+        for port in edge.inputs:
+            if port.delay and port.space in written:
+                if port.space not in reach or abs(port.delay) > abs(reach[port.space][1].delay):
+                    reach[port.space] = (edge, port)
+    total = sum(abs(port.delay) for _, port in reach.values())
+    if total <= MAX_CARRIED:
+        return True
+    edge, port = max(reach.values(), key=lambda read: abs(read[1].delay))
+    reporter.error(
+        Code.TIME,
+        f"edge {edge.name!r} reads {port.text(machine.time)} inside a recurrence: a step loop "
+        f"carries the values of its spaces at most {MAX_CARRIED:,} steps back or ahead, all "
+        f"of them together, and this one would carry {total:,}",
+        port.span,
+        hint="read it outside the recurrence (an edge that runs on every step at once), "
+        "or through a window of steps (attention)",
+    )
+    return False
 
 
 def _joins(unit: _Unit, deps: dict[int, dict[str, bool]], kind, members: list[int]) -> bool:

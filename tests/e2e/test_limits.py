@@ -91,6 +91,21 @@ def test_delays_and_windows_have_limits() -> None:
     assert [(c, line) for c, _, line, _ in found] == [("E016", 3), ("E016", 4), ("E016", 4)]
 
 
+def test_a_recurrence_carries_at_most_1000_steps(tmp_path: Path) -> None:
+    # each space a step loop reads at an earlier step is carried as one tensor per step it
+    # reaches back to: h[t-100000] in a recurrence made a module of 35 MB (fuzzer, seed 43)
+    text = (
+        "machine T over t { input x : 4\n space h[1..3] : 4\n output y : 4\n"
+        " for i in 1..3 { g[i] : x × h[1..3][t-D] -> h[i] = linear }\n out : h[3] -> y = linear }"
+    )
+    ((code, message, line, column),) = errors(text.replace("D", "334"))
+    assert (code, line, column) == ("E016", 4, 29)
+    assert "reads h[1][t-334] inside a recurrence" in message and "carry 1,002" in message
+    source = tmp_path / "t.mach"
+    source.write_text(text.replace("D", "333"))  # 999 steps carried: a module that runs
+    run_every_class(machc.load(source))
+
+
 def test_loops_are_bounded_in_total() -> None:
     ((code, message, line, _),) = errors(
         "machine M { input x : 4\n output y : 4\n"
