@@ -90,4 +90,4 @@ def _same(a: object, b: object) -> bool:
         return len(a) == len(b) and all(map(_same, a, b))
     if isinstance(a, dict):
         return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
-    return a == b
+    return a == b or (a != a and b != b)  # NaN is NaN
