@@ -18,14 +18,21 @@ def build(n: int, pairs: list[tuple[int, int]]) -> Graph:
     return graph
 
 
+def both(n: int, pairs: list[tuple[int, int]]) -> tuple[Graph, nx.DiGraph]:
+    """The graph on n nodes with the arcs ``pairs`` (taken mod n), and networkx's."""
+    pairs = [(u % n, v % n) for u, v in pairs]
+    reference = nx.DiGraph()
+    reference.add_nodes_from((("space", i), {"index": i}) for i in range(n))
+    reference.add_edges_from(
+        (("space", u), ("space", v), {"k": k}) for k, (u, v) in enumerate(pairs)
+    )
+    return build(n, pairs), reference
+
+
 @settings(max_examples=300, deadline=None)
 @given(n=st.integers(1, 12), pairs=arcs)
 def test_components_are_networkx_components(n, pairs) -> None:
-    pairs = [(u % n, v % n) for u, v in pairs]
-    graph = build(n, pairs)
-    reference = nx.DiGraph()
-    reference.add_nodes_from(("space", i) for i in range(n))
-    reference.add_edges_from((("space", u), ("space", v)) for u, v in pairs)
+    graph, reference = both(n, pairs)
     mine = sorted(sorted(c) for c in strongly_connected(graph))
     theirs = sorted(sorted(c) for c in nx.strongly_connected_components(reference))
     assert mine == theirs
@@ -34,13 +41,7 @@ def test_components_are_networkx_components(n, pairs) -> None:
 @settings(max_examples=100, deadline=None)
 @given(n=st.integers(1, 12), pairs=arcs)
 def test_to_networkx_keeps_nodes_arcs_data_and_their_order(n, pairs) -> None:
-    pairs = [(u % n, v % n) for u, v in pairs]
-    graph = build(n, pairs)
-    reference = nx.DiGraph()
-    reference.add_nodes_from((("space", i), {"index": i}) for i in range(n))
-    reference.add_edges_from(
-        (("space", u), ("space", v), {"k": k}) for k, (u, v) in enumerate(pairs)
-    )
+    graph, reference = both(n, pairs)
     made = graph.to_networkx()
     assert list(made.nodes(data=True)) == list(reference.nodes(data=True))
     assert list(made.edges(data=True)) == list(reference.edges(data=True))
