@@ -1,0 +1,245 @@
+"""The ``machc`` command line's arguments: every sub-command and its options.
+
+:func:`parser` builds the argument parser :func:`machc.cli.main` runs; it imports no
+stage of the compiler (``machc --help`` and argument errors need none), only the names
+of the rewrites for speed and the drawing's limit, where an option's help shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import __version__
+
+
+def parser() -> argparse.ArgumentParser:
+    from .matrix import MAX_UNITS
+
+    parser = argparse.ArgumentParser(
+        prog="machc",
+        description="Compile .mach hypergraph machines into PyTorch modules.",
+    )
+    parser.add_argument("--version", action="version", version=f"machc {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("file", metavar="FILE.mach", help="the source file")
+        sub.add_argument(
+            "--set",
+            dest="params",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="bind a machine parameter (NAME or Machine.NAME); may be repeated",
+        )
+        search_path_option(sub)
+
+    parser.subcommands = {}
+    compile_ = commands.add_parser(
+        "compile",
+        help="write the generated PyTorch module",
+        description="Write the generated PyTorch module.",
+    )
+    common(compile_)
+    compile_.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT.py",
+        help="where to write the module ('-': standard output; default: FILE.py beside FILE.mach)",
+    )
+    code_options(compile_)
+    check = commands.add_parser(
+        "check",
+        help="check a file and report its structure",
+        description="Check a file and report each machine's spaces (with depth), "
+        "levels of independent edges and, over time, its stages.",
+    )
+    common(check)
+    check.add_argument("-q", "--quiet", action="store_true", help="print only diagnostics")
+    check.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="how to print diagnostics: text on standard error (default), or a JSON array "
+        "on standard output (then no structure report)",
+    )
+    ir_ = commands.add_parser(
+        "ir",
+        help="print the checked IR as JSON",
+        description="Print the checked IR (a CheckedProgram) of a file as JSON, after the "
+        "rewrites for speed (what compile prints), or with --schema the JSON Schema of that IR.",
+    )
+    ir_.add_argument("file", metavar="FILE.mach", nargs="?", help="the source file")
+    rewrite_options(ir_)
+    ir_.add_argument(
+        "--set",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="bind a machine parameter (NAME or Machine.NAME); may be repeated",
+    )
+    search_path_option(ir_)
+    ir_.add_argument(
+        "--schema", action="store_true", help="print the JSON Schema of the IR (no FILE)"
+    )
+    graph = commands.add_parser(
+        "graph",
+        help="draw the hypergraph or the weight matrix",
+        description="Draw each machine's hypergraph with Graphviz (spaces, edges, dependency "
+        "order left to right), or with --matrix its global weight picture.",
+    )
+    common(graph)
+    graph.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="where to write the drawing; the extension picks the format: .svg, .png, .pdf "
+        "(run Graphviz's dot) or .dot; with --matrix .png, .svg, .pdf or .txt. "
+        "Default (or '-'): DOT text, or the matrix as text, on standard output",
+    )
+    graph.add_argument(
+        "--machine",
+        metavar="NAME",
+        help="draw only this machine: one of the file, or an imported one used as an edge, by "
+        "name or by class name (default: every machine defined in the file)",
+    )
+    graph.add_argument(
+        "--expand",
+        action="store_true",
+        help="draw each machine used as an edge as a frame of its own spaces and edges "
+        "(nested), instead of one box; not with --matrix",
+    )
+    graph.add_argument(
+        "--matrix",
+        action="store_true",
+        help="draw the global weight picture: one row and column per space, rows 'to', "
+        "columns 'from'",
+    )
+    graph.add_argument(
+        "--units",
+        action="store_true",
+        help=f"with --matrix: one row and column per unit (at most {MAX_UNITS} units)",
+    )
+    parser.subcommands.update(compile=compile_, check=check, ir=ir_, graph=graph)
+
+    fmt = commands.add_parser(
+        "fmt",
+        help="lay out .mach files in the canonical style",
+        description="Rewrite .mach files in place in the canonical layout "
+        "(only the layout changes: what a file compiles to stays the same).",
+    )
+    fmt.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE.mach",
+        help="the files ('-': read standard input, write standard output)",
+    )
+    fmt.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; show a diff and exit 1 if a file is not in the canonical layout",
+    )
+    fmt.set_defaults(params=[])
+    info = commands.add_parser(
+        "info",
+        help="tabulate each machine's spaces, edges, parameters and cost",
+        description="Check a file and print, for each machine, its spaces, its edges with "
+        "their learned parameters and multiply-accumulates per sample, its levels of "
+        "independent edges and the totals.",
+    )
+    common(info)
+    info.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="aligned tables (default), or JSON for programs",
+    )
+    export = commands.add_parser(
+        "export",
+        help="write one machine as an ONNX file, checked in onnxruntime",
+        description="Compile a file, build one machine's module (fresh weights, or "
+        "--weights), export it to ONNX with a dynamic batch axis, and check the file in "
+        "onnxruntime against the module. Needs pip install 'machc[export]'.",
+    )
+    common(export)
+    code_options(export)
+    export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the file to write")
+    export.add_argument(
+        "--machine", metavar="NAME", help="the machine to export (default: the file's last)"
+    )
+    export.add_argument(
+        "--weights", metavar="CKPT", help="a state_dict saved with torch.save (default: fresh)"
+    )
+    export.add_argument(
+        "--batch", type=positive, default=2, metavar="N", help="batch of the example inputs"
+    )
+    export.add_argument(
+        "--steps", type=positive, metavar="T", help="steps of the example inputs (over time)"
+    )
+    export.add_argument(
+        "--no-check", action="store_true", help="do not run the file in onnxruntime"
+    )
+    parser.subcommands.update(fmt=fmt, info=info, export=export)
+    return parser
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {1 << 20}, got {value}")
+    return value
+
+
+def search_path_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "-I",
+        dest="search_path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also look for imported files in DIR (after the importing file's directory); "
+        "may be repeated",
+    )
+
+
+def parse_params(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not value.strip():
+            parser.error(f"--set needs NAME=VALUE, got {item!r}")
+        if name in params:
+            parser.error(f"--set {name} given twice")
+        params[name] = value
+    return params
+
+
+def code_options(parser: argparse.ArgumentParser) -> None:
+    """How the module is written: ``--expand-loops``, and the rewrites for speed."""
+    parser.add_argument(
+        "--expand-loops",
+        action="store_true",
+        help="write every for loop out edge by edge (layers g_1, g_2, ...) instead of "
+        "keeping it a loop over a ModuleDict (g.1, g.2, ...)",
+    )
+    rewrite_options(parser)
+
+
+def rewrite_options(parser: argparse.ArgumentParser) -> None:
+    """``--no-NAME`` for every rewrite for speed (docs/performance.md)."""
+    from .rewrite import REWRITES
+
+    helps = {
+        "cells": "keep the step loop of a machine whose step is PyTorch's RNN, LSTM or "
+        "GRU cell (default: forward calls PyTorch's fused kernel; docs/performance.md)",
+        "regroup": "let forward keep the concatenation of a dense block's inputs for the "
+        "backward (default: the spaces themselves, concatenated again in the backward; "
+        "docs/performance.md)",
+    }
+    for name in REWRITES:
+        parser.add_argument(f"--no-{name}", action="store_true", help=helps[name])
