@@ -25,7 +25,7 @@ class _UsageError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = arguments.parser()
+    parser = arguments.parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     params = arguments.parse_params(parser.subcommands[args.command], args.params)
     for directory in getattr(args, "search_path", None) or []:

@@ -97,7 +97,7 @@ def test_the_cache_directory_follows_xdg_cache_home(tmp_path, monkeypatch) -> No
 def run(code: str, cache: Path) -> set[str]:
     """Run ``code`` in a fresh interpreter; the modules of interest it left loaded."""
     watched = ("torch", "jinja2", "networkx", "lark", "matplotlib", "numpy")
-    watched += ("machc.rewrite", "machc.cells", "machc.regroup", "machc.loops")
+    watched += ("machc.rewrite", "machc.cells", "machc.regroup", "machc.loops", "machc.matrix")
     code += f"\nimport sys\nprint(*sorted(m for m in {watched!r} if m in sys.modules))\n"
     env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
     result = subprocess.run(
@@ -116,12 +116,20 @@ def test_check_loads_the_cached_parser_and_no_code_generation(tmp_path) -> None:
     check = f"import machc.cli\nassert machc.cli.main(['check', '-q', {str(DENSE)!r}]) == 0"
     # (the rewrites for speed run only when code is generated: --no-NAME needs their names)
     unneeded = {"torch", "jinja2", "matplotlib", "numpy", "machc.cells", "machc.regroup"}
-    unneeded |= {"machc.loops"}
+    unneeded |= {"machc.loops", "machc.matrix"}  # (the drawing's, for graph --help)
     assert not run(check, tmp_path) & unneeded
     assert len(cached_files(tmp_path / "machc")) == 1
     # the second run loads that file: building a parser would fail it
     no_build = "import lark\nlark.Lark.__init__ = None\n"
     assert not run(no_build + check, tmp_path) & unneeded
+
+
+def test_the_arguments_of_the_command_given_are_all_that_is_built() -> None:
+    from machc import arguments
+
+    assert set(arguments.parser(["check", "f.mach"]).subcommands) == {"check"}
+    for argv in (["--help"], ["chek"], [], ["--version"]):
+        assert set(arguments.parser(argv).subcommands) == set(arguments.COMMANDS)
 
 
 def test_networkx_is_loaded_only_to_spell_out_a_cycle(tmp_path) -> None:
