@@ -29,15 +29,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("file", metavar="FILE.mach", help="the source file")
-        sub.add_argument(
-            "--set",
-            dest="params",
-            action="append",
-            default=[],
-            metavar="NAME=VALUE",
-            help="bind a machine parameter (NAME or Machine.NAME); may be repeated",
-        )
-        search_path_option(sub)
+        source_options(sub)
 
     parser.subcommands = {}
     if wanted("compile"):
@@ -83,15 +75,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         )
         ir_.add_argument("file", metavar="FILE.mach", nargs="?", help="the source file")
         rewrite_options(ir_)
-        ir_.add_argument(
-            "--set",
-            dest="params",
-            action="append",
-            default=[],
-            metavar="NAME=VALUE",
-            help="bind a machine parameter (NAME or Machine.NAME); may be repeated",
-        )
-        search_path_option(ir_)
+        source_options(ir_)
         ir_.add_argument(
             "--schema", action="store_true", help="print the JSON Schema of the IR (no FILE)"
         )
@@ -214,7 +198,16 @@ def positive(text: str) -> int:
     return value
 
 
-def search_path_option(sub: argparse.ArgumentParser) -> None:
+def source_options(sub: argparse.ArgumentParser) -> None:
+    """``--set NAME=VALUE`` and ``-I DIR``: how the source file is read."""
+    sub.add_argument(
+        "--set",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="bind a machine parameter (NAME or Machine.NAME); may be repeated",
+    )
     sub.add_argument(
         "-I",
         dest="search_path",
