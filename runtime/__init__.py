@@ -304,12 +304,15 @@ def delayed(
     return torch.cat([before, seq], 1)[:, :steps].flatten(0, 1)
 
 
-def unfold_steps(x: Tensor, batch: int, steps: int) -> tuple[Tensor, ...]:
-    """The folded sequence ``x`` as one ``[batch, *shape]`` tensor per step.
+def unfold_steps(x: Tensor | None, batch: int, steps: int) -> tuple[Tensor | None, ...]:
+    """The folded sequence ``x`` as one ``[batch, *shape]`` tensor per step (``None``
+    stays ``None`` at every step: the mask of steps when no ``lengths`` are given).
 
     ``unbind`` once, rather than indexing a step at a time: its backward is a single
     stack, where per-step indexing would make autograd quadratic in the steps.
     """
+    if x is None:
+        return (None,) * steps
     return x.unflatten(0, (batch, steps)).unbind(1)
 
 

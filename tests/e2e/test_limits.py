@@ -377,6 +377,24 @@ def test_last_findings_of_the_fuzzer(tmp_path: Path) -> None:
     torch.testing.assert_close(model(x), model.resolvent({"x": x})["m"])
 
 
+def test_a_backward_recurrence_through_a_machine_over_time_runs_without_lengths(
+    tmp_path: Path,
+) -> None:
+    # the step loop of a machine used as an edge, with its state, reading a later step:
+    # forward without lengths= unfolded a mask that is None (fuzzer, seed 53)
+    source = tmp_path / "backward.mach"
+    source.write_text(
+        "machine Inner over t { input x : 6\n output y : 6\n f : x -> y = linear }\n"
+        "machine Outer over t { input w : 6\n space f : 6\n space q : 6\n output n : 6\n"
+        " read : w × q[t+1] -> f = linear\n head : f -> q = Inner\n out : q -> n = linear }\n"
+    )
+    model = machc.load(source).Outer().double()
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    torch.testing.assert_close(model(x), model.resolvent({"w": x})["n"])
+    short = model(x, lengths=torch.tensor([4, 2]))  # the second sequence is 2 steps long
+    torch.testing.assert_close(short[1, :2], model(x[1:, :2])[0])
+
+
 @pytest.mark.parametrize(
     ("source", "code"),
     [
