@@ -366,15 +366,26 @@ def test_last_findings_of_the_fuzzer(tmp_path: Path) -> None:
         " e : x -> n = identity\n o : x -> y = identity }"
     )
     assert [c for c, *_ in found] == ["E019"]
-    source = tmp_path / "loop.mach"
-    source.write_text(
+    agrees_over_time(
+        tmp_path,
         "machine Block { input x : 8\n output y : 8\n e : x -> y = linear }\n"
         "machine Net over t { input x : 3\n space z : 8\n output m : 8\n"
-        " dec : x × m[t-1] -> z = linear\n stem : z -> m = Block }\n"
+        " dec : x × m[t-1] -> z = linear\n stem : z -> m = Block }\n",
     )
-    model = machc.load(source).Net().double()
-    x = torch.randn(2, 4, 3, dtype=torch.float64)
-    torch.testing.assert_close(model(x), model.resolvent({"x": x})["m"])
+
+
+def agrees_over_time(tmp_path: Path, text: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The last machine of ``text`` (one input, one output), in float64: its forward on 2
+    sequences of 4 steps equals its resolvent; the model and those inputs."""
+    source = tmp_path / "machine.mach"
+    source.write_text(text)
+    module = machc.load(source)
+    cls = [v for v in vars(module).values() if isinstance(v, type) and hasattr(v, "SPACES")][-1]
+    model = cls().double()
+    (name,), (out,) = cls.INPUTS, cls.OUTPUTS
+    x = torch.randn(2, 4, *cls.SPACES[name], dtype=torch.float64)
+    torch.testing.assert_close(model(x), model.resolvent({name: x})[out])
+    return model, x
 
 
 def test_a_backward_recurrence_through_a_machine_over_time_runs_without_lengths(
@@ -382,15 +393,12 @@ def test_a_backward_recurrence_through_a_machine_over_time_runs_without_lengths(
 ) -> None:
     # the step loop of a machine used as an edge, with its state, reading a later step:
     # forward without lengths= unfolded a mask that is None (fuzzer, seed 53)
-    source = tmp_path / "backward.mach"
-    source.write_text(
+    model, x = agrees_over_time(
+        tmp_path,
         "machine Inner over t { input x : 6\n output y : 6\n f : x -> y = linear }\n"
         "machine Outer over t { input w : 6\n space f : 6\n space q : 6\n output n : 6\n"
-        " read : w × q[t+1] -> f = linear\n head : f -> q = Inner\n out : q -> n = linear }\n"
+        " read : w × q[t+1] -> f = linear\n head : f -> q = Inner\n out : q -> n = linear }\n",
     )
-    model = machc.load(source).Outer().double()
-    x = torch.randn(2, 4, 6, dtype=torch.float64)
-    torch.testing.assert_close(model(x), model.resolvent({"w": x})["n"])
     short = model(x, lengths=torch.tensor([4, 2]))  # the second sequence is 2 steps long
     torch.testing.assert_close(short[1, :2], model(x[1:, :2])[0])
 
