@@ -11,181 +11,194 @@ import argparse
 
 from . import __version__
 
-COMMANDS = ("compile", "check", "ir", "graph", "fmt", "info", "export")
-
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser of ``machc``'s arguments ``argv``: with only the sub-command that
     ``argv`` starts with, if it starts with one (``machc check F``: about 3 ms less to
     start), else with every sub-command (``machc --help``, a mistyped command)."""
     first = argv[0] if argv else None
-    wanted = lambda name: first not in COMMANDS or name == first  # noqa: E731
     parser = argparse.ArgumentParser(
         prog="machc",
         description="Compile .mach hypergraph machines into PyTorch modules.",
     )
     parser.add_argument("--version", action="version", version=f"machc {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("file", metavar="FILE.mach", help="the source file")
-        source_options(sub)
-
     parser.subcommands = {}
-    if wanted("compile"):
-        compile_ = commands.add_parser(
-            "compile",
-            help="write the generated PyTorch module",
-            description="Write the generated PyTorch module.",
-        )
-        common(compile_)
-        compile_.add_argument(
-            "-o",
-            "--output",
-            metavar="OUT.py",
-            help="where to write the module ('-': standard output; default: FILE.py beside "
-            "FILE.mach)",
-        )
-        code_options(compile_)
-        parser.subcommands["compile"] = compile_
-    if wanted("check"):
-        check = commands.add_parser(
-            "check",
-            help="check a file and report its structure",
-            description="Check a file and report each machine's spaces (with depth), "
-            "levels of independent edges and, over time, its stages.",
-        )
-        common(check)
-        check.add_argument("-q", "--quiet", action="store_true", help="print only diagnostics")
-        check.add_argument(
-            "--format",
-            choices=("text", "json"),
-            default="text",
-            help="how to print diagnostics: text on standard error (default), or a JSON array "
-            "on standard output (then no structure report)",
-        )
-        parser.subcommands["check"] = check
-    if wanted("ir"):
-        ir_ = commands.add_parser(
-            "ir",
-            help="print the checked IR as JSON",
-            description="Print the checked IR (a CheckedProgram) of a file as JSON, after the "
-            "rewrites for speed (what compile prints), or with --schema the JSON Schema of that "
-            "IR.",
-        )
-        ir_.add_argument("file", metavar="FILE.mach", nargs="?", help="the source file")
-        rewrite_options(ir_)
-        source_options(ir_)
-        ir_.add_argument(
-            "--schema", action="store_true", help="print the JSON Schema of the IR (no FILE)"
-        )
-        parser.subcommands["ir"] = ir_
-    if wanted("graph"):
-        from .matrix import MAX_UNITS
-
-        graph = commands.add_parser(
-            "graph",
-            help="draw the hypergraph or the weight matrix",
-            description="Draw each machine's hypergraph with Graphviz (spaces, edges, dependency "
-            "order left to right), or with --matrix its global weight picture.",
-        )
-        common(graph)
-        graph.add_argument(
-            "-o",
-            "--output",
-            metavar="OUT",
-            help="where to write the drawing; the extension picks the format: .svg, .png, .pdf "
-            "(run Graphviz's dot) or .dot; with --matrix .png, .svg, .pdf or .txt. "
-            "Default (or '-'): DOT text, or the matrix as text, on standard output",
-        )
-        graph.add_argument(
-            "--machine",
-            metavar="NAME",
-            help="draw only this machine: one of the file, or an imported one used as an edge, by "
-            "name or by class name (default: every machine defined in the file)",
-        )
-        graph.add_argument(
-            "--expand",
-            action="store_true",
-            help="draw each machine used as an edge as a frame of its own spaces and edges "
-            "(nested), instead of one box; not with --matrix",
-        )
-        graph.add_argument(
-            "--matrix",
-            action="store_true",
-            help="draw the global weight picture: one row and column per space, rows 'to', "
-            "columns 'from'",
-        )
-        graph.add_argument(
-            "--units",
-            action="store_true",
-            help=f"with --matrix: one row and column per unit (at most {MAX_UNITS} units)",
-        )
-        parser.subcommands["graph"] = graph
-    if wanted("fmt"):
-        fmt = commands.add_parser(
-            "fmt",
-            help="lay out .mach files in the canonical style",
-            description="Rewrite .mach files in place in the canonical layout "
-            "(only the layout changes: what a file compiles to stays the same).",
-        )
-        fmt.add_argument(
-            "files",
-            nargs="+",
-            metavar="FILE.mach",
-            help="the files ('-': read standard input, write standard output)",
-        )
-        fmt.add_argument(
-            "--check",
-            action="store_true",
-            help="write nothing; show a diff and exit 1 if a file is not in the canonical layout",
-        )
-        fmt.set_defaults(params=[])
-        parser.subcommands["fmt"] = fmt
-    if wanted("info"):
-        info = commands.add_parser(
-            "info",
-            help="tabulate each machine's spaces, edges, parameters and cost",
-            description="Check a file and print, for each machine, its spaces, its edges with "
-            "their learned parameters and multiply-accumulates per sample, its levels of "
-            "independent edges and the totals.",
-        )
-        common(info)
-        info.add_argument(
-            "--format",
-            choices=("text", "json"),
-            default="text",
-            help="aligned tables (default), or JSON for programs",
-        )
-        parser.subcommands["info"] = info
-    if wanted("export"):
-        export = commands.add_parser(
-            "export",
-            help="write one machine as an ONNX file, checked in onnxruntime",
-            description="Compile a file, build one machine's module (fresh weights, or "
-            "--weights), export it to ONNX with a dynamic batch axis, and check the file in "
-            "onnxruntime against the module. Needs pip install 'machc[export]'.",
-        )
-        common(export)
-        code_options(export)
-        export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the file to write")
-        export.add_argument(
-            "--machine", metavar="NAME", help="the machine to export (default: the file's last)"
-        )
-        export.add_argument(
-            "--weights", metavar="CKPT", help="a state_dict saved with torch.save (default: fresh)"
-        )
-        export.add_argument(
-            "--batch", type=positive, default=2, metavar="N", help="batch of the example inputs"
-        )
-        export.add_argument(
-            "--steps", type=positive, metavar="T", help="steps of the example inputs (over time)"
-        )
-        export.add_argument(
-            "--no-check", action="store_true", help="do not run the file in onnxruntime"
-        )
-        parser.subcommands["export"] = export
+    for name, (summary, description, options) in _COMMANDS.items():
+        if first in _COMMANDS and name != first:
+            continue
+        sub = commands.add_parser(name, help=summary, description=description)
+        options(sub)
+        parser.subcommands[name] = sub
     return parser
+
+
+def _file(sub: argparse.ArgumentParser) -> None:
+    """The source file, and how it is read."""
+    sub.add_argument("file", metavar="FILE.mach", help="the source file")
+    source_options(sub)
+
+
+def _compile(sub: argparse.ArgumentParser) -> None:
+    _file(sub)
+    sub.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT.py",
+        help="where to write the module ('-': standard output; default: FILE.py beside FILE.mach)",
+    )
+    code_options(sub)
+
+
+def _check(sub: argparse.ArgumentParser) -> None:
+    _file(sub)
+    sub.add_argument("-q", "--quiet", action="store_true", help="print only diagnostics")
+    sub.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="how to print diagnostics: text on standard error (default), or a JSON array "
+        "on standard output (then no structure report)",
+    )
+
+
+def _ir(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("file", metavar="FILE.mach", nargs="?", help="the source file")
+    rewrite_options(sub)
+    source_options(sub)
+    sub.add_argument(
+        "--schema", action="store_true", help="print the JSON Schema of the IR (no FILE)"
+    )
+
+
+def _graph(sub: argparse.ArgumentParser) -> None:
+    from .matrix import MAX_UNITS
+
+    _file(sub)
+    sub.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="where to write the drawing; the extension picks the format: .svg, .png, .pdf "
+        "(run Graphviz's dot) or .dot; with --matrix .png, .svg, .pdf or .txt. "
+        "Default (or '-'): DOT text, or the matrix as text, on standard output",
+    )
+    sub.add_argument(
+        "--machine",
+        metavar="NAME",
+        help="draw only this machine: one of the file, or an imported one used as an edge, by "
+        "name or by class name (default: every machine defined in the file)",
+    )
+    sub.add_argument(
+        "--expand",
+        action="store_true",
+        help="draw each machine used as an edge as a frame of its own spaces and edges "
+        "(nested), instead of one box; not with --matrix",
+    )
+    sub.add_argument(
+        "--matrix",
+        action="store_true",
+        help="draw the global weight picture: one row and column per space, rows 'to', "
+        "columns 'from'",
+    )
+    sub.add_argument(
+        "--units",
+        action="store_true",
+        help=f"with --matrix: one row and column per unit (at most {MAX_UNITS} units)",
+    )
+
+
+def _fmt(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE.mach",
+        help="the files ('-': read standard input, write standard output)",
+    )
+    sub.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; show a diff and exit 1 if a file is not in the canonical layout",
+    )
+    sub.set_defaults(params=[])
+
+
+def _info(sub: argparse.ArgumentParser) -> None:
+    _file(sub)
+    sub.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="aligned tables (default), or JSON for programs",
+    )
+
+
+def _export(sub: argparse.ArgumentParser) -> None:
+    _file(sub)
+    code_options(sub)
+    sub.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the file to write")
+    sub.add_argument(
+        "--machine", metavar="NAME", help="the machine to export (default: the file's last)"
+    )
+    sub.add_argument(
+        "--weights", metavar="CKPT", help="a state_dict saved with torch.save (default: fresh)"
+    )
+    sub.add_argument(
+        "--batch", type=positive, default=2, metavar="N", help="batch of the example inputs"
+    )
+    sub.add_argument(
+        "--steps", type=positive, metavar="T", help="steps of the example inputs (over time)"
+    )
+    sub.add_argument("--no-check", action="store_true", help="do not run the file in onnxruntime")
+
+
+# sub-command -> (its line in machc --help, its description, what adds its options)
+_COMMANDS = {
+    "compile": (
+        "write the generated PyTorch module",
+        "Write the generated PyTorch module.",
+        _compile,
+    ),
+    "check": (
+        "check a file and report its structure",
+        "Check a file and report each machine's spaces (with depth), levels of independent "
+        "edges and, over time, its stages.",
+        _check,
+    ),
+    "ir": (
+        "print the checked IR as JSON",
+        "Print the checked IR (a CheckedProgram) of a file as JSON, after the rewrites for "
+        "speed (what compile prints), or with --schema the JSON Schema of that IR.",
+        _ir,
+    ),
+    "graph": (
+        "draw the hypergraph or the weight matrix",
+        "Draw each machine's hypergraph with Graphviz (spaces, edges, dependency order left "
+        "to right), or with --matrix its global weight picture.",
+        _graph,
+    ),
+    "fmt": (
+        "lay out .mach files in the canonical style",
+        "Rewrite .mach files in place in the canonical layout (only the layout changes: what "
+        "a file compiles to stays the same).",
+        _fmt,
+    ),
+    "info": (
+        "tabulate each machine's spaces, edges, parameters and cost",
+        "Check a file and print, for each machine, its spaces, its edges with their learned "
+        "parameters and multiply-accumulates per sample, its levels of independent edges and "
+        "the totals.",
+        _info,
+    ),
+    "export": (
+        "write one machine as an ONNX file, checked in onnxruntime",
+        "Compile a file, build one machine's module (fresh weights, or --weights), export it "
+        "to ONNX with a dynamic batch axis, and check the file in onnxruntime against the "
+        "module. Needs pip install 'machc[export]'.",
+        _export,
+    ),
+}
+COMMANDS = tuple(_COMMANDS)
 
 
 def positive(text: str) -> int:
