@@ -369,6 +369,12 @@ class Structure(Node):
         "op, whose input forward keeps for the backward as the concatenated spaces, not "
         "their concatenation (compiler/regroup.py)",
     )
+    regroup_columns: dict[str, int] = Field(
+        default_factory=dict,
+        description="rewrite 'regroup': edge name -> the columns of the concatenation the "
+        "regrouped linear edges of vectors that start from the same space share in forward "
+        "(the widest of them; compiler/regroup.py)",
+    )
     causal: bool = Field(
         default=True,
         description="machines over time: no step depends on a later one (so the machine "

@@ -180,8 +180,10 @@ class _Plan:
     elements: set[str] = field(default_factory=set)
     element: Callable[[str, str], str] | None = None
     element_base: Callable[[str, str], str | None] | None = None
-    # forward: the edges rewrite 'regroup' chose call runtime.regroup (compiler/regroup.py)
+    # forward: the edges rewrite 'regroup' chose call runtime.regroup (compiler/regroup.py),
+    # those with a linear on vectors given the local that holds the concatenations they share
     regroup: bool = False
+    columns: str = ""
 
 
 class _MachineLowering:
@@ -429,6 +431,9 @@ class _MachineLowering:
         )
         given = "{" + ", ".join(f"{py_str(s)}: {a}" for s, a in args_by_space.items()) + "}"
         body = lower_sizes.prologue(self, given)
+        if self.structure.regroup_columns:
+            plan.columns = names.name("<regroup columns>", "columns")
+            body += lower_regroup.columns(plan.columns)
         body += self.loop_planner.declare(plan)
         families = plan.families  # (held by the lambda, not the plan: see above)
         plan.element = lambda family, index: f"{families[family]}[{index}]"
@@ -699,7 +704,7 @@ class _MachineLowering:
         pipeline cut in statements names its variable ``hint``, or after the edge)."""
         shapes = self.structure.shapes[edge.name]
         if first == 0 and plan.regroup and edge.name in self.structure.regrouped:
-            regrouped = lower_regroup.regrouped(self, edge, expr)
+            regrouped = lower_regroup.regrouped(self, edge, expr, plan.columns)
             if regrouped is not None:
                 comment, expr = regrouped
                 lines.append(comment)

@@ -7,7 +7,10 @@ concatenations grow with the depth, and together they hold memory quadratic in i
 while the spaces they are made of are kept anyway. For each edge this pass chooses, the
 generated ``forward`` calls ``runtime.regroup``: the backward keeps the concatenated
 spaces themselves and concatenates them again when it needs them (and runs again the
-cheap ops between the concatenation and the layer, ``batchnorm | relu | conv``). Outputs
+cheap ops between the concatenation and the layer, ``batchnorm | relu | conv``). An edge
+that starts with a ``linear`` on vectors does better: the edges of one call append their
+spaces to concatenations they share (``runtime.Columns``), each space copied once, and
+the backward reads those (:func:`_columns` records how wide they are made). Outputs
 and gradients are bitwise those of the plain form; parameters do not change.
 
 The cost model (docs/performance.md, "regroup"): an edge is chosen when
@@ -20,8 +23,8 @@ The cost model (docs/performance.md, "regroup"): an edge is chosen when
 - the concatenation holds at least :data:`MIN_NUMBERS` numbers per sample. Below that,
   what it saves is small and what it costs is not: a Python hook per saved tensor and
   one concatenation more in the backward (the dense machine at width 128: depth 8, 912
-  numbers, was 1.2x slower with it in a prototype; depth 32 keeps 16x less at 1.13x the
-  time).
+  numbers, was 1.2x slower with it in a prototype), or for a linear on vectors a call of
+  an autograd Function per edge (depth 32: 0.92x the time of the plain form).
 
 The edges one statement of a ``for`` loop made are chosen together (if one of them is),
 so that a loop kept as a loop stays one loop.
@@ -62,7 +65,10 @@ def regroup(program: ir.CheckedProgram) -> ir.CheckedProgram:
     for checked in program.machines:
         chosen = _choose(checked.machine, checked.structure)
         if chosen:
-            structure = checked.structure.model_copy(update={"regrouped": chosen})
+            columns = _columns(checked.machine, checked.structure, chosen)
+            structure = checked.structure.model_copy(
+                update={"regrouped": chosen, "regroup_columns": columns}
+            )
             checked = checked.model_copy(update={"structure": structure})
         machines.append(checked)
     return program.model_copy(update={"machines": tuple(machines)})
@@ -93,6 +99,25 @@ def _choose(machine: ir.Machine, structure: ir.Structure) -> dict[str, int]:
                     if at is not None:
                         chosen[edge.name] = at
     return chosen
+
+
+def _columns(machine: ir.Machine, structure: ir.Structure, chosen: dict[str, int]):
+    """Edge -> the columns of the concatenation it shares, for chosen edges that start
+    with a ``linear`` on vectors. In forward (runtime.regroup) such edges append their spaces
+    to one buffer, which is made as wide as the widest concatenation of the edges that
+    may share it: those of one loop statement, or else those that start from one space
+    (a statement's edges all print the same number, so that its loop stays a loop)."""
+    groups: dict[str, tuple] = {}
+    for edge in machine.edges:
+        at = chosen.get(edge.name)
+        shape = structure.shapes[edge.name][0]
+        if at == 0 and edge.ops[0].kind == "linear" and len(shape) == 1:
+            if isinstance(shape[0], int):
+                groups[edge.name] = _statement(edge) or ("space", edge.inputs[0].space)
+    widest: dict[tuple, int] = {}
+    for name, group in groups.items():
+        widest[group] = max(widest.get(group, 0), structure.shapes[name][0][0])
+    return {name: widest[group] for name, group in groups.items()}
 
 
 def _statement(edge: ir.Edge) -> tuple | None:

@@ -26,7 +26,7 @@ from .adjoint import pull_cycle
 from .cells import cell
 from .equilibrium import SOLVERS, Solve, reset_spectral_norm
 from .loops import keep_valid, recur, valid_steps
-from .regroup import regroup
+from .regroup import Columns, regroup
 from .sequences import (
     attention,
     check_lengths,
@@ -45,6 +45,7 @@ from .sizes import SizeError, bind_sizes, check_size
 
 __all__ = [
     "SOLVERS",
+    "Columns",
     "MachineShapeError",
     "SizeError",
     "Solve",

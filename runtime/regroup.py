@@ -32,14 +32,27 @@ from torch import Tensor, nn
 
 Op = Callable[[Tensor], Tensor]
 
-__all__ = ["regroup"]
+__all__ = ["Columns", "regroup"]
 
 
-def regroup(layer: Op, parts: Sequence[Tensor], prefix: Sequence[Op] = ()) -> Tensor:
+def regroup(
+    layer: Op,
+    parts: Sequence[Tensor],
+    prefix: Sequence[Op] = (),
+    shared: Columns | None = None,
+    width: int = 0,
+) -> Tensor:
     """``layer(prefix(torch.cat(parts, dim=1)))``, keeping ``parts`` for the backward
     instead of the concatenation and what ``prefix`` makes of it (each op of ``prefix``
     is applied in turn; a module among them runs again as it ran: in the same mode, with
     its buffers, a batchnorm's running statistics, put back after).
+
+    An ``nn.Linear`` on 2-D parts, given the concatenations ``shared`` of this forward
+    (and ``width``, the widest concatenation of the edges like it), is computed on a
+    buffer they share: an edge whose parts begin with those of an earlier edge appends
+    only the rest to its buffer, and the backward reads the buffer. Appending is linear
+    in the depth of a dense block where concatenating is quadratic, in memory and in
+    time.
 
     The backward refuses, as autograd does, what would give wrong gradients: a part, a
     parameter or a buffer it needs that was changed in place after the forward.
@@ -49,6 +62,9 @@ def regroup(layer: Op, parts: Sequence[Tensor], prefix: Sequence[Op] = ()) -> Te
         for op in prefix:
             x = op(x)
         return layer(x)
+    if shared is not None and not prefix and _on_columns(layer, parts):
+        buffer = shared.holding(parts, width)
+        return _LinearOnColumns.apply(buffer, layer.weight, layer.bias, *parts)
     kept = _Kept(tuple(parts), tuple(prefix))
     with torch.autograd.graph.saved_tensors_hooks(kept.pack, kept.unpack):
         x = torch.cat(kept.parts, dim=1)
@@ -219,3 +235,155 @@ def _key(t: Tensor | None):
         return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
     except (RuntimeError, NotImplementedError):
         return None
+
+
+# -- a linear layer on 2-D spaces: the concatenations of one forward share buffers --
+#
+# ``g[i] : x × h[1..i-1] -> h[i] = linear | relu`` concatenates x, h[1], ..., h[i-1] for
+# every i: copies quadratic in the depth, in time as in memory. Here the edges of one
+# forward append their new spaces to one buffer of columns, and each linear reads its
+# first columns, a view (BLAS reads a matrix with a row stride of its own: no copy).
+# The backward computes exactly what addmm's computes (the same kernels on the same
+# numbers: bitwise), reading the buffer where addmm's reads the concatenation it kept.
+
+
+class Columns:
+    """The concatenations the regrouped linear edges of one call of ``forward`` share
+    (generated ``forward`` makes one and gives it to each such :func:`regroup`)."""
+
+    __slots__ = ("buffers",)
+
+    def __init__(self) -> None:
+        self.buffers: list[_Buffer] = []
+
+    def holding(self, parts: Sequence[Tensor], width: int) -> _Buffer:
+        """A buffer whose first columns are ``torch.cat(parts, dim=1)``: the one whose
+        parts ``parts`` begins with, unchanged, with the rest appended, or a new one with
+        room for ``width`` columns (or, where ``parts`` are wider, for twice them)."""
+        for buffer in reversed(self.buffers):  # the latest first: a dense block's own
+            if buffer.extended_by(parts):
+                return buffer
+        first = parts[0]
+        need = sum(p.shape[1] for p in parts)
+        buffer = _Buffer(first.new_empty(first.shape[0], width if width >= need else 2 * need))
+        buffer.append(parts)
+        self.buffers.append(buffer)
+        return buffer
+
+
+def _on_columns(layer: Op, parts: Sequence[Tensor]) -> bool:
+    """Whether ``layer(torch.cat(parts, dim=1))`` is addmm on a shared buffer here."""
+    if type(layer) is not nn.Linear or _module_hooks(layer):
+        return False
+    weight = layer.weight
+    if type(weight) not in (nn.Parameter, Tensor) or weight.dim() != 2:
+        return False
+    device = weight.device
+    if torch.is_autocast_enabled(device.type):
+        return False
+    rows = parts[0].shape[0]
+    return rows > 0 and all(
+        p.dim() == 2 and p.shape[0] == rows and p.dtype == weight.dtype and p.device == device
+        for p in parts
+    )
+
+
+def _module_hooks(layer: nn.Module) -> bool:
+    """Hooks that calling the module would run (then it is called)."""
+    module = nn.modules.module
+    return bool(
+        layer._forward_hooks
+        or layer._forward_pre_hooks
+        or layer._backward_hooks
+        or layer._backward_pre_hooks
+        or module._global_forward_hooks
+        or module._global_forward_pre_hooks
+        or module._global_backward_hooks
+        or module._global_backward_pre_hooks
+    )
+
+
+class _Buffer:
+    """A tensor of columns whose first ``width`` hold the concatenation of ``parts``
+    (with the versions they had when copied). Columns are only ever appended: the first
+    columns an edge read stay as they were until its backward."""
+
+    __slots__ = ("tensor", "parts", "width")
+
+    def __init__(self, tensor: Tensor):
+        self.tensor = tensor
+        self.parts: list[tuple[Tensor, int]] = []
+        self.width = 0
+
+    def extended_by(self, parts: Sequence[Tensor]) -> bool:
+        """Whether ``parts`` begins with this buffer's parts, unchanged, and the rest fits
+        (then they are appended)."""
+        held, tensor, first = self.parts, self.tensor, parts[0]
+        if len(held) > len(parts) or tensor.dtype != first.dtype or tensor.device != first.device:
+            return False
+        if tensor.shape[0] != first.shape[0]:
+            return False
+        for (kept, version), part in zip(held, parts[: len(held)], strict=True):
+            if kept is not part or part._version != version:
+                return False
+        new = parts[len(held) :]
+        if self.width + sum(p.shape[1] for p in new) > tensor.shape[1]:
+            return False
+        self.append(new)
+        return True
+
+    def append(self, parts: Sequence[Tensor]) -> None:
+        with torch.no_grad():
+            for part in parts:
+                w = part.shape[1]
+                self.tensor.narrow(1, self.width, w).copy_(part)
+                self.width += w
+                self.parts.append((part, part._version))
+
+
+class _LinearOnColumns(torch.autograd.Function):
+    """``F.linear(torch.cat(parts, dim=1), weight, bias)`` on the first columns of
+    ``buffer``: addmm's forward and backward, reading the buffer."""
+
+    @staticmethod
+    def forward(ctx, buffer: _Buffer, weight: Tensor, bias: Tensor | None, *parts: Tensor):
+        width = sum(p.shape[1] for p in parts)
+        x = buffer.tensor.narrow(1, 0, width)
+        out = torch.addmm(bias, x, weight.t()) if bias is not None else x.mm(weight.t())
+        ctx.save_for_backward(weight)
+        ctx.x, ctx.bias = x, bias
+        ctx.sizes = [p.shape[1] for p in parts]
+        ctx.parts = [(p, p._version) for p in parts]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (weight,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the backward with its graph
+            return _linear_backward_with_graph(ctx, weight, grad)
+        wants = ctx.needs_input_grad
+        # as addmm's backward computes them (mm_mat1_backward, mm_mat2_backward of a
+        # column-major weight.t(), the bias summed to its shape)
+        grad_weight = grad.t().mm(ctx.x) if wants[1] else None
+        grad_bias = grad.sum_to_size(ctx.bias.shape) if wants[2] else None
+        grad_parts = [None] * len(ctx.sizes)
+        if any(wants[3:]):
+            grad_parts = list(grad.mm(weight).split(ctx.sizes, dim=1))
+        return (None, grad_weight, grad_bias, *grad_parts)
+
+
+def _linear_backward_with_graph(ctx, weight: Tensor, grad: Tensor):
+    """A backward that can be differentiated again (a gradient penalty): the
+    concatenation made again from the parts, with their graph. (Each input through an
+    alias of its own: a part may depend on another, and only the paths through this
+    edge's layer count here.)"""
+    for part, version in ctx.parts:
+        _check_version(part, version)
+    inputs = [weight, ctx.bias, *(p for p, _ in ctx.parts)]
+    inputs = [t.view_as(t) if t is not None else None for t in inputs]
+    weight, bias, *parts = inputs
+    wants = [t is not None and w for t, w in zip(inputs, ctx.needs_input_grad[1:], strict=True)]
+    out = nn.functional.linear(torch.cat(parts, dim=1), weight, bias)
+    taken = [t for t, w in zip(inputs, wants, strict=True) if w]
+    found = iter(torch.autograd.grad(out, taken, grad, create_graph=True, allow_unused=True))
+    return (None, *(next(found) if w else None for w in wants))

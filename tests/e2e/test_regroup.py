@@ -132,12 +132,19 @@ def test_regroup_only_changes_forward() -> None:
     assert forward.count("runtime.regroup(") == 1  # one statement in the loop
     assert "runtime.regroup(" not in rest  # f, the resolvent and the adjoint as before
     plain_code = machc.compile_source(DENSE, "dense.mach", rewrites=("cells",))
+    # the linear edges of a dense block share one concatenation, as wide as the widest
+    widest = 16 + 5 * 256
     assert plain_code == code.replace(
-        "            # machc: regroup: the backward keeps these spaces, not their "
-        "concatenation (--no-regroup keeps it)\n",
+        "        # machc: regroup: linear edges on vectors append their spaces to concatenations\n"
+        "        # they share: each space is copied once, not once per edge (--no-regroup)\n"
+        "        columns = runtime.Columns()\n",
         "",
     ).replace(
-        "runtime.regroup(self.g[str(i)], [x, *[h[j] for j in range(1, i)]])",
+        f"            # machc: regroup: appends to a concatenation columns holds ({widest} wide)\n",
+        "",
+    ).replace(
+        "runtime.regroup(self.g[str(i)], [x, *[h[j] for j in range(1, i)]], shared=columns, "
+        f"width={widest})",
         "self.g[str(i)](torch.cat([x, *[h[j] for j in range(1, i)]], dim=1))",
     ).replace("\n\nfrom machc import runtime", "")
 
@@ -333,5 +340,132 @@ def test_regroup_under_transforms_is_the_plain_form(transform: str) -> None:
             out = model(aa, b)
         out.float().sum().backward()
         return aa.grad
+
+    assert torch.equal(apply(regrouped), apply(plain))
+
+
+# linear edges on vectors: the edges of a forward append to one shared concatenation.
+# Written out: an edge without bias, one whose spaces extend another's (appends), one that
+# starts from another space (a buffer of its own), one that reads a space twice; a space
+# named as forward's local for the concatenations.
+VECTORS = """
+machine Vectors {
+    input  a : 1000
+    input  b : 24
+    space  p : 32
+    space  q : 32
+    space  columns : 16
+    output y : 8
+    one   : a × b -> p = linear(bias=false) | relu
+    two   : a × b × p -> q = linear | tanh
+    three : q × a -> columns = linear | relu
+    four  : a × b × a × columns -> y = linear
+}
+"""
+MACHINES["vectors"] = VECTORS
+
+
+def test_linear_edges_of_vectors_share_one_concatenation() -> None:
+    code, regrouped, plain = pair("vectors")
+    # the widest concatenation of the edges that start from a (four: 2,040 columns)
+    assert code.count("width=2040)") == 3 and code.count("width=1032)") == 1
+    torch.manual_seed(7)
+    inputs = [x.double() for x in regrouped.example_inputs(batch=5)]
+    for model in (regrouped, plain):
+        model.one.weight.requires_grad_(False)  # a frozen layer
+    out_r, grads_r = run(regrouped.train(), inputs)
+    out_p, grads_p = run(plain.train(), inputs)
+    assert torch.equal(out_r, out_p)
+    for a, b in zip(grads_r, grads_p, strict=True):
+        assert torch.equal(a, b)
+    for (key, p), q in zip(regrouped.named_parameters(), plain.parameters(), strict=True):
+        assert (p.grad is None and q.grad is None) or torch.equal(p.grad, q.grad), key
+
+
+def dense_grads(model: nn.Module, xs, between=None) -> list[torch.Tensor]:
+    """Input and parameter gradients of forwards on each of ``xs`` (all run before any
+    backward), ``between()`` run after the forwards."""
+    model.train().zero_grad()
+    leaves = [x.detach().clone().requires_grad_() for x in xs]
+    outs = [model(x) for x in leaves]
+    if between is not None:
+        between(leaves)
+    for out in reversed(outs):  # the last forward's backward first
+        out.sum().backward()
+    return [*(x.grad for x in leaves), *(p.grad for p in model.parameters())]
+
+
+def test_shared_concatenations_of_interleaved_forwards_stay_apart() -> None:
+    _, regrouped, plain = pair("dense")
+    torch.manual_seed(8)
+    xs = [torch.randn(4, 16, dtype=torch.float64) for _ in range(3)]
+    for a, b in zip(dense_grads(regrouped, xs), dense_grads(plain, xs), strict=True):
+        assert torch.equal(a, b)
+    # the same input twice: the second forward may share the first one's buffer
+    for a, b in zip(
+        dense_grads(regrouped, [xs[0], xs[0]]), dense_grads(plain, [xs[0], xs[0]]), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_an_input_changed_in_place_after_the_forward_is_as_in_the_plain_form() -> None:
+    # the shared concatenation is a copy, as the plain form's concatenation is: changing
+    # the input after the forward changes no gradient (the layers' inputs were copied)
+    _, regrouped, plain = pair("dense")
+    torch.manual_seed(9)
+    xs = [torch.randn(4, 16, dtype=torch.float64)]
+
+    def double(leaves):
+        with torch.no_grad():
+            leaves[0].mul_(2)
+
+    for a, b in zip(
+        dense_grads(regrouped, xs, double), dense_grads(plain, xs, double), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_double_backward_through_a_shared_concatenation() -> None:
+    _, regrouped, plain = pair("dense")
+    torch.manual_seed(10)
+    x = torch.randn(3, 16, dtype=torch.float64)
+    penalties = []
+    for model in (regrouped, plain):
+        xx = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(model.train()(xx).pow(2).sum(), xx, create_graph=True)
+        penalties.append(torch.autograd.grad(g.pow(2).sum(), [xx, *model.parameters()]))
+    for a, b in zip(*penalties, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("transform", ["vmap", "forward_ad", "autocast", "hook"])
+def test_shared_concatenation_steps_aside(transform: str) -> None:
+    import torch.autograd.forward_ad as fwAD
+
+    _, regrouped, plain = pair("dense")
+    regrouped.float()
+    plain.float()
+    torch.manual_seed(11)
+    x = torch.randn(3, 16)
+
+    def apply(model):
+        if transform == "vmap":
+            return torch.func.vmap(lambda p: model(p[None])[0])(x)
+        if transform == "forward_ad":
+            with fwAD.dual_level():
+                out = model(fwAD.make_dual(x.clone().requires_grad_(), torch.ones_like(x)))
+                return fwAD.unpack_dual(out).tangent
+        xx = x.clone().requires_grad_()
+        if transform == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(xx)
+        else:  # a forward hook on a layer: called, so the hook runs
+            seen = []
+            handle = model.g["3"].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+            out = model(xx)
+            handle.remove()
+            assert seen == [torch.Size([3, 256])]
+        out.float().sum().backward()
+        return xx.grad
 
     assert torch.equal(apply(regrouped), apply(plain))
