@@ -109,11 +109,11 @@ def _columns(machine: ir.Machine, structure: ir.Structure, chosen: dict[str, int
     (a statement's edges all print the same number, so that its loop stays a loop)."""
     groups: dict[str, tuple] = {}
     for edge in machine.edges:
-        at = chosen.get(edge.name)
+        if chosen.get(edge.name) != 0 or edge.ops[0].kind != "linear":
+            continue
         shape = structure.shapes[edge.name][0]
-        if at == 0 and edge.ops[0].kind == "linear" and len(shape) == 1:
-            if isinstance(shape[0], int):
-                groups[edge.name] = _statement(edge) or ("space", edge.inputs[0].space)
+        if len(shape) == 1 and isinstance(shape[0], int):
+            groups[edge.name] = _statement(edge) or ("space", edge.inputs[0].space)
     widest: dict[tuple, int] = {}
     for name, group in groups.items():
         widest[group] = max(widest.get(group, 0), structure.shapes[name][0][0])

@@ -74,3 +74,13 @@ def test_sizes_benchmark_runs_and_checks_agreement() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "symbolic / fixed = " in run.stdout and "(outputs agree)" in run.stdout
+
+
+def test_siblings_benchmark_runs_and_checks_agreement(benchmark_script, capsys) -> None:
+    script = benchmark_script("siblings")
+    assert script.main(["--repeats", "1", "--iterations", "1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].split()[-3:] == ["fused", "/", "separate"]
+    rows = printed[2:]
+    assert len(rows) == len(script.SHAPES)
+    assert all(float(row.split()[-1]) > 0 for row in rows)

@@ -469,3 +469,39 @@ def test_shared_concatenation_steps_aside(transform: str) -> None:
         return xx.grad
 
     assert torch.equal(apply(regrouped), apply(plain))
+
+
+def test_a_machine_with_a_sub_machine_edge_shares_concatenations() -> None:
+    # (fuzzer, seed 59: the pass read the shapes of every edge, and a sub-machine edge
+    # has none)
+    source = """
+machine Unit {
+    input  x : 24
+    output y : 16
+    e : x -> y = linear | relu
+}
+machine Outer {
+    input  a : 1000
+    input  b : 24
+    space  u : 16
+    output y : 8
+    sub : b -> u = Unit
+    one : a × b × u -> y = linear
+}
+"""
+    code, cls = load(source, "outer")
+    assert "shared=columns, width=1040)" in code
+    _, plain_cls = load(source, "outer_plain", rewrites=())
+    torch.manual_seed(12)
+    model, plain = cls().double(), plain_cls().double()
+    plain.load_state_dict(model.state_dict())
+    inputs = [x.double() for x in model.example_inputs(batch=2)]
+    out_r, grads_r = run(model, inputs)
+    out_p, grads_p = run(plain, inputs)
+    assert torch.equal(out_r, out_p)
+    for a, b in zip(
+        [*grads_r, *(p.grad for p in model.parameters())],
+        [*grads_p, *(p.grad for p in plain.parameters())],
+        strict=True,
+    ):
+        assert torch.equal(a, b)
