@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable
 
 from . import loops as L
-from . import lower as _lower  # it imports this module: its names are read when used
+from .lower_statements import _broadcast, _Plan, _target
 from .names import ADJOINT_LOCALS, METHOD_LOCALS, TIME_LOCALS, Namespace, sanitize
 from .ops import CHANNEL_DIM, OPS
 from .source_text import element_key, pipeline_text, py_str, safe
@@ -296,7 +296,7 @@ class LoopPlanner:
             seen.add(sig)
             exprs = self._exprs(loop, made, attr_of, p)
             low.layer_exprs.update(exprs)
-            plan = _lower._Plan(
+            plan = _Plan(
                 read=lambda port: port.space,
                 base=lambda space: None,
                 leveled=False,
@@ -474,7 +474,7 @@ class LoopPlanner:
         lines = []
         for space in loop.summed:
             base = plan.base(space)
-            lines.append(f"{_lower._target(plan, space)} = {base if base is not None else 'None'}")
+            lines.append(f"{_target(plan, space)} = {base if base is not None else 'None'}")
         lines.append(f"for {self.vars[loop.run]} in range({loop.first}, {loop.last + 1}):")
         body = self.body(plan, loop, 0, comments=True)
         return lines + ["    " + line for line in body]
@@ -528,7 +528,7 @@ class LoopPlanner:
             lines.append(low.assignment(edge, targets, expr))
             for term, target in zip(statement.outputs, targets, strict=True):
                 if term.space is not None:
-                    total = _lower._target(plan, term.space)
+                    total = _target(plan, term.space)
                     if plan.base(term.space) is None:
                         lines.append(
                             f"{total} = {target} if {total} is None else {total} + {target}"
@@ -619,7 +619,7 @@ class LoopPlanner:
             rank = len(low.structure.shapes[edge.name][0])
             ranks = [len(low.machine.space(port.space).shape) for port in edge.inputs]
             reads = [
-                read if r == rank else _lower._broadcast(read, rank)
+                read if r == rank else _broadcast(read, rank)
                 for read, r in zip(reads, ranks, strict=True)
             ]
             return f" {combine} ".join(reads)

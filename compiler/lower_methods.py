@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from . import lower_sizes
 from .loops import Loop
-from .lower import Method, _MachineLowering, _Plan
+from .lower import Method, _MachineLowering
+from .lower_statements import _Plan
 from .sizes import evaluate
 from .source_text import element_key, py_str, py_tuple, safe
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import collections
 
 from .ir import Port, StageKind, WindowKind
-from .lower import _MachineLowering, _Plan, _sanitize_key
+from .lower import _MachineLowering, _sanitize_key
 from .lower_cells import CellLowering
+from .lower_statements import _Plan
 from .lower_time_methods import TimeMethods
 from .names import METHOD_LOCALS, TIME_LOCALS, Namespace
 from .ops import OPS, py_literal

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 from .ir import StageKind
-from .lower import Method, _Plan
+from .lower import Method
+from .lower_statements import _Plan
 from .names import Namespace
 from .source_text import dict_lines, py_str, py_tuple
 
