@@ -13,7 +13,9 @@ back by position. The canonical layout (documented in docs/cli.md):
   short names then does not line up with ``h[1..depth]``);
 - within a paragraph of edges (no blank line between them, names lined up),
   the ``->`` lined up the same way and the ``=`` lined up, except on a line
-  that this would take past 100 columns;
+  that this would take past 100 columns, and on the few lines (at most a quarter
+  of the paragraph, or one) whose inputs and outputs are longer than all the
+  others' by more than ten characters: lining up would stretch the rest to them;
 - ``×`` between factors and ``->`` between inputs and outputs;
 - reads of other steps and windows written tight, as indices are: ``h[t-1]``,
   ``h[t+1]``, ``k[0..t]``, ``k[t-w..t]``, ``k[..]``; a kind of space as a call:
@@ -43,6 +45,7 @@ from .parse import _parser, parse
 INDENT = "    "
 MAX_WIDTH = 100  # lines that `=` alignment may not push past
 SLACK = 3  # names within this many characters of each other line up
+GAP = 10  # an edge's head this much longer than the next shorter one does not set the `=`
 ROLE_WIDTH = len("output")
 
 Pos = tuple[int, int]  # (line, column), both from 1
@@ -200,6 +203,19 @@ def _sections(widths: list[int]) -> list[int]:
         targets += [high] * (j - i)
         i = j
     return targets
+
+
+def _column(widths: list[int]) -> int:
+    """Where the `=` of a paragraph of edges goes, given the widths of their heads:
+    after the widest head, unless a few heads (at most a quarter of them, or the one)
+    are wider than all the others by more than :data:`GAP`; those keep their `=` where
+    they end, and the rest line up after the widest of the rest."""
+    ordered = sorted(widths)
+    few = max(1, len(ordered) // 4)
+    for k in range(len(ordered) - 1, len(ordered) - 1 - few, -1):
+        if k > 0 and ordered[k] - ordered[k - 1] > GAP:
+            return ordered[k - 1]
+    return ordered[-1]
 
 
 class _Printer:
@@ -389,7 +405,7 @@ class _Printer:
             paragraph, edges, inputs, outputs, arrows, strict=True
         ):
             heads.append(f"{self._edge_name(edge).ljust(width)} : {ins.ljust(arrow)} -> {outs}")
-        column = max(len(head) for head in heads)
+        column = _column([len(head) for head in heads])
         for (group, _), edge, head in zip(paragraph, edges, heads, strict=True):
             indent = len(INDENT) * group.depth
             padded = head.ljust(column)

@@ -438,7 +438,7 @@ def test_double_backward_through_a_shared_concatenation() -> None:
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("transform", ["vmap", "forward_ad", "autocast", "hook"])
+@pytest.mark.parametrize("transform", ["vmap", "forward_ad", "autocast", "hook", "fx", "export"])
 def test_shared_concatenation_steps_aside(transform: str) -> None:
     import torch.autograd.forward_ad as fwAD
 
@@ -455,6 +455,10 @@ def test_shared_concatenation_steps_aside(transform: str) -> None:
             with fwAD.dual_level():
                 out = model(fwAD.make_dual(x.clone().requires_grad_(), torch.ones_like(x)))
                 return fwAD.unpack_dual(out).tangent
+        if transform == "fx":
+            return torch.fx.symbolic_trace(model)(x)
+        if transform == "export":
+            return torch.export.export(model, (x,)).module()(x)
         xx = x.clone().requires_grad_()
         if transform == "autocast":
             with torch.autocast("cpu", dtype=torch.bfloat16):
