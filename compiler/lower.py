@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from . import __version__, ir, lower_regroup, lower_sizes
 from .equilibrium import solver_args
 from .ir import format_params
-from .loops import Loop, expanded, loop_order
+from .loops import Loop, element, expanded, find_loops, loop_order
 from .lower_statements import Statements, _Plan
-from .names import METHOD_LOCALS, MODULE_ATTRIBUTES, MODULE_NAMES, Namespace
+from .names import METHOD_LOCALS, MODULE_ATTRIBUTES, MODULE_NAMES, Namespace, sanitize
 from .ops import OPS, Site
 from .ops.spec import format_shape, py_literal
 from .source_text import (
@@ -70,6 +70,7 @@ class MachineClass:
     outputs: str
     layers: tuple[Layer, ...]
     methods: tuple[Method, ...]
+    init: tuple[str, ...] = ()  # statements of __init__ after the layers
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ def lower(
         for c in program.machines
     )
     code = [layer.constructor for c in classes for layer in c.layers]
+    code += [line for c in classes for line in c.init]
     code += [
         line for c in classes for m in c.methods for line in m.body if line.lstrip()[:1] != "#"
     ]
@@ -195,6 +197,7 @@ class _MachineLowering(Statements):
         from .lower_loops import LoopPlanner
 
         self.loop_planner = LoopPlanner(self, expand_loops)
+        self.expand_loops = expand_loops
         self.sources = sources
         self.order: list = list(self.structure.order)
         if self.loop_planner.loops:
@@ -254,6 +257,42 @@ class _MachineLowering(Statements):
             outputs=py_tuple(py_str(s.name) for s in outputs),
             layers=tuple(layers),
             methods=self._methods(inputs, outputs),
+            init=self._loop_checkpoints(),
+        )
+
+    def _loop_checkpoints(self) -> tuple[str, ...]:
+        """``__init__``'s hook that loads checkpoints of the other layout of the loops'
+        layers (kept as a ModuleDict, ``g.3.weight``, or written out, ``g_3.weight``)."""
+        planner = self.loop_planner
+        kept = bool(planner.loops)
+        if kept:
+            looped = planner.loops
+            attrs = {f: a for (f, i), a in planner.attrs.items() if i is None}
+        elif self.expand_loops:  # (written out on request: the loops that would be kept)
+            looped, attrs = find_loops(self.machine, self.structure), {}
+        else:
+            return ()
+        loops: dict[str, str] = {}  # ModuleDict attribute -> prefix of the written-out ones
+        first = None  # (attribute, prefix, index) for the comment
+        for statement in (st for loop in looped for st in loop.statements):
+            edge = self.edges[statement.edges[0]]  # (the statement's edges are alike)
+            family, index = element(edge.name)
+            written = sanitize(family if not family.startswith("_") else "edge" + family)
+            attr = attrs.get(family) if kept else written
+            layers = edge.machine is not None or any(OPS[op.kind].layer for op in edge.ops)
+            if attr is None or not layers or edge.shares is not None:
+                continue
+            loops[attr] = written
+            first = first or (attr, written, str(index).replace("-", "m"), index)
+        if first is None:
+            return ()
+        attr, written, text, index = first
+        other = f"{written}_{text}" if kept else f"{attr}.{index}"
+        layout = "written out" if kept else "kept as loops"
+        table = ", ".join(f"{py_str(a)}: {py_str(w)}" for a, w in sorted(loops.items()))
+        return (
+            f"# machc: a checkpoint with the loops' layers {layout} ({other}.*) loads too",
+            f"self.register_load_state_dict_pre_hook(runtime.LoopCheckpoints({kept}, {{{table}}}))",
         )
 
     def _methods(self, inputs, outputs) -> tuple[Method, ...]:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .adjoint import pull_cycle
 from .cells import cell
+from .checkpoints import LoopCheckpoints
 from .equilibrium import SOLVERS, Solve, reset_spectral_norm
 from .loops import keep_valid, recur, valid_steps
 from .regroup import Columns, regroup
@@ -46,6 +47,7 @@ from .sizes import SizeError, bind_sizes, check_size
 __all__ = [
     "SOLVERS",
     "Columns",
+    "LoopCheckpoints",
     "MachineShapeError",
     "SizeError",
     "Solve",

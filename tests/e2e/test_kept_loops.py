@@ -375,6 +375,56 @@ def test_kept_loop_computes_what_its_edges_compute(name: str) -> None:
         agree(kept, expanded, train)
 
 
+@pytest.mark.parametrize("name", sorted(KEPT))
+def test_checkpoints_load_across_the_two_layouts(name: str) -> None:
+    # a checkpoint of the written-out layout (g_3.weight: --expand-loops, or machc before
+    # loops were kept) loads into the kept one (g.3.weight), and the other way round
+    _, kept, expanded = pair(KEPT[name], name)
+    fresh_kept = type(kept)().double()
+    fresh_expanded = type(expanded)().double()
+    fresh_kept.load_state_dict(expanded.state_dict())
+    fresh_expanded.load_state_dict(kept.state_dict())
+    for model, reference in ((fresh_kept, kept), (fresh_expanded, expanded)):
+        for (key, value), (_, expected) in zip(
+            model.state_dict().items(), reference.state_dict().items(), strict=True
+        ):
+            assert torch.equal(value, expected), key
+
+
+def test_checkpoints_across_layouts_of_a_machine_used_as_an_edge() -> None:
+    import io
+
+    source = (
+        KEPT["dense"]
+        + """
+machine Outer {
+    input  x : 5
+    output y : 3
+    inner : x -> y = Dense
+}
+"""
+    )
+    _, kept_module = load(source, "outer")
+    _, expanded_module = load(source, "outer_expanded", expand_loops=True)
+    torch.manual_seed(0)
+    kept, expanded = kept_module.Outer(), expanded_module.Outer()
+    assert any(k.startswith("inner.g.") for k in kept.state_dict())
+    kept.load_state_dict(expanded.state_dict())  # inner.g_2.weight -> inner.g.2.weight
+    x = torch.randn(4, 5)
+    assert torch.equal(kept(x), expanded(x))
+    # the hook goes with the module: pickled and loaded again, it still renames
+    buffer = io.BytesIO()
+    torch.save(kept, buffer)
+    buffer.seek(0)
+    again = torch.load(buffer, weights_only=False)
+    again.load_state_dict(expanded.state_dict())
+    # a key of neither layout is still an error
+    state = expanded.state_dict()
+    state["inner.g_99.weight"] = state.pop("inner.g_2.weight")
+    with pytest.raises(RuntimeError, match="inner.g_99.weight"):
+        kept.load_state_dict(state)
+
+
 @pytest.mark.parametrize("name", sorted(EXPANDED))
 def test_loop_that_does_not_fit_stays_expanded(name: str) -> None:
     code, kept, expanded = pair(EXPANDED[name], name)

@@ -85,6 +85,8 @@ class ConvMachine(nn.Module):
         super().__init__()
         self.g = nn.ModuleDict({str(i): nn.Conv2d(8 * i - 7, 8, 3, padding=1) for i in range(1, 5)})  # conv.mach:8  g[i]
         self.head = nn.Linear(8, 10)  # conv.mach:10  head
+        # machc: a checkpoint with the loops' layers written out (g_1.*) loads too
+        self.register_load_state_dict_pre_hook(runtime.LoopCheckpoints(True, {"g": "g"}))
 
     def forward(self, img: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""

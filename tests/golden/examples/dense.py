@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from machc import runtime
+
 
 def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> dict[str, Tensor]:
     """Every space of a machine: the given tensors, and zeros for the others."""
@@ -83,6 +85,8 @@ class DenseMachine(nn.Module):
         super().__init__()
         self.g = nn.ModuleDict({str(i): nn.Linear(32 * i - 16, 32) for i in range(1, 5)})  # dense.mach:8  g[i]
         self.head = nn.Linear(32, 10)  # dense.mach:10  head
+        # machc: a checkpoint with the loops' layers written out (g_1.*) loads too
+        self.register_load_state_dict_pre_hook(runtime.LoopCheckpoints(True, {"g": "g"}))
 
     def forward(self, x: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""

@@ -82,6 +82,8 @@ class DenseBlockBC(nn.Module):
         super().__init__()
         self.g = nn.ModuleDict({str(i): nn.ModuleList([nn.BatchNorm2d(12 * i + 12), nn.Conv2d(12 * i + 12, 48, 1, bias=False), nn.BatchNorm2d(48), nn.Conv2d(48, 12, 3, padding=1, bias=False)]) for i in range(1, 13)})  # densenet_bc.mach:12  g[i]
         self.head = nn.ModuleList([nn.BatchNorm2d(168), nn.Linear(168, 10)])  # densenet_bc.mach:15  head
+        # machc: a checkpoint with the loops' layers written out (g_1.*) loads too
+        self.register_load_state_dict_pre_hook(runtime.LoopCheckpoints(True, {"g": "g"}))
 
     def forward(self, x: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from machc import runtime
+
 
 def _complete(spaces: dict[str, tuple[int, ...]], given: dict[str, Tensor]) -> dict[str, Tensor]:
     """Every space of a machine: the given tensors, and zeros for the others."""
@@ -84,6 +86,8 @@ class DigitNet(nn.Module):
         self.block = nn.ModuleDict({str(i): nn.ModuleList([nn.Linear(48 * i + 16, 48), nn.LayerNorm(48)]) for i in range(1, 4)})  # digits.mach:9  block[i]
         self.head = nn.Linear(144, 10)  # digits.mach:11  head
         self.block_dropout = nn.ModuleDict({str(i): nn.Dropout(p=0.1) for i in range(1, 4)})  # digits.mach:9  block[i]
+        # machc: a checkpoint with the loops' layers written out (block_1.*) loads too
+        self.register_load_state_dict_pre_hook(runtime.LoopCheckpoints(True, {"block": "block"}))
 
     def forward(self, pixels: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""

@@ -86,6 +86,8 @@ class DigitConvNet(nn.Module):
         self.g = nn.ModuleDict({str(i): nn.ModuleList([nn.Conv2d(16 * i - 15, 16, 3, padding=1), nn.BatchNorm2d(16)]) for i in range(1, 4)})  # digits_conv.mach:10  g[i]
         self.pool = nn.Conv2d(48, 32, 3, stride=2, padding=1)  # digits_conv.mach:12  pool
         self.head = nn.Linear(32, 10)  # digits_conv.mach:13  head
+        # machc: a checkpoint with the loops' layers written out (g_1.*) loads too
+        self.register_load_state_dict_pre_hook(runtime.LoopCheckpoints(True, {"g": "g"}))
 
     def forward(self, image: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""

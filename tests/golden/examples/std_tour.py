@@ -259,6 +259,8 @@ class DenseMachine(nn.Module):
         super().__init__()
         self.g = nn.ModuleDict({str(i): nn.Linear(16 * i + 16, 16) for i in range(1, 4)})  # std/blocks.mach:37  g[i]
         self.head = nn.Linear(16, 10)  # std/blocks.mach:39  head
+        # machc: a checkpoint with the loops' layers written out (g_1.*) loads too
+        self.register_load_state_dict_pre_hook(runtime.LoopCheckpoints(True, {"g": "g"}))
 
     def forward(self, x: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""
@@ -498,6 +500,8 @@ class ConvMachine(nn.Module):
         super().__init__()
         self.g = nn.ModuleDict({str(i): nn.Conv2d(8 * i, 8, 3, padding=1) for i in range(1, 4)})  # std/conv.mach:34  g[i]
         self.head = nn.Linear(8, 10)  # std/conv.mach:36  head
+        # machc: a checkpoint with the loops' layers written out (g_1.*) loads too
+        self.register_load_state_dict_pre_hook(runtime.LoopCheckpoints(True, {"g": "g"}))
 
     def forward(self, img: Tensor) -> Tensor:
         """Every space in dependency order, each edge once; returns the output spaces."""
