@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable
 
 from . import loops as L
-from .lower_statements import _broadcast, _Plan, _target
+from .lower_statements import _Plan, _target, combined
 from .names import ADJOINT_LOCALS, METHOD_LOCALS, TIME_LOCALS, Namespace, sanitize
 from .ops import CHANNEL_DIM, OPS
 from .source_text import element_key, pipeline_text, py_str, safe
@@ -616,13 +616,7 @@ class LoopPlanner:
         low = self.lowering
         combine = OPS[edge.ops[0].kind].combine
         if combine:
-            rank = len(low.structure.shapes[edge.name][0])
-            ranks = [len(low.machine.space(port.space).shape) for port in edge.inputs]
-            reads = [
-                read if r == rank else _broadcast(read, rank)
-                for read, r in zip(reads, ranks, strict=True)
-            ]
-            return f" {combine} ".join(reads)
+            return combined(low, edge, reads, combine)
         if len(reads) == 1 and not reads[0].startswith("*"):
             return reads[0]
         return f"torch.cat([{', '.join(reads)}], dim={CHANNEL_DIM})"

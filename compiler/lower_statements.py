@@ -220,13 +220,7 @@ class Statements:
                 return f"torch.cat([{', '.join(reads)}], dim={CHANNEL_DIM})"
         reads = [plan.read(port) for port in edge.inputs]
         if combine:
-            rank = len(self.structure.shapes[edge.name][0])
-            ranks = [len(self.machine.space(port.space).shape) for port in edge.inputs]
-            reads = [
-                read if r == rank else _broadcast(read, rank)
-                for read, r in zip(reads, ranks, strict=True)
-            ]
-            expr = f" {combine} ".join(reads)
+            expr = combined(self, edge, reads, combine)
         elif len(reads) == 1:
             expr = reads[0]
         else:
@@ -304,6 +298,17 @@ def _target(plan: _Plan, space: str) -> str:
     if var is None or not (var.isidentifier() or space in plan.elements):
         var = plan.var[space] = plan.locals.name(space)
     return var
+
+
+def combined(lowering, edge: ir.Edge, reads: list[str], combine: str) -> str:
+    """The edge's ``reads`` combined by its first op (``+`` or ``*``), each of a lower
+    rank than the product broadcast to it."""
+    rank = len(lowering.structure.shapes[edge.name][0])
+    ranks = [len(lowering.machine.space(port.space).shape) for port in edge.inputs]
+    reads = [
+        read if r == rank else _broadcast(read, rank) for read, r in zip(reads, ranks, strict=True)
+    ]
+    return f" {combine} ".join(reads)
 
 
 def _broadcast(expr: str, rank: int) -> str:
