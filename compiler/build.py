@@ -3,8 +3,8 @@
 Binds machine parameters (defaults, ``--set`` / ``params=`` values), expands
 ``for`` loops and decides ``if``s (:mod:`expand`), expands space arrays,
 evaluates every expression, resolves space names, and binds op arguments
-against the op table. Every problem becomes a
-diagnostic; all of a file's problems are reported together.
+against the op table (an edge's pipeline: :mod:`.build_pipelines`). Every problem
+becomes a diagnostic; all of a file's problems are reported together.
 """
 
 from __future__ import annotations
