@@ -25,7 +25,14 @@ from .equilibrium import solver_args
 from .ir import format_params
 from .loops import Loop, element, expanded, find_loops, loop_order
 from .lower_statements import Statements, _Plan
-from .names import METHOD_LOCALS, MODULE_ATTRIBUTES, MODULE_NAMES, Namespace, sanitize
+from .names import (
+    METHOD_LOCALS,
+    MODULE_ATTRIBUTES,
+    MODULE_NAMES,
+    Namespace,
+    attribute_hint,
+    sanitize,
+)
 from .ops import OPS, Site
 from .ops.spec import format_shape, py_literal
 from .source_text import (
@@ -273,21 +280,21 @@ class _MachineLowering(Statements):
         else:
             return ()
         loops: dict[str, str] = {}  # ModuleDict attribute -> prefix of the written-out ones
-        first = None  # (attribute, prefix, index) for the comment
+        first = None  # (attribute, prefix, index) of the first, for the comment
         for statement in (st for loop in looped for st in loop.statements):
             edge = self.edges[statement.edges[0]]  # (the statement's edges are alike)
             family, index = element(edge.name)
-            written = sanitize(family if not family.startswith("_") else "edge" + family)
+            written = sanitize(attribute_hint(family))
             attr = attrs.get(family) if kept else written
             layers = edge.machine is not None or any(OPS[op.kind].layer for op in edge.ops)
             if attr is None or not layers or edge.shares is not None:
                 continue
             loops[attr] = written
-            first = first or (attr, written, str(index).replace("-", "m"), index)
+            first = first or (attr, written, index)
         if first is None:
             return ()
-        attr, written, text, index = first
-        other = f"{written}_{text}" if kept else f"{attr}.{index}"
+        attr, written, index = first
+        other = sanitize(f"{written}[{index}]") if kept else f"{attr}.{index}"
         layout = "written out" if kept else "kept as loops"
         table = ", ".join(f"{py_str(a)}: {py_str(w)}" for a, w in sorted(loops.items()))
         return (
@@ -372,7 +379,7 @@ class _MachineLowering(Statements):
             built = self._edge_layers(edge)
             if not built:
                 continue
-            hint = edge.name if not edge.name.startswith("_") else "edge" + edge.name
+            hint = attribute_hint(edge.name)
             attr = self.attrs.name(edge.name, hint)
             comment = f"{self.where(edge.span)}  {edge.name}"
             if len(built) == 1:
@@ -392,7 +399,7 @@ class _MachineLowering(Statements):
                     layers.append(Layer(attr=attr, constructor=constructor, comment=safe(comment)))
                 continue
             for i, kind, constructor in self._edge_modules(edge):
-                hint = edge.name if not edge.name.startswith("_") else "edge" + edge.name
+                hint = attribute_hint(edge.name)
                 attr = self.attrs.name(f"{edge.name}/{i}", f"{hint}_{kind}")
                 self.layer_exprs[(edge.name, i)] = f"self.{attr}"
                 comment = safe(f"{self.where(edge.ops[i].span)}  {edge.name}")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from . import loops as L
 from .lower_statements import _Plan
-from .names import METHOD_LOCALS, Namespace
+from .names import METHOD_LOCALS, Namespace, attribute_hint
 from .ops import OPS
 
 # a whole-number argument: after "(", "[", "," or "=", with or without one space
@@ -97,7 +97,7 @@ class LoopLayers:
         statement = next(st for st in loop.statements if st.edges[0] == edge_name)
         family = statement.family
         layer, own = self.layers[family]
-        hint = family if not family.startswith("_") else "edge" + family  # as edges are named
+        hint = attribute_hint(family)  # as edges are named
         index = statement.index.text(loop.var, tight=True)
         where = f"{low.where(low.edges[edge_name].span)}  {family}[{index}]"
         made = []

@@ -104,6 +104,12 @@ class Namespace:
         return candidate
 
 
+def attribute_hint(name: str) -> str:
+    """What an edge's (or a loop statement's) layer attribute is named after: its name, or
+    ``edge_...`` for a name that starts with ``_`` (nn.Module keeps those to itself)."""
+    return name if not name.startswith("_") else "edge" + name
+
+
 def sanitize(name: str) -> str:
     """A legal, non-keyword identifier that reads like ``name``: ``h[2]`` → ``h_2``."""
     text = name.replace("[", "_").replace("]", "").replace("-", "m")

@@ -51,26 +51,29 @@ class LoopCheckpoints:
         if self.kept:  # g_3.weight -> g.3.weight
             for attr, written in self.loops.items():
                 if head.startswith(written + "_"):
-                    index = _index(head[len(written) + 1 :])
+                    key = _key(head[len(written) + 1 :])
                     layers = getattr(module, attr, None)
-                    if index is not None and isinstance(layers, nn.ModuleDict) and index in layers:
-                        return f"{attr}.{index}.{rest}"
+                    if key is not None and isinstance(layers, nn.ModuleDict) and key in layers:
+                        return f"{attr}.{key}.{rest}"
             return None
         written = self.loops.get(head)  # g.3.weight -> g_3.weight
-        if written is None:
+        key, dot, inner = rest.partition(".")
+        if written is None or not dot or _written(key) is None:
             return None
-        index, dot, inner = rest.partition(".")
-        name = f"{written}_{index.replace('-', 'm')}"
-        if dot and _index(index.replace("-", "m")) is not None and hasattr(module, name):
-            return f"{name}.{inner}"
-        return None
+        name = f"{written}_{_written(key)}"
+        return f"{name}.{inner}" if hasattr(module, name) else None
 
 
-def _index(text: str) -> str | None:
-    """The ModuleDict key of a written-out index (``3``, ``m1`` for -1), or None."""
-    digits = text[1:] if text.startswith("m") else text
+def _written(key: str) -> str | None:
+    """How an attribute written out spells a ModuleDict key (``3``, ``m1`` for ``-1``), or
+    None for a key that is no index machc writes."""
+    digits = key.removeprefix("-")
     if not (digits.isascii() and digits.isdigit()) or str(int(digits)) != digits:
-        return None  # (not an index machc writes: "03", "m0")
-    if text.startswith("m"):
-        return None if digits == "0" else f"-{digits}"
-    return digits
+        return None
+    return None if key == "-0" else key.replace("-", "m")
+
+
+def _key(written: str) -> str | None:
+    """The ModuleDict key a written-out index spells (``3``; ``-1`` for ``m1``), or None."""
+    key = written.replace("m", "-", 1) if written.startswith("m") else written
+    return key if _written(key) == written else None

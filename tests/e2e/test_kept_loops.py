@@ -591,3 +591,24 @@ def test_a_loop_too_long_to_write_out_is_refused(tmp_path) -> None:
 def test_private_statement_names_are_prefixed() -> None:
     code = machc.compile_source(KEPT["private_name"], "private.mach")
     assert "self.edge_modules = nn.ModuleDict(" in code and "self._modules" not in code
+
+
+def test_loop_checkpoints_rename_negative_indices_both_ways() -> None:
+    from machc.runtime import LoopCheckpoints
+
+    kept = nn.Module()
+    kept.g = nn.ModuleDict({str(i): nn.Linear(2, 2) for i in (-1, 0, 1)})
+    kept.register_load_state_dict_pre_hook(LoopCheckpoints(True, {"g": "g"}))
+    written = nn.Module()
+    for name in ("g_m1", "g_0", "g_1"):
+        setattr(written, name, nn.Linear(2, 2))
+    written.register_load_state_dict_pre_hook(LoopCheckpoints(False, {"g": "g"}))
+    kept.load_state_dict(written.state_dict())
+    assert torch.equal(kept.g["-1"].weight, written.g_m1.weight)
+    written.load_state_dict({k: v + 1 for k, v in kept.state_dict().items()})
+    assert torch.equal(written.g_m1.bias, kept.g["-1"].bias + 1)
+    # an index machc does not write (g_03) is not renamed: load_state_dict reports it
+    state = written.state_dict()
+    state["g_03.weight"] = state.pop("g_1.weight")
+    with pytest.raises(RuntimeError, match="g_03.weight"):
+        kept.load_state_dict(state)
