@@ -43,6 +43,7 @@ import machc
 import torch
 import torch.nn.functional as F
 from dense import (  # benchmarks/dense.py (the script's folder is on sys.path): shared helpers
+    FAULTS_NOTE,
     NaiveResolvent,
     check_agreement,
     environment,
@@ -167,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     kept_mib = {name: kept_bytes(mod, x) / 2**20 for name, mod in variants.items()}
     kept_over_hand = kept_mib["generated"] / kept_mib["hand-written"]
 
-    samples = interleaved_samples(variants, x, args.warmup, args.repeats, args.iterations)
+    faults: dict[str, float] = {}
+    samples = interleaved_samples(
+        variants, x, args.warmup, args.repeats, args.iterations, faults=faults
+    )
     names = list(variants)
 
     median_ms = {name: 1000 * statistics.median(s) for name, s in samples.items()}
@@ -196,13 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"{'variant':<14} {'median ms/iter':>15} {'min':>9} {'max':>9} {'kept MiB':>10}"
-        f" {'/ generated':>12}"
+        f" {'/ generated':>12} {'faults/iter':>12}"
     )
     for name in names:
         s = samples[name]
         print(
             f"{name:<14} {median_ms[name]:>15.2f} {min_ms[name]:>9.2f} {1000 * max(s):>9.2f}"
-            f" {kept_mib[name]:>10.2f} {ratios[name]:>12.3f}"
+            f" {kept_mib[name]:>10.2f} {ratios[name]:>12.3f} {faults[name]:>12,.0f}"
         )
     print()
     print("ratios: median over repeats of the per-repeat ratio (ratio of the medians in brackets)")
@@ -222,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "kept MiB: what forward leaves allocated (what autograd keeps for the backward, and "
         "the output; counted by PyTorch's profiler)"
     )
+    print(FAULTS_NOTE)
     warn_if_busy(noisy)
 
     if args.json is not None:
@@ -238,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             "median_ms": median_ms,
             "min_ms": min_ms,
             "samples_ms": {name: [1000 * t for t in s] for name, s in samples.items()},
+            "faults_per_iteration": faults,
             "kept_mib": kept_mib,
             "kept_over_hand": kept_over_hand,
             "over_generated": ratios,

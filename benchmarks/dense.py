@@ -170,23 +170,52 @@ def time_per_iteration(fn: Callable[[], None], iterations: int) -> float:
 
 
 def interleaved_samples(
-    variants: dict[str, nn.Module], x: Tensor, warmup: int, repeats: int, iterations: int
+    variants: dict[str, nn.Module],
+    x: Tensor,
+    warmup: int,
+    repeats: int,
+    iterations: int,
+    faults: dict[str, float] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per iteration (``step``) of each variant, per repeat, after ``warmup``
     iterations each. Each repeat runs every variant back to back, cycling through every
     order of the variants, so that each runs first, last and right after each other one
     equally often (the one after naive, say, may find its caches and allocator in a
-    different state)."""
+    different state). ``faults``, if given, receives each variant's median of the page
+    faults per iteration (``minor_faults``)."""
     for mod in variants.values():
         for _ in range(warmup):
             step(mod, x)
     orders = list(itertools.permutations(variants))
     samples: dict[str, list[float]] = {name: [] for name in variants}
+    counted: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(repeats):
         for name in orders[r % len(orders)]:
             mod = variants[name]
+            before = minor_faults()
             samples[name].append(time_per_iteration(lambda mod=mod: step(mod, x), iterations))
+            counted[name].append((minor_faults() - before) / iterations)
+    if faults is not None:
+        faults.update({name: statistics.median(c) for name, c in counted.items()})
     return samples
+
+
+FAULTS_NOTE = (
+    "faults/iter: pages the kernel mapped and zeroed for the allocator, per iteration "
+    "(median). glibc's malloc gives blocks of over 32 MiB back to the kernel when they are "
+    "freed, so a variant that keeps less memory may take fewer of them: part of what it "
+    "saves in time comes from there (docs/benchmarks.md, 'Page faults')"
+)
+
+
+def minor_faults() -> int:
+    """The page faults this process took so far that read no disk: each is a page the
+    kernel mapped and zeroed for the allocator (0 where the platform does not count)."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def warn_if_busy(noisy: bool) -> None:

@@ -36,6 +36,7 @@ import machc
 import torch
 import torch.nn.functional as F
 from dense import (  # benchmarks/dense.py (the script's folder is on sys.path): shared helpers
+    FAULTS_NOTE,
     NOISY_MEDIAN_OVER_MIN,
     check_agreement,
     environment,
@@ -143,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(args.batch, args.channels, args.size, args.size)
     check_agreement(variants, x)
     kept_mib = {name: kept_bytes(mod, x) / 2**20 for name, mod in variants.items()}
-    samples = interleaved_samples(variants, x, args.warmup, args.repeats, args.iterations)
+    faults: dict[str, float] = {}
+    samples = interleaved_samples(
+        variants, x, args.warmup, args.repeats, args.iterations, faults=faults
+    )
     names = list(variants)
     median_ms = {name: 1000 * statistics.median(s) for name, s in samples.items()}
     min_ms = {name: 1000 * min(s) for name, s in samples.items()}
@@ -164,11 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"outputs and gradients of all {len(names)} variants agree (checked before timing)")
     print()
-    print(f"{'variant':<14} {'median ms/iter':>15} {'min':>9} {'kept MiB':>10} {'/ hand':>8}")
+    print(
+        f"{'variant':<14} {'median ms/iter':>15} {'min':>9} {'kept MiB':>10} {'/ hand':>8}"
+        f" {'faults/iter':>12}"
+    )
     for name in names:
         print(
             f"{name:<14} {median_ms[name]:>15.1f} {min_ms[name]:>9.1f} {kept_mib[name]:>10.2f}"
-            f" {over_hand[name]:>8.3f}"
+            f" {over_hand[name]:>8.3f} {faults[name]:>12,.0f}"
         )
     print()
     met_time = over_hand["generated"] <= TARGET_GENERATED_OVER_HAND
@@ -181,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         f"kept memory, generated / hand-written = {kept_over_hand:.3f}; target <= "
         f"{TARGET_KEPT_OVER_HAND}: {'met' if met_kept else 'NOT met'}"
     )
+    print(FAULTS_NOTE)
     warn_if_busy(noisy)
     if args.json is not None:
         report = {
@@ -192,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             "kept_mib": kept_mib,
             "over_hand": over_hand,
             "kept_over_hand": kept_over_hand,
+            "faults_per_iteration": faults,
             "noisy": noisy,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

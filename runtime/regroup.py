@@ -24,6 +24,7 @@ without gradients, while ``torch.compile``, ``torch.export`` or TorchScript trac
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -73,6 +74,7 @@ def regroup(
             x = op(x)
             stages.append(x)
         out = layer(x)
+        kept.note_statistics(stages)
     kept.settle(stages)
     return out
 
@@ -132,11 +134,32 @@ class _Kept:
         device = parts[0].device.type
         self.autocast = (device, torch.is_autocast_enabled(device), _autocast_dtype(device))
         self.versions: list[tuple[Tensor, int]] = []
+        # stage -> (mean, invstd, eps) of a batch norm that made it from batch statistics
+        self.statistics: dict[int, tuple[Tensor, Tensor, float]] = {}
 
     def pack(self, tensor: Tensor) -> _Slot:
         slot = _Slot(tensor)
         self.slots.append(slot)
         return slot
+
+    def note_statistics(self, stages: list[Tensor]) -> None:
+        """The batch statistics each batch norm of the prefix computed, where the backward
+        can make its stage again from them (see :func:`_normalized`)."""
+        if self.autocast[1]:
+            return
+        for k, op in enumerate(self.prefix, 1):
+            x, node = stages[k - 1], stages[k].grad_fn
+            if (
+                type(op) in _BATCH_NORMS
+                and type(node).__name__ == "NativeBatchNormBackward0"
+                and node._saved_training
+                and not _module_hooks(op)
+                and x.device.type == "cpu"
+                and x.dtype in (torch.float32, torch.float64)
+                and (op.weight is None or op.weight.dtype == x.dtype)
+            ):
+                mean, invstd = node._saved_result1, node._saved_result2
+                self.statistics[k] = (mean, invstd, node._saved_eps)
 
     def settle(self, stages: list[Tensor]) -> None:
         keys = {_key(t): j for j, t in enumerate(stages)}
@@ -181,7 +204,13 @@ class _Kept:
             for k in range(stage + 1):
                 if k:
                     op, training = self.prefix[k - 1], self.modes[k - 1]
-                    x = op(x) if training is None else _as_it_ran(op, training, x)
+                    known = self.statistics.get(k)
+                    made = None
+                    if known is not None and not torch.is_grad_enabled():
+                        made = _normalized(op, x, *known)
+                    if made is None:
+                        made = op(x) if training is None else _as_it_ran(op, training, x)
+                    x = made
                 if k == stage or self.uses.get(k, 0) > 0:
                     self.made[k] = x
 
@@ -197,6 +226,39 @@ def _as_it_ran(module: nn.Module, training: bool, x: Tensor) -> Tensor:
         return torch.func.functional_call(module, buffers, (x,), strict=False)
     finally:
         module.training = mode
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _normalized(
+    module: nn.Module, x: Tensor, mean: Tensor, invstd: Tensor, eps: float
+) -> Tensor | None:
+    """What the batch norm ``module`` made of ``x`` in the forward from the batch statistics
+    ``mean`` and ``invstd`` it computed then, made without computing them again: bitwise.
+
+    PyTorch's CPU kernel computes ``x * alpha + beta`` per channel, with ``alpha = invstd *
+    weight`` and ``beta = bias - mean * alpha``, and only ``invstd`` comes differently in
+    evaluation mode: ``1 / sqrt(running_var + eps)``. Evaluation mode with a running
+    variance for which that is exactly 1 and ``alpha`` as the weight computes the same
+    numbers with the same code (the statistics pass, two of the kernel's three passes over
+    ``x``, is what this saves)."""
+    unit = _unit_variance(x.shape[1], x.dtype, eps)
+    if unit is None:  # no such variance in this arithmetic: the module runs again
+        return None
+    weight = module.weight
+    alpha = invstd * weight if weight is not None else invstd
+    return nn.functional.batch_norm(x, mean, unit, alpha, module.bias, False, 0.0, eps)
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_variance(channels: int, dtype: torch.dtype, eps: float) -> Tensor | None:
+    """A running variance ``v`` for which batch norm's ``1 / sqrt(v + eps)`` is exactly 1
+    (checked with the kernel itself), or None."""
+    v = torch.full((channels,), 1.0 - eps, dtype=dtype)
+    probe = torch.ones(1, channels, dtype=dtype)
+    got = nn.functional.batch_norm(probe, torch.zeros_like(v), v, None, None, False, 0.0, eps)
+    return v if bool((got == 1).all()) else None
 
 
 def _check_version(tensor: Tensor, version: int) -> None:

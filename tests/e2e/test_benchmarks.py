@@ -44,6 +44,9 @@ def test_conv_benchmark_runs_and_checks_agreement(tmp_path: Path) -> None:
     assert set(figures["median_ms"]) == {"generated", "no-regroup", "hand-written", "naive"}
     # What forward keeps for the backward is measured (a figure, like the times).
     assert figures["kept_mib"]["generated"] > 0
+    # and the page faults of each variant (counted, never judged)
+    assert set(figures["faults_per_iteration"]) == set(figures["median_ms"])
+    assert "faults/iter" in run.stdout
 
 
 def test_densenet_bc_benchmark_runs_and_checks_agreement(tmp_path: Path) -> None:
@@ -62,6 +65,7 @@ def test_densenet_bc_benchmark_runs_and_checks_agreement(tmp_path: Path) -> None
     assert set(figures["median_ms"]) == {"generated", "no-regroup", "hand-written", "checkpointed"}
     # the generated block's forward keeps less than the plain form's
     assert figures["kept_mib"]["generated"] < figures["kept_mib"]["no-regroup"]
+    assert set(figures["faults_per_iteration"]) == set(figures["median_ms"])
 
 
 def test_sizes_benchmark_runs_and_checks_agreement() -> None:

@@ -12,6 +12,7 @@ must shrink as the cost model says; the edges it leaves alone must print as befo
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 
 import machc
@@ -294,6 +295,84 @@ def test_the_backward_reruns_the_prefix_as_the_forward_ran_it() -> None:
         assert torch.equal(a, b)
     for p, q in zip(regrouped.buffers(), plain.buffers(), strict=True):
         assert torch.equal(p, q)
+
+
+# -- batchnorm's output made again from the forward's batch statistics --
+
+REGROUP_RUNTIME = sys.modules["machc.runtime.regroup"]
+
+
+def refuse_to_run_modules_again(monkeypatch) -> None:
+    def refused(module, training, x):
+        raise AssertionError(f"{type(module).__name__} ran again in the backward")
+
+    monkeypatch.setattr(REGROUP_RUNTIME, "_as_it_ran", refused)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_the_backward_does_not_compute_batch_statistics_again(monkeypatch, dtype) -> None:
+    # DenseNet-BC: batchnorm | relu | conv on the concatenation; the backward makes the
+    # batchnorm's output again from the mean and invstd the forward computed (the module
+    # itself never runs again), bitwise what it made then
+    _, regrouped, plain = pair("bc")
+    regrouped.to(dtype)
+    plain.to(dtype)
+    refuse_to_run_modules_again(monkeypatch)
+    torch.manual_seed(7)
+    inputs = [x.to(dtype) for x in regrouped.example_inputs(batch=3)]
+    for _ in range(2):
+        same_step(regrouped, plain, inputs)
+        regrouped.zero_grad()
+        plain.zero_grad()
+
+
+def test_a_hooked_or_double_differentiated_batchnorm_runs_again(monkeypatch) -> None:
+    # a forward hook on the batchnorm fires again in the backward, as documented; a
+    # backward with create_graph=True differentiates through the statistics: the module
+    # runs again in both cases
+    _, regrouped, _ = pair("pair")
+    torch.manual_seed(8)
+    a, b = (x.double().requires_grad_() for x in regrouped.example_inputs(batch=2))
+    seen = []
+    handle = regrouped.e[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    regrouped.train()(a, b).sum().backward()
+    handle.remove()
+    assert len(seen) == 2  # the forward, and the backward's making it again
+    refuse_to_run_modules_again(monkeypatch)
+    out = regrouped(a, b).sum()
+    with pytest.raises(AssertionError, match="BatchNorm2d ran again"):
+        torch.autograd.grad(out, [a], create_graph=True)
+
+
+@pytest.mark.parametrize(
+    "shape, layout, affine, eps",
+    [
+        ((4, 6), torch.contiguous_format, True, 1e-5),
+        ((3, 5, 7), torch.contiguous_format, False, 1e-3),
+        ((2, 9, 5, 4), torch.contiguous_format, True, 1e-5),
+        ((2, 9, 5, 4), torch.channels_last, True, 0.1),
+        ((2, 3, 4, 3, 2), torch.channels_last_3d, False, 1e-8),
+    ],
+)
+def test_normalized_is_what_training_mode_made(shape, layout, affine, eps) -> None:
+    kind = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+    torch.manual_seed(9)
+    for dtype in (torch.float32, torch.float64):
+        norm = kind[len(shape)](shape[1], eps=eps, affine=affine).to(dtype)
+        if affine:
+            with torch.no_grad():
+                norm.weight.normal_()
+                norm.bias.normal_()
+        scales = torch.logspace(-4, 4, shape[1], dtype=dtype).view(-1, *[1] * (len(shape) - 2))
+        x = (torch.randn(shape, dtype=dtype) * scales + 3).contiguous(memory_format=layout)
+        x[:, 0] = 2.5  # a channel without variance
+        made = norm(x)
+        _, mean, invstd, *_ = torch.ops.aten.native_batch_norm(
+            x, norm.weight, norm.bias, None, None, True, 0.1, eps
+        )
+        with torch.no_grad():
+            again = REGROUP_RUNTIME._normalized(norm, x, mean, invstd, eps)
+        assert torch.equal(again, made), (dtype, layout)
 
 
 def test_a_space_changed_in_place_before_the_backward_is_refused() -> None:
