@@ -206,8 +206,12 @@ class _Kept:
                     op, training = self.prefix[k - 1], self.modes[k - 1]
                     known = self.statistics.get(k)
                     made = None
-                    if known is not None and not torch.is_grad_enabled():
-                        made = _normalized(op, x, *known)
+                    if not torch.is_grad_enabled():  # (a backward not differentiated)
+                        if known is not None:
+                            made = _normalized(op, x, *known)
+                        elif op in _IN_PLACE and self.uses.get(k - 1, 0) <= 0:
+                            # x was made here and nothing asks for it: overwritten
+                            made = _IN_PLACE[op](x)
                     if made is None:
                         made = op(x) if training is None else _as_it_ran(op, training, x)
                     x = made
@@ -229,6 +233,9 @@ def _as_it_ran(module: nn.Module, training: bool, x: Tensor) -> Tensor:
 
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# activations the backward runs in place on a stage it made and no op asks for (the
+# same kernel: the same numbers, one tensor fewer)
+_IN_PLACE = {torch.relu: torch.relu_, torch.tanh: torch.tanh_, torch.sigmoid: torch.sigmoid_}
 
 
 def _normalized(

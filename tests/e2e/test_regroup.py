@@ -313,17 +313,25 @@ def refuse_to_run_modules_again(monkeypatch) -> None:
 def test_the_backward_does_not_compute_batch_statistics_again(monkeypatch, dtype) -> None:
     # DenseNet-BC: batchnorm | relu | conv on the concatenation; the backward makes the
     # batchnorm's output again from the mean and invstd the forward computed (the module
-    # itself never runs again), bitwise what it made then
+    # itself never runs again), bitwise what it made then; relu then runs in place on it
     _, regrouped, plain = pair("bc")
     regrouped.to(dtype)
     plain.to(dtype)
     refuse_to_run_modules_again(monkeypatch)
+    in_place = []
+
+    def relu_(x):
+        in_place.append(x.shape)
+        return torch.relu_(x)
+
+    monkeypatch.setattr(REGROUP_RUNTIME, "_IN_PLACE", {torch.relu: relu_})
     torch.manual_seed(7)
     inputs = [x.to(dtype) for x in regrouped.example_inputs(batch=3)]
     for _ in range(2):
         same_step(regrouped, plain, inputs)
         regrouped.zero_grad()
         plain.zero_grad()
+    assert len(in_place) == 2 * 5  # each layer's relu, in each backward
 
 
 def test_a_hooked_or_double_differentiated_batchnorm_runs_again(monkeypatch) -> None:
