@@ -209,9 +209,9 @@ class _Kept:
                     if not torch.is_grad_enabled():  # (a backward not differentiated)
                         if known is not None:
                             made = _normalized(op, x, *known)
-                        elif op in _IN_PLACE and self.uses.get(k - 1, 0) <= 0:
+                        elif _in_place(op) is not None and self.uses.get(k - 1, 0) <= 0:
                             # x was made here and nothing asks for it: overwritten
-                            made = _IN_PLACE[op](x)
+                            made = _in_place(op)(x)
                     if made is None:
                         made = op(x) if training is None else _as_it_ran(op, training, x)
                     x = made
@@ -236,6 +236,12 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 # activations the backward runs in place on a stage it made and no op asks for (the
 # same kernel: the same numbers, one tensor fewer)
 _IN_PLACE = {torch.relu: torch.relu_, torch.tanh: torch.tanh_, torch.sigmoid: torch.sigmoid_}
+
+
+def _in_place(op: Op) -> Op | None:
+    """The in-place form of ``op`` (a torch function, not any callable: modules and
+    user-defined callables run as they are)."""
+    return _IN_PLACE.get(op) if type(op) is type(torch.relu) else None
 
 
 def _normalized(
