@@ -24,8 +24,10 @@ memory each variant's forward leaves allocated is measured (``kept MiB``: what
 autograd keeps for the backward, and the output; ``dense.kept_bytes``). Repeats
 interleave the variants (cycling through every order); each
 time printed is the median over repeats of the mean time per iteration, each
-ratio the median over repeats of the per-repeat ratio. Timings are printed,
-never asserted.
+ratio the median over repeats of the per-repeat ratio. Each variant's page faults
+per iteration are counted beside its time (``faults/iter``: a third of the time here
+may be the kernel mapping memory for the allocator; docs/benchmarks.md, "Page
+faults"). Timings are printed, never asserted.
 
 Run from anywhere: ``.venv/bin/python benchmarks/conv.py [--blocks 16 --channels 12 ...]``.
 """

@@ -18,8 +18,9 @@ with the same weights:
 
 Before timing, outputs and gradients must agree, and the memory forward leaves
 allocated is measured (``kept MiB``, as ``dense.py`` measures it). Repeats interleave
-the variants; times are medians over repeats, ratios medians of per-repeat ratios.
-Timings are printed, never asserted.
+the variants; times are medians over repeats, ratios medians of per-repeat ratios,
+and each variant's page faults per iteration are counted (``faults/iter``). Timings
+are printed, never asserted.
 
 Run from anywhere: ``.venv/bin/python benchmarks/densenet_bc.py [--layers 12 ...]``.
 """
