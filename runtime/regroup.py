@@ -12,7 +12,8 @@ It computes the same thing with the same kernels (outputs and gradients are bitw
 those of the plain form), but what the backward needs of the concatenation is kept as
 its parts, which are kept anyway, and concatenated again when the backward runs. The
 ops ``prefix`` between the concatenation and the layer (a DenseNet-BC block's
-``batchnorm | relu | conv``) are run again in the backward too, instead of being kept:
+``batchnorm | relu | conv``) are run again in the backward too, instead of being kept
+(a batchnorm from the batch statistics the forward computed: one pass, not three):
 memory linear in the depth for one more concatenation and a few cheap ops per edge.
 
 Where that cannot work or helps nothing, :func:`regroup` is exactly the plain form:
