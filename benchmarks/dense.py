@@ -39,6 +39,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+try:
+    import resource  # page faults (Unix)
+except ImportError:
+    resource = None
+
 import machc
 import torch
 from torch import Tensor, nn
@@ -211,9 +216,7 @@ FAULTS_NOTE = (
 def minor_faults() -> int:
     """The page faults this process took so far that read no disk: each is a page the
     kernel mapped and zeroed for the allocator (0 where the platform does not count)."""
-    try:
-        import resource
-    except ImportError:  # not a Unix
+    if resource is None:
         return 0
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 

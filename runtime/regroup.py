@@ -204,20 +204,22 @@ class _Kept:
             x = torch.cat(self.parts, dim=1)
             for k in range(stage + 1):
                 if k:
-                    op, training = self.prefix[k - 1], self.modes[k - 1]
-                    known = self.statistics.get(k)
-                    made = None
-                    if not torch.is_grad_enabled():  # (a backward not differentiated)
-                        if known is not None:
-                            made = _normalized(op, x, *known)
-                        elif _in_place(op) is not None and self.uses.get(k - 1, 0) <= 0:
-                            # x was made here and nothing asks for it: overwritten
-                            made = _in_place(op)(x)
-                    if made is None:
-                        made = op(x) if training is None else _as_it_ran(op, training, x)
-                    x = made
+                    x = self._again(k, x)
                 if k == stage or self.uses.get(k, 0) > 0:
                     self.made[k] = x
+
+    def _again(self, k: int, x: Tensor) -> Tensor:
+        """Stage ``k`` made again from stage ``k - 1``, ``x``, which ``_make`` made."""
+        op, training = self.prefix[k - 1], self.modes[k - 1]
+        if not torch.is_grad_enabled():  # a backward that is not differentiated itself
+            known = self.statistics.get(k)
+            made = _normalized(op, x, *known) if known is not None else None
+            if made is not None:
+                return made
+            in_place = _in_place(op)
+            if in_place is not None and self.uses.get(k - 1, 0) <= 0:
+                return in_place(x)  # nothing asks for x: overwritten
+        return op(x) if training is None else _as_it_ran(op, training, x)
 
 
 def _as_it_ran(module: nn.Module, training: bool, x: Tensor) -> Tensor:
